@@ -1,0 +1,29 @@
+# Two entry points do all the set-up: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= outputs/demo
+
+.PHONY: demo test install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	@# Machines without an NVIDIA GPU get the CPU build of torch (a plain `torch` pulls several GB
+	@# of CUDA wheels). Machines with a GPU keep whatever torch they install themselves.
+	@if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(PY) -c "import torch" 2>/dev/null; then \
+		$(PIP) install -q torch==2.13.0; fi
+	$(PIP) install -q -e ".[test,web]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/llm-dit generate --profile tiny --prompt "A simple cartoon house with a red roof" --out $(OUT)/house.png
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,240 @@
+"""Profiles and the one resolved configuration.
+
+Resolution order, later wins::
+
+    shipped profiles.toml  ->  user TOML (--config FILE)  ->  flags (dotted overrides)
+
+A profile is a TOML table. ``inherits = "other"`` starts it from another profile (shipped or user);
+a user file that names a shipped profile extends it in place. The merged dictionary is validated
+once into a frozen :class:`Config`; every error is one line that names the key and what is allowed.
+``Config.to_dict()`` is what goes into every output's metadata, and ``Config.from_dict`` reads it
+back, so a run can be reproduced from its record.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+#: Z-Image's caption limit: RoPE tables of ``axes_lens[0] = 1536`` minus one 32-token pad block.
+MAX_CAPTION_TOKENS = 1504
+
+LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
+
+
+class _Section(BaseModel):
+    # strict: "9" is not a number and true is not an integer; extra keys are errors, not ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelsConfig(_Section):
+    """Where the models come from: a hub id or a local folder; ``tiny`` means the built-in tiny models."""
+
+    z_image: str = Field("Tongyi-MAI/Z-Image-Turbo", min_length=1)
+    vl: str = Field("Qwen/Qwen3-VL-4B-Instruct", min_length=1)
+
+
+class RuntimeConfig(_Section):
+    """Device, precision and the memory policy for the DiT.
+
+    ``device = "auto"`` picks ``cuda`` when a GPU is present, else ``cpu``; ``dtype = "auto"`` picks
+    bfloat16 on cuda and float32 on cpu. ``offload`` (cuda only): ``model`` is diffusers'
+    ``enable_model_cpu_offload`` (whole components move per stage), ``group_block`` /
+    ``group_leaf`` are diffusers' group offloading at block or leaf level with CUDA streams.
+    """
+
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    offload: Literal["none", "model", "group_block", "group_leaf"] = "none"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be one of auto, cpu, cuda, cuda:N, mps")
+        return v
+
+
+class EncoderConfig(_Section):
+    """Z-Image's own text encoder (Qwen3-4B).
+
+    ``hidden_layer`` follows transformers' ``hidden_states`` indexing (0 = token embeddings,
+    -1 = final normed output, -2 = what Z-Image was trained on). ``max_length`` caps the caption in
+    tokens, chat template included. Longer prompts are cut there (``truncate``, what diffusers does)
+    or encoded whole and compressed to ``max_length`` by ``long_prompt_mode``.
+    """
+
+    hidden_layer: int = -2
+    max_length: int = Field(512, ge=1, le=MAX_CAPTION_TOKENS)
+    long_prompt_mode: LongPromptMode = "truncate"
+
+
+class GenerationConfig(_Section):
+    """Denoising settings; the defaults are Z-Image-Turbo's."""
+
+    steps: int = Field(9, ge=1, le=1000)
+    guidance_scale: float = Field(0.0, ge=0.0, le=30.0)
+    width: int = Field(1024, ge=16, le=4096)
+    height: int = Field(1024, ge=16, le=4096)
+    shift: float = Field(3.0, gt=0.0, le=100.0)
+    seed: int = Field(42, ge=0, le=2**63 - 1)
+    strength: float = Field(0.6, gt=0.0, le=1.0)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        # The VAE downsamples by 8 and the DiT patchifies by 2.
+        if v % 16:
+            raise ValueError(f"must be a multiple of 16 (got {v}; nearest: {max(16, round(v / 16) * 16)})")
+        return v
+
+
+class Config(_Section):
+    """The whole resolved configuration: one object, validated once, recorded whole."""
+
+    profile: str = "default"
+    models: ModelsConfig = ModelsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    generation: GenerationConfig = GenerationConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _validate(data)
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with dotted overrides applied, e.g. ``cfg.replace(**{"generation.steps": 4})``."""
+        data = self.to_dict()
+        _apply_overrides(data, dotted)
+        return _validate(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+def _shipped_profiles() -> dict[str, Any]:
+    text = resources.files("llm_dit").joinpath("profiles.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_profiles(config_file: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """All profile tables, shipped ones extended or joined by those of ``config_file``."""
+    profiles = _shipped_profiles()
+    if config_file is not None:
+        user = _read_toml(Path(config_file))
+        for name, table in user.items():
+            if not isinstance(table, dict):
+                raise ConfigError(
+                    f"config file {config_file}: top-level key '{name}' must be a profile table like [{name}]"
+                )
+            profiles[name] = _deep_merge(profiles.get(name, {}), table)
+    return profiles
+
+
+def profile_names(config_file: str | Path | None = None) -> list[str]:
+    return sorted(load_profiles(config_file))
+
+
+def _flatten_profile(name: str, profiles: dict[str, dict[str, Any]], seen: tuple[str, ...] = ()) -> dict:
+    if name not in profiles:
+        raise ConfigError(f"unknown profile '{name}'; available: {', '.join(sorted(profiles))}")
+    if name in seen:
+        raise ConfigError(f"profile inheritance loops: {' -> '.join(seen + (name,))}")
+    table = dict(profiles[name])
+    parent = table.pop("inherits", None)
+    if parent is None:
+        return table
+    if not isinstance(parent, str):
+        raise ConfigError(f"profile '{name}': inherits must be a profile name")
+    return _deep_merge(_flatten_profile(parent, profiles, seen + (name,)), table)
+
+
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{dotted}' does not name a setting")
+        node[leaf] = value
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        section = _section_for(err["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else ""
+        return f"unknown config key '{loc}'" + (f"; allowed keys here: {allowed}" if allowed else "")
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or "got" in msg else f" (got {got!r})"
+    return f"config key '{loc}': {msg[0].lower() + msg[1:]}{shown}"
+
+
+def _section_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def _validate(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(_describe(first)) from None
+
+
+def resolve_config(
+    profile: str = "default",
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Profile + user file + dotted overrides -> one validated :class:`Config`."""
+    profiles = load_profiles(config_file)
+    data = _flatten_profile(profile, profiles)
+    data["profile"] = profile
+    _apply_overrides(data, overrides or {})
+    return _validate(data)

@@ -1,0 +1,178 @@
+"""Image generation from caption embeddings, through diffusers' own Z-Image pipelines.
+
+No denoising loop lives here: :class:`ZImage` holds one loaded ``ZImagePipeline`` (and an
+``ZImageImg2ImgPipeline`` sharing its components) and calls it with ``prompt_embeds``, a list of one
+``[L, D]`` tensor with ``1 <= L <= 1504``. Seeds go through a CPU ``torch.Generator`` so the same
+seed gives the same starting noise on any device. The scheduler's shift is set explicitly on every
+call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` over
+``linspace(1, 1/N, N)``).
+
+Per-step conditioning: ``step_embeds(i, n) -> [L, D]`` gives the embeddings for step ``i`` of the
+``n`` steps that run (img2img runs fewer than ``steps``). Step 0 uses it directly; diffusers'
+``callback_on_step_end`` after step ``i`` swaps in ``step_embeds(i + 1, n)`` for the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageOps
+
+from .config import MAX_CAPTION_TOKENS, Config, GenerationConfig
+from .errors import InputError
+from .models.loading import Placement, load_z_image_pipeline, resolve_placement
+from .text import TextEncoding, encode_prompt
+
+StepEmbeds = Callable[[int, int], torch.Tensor]
+
+
+def check_embeddings(emb: torch.Tensor, dim: int) -> torch.Tensor:
+    """Refuse what Z-Image cannot take: wrong rank or width, 0 or > 1504 tokens, NaN/inf."""
+    if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
+        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        raise InputError(f"caption embeddings must be a [tokens, {dim}] tensor (got {shape})")
+    if emb.shape[1] != dim:
+        raise InputError(f"caption embeddings have width {emb.shape[1]}; this DiT expects {dim}")
+    if not 1 <= emb.shape[0] <= MAX_CAPTION_TOKENS:
+        raise InputError(f"caption embeddings have {emb.shape[0]} tokens; Z-Image takes 1..{MAX_CAPTION_TOKENS}")
+    if not torch.isfinite(emb).all():
+        raise InputError("caption embeddings contain NaN or infinite values")
+    return emb
+
+
+def fit_init_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale and center-crop to ``width x height`` (keeps the aspect ratio; no distortion)."""
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)
+
+
+@dataclass
+class ZImage:
+    """Z-Image-Turbo loaded once: text encoding with its own encoder, and generation."""
+
+    config: Config
+    pipe: object
+    placement: Placement
+    _img2img: object = None
+
+    @classmethod
+    def load(cls, config: Config) -> ZImage:
+        placement = resolve_placement(config.runtime)
+        return cls(config=config, pipe=load_z_image_pipeline(config, placement), placement=placement)
+
+    # -- text ---------------------------------------------------------------------------------
+
+    @property
+    def caption_dim(self) -> int:
+        return int(self.pipe.transformer.config.cap_feat_dim)
+
+    def encode(
+        self,
+        prompt: str,
+        hidden_layer: int | None = None,
+        max_length: int | None = None,
+        long_prompt_mode: str | None = None,
+    ) -> TextEncoding:
+        """Encode ``prompt`` with the pipeline's own text encoder; unset options come from the config."""
+        enc = self.config.encoder
+        return encode_prompt(
+            self.pipe.tokenizer,
+            self.pipe.text_encoder,
+            prompt,
+            hidden_layer=enc.hidden_layer if hidden_layer is None else hidden_layer,
+            max_length=max_length or enc.max_length,
+            long_prompt_mode=long_prompt_mode or enc.long_prompt_mode,
+        )
+
+    # -- images -------------------------------------------------------------------------------
+
+    def _to_dit(self, emb: torch.Tensor) -> torch.Tensor:
+        check_embeddings(emb, self.caption_dim)
+        return emb.to(device=self.placement.device, dtype=self.pipe.transformer.dtype)
+
+    def _set_shift(self, shift: float) -> None:
+        scheduler = self.pipe.scheduler
+        if scheduler.config.get("use_dynamic_shifting", False):
+            # A resolution-dependent shift would silently override ours (upstream ran at 1.15).
+            scheduler = type(scheduler).from_config(scheduler.config, use_dynamic_shifting=False, shift=shift)
+            self.pipe.scheduler = scheduler
+            self._img2img = None
+        scheduler.set_shift(shift)
+
+    def img2img_pipeline(self):
+        if self._img2img is None:
+            from diffusers import ZImageImg2ImgPipeline
+
+            self._img2img = ZImageImg2ImgPipeline(**self.pipe.components)  # shares weights, loads nothing
+            self._img2img.set_progress_bar_config(leave=False)
+        return self._img2img
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_embeds: torch.Tensor,
+        generation: GenerationConfig | None = None,
+        init_image: Image.Image | None = None,
+        step_embeds: StepEmbeds | None = None,
+        negative_embeds: torch.Tensor | None = None,
+    ) -> Image.Image:
+        """One image from ``prompt_embeds: [L, D]`` (txt2img, or img2img when ``init_image`` is given)."""
+        g = generation or self.config.generation
+        self._set_shift(g.shift)
+        kwargs: dict = dict(
+            prompt_embeds=[self._to_dit(prompt_embeds)],
+            height=g.height,
+            width=g.width,
+            num_inference_steps=g.steps,
+            guidance_scale=g.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(g.seed),
+            output_type="pil",
+        )
+        if g.guidance_scale > 0:
+            if negative_embeds is None:  # diffusers' negative prompt default: the empty prompt
+                negative_embeds = encode_prompt(
+                    self.pipe.tokenizer, self.pipe.text_encoder, "", self.config.encoder.hidden_layer,
+                    self.config.encoder.max_length, allow_empty=True,
+                ).embeddings
+            kwargs["negative_prompt_embeds"] = [self._to_dit(negative_embeds)]
+        if step_embeds is not None:
+            kwargs["callback_on_step_end"] = self._step_callback(step_embeds)
+            kwargs["callback_on_step_end_tensor_inputs"] = []
+
+        if init_image is None:
+            pipe = self.pipe
+        else:
+            pipe = self.img2img_pipeline()
+            kwargs.update(image=fit_init_image(init_image, g.width, g.height), strength=g.strength)
+        if step_embeds is not None:
+            n = img2img_steps(g.steps, g.strength) if init_image is not None else g.steps
+            kwargs["prompt_embeds"] = [self._to_dit(step_embeds(0, n))]
+        return pipe(**kwargs).images[0]
+
+    def _step_callback(self, step_embeds: StepEmbeds):
+        def on_step_end(pipe, i, t, callback_kwargs):
+            n = pipe.num_timesteps
+            if i + 1 >= n:
+                return {}
+            return {"prompt_embeds": [self._to_dit(step_embeds(i + 1, n))]}
+
+        return on_step_end
+
+    def unload(self) -> None:
+        """Drop the pipeline and free its memory."""
+        import gc
+
+        self.pipe = None
+        self._img2img = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` img2img runs at ``strength`` (diffusers' ``get_timesteps`` rule)."""
+    init = min(steps * strength, steps)
+    return steps - int(max(steps - init, 0))

@@ -1,0 +1,121 @@
+"""Where models come from and where they go: paths, devices, dtypes, offloading.
+
+A model argument is one of
+* ``tiny``: the built-in tiny random-weight models (built once into the cache, see ``tiny.py``);
+* a local folder in the library's own layout (diffusers for Z-Image, transformers for Qwen3-VL);
+* a hub id ``org/name``, resolved by huggingface_hub (its cache, or a download where allowed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, RuntimeConfig
+from ..errors import ConfigError, ModelLoadError
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+")
+
+# The file that marks each layout, and the subfolder of the tiny models.
+_LAYOUTS = {
+    "z_image": ("model_index.json", "z-image", "a diffusers Z-Image folder"),
+    "vl": ("config.json", "qwen3-vl", "a transformers Qwen3-VL folder"),
+}
+
+
+def resolve_model_path(spec: str, kind: str) -> str:
+    """A loadable path or hub id for ``spec``; a one-line :class:`ModelLoadError` when it cannot be."""
+    marker, tiny_sub, what = _LAYOUTS[kind]
+    if spec == "tiny":
+        from .tiny import ensure_tiny_models
+
+        return str(ensure_tiny_models() / tiny_sub)
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        if not (path / marker).is_file():
+            raise ModelLoadError(f"{spec} is not {what}: it has no {marker}")
+        return str(path)
+    if path.exists():
+        raise ModelLoadError(f"model path {spec} is a file; expected {what}")
+    if spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
+        raise ModelLoadError(f"model path {spec} does not exist")
+    return spec
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The device and dtype a config resolves to on this machine."""
+
+    device: torch.device
+    dtype: torch.dtype
+    offload: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload}
+
+
+def resolve_placement(runtime: RuntimeConfig) -> Placement:
+    """``auto`` -> cuda + bfloat16 when a GPU is present, else cpu + float32."""
+    if runtime.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(runtime.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"runtime.device is '{runtime.device}' but no CUDA GPU is available; "
+                "use a profile with device = \"auto\" or \"cpu\" (e.g. --profile default)"
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("runtime.device is 'mps' but MPS is not available on this machine")
+    if runtime.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, runtime.dtype)
+    if runtime.offload != "none" and device.type != "cuda":
+        raise ConfigError(f"runtime.offload = '{runtime.offload}' needs a CUDA device (device is {device})")
+    return Placement(device, dtype, runtime.offload)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def load_z_image_pipeline(config: Config, placement: Placement | None = None):
+    """``ZImagePipeline.from_pretrained`` on the configured model, placed per the runtime policy.
+
+    Loaded once: the pipeline's own text encoder and tokenizer are the ones used for text encoding.
+    """
+    from diffusers import ZImagePipeline
+
+    placement = placement or resolve_placement(config.runtime)
+    source = resolve_model_path(config.models.z_image, "z_image")
+    try:
+        pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
+    except Exception as e:  # hub errors, missing files, corrupt weights: all one line
+        raise ModelLoadError(f"could not load Z-Image from '{config.models.z_image}': {_first_line(e)}") from e
+    place_pipeline(pipe, placement)
+    pipe.set_progress_bar_config(leave=False)
+    return pipe
+
+
+def place_pipeline(pipe, placement: Placement) -> None:
+    """Move a diffusers pipeline to its device, or install the configured offloading."""
+    if placement.offload == "none":
+        pipe.to(placement.device)
+    elif placement.offload == "model":
+        pipe.enable_model_cpu_offload(device=placement.device)
+    else:
+        level = "block_level" if placement.offload == "group_block" else "leaf_level"
+        kwargs = {"num_blocks_per_group": 1} if level == "block_level" else {}
+        pipe.enable_group_offload(
+            onload_device=placement.device,
+            offload_device=torch.device("cpu"),
+            offload_type=level,
+            use_stream=True,
+            **kwargs,
+        )

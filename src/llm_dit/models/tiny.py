@@ -1,0 +1,313 @@
+"""Tiny random-weight models in the real file layouts: the test fixtures of the whole project.
+
+``build_tiny_models(out)`` writes, deterministically and in a few seconds::
+
+    out/z-image/    model_index.json, transformer/, vae/, scheduler/, text_encoder/ (a Qwen3ForCausalLM
+                    checkpoint, loaded as Qwen3Model as in the real repo), tokenizer/
+    out/qwen3-vl/   config.json + model.safetensors (Qwen3VLForConditionalGeneration), tokenizer files,
+                    preprocessor_config.json, video_preprocessor_config.json, chat_template.jinja
+
+Every size is small but every relationship is real: the Qwen3 hidden size equals the Qwen3-VL text
+hidden size equals the DiT's ``cap_feat_dim`` (64 here, 2560 in the real models); the DiT has the
+real ``axes_lens = [1536, 512, 512]`` and so the real 1504-token caption limit; the VAE has the
+FLUX geometry (8x down, 16 latent channels, the real scaling and shift factors); the tokenizer is a
+byte-level BPE with Qwen's pre-tokenizer, trained here, followed by the real added tokens in the
+real order (``<|endoftext|>`` first ... ``</think>`` last), with the real special/non-special split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+TINY_VERSION = "1"
+HIDDEN = 64  # plays 2560
+
+# The real Qwen2/Qwen3 added tokens, in id order (151643 + i in the real vocabulary), and whether
+# each is "special" (stripped by skip_special_tokens). <think> and </think> are not special.
+ADDED_TOKENS: list[tuple[str, bool]] = [
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+]
+
+# Qwen2/Qwen3 pre-tokenizer split (the same pattern transformers' Qwen2Tokenizer uses).
+_PRETOKENIZE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+_CORPUS = """\
+A simple cartoon house with a red roof stands on a green hill under a blue sky.
+Homer Simpson eating spaghetti in a small kitchen, flat colors, thick outlines.
+Describe what you see. Describe this image in extreme detail.
+Generate an image following this description.
+A photograph of a cat sleeping on a wooden table next to a window at sunset.
+An anime girl with long hair, soft lighting, watercolor style, pastel palette.
+The quick brown fox jumps over the lazy dog. A mountain lake at dawn, mist over the water.
+Portrait of an old man, oil painting, dramatic light, dark background, detailed texture.
+user assistant system image text style content reference prompt caption layer token
+0 1 2 3 4 5 6 7 8 9 10 100 1024 512 256 the a of and in on with to is for it
+"""
+
+
+def _template(name: str) -> str:
+    return resources.files("llm_dit.models").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def qwen3_chat_template() -> str:
+    return _template("qwen3.jinja")
+
+
+def qwen3_vl_chat_template(thinking: bool = False) -> str:
+    return _template("qwen3_vl.jinja").replace("if THINKING", "if true" if thinking else "if false")
+
+
+def build_tokenizer(chat_template: str):
+    """A Qwen2Tokenizer over a byte-level BPE trained on a fixed corpus (deterministic)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    raw = Tokenizer(models.BPE())
+    raw.normalizer = normalizers.NFC()
+    raw.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PRETOKENIZE), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=480, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    raw.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    vocab = raw.get_vocab()
+    merges = [tuple(m) for m in json.loads(raw.to_str())["model"]["merges"]]
+    base = len(vocab)
+    for i, (tok, _) in enumerate(ADDED_TOKENS):
+        vocab[tok] = base + i
+
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=131072,
+    )
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in ADDED_TOKENS])
+    tok.chat_template = chat_template
+    for i, (t, _) in enumerate(ADDED_TOKENS):  # the ids must keep the real layout
+        assert tok.convert_tokens_to_ids(t) == base + i, t
+    return tok
+
+
+def _build_z_image(out: Path) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = build_tokenizer(qwen3_chat_template())
+    ids = tok.convert_tokens_to_ids
+    torch.manual_seed(0)
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+        )
+    )
+    torch.manual_seed(1)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=64,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        qk_norm=True,
+        cap_feat_dim=HIDDEN,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 12, 12],
+        axes_lens=[1536, 512, 512],  # the real value: caption limit 1504
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[16] * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=True,
+        force_upcast=True,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    pipe = ZImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    # The real repo declares the encoder as Qwen3Model over a Qwen3ForCausalLM checkpoint.
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["text_encoder"] = ["transformers", "Qwen3Model"]
+    index["tokenizer"] = ["transformers", "Qwen2Tokenizer"]
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _build_qwen3_vl(out: Path, thinking: bool = False) -> None:
+    import torch
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tok = build_tokenizer(qwen3_vl_chat_template(thinking))
+    ids = tok.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=HIDDEN,
+            intermediate_size=2 * HIDDEN,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [4, 2, 2],  # sums to head_dim / 2, as [24, 20, 20] does for 128
+                "mrope_interleaved": True,
+            },
+            eos_token_id=ids("<|im_end|>"),
+            pad_token_id=ids("<|endoftext|>"),
+        ),
+        vision_config=dict(
+            depth=4,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            in_channels=3,
+            patch_size=16,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            out_hidden_size=HIDDEN,  # == the text hidden size, as 2560 == 2560
+            num_position_embeddings=64,  # a square grid (8 x 8); the real one is 48 x 48
+            deepstack_visual_indexes=[1, 2, 3],
+            hidden_act="gelu_pytorch_tanh",
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(3)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = ids("<|endoftext|>")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(tok.chat_template)
+    # Real values: shortest_edge 65536 (min pixels), longest_edge 16777216 (max pixels). The tiny
+    # model keeps images small so tests stay fast.
+    image_kwargs = dict(
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256},
+    )
+    Qwen2VLImageProcessorPil(**image_kwargs).save_pretrained(out)
+    video = dict(image_kwargs, processor_class="Qwen3VLProcessor", video_processor_type="Qwen3VLVideoProcessor")
+    (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
+
+
+def build_tiny_models(out: str | os.PathLike) -> Path:
+    """Write ``out/z-image`` and ``out/qwen3-vl``; returns ``out``. Overwrites nothing: ``out`` must be new or empty."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        from ..errors import InputError
+
+        raise InputError(f"output folder {out} is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    _build_z_image(out / "z-image")
+    _build_qwen3_vl(out / "qwen3-vl")
+    return out
+
+
+def cache_root() -> Path:
+    """``$LLM_DIT_CACHE``, else ``$XDG_CACHE_HOME/llm-dit``, else ``~/.cache/llm-dit``."""
+    if os.environ.get("LLM_DIT_CACHE"):
+        return Path(os.environ["LLM_DIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm-dit"
+
+
+def ensure_tiny_models() -> Path:
+    """The cached tiny models, built on first use. Safe against concurrent first uses."""
+    final = cache_root() / f"tiny-v{TINY_VERSION}"
+    if (final / "z-image" / "model_index.json").is_file() and (final / "qwen3-vl" / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny_models(tmp)
+    try:
+        os.rename(tmp, final)  # atomic: a reader sees all of it or none of it
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+        if not (final / "z-image" / "model_index.json").is_file():
+            raise
+    return final
