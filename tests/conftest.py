@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny models are built once per test session into a private cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory):
+    """Point LLM_DIT_CACHE at a fresh folder (so the suite never reads a user's cache) and build."""
+    cache = tmp_path_factory.mktemp("llm-dit-cache")
+    old = os.environ.get("LLM_DIT_CACHE")
+    os.environ["LLM_DIT_CACHE"] = str(cache)
+    from llm_dit.models.tiny import ensure_tiny_models
+
+    root = ensure_tiny_models()
+    yield root
+    if old is None:
+        os.environ.pop("LLM_DIT_CACHE", None)
+    else:
+        os.environ["LLM_DIT_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_z_image_dir(tiny_cache):
+    return tiny_cache / "z-image"
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tiny_cache):
+    return tiny_cache / "qwen3-vl"
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from llm_dit.config import resolve_config
+
+    return resolve_config("tiny", overrides={"generation.width": 64, "generation.height": 64, "generation.steps": 4})
+
+
+@pytest.fixture(scope="session")
+def zimage(tiny_config):
+    from llm_dit.generate import ZImage
+
+    return ZImage.load(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def stock_pipe(tiny_z_image_dir):
+    """diffusers' own pipeline on the same folder: the oracle for parity tests."""
+    import torch
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(str(tiny_z_image_dir), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

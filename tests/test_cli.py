@@ -1,0 +1,137 @@
+"""The command line: every user error is one line on stderr, a non-zero exit, and no output file."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from llm_dit.cli import main
+
+
+def run(args, capsys):
+    rc = main(args)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def messages(stderr):
+    """stderr without progress bars (tqdm lines of model loading and denoising)."""
+    return [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip() and "|" not in ln]
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "text.png").write_text("this is not an image")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "bad.toml").write_text("[tiny\n")
+    return tmp_path
+
+
+CASES = [
+    (["--image", "{d}/missing.png"], "init image {d}/missing.png does not exist"),
+    (["--image", "{d}/text.png"], "is not an image file"),
+    (["--image", "{d}/truncated.png"], "could not be decoded"),
+    (["--image", "{d}/empty.png"], "is empty (0 bytes)"),
+    (["--width", "100"], "config key 'generation.width': must be a multiple of 16 (got 100; nearest: 96)"),
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--z-image", "{d}/no/such/folder"], "does not exist"),
+    (["--z-image", "{d}"], "is not a diffusers Z-Image folder: it has no model_index.json"),
+    (["--prompt", ""], "the prompt is empty"),
+    (["--prompt", "  "], "the prompt is empty"),
+    (["--steps", "abc"], "invalid int value: 'abc'"),
+    (["--steps", "0"], "'generation.steps'"),
+    (["--config", "{d}/bad.toml"], "not valid TOML"),
+    (["--config", "{d}/missing.toml"], "does not exist"),
+    (["--strength", "0.5"], "--strength needs --image"),
+    (["--hidden-layer", "99"], "hidden layer 99 is out of range"),
+    (["--long-prompt-mode", "squash"], "'encoder.long_prompt_mode'"),
+    (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "runtime.device"),
+]
+
+
+@pytest.mark.parametrize("extra, needle", CASES, ids=[c[1][:40] for c in CASES])
+def test_user_errors_are_one_line_and_write_nothing(files, capsys, extra, needle):
+    out = files / "out" / "result.png"
+    args = ["generate", "--profile", "tiny", "--prompt", "a cat", "--out", str(out)]
+    args += [a.format(d=files) for a in extra]
+    rc, stdout, stderr = run(args, capsys)
+    assert rc != 0
+    lines = messages(stderr)
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("llm-dit: error: ")
+    assert needle.format(d=files) in lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists() and not (files / "out").exists()
+
+
+def test_output_must_be_png(tmp_path, capsys):
+    rc, _, err = run(["generate", "--profile", "tiny", "--prompt", "a", "--out", str(tmp_path / "a.jpg")], capsys)
+    assert rc == 2 and "must end in .png" in err
+
+
+def test_missing_required_flag(capsys):
+    rc, _, err = run(["generate", "--profile", "tiny"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "required" in err
+
+
+def test_img2img_from_the_cli(files, capsys):
+    out = files / "i2i.png"
+    rc, stdout, _ = run(["generate", "--profile", "tiny", "--prompt", "a red house", "--out", str(out),
+                         "--image", str(files / "ok.png"), "--strength", "0.8", "--width", "64", "--height", "64"],
+                        capsys)
+    assert rc == 0 and out.exists()
+    from llm_dit.images import read_png_parameters
+
+    p = read_png_parameters(out)
+    assert p["mode"] == "img2img" and p["config"]["generation"]["strength"] == 0.8
+
+
+def test_no_temporary_files_left_behind(files, capsys):
+    out = files / "clean" / "x.png"
+    assert run(["generate", "--profile", "tiny", "--prompt", "a", "--out", str(out), "--width", "32",
+                "--height", "32", "--steps", "2"], capsys)[0] == 0
+    assert sorted(os.listdir(out.parent)) == ["x.png"]
+
+
+def test_models_tiny_command(tmp_path, capsys):
+    rc, out, _ = run(["models", "tiny", "--out", str(tmp_path / "m")], capsys)
+    assert rc == 0 and (tmp_path / "m/z-image/model_index.json").is_file()
+    assert (tmp_path / "m/qwen3-vl/config.json").is_file()
+    rc, _, err = run(["models", "tiny", "--out", str(tmp_path / "m")], capsys)
+    assert rc == 2 and "not empty" in err
+
+
+def test_profiles_and_config_commands(capsys, tmp_path):
+    rc, out, _ = run(["profiles"], capsys)
+    assert rc == 0 and [line.split()[0] for line in out.splitlines()] == ["default", "low_vram", "rtx4090", "tiny"]
+    rc, out, _ = run(["config", "--profile", "tiny", "--steps", "3"], capsys)
+    import json
+
+    assert rc == 0 and json.loads(out)["generation"]["steps"] == 3
+
+
+def _cli(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    exe = os.path.join(os.path.dirname(sys.executable), "llm-dit")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_installed_entry_point_and_an_unreachable_hub_id(tmp_path):
+    out = tmp_path / "x.png"
+    r = _cli("generate", "--prompt", "a cat", "--out", str(out), "--z-image", "no-such-org/no-such-model",
+             env_extra={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0
+    lines = messages(r.stderr)
+    assert len(lines) == 1 and "could not load Z-Image from 'no-such-org/no-such-model'" in lines[0], r.stderr
+    assert not out.exists()
+    assert _cli("--help").returncode == 0
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = _cli("generate", "--profile", "tiny", "--prompt", "", "--out", str(tmp_path / "x.png"), "--debug")
+    assert r.returncode != 0 and "Traceback" in r.stderr

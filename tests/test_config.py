@@ -1,0 +1,120 @@
+import pytest
+
+from llm_dit.config import Config, GenerationConfig, profile_names, resolve_config
+from llm_dit.errors import ConfigError
+
+
+def test_shipped_profiles_resolve_and_validate():
+    assert {"default", "rtx4090", "low_vram", "tiny"} <= set(profile_names())
+    for name in profile_names():
+        assert resolve_config(name).profile == name
+
+
+def test_default_profile_is_z_image_turbo():
+    c = resolve_config("default")
+    assert c.models.z_image == "Tongyi-MAI/Z-Image-Turbo"
+    assert c.models.vl == "Qwen/Qwen3-VL-4B-Instruct"
+    assert (c.runtime.device, c.runtime.dtype) == ("auto", "auto")
+    g = c.generation
+    assert (g.steps, g.guidance_scale, g.width, g.height, g.shift) == (9, 0.0, 1024, 1024, 3.0)
+    assert (c.encoder.hidden_layer, c.encoder.max_length) == (-2, 512)
+
+
+def test_defaults_agree_everywhere():
+    # The default profile, the dataclass defaults and the CLI (which only overrides what is passed)
+    # must not disagree: upstream had three different hidden-layer defaults.
+    shipped = resolve_config("default").to_dict()
+    built_in = Config().to_dict()
+    assert shipped == built_in
+    from llm_dit.cli import build_parser
+
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--out", "x.png"])
+    assert all(v is None for k, v in vars(args).items() if "." in k)
+
+
+def test_profiles_inherit_and_override():
+    tiny = resolve_config("tiny")
+    assert (tiny.runtime.device, tiny.runtime.dtype, tiny.models.z_image) == ("cpu", "float32", "tiny")
+    assert tiny.generation.steps == 9  # inherited from default
+    low = resolve_config("low_vram")
+    assert low.runtime.offload == "group_block" and low.runtime.device == "cuda"
+
+
+def test_user_file_extends_and_defines_profiles(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text(
+        '[tiny.generation]\nsteps = 3\n\n[mine]\ninherits = "tiny"\n[mine.encoder]\nhidden_layer = -3\n'
+    )
+    assert resolve_config("tiny", f).generation.steps == 3
+    mine = resolve_config("mine", f)
+    assert mine.encoder.hidden_layer == -3 and mine.generation.steps == 3 and mine.models.z_image == "tiny"
+    assert "mine" in profile_names(f)
+
+
+def test_flags_override_file_and_profile(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[tiny.generation]\nsteps = 3\n")
+    c = resolve_config("tiny", f, {"generation.steps": 5, "generation.seed": None})
+    assert c.generation.steps == 5 and c.generation.seed == 42
+
+
+def test_float_fields_accept_integers():
+    assert resolve_config("default", overrides={"generation.guidance_scale": 2}).generation.guidance_scale == 2.0
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"generation.steps": 0}, "'generation.steps'"),
+        ({"generation.width": 1000}, "multiple of 16"),
+        ({"generation.stpes": 3}, "allowed keys here: steps"),
+        ({"encoder.long_prompt_mode": "squash"}, "'truncate', 'interpolate', 'pool' or 'attention_pool'"),
+        ({"encoder.max_length": 1505}, "1504"),
+        ({"generation.steps": "9"}, "valid integer"),
+        ({"generation.steps": True}, "valid integer"),
+        ({"runtime.device": "gpu"}, "auto, cpu, cuda"),
+        ({"generation.strength": 1.5}, "'generation.strength'"),
+        ({"bogus.key": 1}, "unknown config key 'bogus'"),
+    ],
+)
+def test_invalid_values_give_one_line_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        resolve_config("default", overrides=overrides)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown profile 'nope'; available: default, low_vram, rtx4090, tiny"):
+        resolve_config("nope")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config("default", tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[default\nsteps = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_config("default", bad)
+    loop = tmp_path / "loop.toml"
+    loop.write_text('[a]\ninherits = "b"\n[b]\ninherits = "a"\n')
+    with pytest.raises(ConfigError, match="loops"):
+        resolve_config("a", loop)
+    flat = tmp_path / "flat.toml"
+    flat.write_text("steps = 3\n")
+    with pytest.raises(ConfigError, match="profile table"):
+        resolve_config("default", flat)
+
+
+def test_round_trip_through_metadata():
+    c = resolve_config("tiny", overrides={"generation.seed": 7, "encoder.hidden_layer": -3})
+    assert Config.from_dict(c.to_dict()) == c
+    assert c.replace(**{"generation.steps": 2}).generation.steps == 2
+    with pytest.raises(ConfigError):
+        c.replace(**{"generation.steps": -1})
+
+
+def test_config_is_frozen():
+    g = GenerationConfig()
+    with pytest.raises(Exception):
+        g.steps = 3

@@ -1,0 +1,93 @@
+"""Input images are decoded correctly or refused with one sentence; outputs are written atomically."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_dit.errors import InputError
+from llm_dit.images import MAX_INPUT_PIXELS, check_output_path, load_image, read_png_parameters, save_png
+
+
+def test_rgba_is_composited_over_white(tmp_path):
+    img = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
+    img.save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_palette_grey16_cmyk_and_gif(tmp_path):
+    Image.new("P", (4, 4), 3).save(tmp_path / "p.png")
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    frames = [Image.new("P", (4, 4), i) for i in (1, 2)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    for name in ("p.png", "g16.png", "c.jpg", "a.gif"):
+        assert load_image(tmp_path / name).mode == "RGB"
+    assert load_image(tmp_path / "g16.png").getpixel((0, 0)) == (255, 255, 255)  # scaled, not clipped
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert load_image(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    side = int(MAX_INPUT_PIXELS**0.5) + 16
+    Image.new("1", (side, side)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match=r"megapixels"):
+        load_image(tmp_path / "big.png")
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [(b"", "is empty"), (b"hello", "not an image file"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "not an image file")],
+)
+def test_bad_files_are_refused(tmp_path, content, needle):
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(InputError, match=needle):
+        load_image(tmp_path / "x.png")
+
+
+def test_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (tmp_path / "t.jpg").write_bytes(buf.getvalue()[:300])
+    with pytest.raises(InputError, match="t.jpg"):
+        load_image(tmp_path / "t.jpg")
+
+
+def test_folder_and_missing(tmp_path):
+    with pytest.raises(InputError, match="is not a file"):
+        load_image(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_save_png_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "o.png"
+    save_png(Image.new("RGB", (4, 4)), target, {"a": 1})
+    assert read_png_parameters(target) == {"a": 1}
+    before = target.read_bytes()
+
+    def boom(self, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError):
+        save_png(Image.new("RGB", (4, 4), (9, 9, 9)), target, {"a": 2})
+    assert target.read_bytes() == before  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]  # no temporary left behind
+
+
+def test_check_output_path(tmp_path):
+    assert check_output_path(tmp_path / "new" / "deeper" / "x.png").name == "x.png"
+    with pytest.raises(InputError, match="must end in .png"):
+        check_output_path(tmp_path / "x.jpg")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_path(tmp_path / "d.png")
