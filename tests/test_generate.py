@@ -92,10 +92,10 @@ def test_step_hook_swaps_conditioning_per_step(zimage):
         calls.append((i, n))
         return a
 
-    assert np.array_equal(np.asarray(zimage.generate(a, step_embeds=constant)), base)
+    assert np.array_equal(np.asarray(zimage.generate(constant)), base)
     n = zimage.config.generation.steps
     assert calls == [(i, n) for i in range(n)]
-    switched = np.asarray(zimage.generate(a, step_embeds=lambda i, n: a if i < n // 2 else b))
+    switched = np.asarray(zimage.generate(lambda i, n: a if i < n // 2 else b))
     only_b = np.asarray(zimage.generate(b))
     assert not np.array_equal(switched, base) and not np.array_equal(switched, only_b)
 
@@ -105,7 +105,7 @@ def test_step_hook_counts_img2img_steps(zimage):
     g = zimage.config.generation.model_copy(update={"strength": 0.5, "steps": 8})
     calls = []
     emb = zimage.encode(PROMPT).embeddings
-    zimage.generate(emb, g, init_image=init, step_embeds=lambda i, n: calls.append((i, n)) or emb)
+    zimage.generate(lambda i, n: calls.append((i, n)) or emb, g, init_image=init)
     assert calls == [(i, 4) for i in range(4)] and img2img_steps(8, 0.5) == zimage.img2img_pipeline().num_timesteps
 
 

@@ -67,7 +67,6 @@ def _config(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import ZImage
     from .images import check_output_path, load_image, save_png
-    from .models.loading import resolve_model_path
     from .provenance import provenance
     from .text import check_prompt
 
@@ -78,8 +77,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     init = load_image(args.image, "init image") if args.image else None
     if args.image is None and _overrides(args).get("generation.strength") is not None:
         raise InputError("--strength needs --image (img2img)")
-    if cfg.models.z_image != "tiny":
-        resolve_model_path(cfg.models.z_image, "z_image")
 
     t0 = time.perf_counter()
     model = ZImage.load(cfg)

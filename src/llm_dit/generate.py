@@ -7,9 +7,9 @@ seed gives the same starting noise on any device. The scheduler's shift is set e
 call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` over
 ``linspace(1, 1/N, N)``).
 
-Per-step conditioning: ``step_embeds(i, n) -> [L, D]`` gives the embeddings for step ``i`` of the
-``n`` steps that run (img2img runs fewer than ``steps``). Step 0 uses it directly; diffusers'
-``callback_on_step_end`` after step ``i`` swaps in ``step_embeds(i + 1, n)`` for the next step.
+Per-step conditioning: pass a function ``(i, n) -> [L, D]`` instead of a tensor; it gives the
+embeddings for step ``i`` of the ``n`` steps that run (img2img runs fewer than ``steps``). Step 0
+uses it directly; diffusers' ``callback_on_step_end`` after step ``i`` swaps in ``f(i + 1, n)``.
 """
 
 from __future__ import annotations
@@ -113,44 +113,51 @@ class ZImage:
     @torch.no_grad()
     def generate(
         self,
-        prompt_embeds: torch.Tensor,
+        conditioning: torch.Tensor | StepEmbeds,
         generation: GenerationConfig | None = None,
         init_image: Image.Image | None = None,
-        step_embeds: StepEmbeds | None = None,
         negative_embeds: torch.Tensor | None = None,
     ) -> Image.Image:
-        """One image from ``prompt_embeds: [L, D]`` (txt2img, or img2img when ``init_image`` is given)."""
+        """One image (txt2img, or img2img when ``init_image`` is given).
+
+        ``conditioning`` is the caption embedding ``[L, D]`` for every step, or a function
+        ``(i, n) -> [L, D]`` giving the embedding for step ``i`` of the ``n`` steps that run.
+        """
         g = generation or self.config.generation
         self._set_shift(g.shift)
-        kwargs: dict = dict(
-            prompt_embeds=[self._to_dit(prompt_embeds)],
+        if init_image is None:
+            pipe, n_steps, extra = self.pipe, g.steps, {}
+        else:
+            pipe, n_steps = self.img2img_pipeline(), img2img_steps(g.steps, g.strength)
+            extra = dict(image=fit_init_image(init_image, g.width, g.height), strength=g.strength)
+        if callable(conditioning):
+            first = conditioning(0, n_steps)
+            extra.update(
+                callback_on_step_end=self._step_callback(conditioning), callback_on_step_end_tensor_inputs=[]
+            )
+        else:
+            first = conditioning
+        if g.guidance_scale > 0:
+            if negative_embeds is None:  # diffusers' negative prompt default: the empty prompt
+                negative_embeds = self.encode_negative()
+            extra["negative_prompt_embeds"] = [self._to_dit(negative_embeds)]
+        return pipe(
+            prompt_embeds=[self._to_dit(first)],
             height=g.height,
             width=g.width,
             num_inference_steps=g.steps,
             guidance_scale=g.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(g.seed),
             output_type="pil",
-        )
-        if g.guidance_scale > 0:
-            if negative_embeds is None:  # diffusers' negative prompt default: the empty prompt
-                negative_embeds = encode_prompt(
-                    self.pipe.tokenizer, self.pipe.text_encoder, "", self.config.encoder.hidden_layer,
-                    self.config.encoder.max_length, allow_empty=True,
-                ).embeddings
-            kwargs["negative_prompt_embeds"] = [self._to_dit(negative_embeds)]
-        if step_embeds is not None:
-            kwargs["callback_on_step_end"] = self._step_callback(step_embeds)
-            kwargs["callback_on_step_end_tensor_inputs"] = []
+            **extra,
+        ).images[0]
 
-        if init_image is None:
-            pipe = self.pipe
-        else:
-            pipe = self.img2img_pipeline()
-            kwargs.update(image=fit_init_image(init_image, g.width, g.height), strength=g.strength)
-        if step_embeds is not None:
-            n = img2img_steps(g.steps, g.strength) if init_image is not None else g.steps
-            kwargs["prompt_embeds"] = [self._to_dit(step_embeds(0, n))]
-        return pipe(**kwargs).images[0]
+    def encode_negative(self) -> torch.Tensor:
+        """The empty prompt, which diffusers uses as the negative prompt for guidance."""
+        enc = self.config.encoder
+        return encode_prompt(
+            self.pipe.tokenizer, self.pipe.text_encoder, "", enc.hidden_layer, enc.max_length, allow_empty=True
+        ).embeddings
 
     def _step_callback(self, step_embeds: StepEmbeds):
         def on_step_end(pipe, i, t, callback_kwargs):

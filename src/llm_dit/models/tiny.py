@@ -26,6 +26,18 @@ from pathlib import Path
 TINY_VERSION = "1"
 HIDDEN = 64  # plays 2560
 
+# Qwen3-4B and the Qwen3-VL-4B language model share one architecture (2560 wide, 32 query heads,
+# 8 KV heads, head_dim 128, tied embeddings); the tiny ones share these scaled-down values.
+_SHARED_TEXT_DIMS = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=2 * HIDDEN,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+
 # The real Qwen2/Qwen3 added tokens, in id order (151643 + i in the real vocabulary), and whether
 # each is "special" (stripped by skip_special_tokens). <think> and </think> are not special.
 ADDED_TOKENS: list[tuple[str, bool]] = [
@@ -144,15 +156,9 @@ def _build_z_image(out: Path) -> None:
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
             vocab_size=len(tok),
-            hidden_size=HIDDEN,
-            intermediate_size=2 * HIDDEN,
             num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
             max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
+            **_SHARED_TEXT_DIMS,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6},
             eos_token_id=ids("<|im_end|>"),
             pad_token_id=ids("<|endoftext|>"),
@@ -214,15 +220,9 @@ def _build_qwen3_vl(out: Path, thinking: bool = False) -> None:
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tok),
-            hidden_size=HIDDEN,
-            intermediate_size=2 * HIDDEN,
             num_hidden_layers=8,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
             max_position_embeddings=8192,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=True,
+            **_SHARED_TEXT_DIMS,
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 5e6,
