@@ -97,6 +97,30 @@ class GenerationConfig(_Section):
         return v
 
 
+class VLConfig(_Section):
+    """Qwen3-VL extraction defaults (the seeds' recommended layer -6, the full token sequence).
+
+    ``max_pixels`` bounds each reference image's pixels and so its tokens (about one token per
+    32 x 32 pixels: 1048576 -> ~1024 tokens); ``pool`` then averages ``pool x pool`` neighbourhoods of
+    each image's token grid. ``cache_gb`` bounds the on-disk extraction cache (0 turns it off).
+    """
+
+    backend: Literal["vl", "splice"] = "vl"
+    layers: list[int] = Field(default_factory=lambda: [-6], min_length=1)
+    token_selection: Literal["full", "text_only", "user_text", "image_only", "image_no_markers"] = "full"
+    max_pixels: int = Field(1024 * 1024, ge=1024, le=16384 * 16384)
+    pool: int = Field(1, ge=1, le=32)
+    system_prompt: str = ""
+    cache_gb: float = Field(4.0, ge=0.0)
+
+    @field_validator("layers")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"must not repeat a layer (got {v})")
+        return v
+
+
 class Config(_Section):
     """The whole resolved configuration: one object, validated once, recorded whole."""
 
@@ -105,6 +129,7 @@ class Config(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     encoder: EncoderConfig = EncoderConfig()
     generation: GenerationConfig = GenerationConfig()
+    vl: VLConfig = VLConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

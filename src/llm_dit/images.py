@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
+from .io import atomic_path
 
 #: Refuse images above this many pixels before decoding them (a decompression-bomb guard).
 MAX_INPUT_PIXELS = 8192 * 8192
@@ -110,20 +110,6 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".png") -> Path:
 
 def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None) -> Path:
     """Write ``image`` to ``path`` atomically, with ``parameters`` as JSON in a PNG text chunk."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(parameters or {}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=png_info(parameters or {}))
+    return Path(path)

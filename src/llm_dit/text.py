@@ -65,13 +65,51 @@ def check_prompt(prompt: str) -> str:
 
 
 def check_hidden_layer(hidden_layer: int, num_layers: int, what: str = "text encoder") -> int:
-    """Valid indices into ``hidden_states`` (``num_layers + 1`` entries): ``-(n+1) .. n``."""
-    n = num_layers
-    if not -(n + 1) <= hidden_layer <= n:
-        raise InputError(
-            f"hidden layer {hidden_layer} is out of range for a {what} with {n} layers (valid: {-(n + 1)}..{n})"
-        )
-    return hidden_layer
+    """The canonical index (``0..n``) of a ``hidden_states`` index; out of range is an error."""
+    from .vl.capture import canonical_layer
+
+    return canonical_layer(hidden_layer, num_layers, what)
+
+
+@torch.no_grad()
+def run_text_encoder(
+    text_encoder,
+    ids: list[int],
+    layers: list[int],
+    min_length: int = 0,
+    pad_id: int | None = 0,
+    image_features: torch.Tensor | None = None,
+    image_token_id: int | None = None,
+) -> dict[int, torch.Tensor]:
+    """``{k: hidden_states[k][0, :n]}`` (float32, CPU) of a Qwen3 encoder for canonical indices ``k``.
+
+    The sequence is right-padded to ``min_length`` with an attention mask, exactly as diffusers
+    does: the kept positions are mathematically independent of the padding, but the masked attention
+    kernel rounds differently from the unmasked one, and bit-exact parity with diffusers is worth
+    ~1 ms. With ``image_features: [m, D]`` (the splice backend) the input embeddings at the ``m``
+    ``image_token_id`` positions are replaced by them. The pass stops after the deepest layer.
+    """
+    from .vl.capture import capture_hidden_states
+
+    n = len(ids)
+    width = max(n, min_length)
+    device = text_encoder.device
+    input_ids = torch.full((1, width), pad_id if pad_id is not None else 0, dtype=torch.long, device=device)
+    input_ids[0, :n] = torch.tensor(ids, dtype=torch.long, device=device)
+    mask = torch.zeros((1, width), dtype=torch.bool, device=device)
+    mask[0, :n] = True
+    kwargs: dict = {"attention_mask": mask, "use_cache": False}
+    if image_features is None:
+        kwargs["input_ids"] = input_ids
+    else:
+        embeds = text_encoder.get_input_embeddings()(input_ids)
+        slots = input_ids[0] == image_token_id
+        if int(slots.sum()) != image_features.shape[0]:
+            raise ValueError(f"{int(slots.sum())} image slots for {image_features.shape[0]} image features")
+        embeds[0, slots] = image_features.to(embeds.device, embeds.dtype)
+        kwargs["inputs_embeds"] = embeds
+    states = capture_hidden_states(text_encoder.layers, text_encoder.norm, layers, lambda: text_encoder(**kwargs))
+    return {k: v[0, :n].float().cpu() for k, v in states.items()}
 
 
 def format_prompt(tokenizer, prompt: str) -> str:
@@ -97,8 +135,7 @@ def encode_prompt(
         check_prompt(prompt)
     if not 1 <= max_length <= MAX_CAPTION_TOKENS:
         raise InputError(f"max_length must be in 1..{MAX_CAPTION_TOKENS} (got {max_length})")
-    check_hidden_layer(hidden_layer, text_encoder.config.num_hidden_layers)
-
+    k = check_hidden_layer(hidden_layer, text_encoder.config.num_hidden_layers)
     formatted = format_prompt(tokenizer, prompt)
     ids = tokenizer(formatted, add_special_tokens=False).input_ids
     n_prompt = len(ids)
@@ -109,19 +146,7 @@ def encode_prompt(
     if limit and len(ids) > limit:
         raise InputError(f"the prompt has {len(ids)} tokens; the text encoder accepts at most {limit}")
 
-    # Right-pad to max_length with an attention mask, exactly as diffusers does: the kept positions
-    # are mathematically independent of the padding, but the masked attention kernel rounds
-    # differently from the unmasked one, and bit-exact parity with diffusers is worth ~1 ms.
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    n = len(ids)
-    width = max(n, max_length)
-    device = text_encoder.device
-    input_ids = torch.full((1, width), pad_id, dtype=torch.long, device=device)
-    input_ids[0, :n] = torch.tensor(ids, device=device)
-    mask = torch.zeros((1, width), dtype=torch.bool, device=device)
-    mask[0, :n] = True
-    out = text_encoder(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
-    emb = out.hidden_states[hidden_layer][0, :n].float().cpu()
+    emb = run_text_encoder(text_encoder, ids, [k], min_length=max_length, pad_id=tokenizer.pad_token_id)[k]
     compressed = emb.shape[0] > max_length
     emb = fit_length(emb, max_length, long_prompt_mode)
     return TextEncoding(

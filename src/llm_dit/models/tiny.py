@@ -23,11 +23,11 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 HIDDEN = 64  # plays 2560
 
-# Qwen3-4B and the Qwen3-VL-4B language model share one architecture (2560 wide, 32 query heads,
-# 8 KV heads, head_dim 128, tied embeddings); the tiny ones share these scaled-down values.
+# Qwen3-4B and the Qwen3-VL-4B language model share one architecture (36 layers, 2560 wide, 32 query
+# heads, 8 KV heads, head_dim 128, tied embeddings); the tiny ones share these scaled-down values.
 _SHARED_TEXT_DIMS = dict(
     hidden_size=HIDDEN,
     intermediate_size=2 * HIDDEN,
@@ -156,7 +156,7 @@ def _build_z_image(out: Path) -> None:
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
             vocab_size=len(tok),
-            num_hidden_layers=4,
+            num_hidden_layers=8,  # as the VL language model: both are 36 in the real models
             max_position_embeddings=4096,
             **_SHARED_TEXT_DIMS,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6},

@@ -1,0 +1,136 @@
+"""``llm-dit``: a thin command line over the library. Parse, build the Config, call, print.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit code; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import LlmDitError
+from . import generate, stats, vl
+from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="llm-dit", description="Zero-shot vision conditioning of Z-Image with Qwen3-VL.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("generate", help="text-to-image (or img2img with --image) with Z-Image")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("--image", metavar="INIT", help="init image for img2img")
+    add_generation_flags(p)
+    add_config_flags(p)
+    p.set_defaults(func=generate.cmd_generate)
+
+    p = sub.add_parser("extract", help="Qwen3-VL hidden states of images + text, saved as safetensors")
+    p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")
+    p.add_argument("--text", help="the VL text: the prompt, or any other text")
+    p.add_argument("--no-text", action="store_true", help="images only, no text in the chat")
+    p.add_argument("--system-prompt", help="an optional system turn")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    add_vl_flags(p)
+    add_config_flags(p)
+    p.set_defaults(func=vl.cmd_extract)
+
+    p = sub.add_parser("caption", help="caption an image with Qwen3-VL (Instruct or Thinking)")
+    p.add_argument("--image", required=True, metavar="IMG")
+    p.add_argument("--out", required=True, metavar="caption.txt")
+    p.add_argument("--min-tokens", type=int, help="retry until the caption has this many tokens (default 0)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget, thinking included (default 1024)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.6)")
+    p.add_argument("--attempts", type=int, help="tries to reach --min-tokens (default 3)")
+    p.add_argument("--prompt", help="the request (default: 'Describe this image in detail.')")
+    p.add_argument("--system-prompt", help="replace the captioning system prompt ('' for none)")
+    p.add_argument("--seed", dest="generation.seed", type=int)
+    add_vl_flags(p, extraction=False)
+    add_config_flags(p)
+    p.set_defaults(func=vl.cmd_caption)
+
+    p = sub.add_parser("stats", help="reference statistics and VL-vs-text comparisons")
+    ssub = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
+    s = ssub.add_parser("reference", help="per-dimension statistics of Z-Image's text encoder at one layer")
+    s.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the shipped corpus)")
+    s.add_argument("--layer", type=int, default=-2, help="hidden_states index (default -2)")
+    s.add_argument("--covariance", action="store_true", help="also store the [D, D] covariance (for whiten)")
+    s.add_argument("--exclude-massive", action="store_true", help="leave out massive-activation tokens")
+    s.add_argument("--out", required=True, metavar="ref.safetensors")
+    s.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH")
+    add_config_flags(s)
+    s.set_defaults(func=stats.cmd_stats_reference)
+    s = ssub.add_parser("compare", help="per-dimension statistics: text encoder vs VL image and text tokens")
+    s.add_argument("--image", required=True, metavar="IMG")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--threshold", type=float, help="outlier std ratio (default 10)")
+    s.add_argument("--prompts", metavar="FILE", help="reference corpus (default: the shipped one)")
+    s.add_argument("--out", required=True, metavar="DIR")
+    add_vl_flags(s)
+    add_config_flags(s)
+    s.set_defaults(func=stats.cmd_stats_compare)
+
+    p = sub.add_parser("models", help="model utilities")
+    msub = p.add_subparsers(dest="models_command", required=True, parser_class=Parser)
+    t = msub.add_parser("tiny", help="write the tiny random-weight models in the real layouts")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--debug", action="store_true")
+    t.set_defaults(func=generate.cmd_models_tiny)
+
+    p = sub.add_parser("profiles", help="list the profiles (shipped and from --config)")
+    p.add_argument("--config", metavar="FILE")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=generate.cmd_profiles)
+
+    p = sub.add_parser("config", help="print the resolved configuration as JSON")
+    add_generation_flags(p)
+    add_config_flags(p)
+    p.set_defaults(func=generate.cmd_config)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        import diffusers
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        diffusers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
+        return args.func(args)
+    except LlmDitError as e:
+        if debug:
+            raise
+        print(f"llm-dit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("llm-dit: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except Exception as e:  # a bug: still one line, with the way to see more
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"llm-dit: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Shared pieces of the command line: the one-line-error parser, flag groups, config resolution."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise InputError(f"{self.prog}: {message}")
+
+
+def int_list(text: str) -> list[int]:
+    """``"-6,-2"`` -> ``[-6, -2]`` (use ``--layers=-6,-2``: a leading minus needs the ``=`` form)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got '{text}'") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--profile", default="default", help="profile name (default: default)")
+    g.add_argument("--config", metavar="FILE", help="a TOML file that defines or extends profiles")
+    g.add_argument("--device", dest="runtime.device", help="auto | cpu | cuda | cuda:N | mps")
+    g.add_argument("--dtype", dest="runtime.dtype", help="auto | float32 | bfloat16 | float16")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH", help="Z-Image hub id or local folder")
+    g.add_argument("--seed", dest="generation.seed", type=int)
+    g.add_argument("--steps", dest="generation.steps", type=int)
+    g.add_argument("--width", dest="generation.width", type=int)
+    g.add_argument("--height", dest="generation.height", type=int)
+    g.add_argument("--shift", dest="generation.shift", type=float)
+    g.add_argument("--guidance-scale", dest="generation.guidance_scale", type=float)
+    g.add_argument("--strength", dest="generation.strength", type=float, help="img2img strength (0, 1]")
+    add_encoder_flags(p)
+
+
+def add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    e = p.add_argument_group("text encoder")
+    e.add_argument("--hidden-layer", dest="encoder.hidden_layer", type=int, help="hidden_states index (default -2)")
+    e.add_argument("--max-length", dest="encoder.max_length", type=int, help="caption tokens, at most 1504")
+    e.add_argument(
+        "--long-prompt-mode", dest="encoder.long_prompt_mode", help="truncate | interpolate | pool | attention_pool"
+    )
+
+
+def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True) -> None:
+    g = p.add_argument_group("Qwen3-VL")
+    g.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
+    g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH",
+                   help="Z-Image hub id or folder (its text encoder: splice backend, statistics)")
+    g.add_argument("--max-pixels", dest="vl.max_pixels", type=int, help="pixel budget per image (~1 token / 1024 px)")
+    if extraction:
+        g.add_argument("--layers", dest="vl.layers", type=int_list, metavar="K[,K...]",
+                       help="hidden_states indices, e.g. --layers=-6,-2")
+        g.add_argument("--tokens", dest="vl.token_selection",
+                       help="full | text_only | user_text | image_only | image_no_markers")
+        g.add_argument("--pool", dest="vl.pool", type=int, help="average K x K neighbourhoods of the image-token grid")
+        g.add_argument("--backend", dest="vl.backend", help="vl | splice")
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+
+
+def config(args: argparse.Namespace):
+    from ..config import resolve_config
+
+    return resolve_config(args.profile, args.config, overrides(args))

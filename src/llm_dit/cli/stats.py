@@ -1,0 +1,75 @@
+"""``llm-dit stats reference`` and ``llm-dit stats compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .common import config
+
+
+def _text_encoder(cfg):
+    from ..models.loading import resolve_placement
+    from ..vl.extract import load_text_encoder
+
+    placement = resolve_placement(cfg.runtime)
+    return load_text_encoder(cfg.models.z_image, placement.device, placement.dtype)
+
+
+def cmd_stats_reference(args) -> int:
+    from ..analysis.reference import compute_reference_stats, read_prompts
+    from ..images import check_output_path
+
+    cfg = config(args)
+    out = check_output_path(args.out, ".safetensors")
+    prompts = read_prompts(args.prompts)
+    encoder, tokenizer = _text_encoder(cfg)
+    stats = compute_reference_stats(
+        tokenizer, encoder, prompts, [args.layer], model_name=cfg.models.z_image,
+        covariance=args.covariance, exclude_massive=args.exclude_massive,
+    )[args.layer]
+    stats.save(out)
+    print(
+        f"{stats.num_tokens} tokens from {stats.num_prompts} prompts at layer {args.layer} "
+        f"(index {stats.layer} of {stats.num_layers}): global std {stats.global_std:.4g}, "
+        f"median per-dim std {float(stats.std.median()):.4g}"
+        + (f", {stats.excluded_tokens} massive tokens excluded" if args.exclude_massive else "")
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_stats_compare(args) -> int:
+    from ..analysis.compare import compare_embedding_stats, plot_report
+    from ..images import load_image
+    from ..io import write_json
+    from ..text import check_prompt
+    from ..vl import VLEmbeddingExtractor
+
+    cfg = config(args)
+    check_prompt(args.prompt)
+    image = load_image(args.image, "image")
+    if args.threshold is not None and args.threshold <= 1:
+        raise InputError(f"--threshold must be a ratio greater than 1 (got {args.threshold})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    encoder, tokenizer = _text_encoder(cfg)
+    extractor = VLEmbeddingExtractor.from_config(cfg, text_encoder=encoder)
+    report = compare_embedding_stats(
+        extractor, tokenizer, encoder, image, args.prompt, cfg.vl.layers, model_name=cfg.models.z_image,
+        threshold=args.threshold or 10.0, prompts_file=args.prompts,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "stats.json", report)
+    plots = plot_report(report, out)
+    for k, entry in report["layers"].items():
+        c = entry.get("correlation_vl_image") or entry["correlation_vl_text"]
+        leak = entry["leak"]["user_text_relative_change"]
+        print(
+            f"layer {k}: {len(entry.get('outliers_vl_image', []))} image-token outlier dims, "
+            f"spearman {c['spearman_std']:.3f} ({c['spearman_std_without_massive']:.3f} without massive dims), "
+            f"text change when the image changes {leak if leak is None else f'{leak:.3g}'}"
+        )
+    print(f"wrote {out / 'stats.json'} and {len(plots)} plots to {out}")
+    return 0

@@ -1,0 +1,64 @@
+"""``llm-dit extract`` and ``llm-dit caption``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .common import config
+
+
+def cmd_extract(args) -> int:
+    from ..images import check_output_path, load_image
+    from ..vl import VLEmbeddingExtractor
+
+    cfg = config(args)
+    out = check_output_path(args.out, ".safetensors")
+    images = [load_image(p, "image") for p in args.image or []]
+    if args.no_text and args.text is not None:
+        raise InputError("--text and --no-text exclude each other")
+    text = None if args.no_text else args.text
+    if not images and not (text and text.strip()):
+        raise InputError("nothing to extract: give --image and/or --text")
+    system = args.system_prompt if args.system_prompt is not None else (cfg.vl.system_prompt or None)
+
+    extractor = VLEmbeddingExtractor.from_config(cfg)
+    result = extractor.extract(
+        images, text, hidden_layer=cfg.vl.layers, system_prompt=system, token_selection=cfg.vl.token_selection,
+        max_pixels=cfg.vl.max_pixels, pool=cfg.vl.pool,
+    )
+    result.save(out)
+    print(result.summary())
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from ..images import check_output_path, load_image
+    from ..io import write_text
+    from ..vl import VLEmbeddingExtractor
+    from ..vl.caption import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, caption_image
+
+    cfg = config(args)
+    out = check_output_path(args.out, ".txt")
+    image = load_image(args.image, "image")
+    for name in ("min_tokens", "max_new_tokens", "attempts"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "min_tokens" else 1):
+            raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'min_tokens' else 1}")
+    extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
+    cap = caption_image(
+        extractor, image, min_tokens=args.min_tokens or 0, max_new_tokens=args.max_new_tokens or 1024,
+        prompt=args.prompt or DEFAULT_PROMPT,
+        system_prompt=DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
+        temperature=0.6 if args.temperature is None else args.temperature, attempts=args.attempts or 3,
+        seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
+    )
+    stem = out.with_suffix("")
+    write_text(Path(f"{stem}.raw.txt"), cap.raw)
+    if cap.thinking is not None:
+        write_text(Path(f"{stem}.thinking.txt"), cap.thinking)
+    write_text(out, cap.caption + "\n")
+    print(f"caption: {cap.tokens} tokens after {cap.attempts} attempt(s), model variant {extractor.variant}")
+    print(f"wrote {out}")
+    return 0

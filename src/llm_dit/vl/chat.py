@@ -1,0 +1,82 @@
+"""The Qwen3-VL chat: messages, the processor, the pixel budget and the model variant.
+
+The chat is one user turn ``[image_1, ..., image_n, text]`` after an optional system turn, rendered
+with the checkpoint's own chat template and generation prompt. The processor resizes each image so
+that its pixel count lies within ``[min_pixels, max_pixels]`` at multiples of ``patch * merge = 32``
+and expands each ``<|image_pad|>`` to one token per merged ``2 x 2`` patch group, so a
+``max_pixels`` budget is a token budget: about ``max_pixels / 1024`` tokens per image.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from ..errors import InputError
+
+
+def build_messages(images: list[Image.Image], text: str | None, system_prompt: str | None) -> list[dict]:
+    content: list[dict] = [{"type": "image"} for _ in images]
+    if text:
+        content.append({"type": "text", "text": text})
+    if not content:
+        raise InputError("the chat is empty: give at least one image or some text")
+    messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def load_processor(path: str, tokenizer=None):
+    """``Qwen3VLProcessor`` from a checkpoint folder, with or without torchvision.
+
+    ``AutoProcessor`` needs torchvision for Qwen3-VL's video processor. Without it we build the
+    processor from the image processor (the PIL implementation) and the tokenizer, with no video
+    processor: images work the same way, videos are not supported.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLProcessor
+
+    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+        def check_argument_for_proper_class(self, name, arg):
+            if name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(name, arg)
+
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    image_processor = AutoImageProcessor.from_pretrained(path)
+    return ImageOnlyQwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def detect_variant(tokenizer) -> str:
+    """``thinking`` when the chat template's generation prompt opens a ``<think>`` block, else ``instruct``.
+
+    Read from what the template renders, not from the model's name or path.
+    """
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "thinking" if rendered.rstrip().endswith("<think>") else "instruct"
+
+
+def pixel_bounds(processor, max_pixels: int | None) -> dict | None:
+    """The processor ``size`` override for a pixel budget (``None``: the checkpoint's own)."""
+    if max_pixels is None:
+        return None
+    if max_pixels < 32 * 32:
+        raise InputError(f"max_pixels must be at least 1024 (one 32x32 token; got {max_pixels})")
+    min_pixels = processor.image_processor.size.get("shortest_edge", 32 * 32)
+    return {"shortest_edge": min(min_pixels, max_pixels), "longest_edge": max_pixels}
+
+
+def run_processor(processor, messages: list[dict], images: list[Image.Image], max_pixels: int | None):
+    """Render the chat with the generation prompt and process it: input ids, pixels, grids."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    kwargs = {}
+    size = pixel_bounds(processor, max_pixels)
+    if size is not None:
+        kwargs["size"] = size
+    return processor(text=[text], images=images or None, return_tensors="pt", **kwargs)

@@ -1,0 +1,353 @@
+"""``VLEmbeddingExtractor``: hidden states of a Qwen3-VL chat, by one of two backends.
+
+* ``vl``: transformers' ``Qwen3VLForConditionalGeneration`` runs the whole chat (vision tower,
+  DeepStack, M-RoPE language model); we read its language model's hidden states.
+* ``splice``: only Qwen3-VL's vision tower and merger run; their 2560-d outputs replace the input
+  embeddings at the ``<|image_pad|>`` positions of Z-Image's own Qwen3-4B text encoder, whose hidden
+  states are read instead (no DeepStack, plain 1-D RoPE: the language model the DiT was trained
+  with). Same chat, same masks, same result object. Text-only input gives exactly the text path.
+
+Either way one forward pass serves every requested layer and stops after the deepest one; no LM
+head runs. Results are float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..errors import InputError, ModelLoadError
+from ..images import load_image
+from ..models.loading import _first_line, resolve_model_path
+from .cache import ExtractionCache, image_digest, request_key
+from .capture import canonical_layer, capture_hidden_states
+from .chat import build_messages, detect_variant, load_processor, run_processor
+from .result import VLExtractionResult
+from .tokens import SpecialIds, pool_image_tokens, resolve_token_selection
+
+BACKENDS = ("vl", "splice")
+
+
+def _auto_device(device, dtype) -> tuple[torch.device, torch.dtype]:
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return dev, dtype
+
+
+def load_vision_tower(path: str, device: torch.device, dtype: torch.dtype):
+    """Qwen3-VL's vision tower + merger alone, read from the checkpoint's ``model.visual.*`` tensors.
+
+    Builds ``Qwen3VLVisionModel`` directly on the target device and copies the tensors in, so the
+    language model's weights are never read (about 0.4B of 4.4B parameters for the real model).
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+    folder = Path(path)
+    if not folder.is_dir():  # a hub id: fetch the config, the index and the shards that hold the tower
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(path, allow_patterns=["*.json"]))
+        index = folder / "model.safetensors.index.json"
+        shards = sorted({v for k, v in json.loads(index.read_text())["weight_map"].items() if "visual." in k}) \
+            if index.is_file() else ["model.safetensors"]
+        folder = Path(snapshot_download(path, allow_patterns=["*.json", *shards]))
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device(device):
+        tower = Qwen3VLVisionModel._from_config(config.vision_config, dtype=dtype)
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                for prefix in ("model.visual.", "visual."):
+                    if key.startswith(prefix):
+                        state[key[len(prefix):]] = st.get_tensor(key).to(dtype)
+    missing, _ = tower.load_state_dict(state, strict=False)
+    if missing:
+        raise ModelLoadError(f"{path}: the checkpoint lacks vision-tower weights ({missing[0]}, ...)")
+    return tower.eval()
+
+
+def load_text_encoder(z_image: str, device: torch.device, dtype: torch.dtype):
+    """Z-Image's text encoder (``Qwen3Model``) and tokenizer alone, from a Z-Image folder or hub id."""
+    from transformers import AutoTokenizer, Qwen3Model
+
+    source = resolve_model_path(z_image, "z_image")
+    try:
+        encoder = Qwen3Model.from_pretrained(source, subfolder="text_encoder", dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+    except Exception as e:
+        raise ModelLoadError(f"could not load Z-Image's text encoder from '{z_image}': {_first_line(e)}") from e
+    return encoder, tokenizer
+
+
+class VLEmbeddingExtractor:
+    """Extract hidden states of a Qwen3-VL chat (see the module docstring)."""
+
+    def __init__(self, processor, model_name: str, variant: str, device: torch.device, dtype: torch.dtype,
+                 backend: str = "vl", model=None, vision=None, text_encoder=None,
+                 cache: ExtractionCache | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.model_name = model_name
+        self.variant = variant
+        self.device = device
+        self.dtype = dtype
+        self.backend = backend
+        self.model = model  # Qwen3VLForConditionalGeneration (vl backend, captions)
+        self.vision = vision  # Qwen3VLVisionModel (splice backend)
+        self.text_encoder = text_encoder  # Qwen3Model (splice backend)
+        self.special = SpecialIds.from_tokenizer(self.tokenizer)
+        self.cache = cache or ExtractionCache(0)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        id_or_path: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        backend: str = "vl",
+        text_encoder=None,
+        z_image: str | None = None,
+        cache: ExtractionCache | None = None,
+    ) -> VLEmbeddingExtractor:
+        """Load from a hub id or a local transformers folder (``tiny`` for the tiny model).
+
+        ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
+        loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder.
+        """
+        if backend not in BACKENDS:
+            raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        dev, dt = _auto_device(device, dtype)
+        source = resolve_model_path(id_or_path, "vl")
+        try:
+            processor = load_processor(source)
+        except Exception as e:
+            raise ModelLoadError(f"could not load the Qwen3-VL processor from '{id_or_path}': {_first_line(e)}") from e
+        variant = detect_variant(processor.tokenizer)
+        model = vision = None
+        if backend == "vl":
+            from transformers import Qwen3VLForConditionalGeneration
+
+            try:
+                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).to(dev).eval()
+            except Exception as e:
+                raise ModelLoadError(f"could not load Qwen3-VL from '{id_or_path}': {_first_line(e)}") from e
+        else:
+            if text_encoder is None:
+                if z_image is None:
+                    raise InputError("the splice backend needs Z-Image's text encoder (text_encoder= or z_image=)")
+                text_encoder, _ = load_text_encoder(z_image, dev, dt)
+            try:
+                vision = load_vision_tower(source, dev, dt)
+            except ModelLoadError:
+                raise
+            except Exception as e:
+                raise ModelLoadError(f"could not load the Qwen3-VL vision tower from '{id_or_path}': "
+                                     f"{_first_line(e)}") from e
+            if vision.config.out_hidden_size != text_encoder.config.hidden_size:
+                raise ModelLoadError(
+                    f"the vision tower emits {vision.config.out_hidden_size}-d features but the text encoder is "
+                    f"{text_encoder.config.hidden_size}-d"
+                )
+        return cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
+
+    @classmethod
+    def from_config(cls, config, backend: str | None = None, text_encoder=None) -> VLEmbeddingExtractor:
+        """The configured model on the configured device, with the configured extraction cache.
+
+        For the splice backend pass the already loaded Z-Image text encoder if there is one, so its
+        weights are not loaded twice; otherwise it is loaded from ``models.z_image``.
+        """
+        from ..models.loading import resolve_placement
+
+        placement = resolve_placement(config.runtime)
+        return cls.from_pretrained(
+            config.models.vl, device=placement.device, dtype=placement.dtype, backend=backend or config.vl.backend,
+            text_encoder=text_encoder, z_image=config.models.z_image,
+            cache=ExtractionCache(int(config.vl.cache_gb * 2**30)),
+        )
+
+    @property
+    def num_layers(self) -> int:
+        if self.backend == "vl":
+            return self.model.config.text_config.num_hidden_layers
+        return self.text_encoder.config.num_hidden_layers
+
+    def fingerprint(self) -> str:
+        """The model's identity for the cache: name, config, parameter count, dtype, backend."""
+        parts = [self.model_name, self.backend, str(self.dtype)]
+        for m in (self.model, self.vision, self.text_encoder):
+            if m is not None:
+                parts += [m.config.to_json_string(use_diff=False), str(sum(p.numel() for p in m.parameters()))]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    # -- extraction ----------------------------------------------------------------------------
+
+    def _images(self, image) -> list[Image.Image]:
+        if image is None:
+            return []
+        items = image if isinstance(image, (list, tuple)) else [image]
+        return [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in items]
+
+    @torch.no_grad()
+    def extract(
+        self,
+        image=None,
+        text: str | None = None,
+        hidden_layer: int | list[int] = -6,
+        system_prompt: str | None = None,
+        token_selection: str | None = None,
+        text_tokens_only: bool = False,
+        image_tokens_only: bool = False,
+        image_tokens_no_markers: bool = False,
+        max_pixels: int | None = None,
+        pool: int = 1,
+        **select_kwargs,
+    ) -> VLExtractionResult:
+        """Run the chat ``[images..., text]`` (after an optional system prompt) and select tokens.
+
+        ``image``: a path, a PIL image, or a list of them (or None). ``hidden_layer``: one index or a
+        list (transformers' ``hidden_states`` convention). ``token_selection`` or one seed flag picks
+        the tokens (none: the full sequence). ``max_pixels`` bounds each image's pixels (and so its
+        tokens); ``pool`` averages ``pool x pool`` neighbourhoods of each image's token grid.
+        Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization).
+        """
+        selection = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only,
+                                            image_tokens_no_markers)
+        if not isinstance(pool, int) or pool < 1:
+            raise InputError(f"pool must be a whole number >= 1 (got {pool})")
+        layers = list(dict.fromkeys([hidden_layer] if isinstance(hidden_layer, int) else list(hidden_layer)))
+        canon = {k: canonical_layer(k, self.num_layers, f"{self.backend} model") for k in layers}
+        images = self._images(image)
+        if text is not None and not text.strip():
+            text = None
+        raw = self._extract_raw(images, text, system_prompt, layers, canon, max_pixels)
+        states, ids, grids = pool_image_tokens(raw.hidden_states, raw.input_ids, self.special, raw.token_grids, pool)
+        pooled = dataclasses.replace(raw, hidden_states=states, input_ids=ids, token_grids=grids, pool=pool)
+        return pooled.select(selection, **select_kwargs)
+
+    def _extract_raw(self, images, text, system_prompt, layers, canon, max_pixels) -> VLExtractionResult:
+        key = request_key(
+            model=self.fingerprint(), images=[image_digest(im) for im in images], text=text,
+            system_prompt=system_prompt, layers=sorted(set(canon.values())), max_pixels=max_pixels,
+        )
+        cached = self.cache.get(key)
+        if cached is not None:
+            cached_layers = {canon[k]: cached.hidden_states[canon[k]] for k in layers}
+            cached.hidden_states = {k: cached_layers[canon[k]] for k in layers}
+            cached.layers = layers
+            return cached
+        messages = build_messages(images, text, system_prompt)
+        inputs = run_processor(self.processor, messages, images, max_pixels)
+        ids = inputs["input_ids"][0]
+        wanted = sorted(set(canon.values()))
+        if self.backend == "vl":
+            states = self._forward_vl(inputs, wanted)
+        else:
+            states = self._forward_splice(inputs, wanted)
+        patch_grids = [tuple(int(v) for v in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+        merge = self.processor.image_processor.merge_size
+        result = VLExtractionResult(
+            hidden_states={k: states[k] for k in wanted},
+            input_ids=ids.cpu(),
+            special=self.special,
+            layers=wanted,
+            num_layers=self.num_layers,
+            backend=self.backend,
+            model=self.model_name,
+            model_variant=self.variant,
+            vl_text=text,
+            system_prompt=system_prompt,
+            full_prompt=self.tokenizer.decode(ids, skip_special_tokens=False),
+            patch_grids=patch_grids,
+            token_grids=[(h // merge, w // merge) for _, h, w in patch_grids],
+            max_pixels=max_pixels,
+        )
+        self.cache.put(key, result)
+        result.hidden_states = {k: states[canon[k]] for k in layers}
+        result.layers = layers
+        return result
+
+    def _forward_vl(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
+        lm = self.model.model.language_model
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.model.model(**batch, use_cache=False))
+        return {k: v[0].float().cpu() for k, v in states.items()}
+
+    def _forward_splice(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
+        from ..text import run_text_encoder
+
+        features = None
+        if "pixel_values" in inputs:
+            out = self.vision(inputs["pixel_values"].to(self.device, self.dtype),
+                              grid_thw=inputs["image_grid_thw"].to(self.device))
+            features = out.pooler_output
+        ids = inputs["input_ids"][0].tolist()
+        # Pad as the text path does (diffusers' 512), so text-only input reproduces it bit for bit.
+        return run_text_encoder(
+            self.text_encoder, ids, wanted, min_length=512, pad_id=self.tokenizer.pad_token_id,
+            image_features=features, image_token_id=self.special.image_pad,
+        )
+
+    # -- captions ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | None = None,
+        image=None,
+        system_prompt: str | None = None,
+        max_new_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 0.8,
+        top_k: int = 20,
+        seed: int | None = None,
+        max_pixels: int | None = None,
+    ) -> str:
+        """Generate text (captions); greedy when ``temperature`` is 0. Returns the raw decoded output,
+        special tokens removed but ``<think>``/``</think>`` kept (they are not special)."""
+        if self.model is None:
+            raise InputError("text generation needs the full Qwen3-VL model (backend 'vl')")
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
+        if temperature < 0:
+            raise InputError(f"temperature must be >= 0 (got {temperature})")
+        images = self._images(image)
+        inputs = run_processor(self.processor, build_messages(images, prompt, system_prompt), images, max_pixels)
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        sample = temperature > 0
+        kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens)
+        if sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+            if seed is not None:
+                torch.manual_seed(seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = self.model.generate(**batch, **kwargs)
+        new = out[0, batch["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def unload(self) -> None:
+        """Free the models; the extractor cannot be used afterwards."""
+        self.model = self.vision = self.text_encoder = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+

@@ -1,0 +1,231 @@
+"""Reference statistics and the normalization modes that map VL hidden states toward them.
+
+``x`` is ``[n, D]`` (VL tokens), float32. ``mu_x``, ``sd_x`` are per-dimension mean and population
+std over the ``n`` tokens; ``mu_r``, ``sd_r``, ``C_r`` the reference's (:class:`ReferenceStats`).
+
+* ``global``: ``y = x * t / std(x)``, ``std`` over all elements; the target ``t`` is a number, or
+  ``"text"``: the std of the paired text embedding at the same layer. A constant ``x`` is left as is.
+* ``per_dim``: ``z = (x - mu_x) / sd_x`` (``z = 0`` where ``sd_x = 0``, e.g. a single token), optionally
+  clipped to ``[-c, c]``, then ``y = z * sd_r + mu_r``.
+* ``hybrid``: ``w * per_dim(x) + (1 - w) * global(x)``.
+* ``whiten``: ZCA to the reference: ``y = W_x (x - mu_x) C_r^(1/2) + mu_r`` with
+  ``W_x = (C_x + d I)^(-1/2)``, computed from the SVD of the centred tokens (``C_x`` is rank
+  ``<= n - 1`` when ``n < D``; ``d`` is a small ridge, relative to the mean eigenvalue).
+
+All modes are defined for one token and for zero-variance dimensions (no NaN). Note: Z-Image's
+caption embedder begins with an RMSNorm per token, so scaling a whole sequence by a constant does not
+change the image at all; scale matters only when embeddings are mixed (blends, concatenation).
+
+Statistics are layer-matched: a reference computed at one layer is refused for another unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten")
+
+
+@dataclass
+class ReferenceStats:
+    """Per-dimension statistics of text-encoder hidden states at one layer (all ``[D]`` float32)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    layer: int  # canonical index 0..num_layers
+    num_layers: int
+    model: str
+    num_tokens: int
+    num_prompts: int
+    covariance: torch.Tensor | None = None  # [D, D], optional (needed by whiten)
+    excluded_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+    _cov_sqrt: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def global_std(self) -> float:
+        """Std over all elements, recomposed from the per-dimension moments."""
+        second = (self.std**2 + self.mean**2).mean()
+        return float((second - self.mean.mean() ** 2).clamp(min=0).sqrt())
+
+    def covariance_sqrt(self) -> torch.Tensor:
+        if self.covariance is None:
+            raise InputError("these reference statistics have no covariance; recompute them with --covariance")
+        if self._cov_sqrt is None:
+            evals, evecs = torch.linalg.eigh(self.covariance.double())
+            self._cov_sqrt = ((evecs * evals.clamp(min=0).sqrt()) @ evecs.T).float()
+        return self._cov_sqrt
+
+    def provenance(self) -> dict:
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "num_layers": self.num_layers,
+            "num_tokens": self.num_tokens,
+            "num_prompts": self.num_prompts,
+            "excluded_tokens": self.excluded_tokens,
+            "has_covariance": self.covariance is not None,
+            **self.extra,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        tensors = {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
+        if self.covariance is not None:
+            tensors["covariance"] = self.covariance
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp),
+                      metadata={"llm_dit_reference": json.dumps(self.provenance())})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceStats:
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"reference statistics {p} do not exist")
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = json.loads(f.metadata()["llm_dit_reference"])
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # not safetensors, or not ours
+            raise InputError(f"{p} is not an llm-dit reference statistics file ({e})") from None
+        known = {"model", "layer", "num_layers", "num_tokens", "num_prompts", "excluded_tokens", "has_covariance"}
+        return cls(
+            mean=t["mean"], std=t["std"], min=t["min"], max=t["max"], covariance=t.get("covariance"),
+            layer=meta["layer"], num_layers=meta["num_layers"], model=meta["model"],
+            num_tokens=meta["num_tokens"], num_prompts=meta["num_prompts"],
+            excluded_tokens=meta.get("excluded_tokens", 0),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+
+def check_layer_match(reference: ReferenceStats, layer: int, num_layers: int, force: bool = False) -> None:
+    """Refuse statistics of another layer (indices compared after mapping negatives)."""
+    k = layer % (num_layers + 1)
+    if reference.num_layers == num_layers and reference.layer == k:
+        return
+    if force:
+        return
+    raise InputError(
+        f"reference statistics are for layer {reference.layer} of {reference.num_layers}, the embeddings for "
+        f"layer {k} of {num_layers}; compute matching statistics (llm-dit stats reference --layer) or force"
+    )
+
+
+def _check_input(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError(f"expected a non-empty [tokens, dim] tensor (got shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise InputError("the embeddings contain NaN or infinite values")
+    return x.float()
+
+
+def _dim_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.mean(0), x.std(0, unbiased=False)
+
+
+def scale_global(x: torch.Tensor, target_std: float) -> tuple[torch.Tensor, float]:
+    """``x * target / std(x)`` and the factor; a constant ``x`` gets factor 1."""
+    x = _check_input(x)
+    if target_std <= 0:
+        raise InputError(f"target std must be positive (got {target_std})")
+    sd = float(x.std(unbiased=False))
+    factor = target_std / sd if sd > 0 else 1.0
+    return x * factor, factor
+
+
+def normalize_per_dim(x: torch.Tensor, reference: ReferenceStats, clip_sigma: float | None = 3.0) -> torch.Tensor:
+    x = _check_input(x)
+    if clip_sigma is not None and clip_sigma <= 0:
+        raise InputError(f"clip sigma must be positive (got {clip_sigma})")
+    mu, sd = _dim_moments(x)
+    z = torch.where(sd > 0, (x - mu) / torch.where(sd > 0, sd, 1.0), torch.zeros_like(x))
+    if clip_sigma is not None:
+        z = z.clamp(-clip_sigma, clip_sigma)
+    return z * reference.std + reference.mean
+
+
+def whiten(x: torch.Tensor, reference: ReferenceStats, ridge: float = 1e-3) -> torch.Tensor:
+    x = _check_input(x)
+    n = x.shape[0]
+    mu = x.mean(0)
+    xc = (x - mu).double()
+    u, s, vh = torch.linalg.svd(xc, full_matrices=False)  # xc = u diag(s) vh; C_x = vh^T diag(s^2/n) vh
+    lam = s**2 / n
+    delta = ridge * float(lam.mean()) if float(lam.sum()) > 0 else 1.0
+    gain = torch.where(s > 0, s / torch.sqrt(lam + delta), torch.zeros_like(s))
+    white = (u * gain) @ vh  # (C_x + d I)^(-1/2) applied to the centred rows
+    return (white.float() @ reference.covariance_sqrt()) + reference.mean
+
+
+@dataclass
+class Normalized:
+    """A normalized selection and its statistics (the seeds' ``original_std``/``scaled_std``/``scale_factor``)."""
+
+    embeddings: torch.Tensor
+    mode: str
+    original_std: float
+    scaled_std: float
+    scale_factor: float  # scaled_std / original_std (for every mode; 1.0 when undefined)
+
+
+def normalize(
+    x: torch.Tensor,
+    mode: str = "none",
+    *,
+    reference: ReferenceStats | None = None,
+    target_std: float | str | None = None,
+    text: torch.Tensor | None = None,
+    clip_sigma: float | None = 3.0,
+    hybrid_weight: float = 0.5,
+) -> Normalized:
+    """Apply one of :data:`NORMALIZATION_MODES` (see the module docstring)."""
+    x = _check_input(x)
+    if mode not in NORMALIZATION_MODES:
+        raise InputError(f"unknown normalization '{mode}'; choose one of {', '.join(NORMALIZATION_MODES)}")
+    if mode in ("per_dim", "hybrid", "whiten") and reference is None:
+        raise InputError(f"normalization '{mode}' needs reference statistics (llm-dit stats reference)")
+    if not 0.0 <= hybrid_weight <= 1.0:
+        raise InputError(f"hybrid weight must be in [0, 1] (got {hybrid_weight})")
+
+    def global_target() -> float:
+        if isinstance(target_std, (int, float)) and not isinstance(target_std, bool):
+            return float(target_std)
+        if target_std in (None, "text"):
+            if text is not None:
+                return float(_check_input(text).std(unbiased=False))
+            if target_std == "text":
+                raise InputError("target std 'text' needs the paired text embedding")
+            if reference is not None:
+                return reference.global_std
+        raise InputError("global normalization needs a target std: a number, 'text' with a text embedding, "
+                         "or reference statistics")
+
+    if mode == "none":
+        y = x
+    elif mode == "global":
+        y, _ = scale_global(x, global_target())
+    elif mode == "per_dim":
+        y = normalize_per_dim(x, reference, clip_sigma)
+    elif mode == "hybrid":
+        y = hybrid_weight * normalize_per_dim(x, reference, clip_sigma) + (1 - hybrid_weight) * scale_global(
+            x, global_target()
+        )[0]
+    else:
+        y = whiten(x, reference)
+    before = float(x.std(unbiased=False))
+    after = float(y.std(unbiased=False))
+    return Normalized(y, mode, before, after, after / before if before > 0 else 1.0)

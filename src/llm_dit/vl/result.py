@@ -1,0 +1,214 @@
+"""``VLExtractionResult``: what one extraction produced, and the selection taken from it.
+
+It keeps the raw hidden states of the whole sequence for every requested layer (``[S, D]`` float32
+on the CPU, after grid pooling) and the token ids, from which every mask is recomputed; so one
+forward pass serves every token selection and normalization. ``select`` returns a new result whose
+``embeddings`` (per layer) are the chosen tokens, normalized, with the seeds' statistics
+(``original_std``, ``scaled_std``, ``scale_factor``). ``save``/``load`` use safetensors with the rest
+as JSON metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .normalize import ReferenceStats, check_layer_match, normalize
+from .tokens import SpecialIds, TokenMasks, compute_token_masks, resolve_token_selection
+
+_META_KEY = "llm_dit_vl_extraction"
+
+
+@dataclass
+class VLExtractionResult:
+    hidden_states: dict[int, torch.Tensor]  # requested layer index -> [S, D] float32 CPU
+    input_ids: torch.Tensor  # [S]
+    special: SpecialIds
+    layers: list[int]  # as requested, e.g. [-6, -2]
+    num_layers: int  # decoder layers of the model that produced the states
+    backend: str  # "vl" or "splice"
+    model: str
+    model_variant: str  # "instruct" or "thinking"
+    vl_text: str | None
+    system_prompt: str | None
+    full_prompt: str  # the decoded input, special tokens kept
+    patch_grids: list[tuple[int, int, int]] = field(default_factory=list)  # processor (t, h, w) per image
+    token_grids: list[tuple[int, int]] = field(default_factory=list)  # (h, w) image tokens, after pooling
+    max_pixels: int | None = None
+    pool: int = 1
+    # the selection
+    token_selection: str = "full"
+    normalization_mode: str = "none"
+    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
+    original_std: dict[int, float] = field(default_factory=dict)
+    scaled_std: dict[int, float] = field(default_factory=dict)
+    scale_factor: dict[int, float] = field(default_factory=dict)
+
+    # -- convenience ---------------------------------------------------------------------------
+
+    @property
+    def masks(self) -> TokenMasks:
+        return compute_token_masks(self.input_ids, self.special)
+
+    @property
+    def hidden_layer(self) -> int:
+        """The first requested layer: the one ``embedding`` refers to."""
+        return self.layers[0]
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """``embeddings[hidden_layer]``: the selected ``[n, D]`` tensor of the first layer."""
+        return self.embeddings[self.hidden_layer]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.embedding.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return len(self.token_grids)
+
+    # -- selection -----------------------------------------------------------------------------
+
+    def select(
+        self,
+        token_selection: str | None = None,
+        *,
+        text_tokens_only: bool = False,
+        image_tokens_only: bool = False,
+        image_tokens_no_markers: bool = False,
+        image_index: int | None = None,
+        normalization_mode: str = "none",
+        reference: ReferenceStats | None = None,
+        target_std: float | str | None = None,
+        text: torch.Tensor | None = None,
+        clip_sigma: float | None = 3.0,
+        hybrid_weight: float = 0.5,
+        force_reference: bool = False,
+    ) -> VLExtractionResult:
+        """A new result with the chosen tokens of every layer, normalized.
+
+        ``image_index`` narrows ``image_only``/``image_no_markers`` to one image of several.
+        """
+        name = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only, image_tokens_no_markers)
+        masks = self.masks
+        if image_index is not None:
+            if name not in ("image_only", "image_no_markers"):
+                raise InputError("image_index applies to image_only or image_no_markers selections")
+            mask = masks.image(image_index, markers=name == "image_only")
+        else:
+            mask = masks.get(name)
+        if not bool(mask.any()):
+            why = "the chat has no image" if name.startswith("image") else "the chat has no such text"
+            raise InputError(f"token selection '{name}' is empty: {why}")
+        if reference is not None:
+            for layer in self.layers:
+                check_layer_match(reference, layer, self.num_layers, force_reference)
+        out = {}
+        stats: dict[str, dict[int, float]] = {"o": {}, "s": {}, "f": {}}
+        for layer in self.layers:
+            res = normalize(
+                self.hidden_states[layer][mask], normalization_mode, reference=reference, target_std=target_std,
+                text=text, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight,
+            )
+            out[layer] = res.embeddings
+            stats["o"][layer], stats["s"][layer], stats["f"][layer] = res.original_std, res.scaled_std, res.scale_factor
+        label = name if image_index is None else f"{name}[{image_index}]"
+        return dataclasses.replace(
+            self, token_selection=label, normalization_mode=normalization_mode, embeddings=out,
+            original_std=stats["o"], scaled_std=stats["s"], scale_factor=stats["f"],
+        )
+
+    # -- records -------------------------------------------------------------------------------
+
+    def metadata(self) -> dict:
+        return {
+            "layers": self.layers,
+            "num_layers": self.num_layers,
+            "backend": self.backend,
+            "model": self.model,
+            "model_variant": self.model_variant,
+            "vl_text": self.vl_text,
+            "system_prompt": self.system_prompt,
+            "full_prompt": self.full_prompt,
+            "patch_grids": [list(g) for g in self.patch_grids],
+            "token_grids": [list(g) for g in self.token_grids],
+            "max_pixels": self.max_pixels,
+            "pool": self.pool,
+            "token_selection": self.token_selection,
+            "normalization_mode": self.normalization_mode,
+            "original_std": {str(k): v for k, v in self.original_std.items()},
+            "scaled_std": {str(k): v for k, v in self.scaled_std.items()},
+            "scale_factor": {str(k): v for k, v in self.scale_factor.items()},
+            "special_ids": self.special.to_dict(),
+            "token_counts": self.masks.counts(),
+        }
+
+    def summary(self) -> str:
+        """One line: tokens, grid, std per layer."""
+        grids = ",".join(f"{h}x{w}" for h, w in self.token_grids) or "none"
+        stds = " ".join(f"L{k}:{self.scaled_std.get(k, float('nan')):.4g}" for k in self.layers)
+        return (
+            f"{self.num_tokens} tokens ({self.token_selection}) of {self.input_ids.shape[0]}, "
+            f"image grid {grids}, std {stds}, backend {self.backend}, {self.model_variant}"
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write raw states, ids and the selection as safetensors; metadata as JSON inside."""
+        from safetensors.torch import save_file
+
+        from ..io import atomic_path
+
+        tensors = {"input_ids": self.input_ids.to(torch.int64)}
+        for k in self.layers:
+            tensors[f"hidden_states.{k}"] = self.hidden_states[k].float().contiguous()
+            if k in self.embeddings:
+                tensors[f"embeddings.{k}"] = self.embeddings[k].float().contiguous()
+        # the same tensor under two names would be refused: store the first occurrence only
+        tensors = {n: t.clone() for n, t in tensors.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(self.metadata())})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> VLExtractionResult:
+        from safetensors import safe_open
+
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"extraction {p} does not exist")
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = json.loads(f.metadata()[_META_KEY])
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise InputError(f"{p} is not an llm-dit extraction file ({e})") from None
+        layers = [int(k) for k in meta["layers"]]
+        return cls(
+            hidden_states={k: t[f"hidden_states.{k}"] for k in layers},
+            input_ids=t["input_ids"],
+            special=SpecialIds.from_dict(meta["special_ids"]),
+            layers=layers,
+            num_layers=meta["num_layers"],
+            backend=meta["backend"],
+            model=meta["model"],
+            model_variant=meta["model_variant"],
+            vl_text=meta["vl_text"],
+            system_prompt=meta["system_prompt"],
+            full_prompt=meta["full_prompt"],
+            patch_grids=[tuple(g) for g in meta["patch_grids"]],
+            token_grids=[tuple(g) for g in meta["token_grids"]],
+            max_pixels=meta["max_pixels"],
+            pool=meta["pool"],
+            token_selection=meta["token_selection"],
+            normalization_mode=meta["normalization_mode"],
+            embeddings={k: t[f"embeddings.{k}"] for k in layers if f"embeddings.{k}" in t},
+            original_std={int(k): v for k, v in meta["original_std"].items()},
+            scaled_std={int(k): v for k, v in meta["scaled_std"].items()},
+            scale_factor={int(k): v for k, v in meta["scale_factor"].items()},
+        )
