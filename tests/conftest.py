@@ -56,3 +56,36 @@ def stock_pipe(tiny_z_image_dir):
     pipe = ZImagePipeline.from_pretrained(str(tiny_z_image_dir), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def extractor(tiny_config):
+    """The tiny Qwen3-VL, vl backend, no disk cache."""
+    from llm_dit.vl import VLEmbeddingExtractor
+
+    return VLEmbeddingExtractor.from_pretrained("tiny", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def splice_extractor(zimage):
+    """The splice backend over the already loaded tiny Z-Image text encoder."""
+    from llm_dit.vl import VLEmbeddingExtractor
+
+    return VLEmbeddingExtractor.from_pretrained(
+        "tiny", device="cpu", dtype="float32", backend="splice", text_encoder=zimage.pipe.text_encoder
+    )
+
+
+@pytest.fixture
+def red_image():
+    from PIL import Image
+
+    return Image.new("RGB", (128, 96), (200, 30, 30))
+
+
+@pytest.fixture
+def noise_image():
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(1).integers(0, 255, (96, 160, 3), dtype=np.uint8))

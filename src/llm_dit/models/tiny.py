@@ -211,7 +211,8 @@ def _build_z_image(out: Path) -> None:
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def _build_qwen3_vl(out: Path, thinking: bool = False) -> None:
+def build_tiny_qwen3_vl(out: Path, thinking: bool = False) -> None:
+    """The tiny Qwen3-VL alone; ``thinking=True`` gives the Thinking variant's chat template."""
     import torch
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
@@ -283,7 +284,7 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
         raise InputError(f"output folder {out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
     _build_z_image(out / "z-image")
-    _build_qwen3_vl(out / "qwen3-vl")
+    build_tiny_qwen3_vl(out / "qwen3-vl")
     return out
 
 
