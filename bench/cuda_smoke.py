@@ -41,6 +41,31 @@ def run(profile: str, **overrides) -> tuple[np.ndarray, float, float, dict]:
     return img, dt, peak, placement
 
 
+def vl_rows() -> None:
+    """Both extraction backends on cuda/bfloat16 against cpu/float32 (relative error per layer)."""
+    from PIL import Image
+
+    from llm_dit.vl import VLEmbeddingExtractor
+
+    img = Image.new("RGB", (256, 192), (200, 40, 40))
+    cpu_z = ZImage.load(resolve_config("tiny"))
+    print(f"\n{'backend':8s} {'layer':>6s} {'tokens':>7s} {'rel. err bf16 vs fp32':>22s}")
+    for backend in ("vl", "splice"):
+        results = {}
+        for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
+            te = None
+            if backend == "splice":
+                te = cpu_z.pipe.text_encoder if device == "cpu" else ZImage.load(
+                    resolve_config("default", overrides={"models.z_image": "tiny"})).pipe.text_encoder
+            ex = VLEmbeddingExtractor.from_pretrained("tiny", device=device, dtype=dtype, backend=backend,
+                                                      text_encoder=te)
+            results[device] = ex.extract(img, PROMPT, hidden_layer=[-6, -2], max_pixels=65536)
+        for k in (-6, -2):
+            a, b = results["cpu"].embeddings[k], results["cuda"].embeddings[k]
+            err = float((a - b).norm() / a.norm())
+            print(f"{backend:8s} {k:6d} {a.shape[0]:7d} {err:22.2e}")
+
+
 def main() -> int:
     import diffusers
     import transformers
@@ -70,6 +95,7 @@ def main() -> int:
         diff = np.abs(img.astype(np.float64) - cpu).mean()
         print(f"{profile:10s} {pl['device']:8s} {pl['dtype']:9s} {pl['offload']:12s} {dt:8.3f} {peak:9.1f} "
               f"{diff:15.2f}")
+    vl_rows()
     return 0
 
 

@@ -188,11 +188,14 @@ class VLEmbeddingExtractor:
 
     def fingerprint(self) -> str:
         """The model's identity for the cache: name, config, parameter count, dtype, backend."""
+        if getattr(self, "_fingerprint", None):
+            return self._fingerprint
         parts = [self.model_name, self.backend, str(self.dtype)]
         for m in (self.model, self.vision, self.text_encoder):
             if m is not None:
                 parts += [m.config.to_json_string(use_diff=False), str(sum(p.numel() for p in m.parameters()))]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return self._fingerprint
 
     # -- extraction ----------------------------------------------------------------------------
 
