@@ -117,7 +117,7 @@ def test_stats_reference_and_compare(tmp_path, img, capsys):
 
 def test_extraction_uses_the_profile_cache(tmp_path, img, capsys, monkeypatch):
     # the tiny profile's cache lives under LLM_DIT_CACHE: a repeat request is served from disk
-    from llm_dit.models.tiny import cache_root
+    from llm_dit.io import cache_root
 
     args = ["extract", "--profile", "tiny", "--image", str(img), "--text", "cache me", "--out",
             str(tmp_path / "a.safetensors")]

@@ -19,12 +19,14 @@ def test_rgba_is_composited_over_white(tmp_path):
 
 def test_palette_grey16_cmyk_and_gif(tmp_path):
     Image.new("P", (4, 4), 3).save(tmp_path / "p.png")
+    Image.new("LA", (4, 4), (100, 0)).save(tmp_path / "la.png")
     Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(tmp_path / "g16.png")
     Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
     frames = [Image.new("P", (4, 4), i) for i in (1, 2)]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
-    for name in ("p.png", "g16.png", "c.jpg", "a.gif"):
+    for name in ("p.png", "la.png", "g16.png", "c.jpg", "a.gif"):
         assert load_image(tmp_path / name).mode == "RGB"
+    assert load_image(tmp_path / "la.png").getpixel((0, 0)) == (255, 255, 255)  # transparent grey -> white
     assert load_image(tmp_path / "g16.png").getpixel((0, 0)) == (255, 255, 255)  # scaled, not clipped
 
 

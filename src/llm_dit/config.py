@@ -26,6 +26,10 @@ from .errors import ConfigError
 
 #: Z-Image's caption limit: RoPE tables of ``axes_lens[0] = 1536`` minus one 32-token pad block.
 MAX_CAPTION_TOKENS = 1504
+#: VL defaults shared by the config and the Python API: the seeds' recommended layer, and a
+#: per-image pixel budget of ~1024 tokens (a real checkpoint alone would allow ~16k).
+DEFAULT_VL_LAYER = -6
+DEFAULT_MAX_PIXELS = 1024 * 1024
 
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
 
@@ -106,9 +110,9 @@ class VLConfig(_Section):
     """
 
     backend: Literal["vl", "splice"] = "vl"
-    layers: list[int] = Field(default_factory=lambda: [-6], min_length=1)
+    layers: list[int] = Field(default_factory=lambda: [DEFAULT_VL_LAYER], min_length=1)
     token_selection: Literal["full", "text_only", "user_text", "image_only", "image_no_markers"] = "full"
-    max_pixels: int = Field(1024 * 1024, ge=1024, le=16384 * 16384)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, le=16384 * 16384)
     pool: int = Field(1, ge=1, le=32)
     system_prompt: str = ""
     cache_gb: float = Field(4.0, ge=0.0)

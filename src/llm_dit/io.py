@@ -11,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """Where llm-dit keeps built and cached things: ``$LLM_DIT_CACHE``, else
+    ``$XDG_CACHE_HOME/llm-dit``, else ``~/.cache/llm-dit``."""
+    if os.environ.get("LLM_DIT_CACHE"):
+        return Path(os.environ["LLM_DIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "llm-dit"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.

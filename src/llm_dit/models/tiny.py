@@ -23,6 +23,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from ..io import cache_root
+
 TINY_VERSION = "2"
 HIDDEN = 64  # plays 2560
 
@@ -286,14 +288,6 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
     _build_z_image(out / "z-image")
     build_tiny_qwen3_vl(out / "qwen3-vl")
     return out
-
-
-def cache_root() -> Path:
-    """``$LLM_DIT_CACHE``, else ``$XDG_CACHE_HOME/llm-dit``, else ``~/.cache/llm-dit``."""
-    if os.environ.get("LLM_DIT_CACHE"):
-        return Path(os.environ["LLM_DIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "llm-dit"
 
 
 def ensure_tiny_models() -> Path:

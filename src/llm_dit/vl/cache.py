@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..models.tiny import cache_root
+from ..io import cache_root
 
 
 def image_digest(image: Image.Image) -> str:

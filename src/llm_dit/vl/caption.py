@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import DEFAULT_MAX_PIXELS
 from ..errors import LlmDitError
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -67,7 +68,7 @@ def caption_image(
     top_k: int = 20,
     attempts: int = 3,
     seed: int = 42,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Caption:
     """Caption ``image``; retry (temperature +0.1 each time, new seed) until the caption has at least
     ``min_tokens`` tokens, else fail with one sentence that says what to change."""

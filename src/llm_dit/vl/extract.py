@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
 from ..errors import InputError, ModelLoadError
 from ..images import load_image
 from ..models.loading import _first_line, resolve_model_path
@@ -210,13 +211,13 @@ class VLEmbeddingExtractor:
         self,
         image=None,
         text: str | None = None,
-        hidden_layer: int | list[int] = -6,
+        hidden_layer: int | list[int] = DEFAULT_VL_LAYER,
         system_prompt: str | None = None,
         token_selection: str | None = None,
         text_tokens_only: bool = False,
         image_tokens_only: bool = False,
         image_tokens_no_markers: bool = False,
-        max_pixels: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         pool: int = 1,
         **select_kwargs,
     ) -> VLExtractionResult:
@@ -225,7 +226,7 @@ class VLEmbeddingExtractor:
         ``image``: a path, a PIL image, or a list of them (or None). ``hidden_layer``: one index or a
         list (transformers' ``hidden_states`` convention). ``token_selection`` or one seed flag picks
         the tokens (none: the full sequence). ``max_pixels`` bounds each image's pixels (and so its
-        tokens); ``pool`` averages ``pool x pool`` neighbourhoods of each image's token grid.
+        tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool`` neighbourhoods of each image's token grid.
         Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization).
         """
         selection = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only,
@@ -320,7 +321,7 @@ class VLEmbeddingExtractor:
         top_p: float = 0.8,
         top_k: int = 20,
         seed: int | None = None,
-        max_pixels: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> str:
         """Generate text (captions); greedy when ``temperature`` is 0. Returns the raw decoded output,
         special tokens removed but ``<think>``/``</think>`` kept (they are not special)."""
