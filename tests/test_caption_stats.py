@@ -23,6 +23,9 @@ from llm_dit.vl.caption import caption_image, parse_thinking_content
         ("<think>a <think>b</think> c</think>Final.", False, ("Final.", "a <think>b</think> c")),  # nested
         ("Sure.<think>hmm</think>The caption.", False, ("Sure.\n\nThe caption.", "hmm")),  # text before <think>
         ("</think>Only caption", True, ("Only caption", "")),
+        ("reasoning <think>n</think> more</think> Cap", True, ("Cap", "reasoning <think>n</think> more")),
+        ("cap</think>x<think>y", False, ("x", "cap")),
+        ("A caption. <think>cut off", False, ("A caption.", "cut off")),
     ],
 )
 def test_parse_thinking_content(text, thinking_model, expected):
@@ -56,6 +59,12 @@ def test_caption_fails_clearly():
         caption_image(FakeExtractor(["tiny"] * 3), None, min_tokens=50)
     with pytest.raises(LlmDitError, match="reasoning used the whole token budget"):
         caption_image(FakeExtractor(["thinking..."] * 3, variant="thinking"), None, min_tokens=1)
+
+
+def test_caption_refuses_bad_temperatures():
+    for t in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(LlmDitError, match="temperature"):
+            caption_image(FakeExtractor(["x"]), None, temperature=t)
 
 
 def test_caption_with_the_tiny_model(extractor, red_image):

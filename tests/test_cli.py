@@ -135,3 +135,18 @@ def test_installed_entry_point_and_an_unreachable_hub_id(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     r = _cli("generate", "--profile", "tiny", "--prompt", "", "--out", str(tmp_path / "x.png"), "--debug")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_models_tiny_refuses_a_file_and_leaves_nothing_half_built(tmp_path, capsys, monkeypatch):
+    f = tmp_path / "file"
+    f.write_text("x")
+    rc, _, err = run(["models", "tiny", "--out", str(f)], capsys)
+    assert rc == 2 and "is a file" in err
+    import llm_dit.models.tiny as tiny
+
+    def boom(out, thinking=False):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tiny, "build_tiny_qwen3_vl", boom)
+    rc, _, err = run(["models", "tiny", "--out", str(tmp_path / "m")], capsys)
+    assert rc != 0 and not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -32,6 +32,8 @@ def test_extract_writes_a_loadable_result(tmp_path, img, capsys):
     r = VLExtractionResult.load(out)
     assert r.layers == [-6, -2] and r.token_selection == "image_only" and r.pool == 2 and r.num_images == 2
     assert r.vl_text == "A blue sky" and r.backend == "vl"
+    assert r.record["config"]["vl"]["pool"] == 2 and r.record["config"]["profile"] == "tiny"
+    assert "torch" in r.record["versions"] and r.record["images"] == [str(img), str(img)]
     line = stdout.splitlines()[0]
     assert f"{r.num_tokens} tokens (image_only)" in line and "image grid" in line and "L-6:" in line
 
@@ -59,11 +61,16 @@ def test_extract_splice_and_no_text(tmp_path, img, capsys):
         (["--image", "{img}", "--tokens", "all"], "'vl.token_selection'"),
         (["--image", "{img}", "--max-pixels", "10"], "'vl.max_pixels'"),
         (["--image", "{img}", "--vl-model", "{d}/nowhere"], "does not exist"),
+        (["--image", "{long}"], "too elongated"),
+        (["--image", "{img}", "--no-text", "--tokens", "user_text"], "'user_text' is empty: the chat has no text"),
     ],
 )
 def test_extract_errors(tmp_path, img, capsys, extra, needle):
     out = tmp_path / "out" / "e.safetensors"
-    args = ["extract", "--profile", "tiny", "--out", str(out)] + [a.format(d=tmp_path, img=img) for a in extra]
+    long = tmp_path / "long.png"
+    Image.new("RGB", (8, 2000)).save(long)
+    args = ["extract", "--profile", "tiny", "--out", str(out)] + [a.format(d=tmp_path, img=img, long=long)
+                                                                  for a in extra]
     rc, _, err = run(args, capsys)
     assert rc == 2 and len(err) == 1 and needle.format(d=tmp_path) in err[0], err
     assert not out.exists()
@@ -80,6 +87,11 @@ def test_caption_writes_caption_and_raw(tmp_path, img, capsys):
                            "--temperature", "0", "--out", str(out)], capsys)
     assert rc == 0, err
     assert out.read_text().strip() and (tmp_path / "caption.raw.txt").is_file()
+    meta = json.loads((tmp_path / "caption.json").read_text())
+    assert meta["model_variant"] == "instruct" and meta["config"]["profile"] == "tiny"
+    rc, _, err = run(["caption", "--profile", "tiny", "--image", str(img), "--temperature", "-1",
+                      "--out", str(tmp_path / "c3.txt")], capsys)
+    assert rc == 2 and "--temperature" in err[0]
     rc, _, err = run(["caption", "--profile", "tiny", "--image", str(img), "--min-tokens", "500",
                       "--max-new-tokens", "4", "--temperature", "0", "--out", str(tmp_path / "c2.txt")], capsys)
     assert rc == 2 and "no usable caption" in err[0] and not (tmp_path / "c2.txt").exists()
@@ -103,6 +115,15 @@ def test_stats_reference_and_compare(tmp_path, img, capsys):
     assert sorted(p.name for p in out.glob("*.png")) == ["leak.png", "std_per_dim_layer-2.png",
                                                           "std_per_dim_layer-6.png"]
     assert stdout.count("layer ") >= 2
+    assert report["config"]["profile"] == "tiny" and report["max_pixels"] == 65536
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (512, 512), (9, 9, 9)).save(big)
+    rc, _, err = run(["stats", "compare", "--profile", "tiny", "--image", str(big), "--prompt", "A blue sky",
+                      "--max-pixels", "4096", "--pool", "2", "--layers=-2", "--out", str(tmp_path / "small")], capsys)
+    assert rc == 0, err
+    small = json.loads((tmp_path / "small" / "stats.json").read_text())
+    assert small["token_grids"] == [[1, 1]] and small["max_pixels"] == 4096  # 2x2 tokens pooled by 2
 
     rc, _, err = run(["stats", "compare", "--profile", "tiny", "--image", str(img), "--prompt", "x",
                       "--threshold", "0", "--out", str(tmp_path / "c2")], capsys)

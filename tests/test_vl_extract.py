@@ -258,3 +258,40 @@ def test_generate_greedy_is_deterministic(extractor, red_image):
     assert c == d
     with pytest.raises(InputError, match="max_new_tokens"):
         extractor.generate("x", max_new_tokens=0)
+
+
+def test_normalization_is_per_layer(extractor, red_image, zimage):
+    from llm_dit.analysis.reference import compute_reference_stats
+
+    r = extractor.extract(red_image, TEXT, hidden_layer=[-6, -2])
+    refs = compute_reference_stats(zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a cat", "a red house"],
+                                   [-6, -2], model_name="tiny")
+    with pytest.raises(InputError, match="one reference for 2 layers"):
+        r.select("image_no_markers", normalization_mode="per_dim", reference=refs[-6])
+    with pytest.raises(InputError, match="layer 3 of 8, the embeddings for layer 7 of 8"):
+        r.select("image_no_markers", layers=[-2], normalization_mode="per_dim", reference=refs[-6])
+    one = r.select("image_no_markers", layers=[-6], normalization_mode="per_dim", reference=refs[-6])
+    assert one.layers == [-6] and list(one.embeddings) == [-6]
+    both = r.select("image_no_markers", normalization_mode="per_dim", reference=refs)
+    torch.testing.assert_close(both.embeddings[-6], one.embeddings[-6])
+    texts = {k: zimage.encode(TEXT, hidden_layer=k).embeddings for k in (-6, -2)}
+    g = r.select("full", normalization_mode="global", target_std="text", text=texts)
+    for k in (-6, -2):
+        assert g.scaled_std[k] == pytest.approx(texts[k].std(unbiased=False).item(), rel=1e-5)
+    with pytest.raises(InputError, match="no text given for layer"):
+        r.select("full", normalization_mode="global", target_std="text", text={-6: texts[-6]})
+    with pytest.raises(InputError, match="were not extracted"):
+        r.select("full", layers=[-3])
+
+
+def test_selection_is_checked_before_the_forward_pass(extractor):
+    calls = []
+    hook = extractor.model.model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(InputError, match="'user_text' is empty: the chat has no text"):
+            extractor.extract(Image.new("RGB", (64, 64)), None, token_selection="user_text")
+        with pytest.raises(InputError, match="aspect ratio"):
+            extractor.extract(Image.new("RGB", (8, 2000)), "x")
+    finally:
+        hook.remove()
+    assert calls == []

@@ -13,7 +13,7 @@ from llm_dit.vl.tokens import (
 )
 
 # made-up ids: 1 <|im_start|>, 2 <|im_end|>, 3 vision_start, 4 vision_end, 5 image_pad, 6 "user", 7 "\n"
-SP = SpecialIds(im_start=1, im_end=2, vision_start=3, vision_end=4, image_pad=5, user_header=(1, 6, 7))
+SP = SpecialIds(im_start=1, im_end=2, vision_start=3, vision_end=4, image_pad=5, user_header=(1, 6))
 
 
 def ids(*xs):
@@ -43,6 +43,12 @@ def test_two_images_system_turn_and_no_text():
     assert as_list(m.image(1)) == [13, 14, 15]
     assert as_list(m.user_text) == []  # the system words (3) are not the user's
     assert m.counts()["image_only"] == 7
+
+
+def test_user_text_after_a_merged_newline_token():
+    # "<|im_start|>user\n\nhello": real BPE merges the two newlines into one token (id 8 here)
+    m = compute_token_masks(ids(1, 6, 8, 20, 21, 2, 7), SP)
+    assert as_list(m.user_text) == [3, 4]
 
 
 def test_text_only_chat():

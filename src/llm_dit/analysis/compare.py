@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..config import DEFAULT_MAX_PIXELS
 from ..vl.outliers import get_outlier_dimensions
 from .reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
 
@@ -64,18 +65,21 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float | None:
 def compare_embedding_stats(
     extractor, tokenizer, text_encoder, image: Image.Image, prompt: str, layers: list[int],
     model_name: str, threshold: float = 10.0, prompts_file: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, pool: int = 1, system_prompt: str | None = None,
 ) -> dict:
     """The numbers behind the plots, as one JSON-ready dict (see the module docstring)."""
     refs = compute_reference_stats(
         tokenizer, text_encoder, read_prompts(prompts_file) + [prompt], layers, model_name=model_name
     )
-    vl = extractor.extract(image, prompt, hidden_layer=layers)
-    gray = extractor.extract(Image.new("RGB", image.size, (128, 128, 128)), prompt, hidden_layer=layers)
+    kw = dict(hidden_layer=layers, max_pixels=max_pixels, pool=pool, system_prompt=system_prompt)
+    vl = extractor.extract(image, prompt, **kw)
+    gray = extractor.extract(Image.new("RGB", image.size, (128, 128, 128)), prompt, **kw)
     masks = vl.masks
     first_image = masks.image_spans[0][0] - 1 if masks.image_spans else len(masks.full)
     before = torch.zeros_like(masks.full)
     before[:first_image] = True
     report = {"prompt": prompt, "model": vl.model, "backend": vl.backend, "threshold": threshold,
+              "max_pixels": max_pixels, "pool": pool,
               "massive_factor": MASSIVE_FACTOR, "token_counts": masks.counts(), "token_grids": vl.token_grids,
               "layers": {}}
     for k in layers:
@@ -103,7 +107,9 @@ def compare_embedding_stats(
                 continue
             sd = x.std(0, unbiased=False)
             entry[f"correlation_{name}"] = correlations(ref.std, sd, massive)
-            entry[f"outliers_{name}"] = [o.__dict__ for o in get_outlier_dimensions(x, ref, threshold)]
+            entry[f"outliers_{name}"] = (
+                [o.__dict__ for o in get_outlier_dimensions(x, ref, threshold)] if len(x) > 1 else []
+            )
         report["layers"][str(k)] = entry
     return report
 

@@ -67,7 +67,7 @@ def build_parser() -> Parser:
     s.add_argument("--threshold", type=float, help="outlier std ratio (default 10)")
     s.add_argument("--prompts", metavar="FILE", help="reference corpus (default: the shipped one)")
     s.add_argument("--out", required=True, metavar="DIR")
-    add_vl_flags(s)
+    add_vl_flags(s, tokens=False)
     add_config_flags(s)
     s.set_defaults(func=stats.cmd_stats_compare)
 

@@ -54,7 +54,7 @@ def add_encoder_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True) -> None:
+def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bool = True) -> None:
     g = p.add_argument_group("Qwen3-VL")
     g.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
     g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH",
@@ -63,8 +63,9 @@ def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     if extraction:
         g.add_argument("--layers", dest="vl.layers", type=int_list, metavar="K[,K...]",
                        help="hidden_states indices, e.g. --layers=-6,-2")
-        g.add_argument("--tokens", dest="vl.token_selection",
-                       help="full | text_only | user_text | image_only | image_no_markers")
+        if tokens:
+            g.add_argument("--tokens", dest="vl.token_selection",
+                           help="full | text_only | user_text | image_only | image_no_markers")
         g.add_argument("--pool", dest="vl.pool", type=int, help="average K x K neighbourhoods of the image-token grid")
         g.add_argument("--backend", dest="vl.backend", help="vl | splice")
 

@@ -19,6 +19,7 @@ def _text_encoder(cfg):
 def cmd_stats_reference(args) -> int:
     from ..analysis.reference import compute_reference_stats, read_prompts
     from ..images import check_output_path
+    from ..provenance import provenance
 
     cfg = config(args)
     out = check_output_path(args.out, ".safetensors")
@@ -28,6 +29,7 @@ def cmd_stats_reference(args) -> int:
         tokenizer, encoder, prompts, [args.layer], model_name=cfg.models.z_image,
         covariance=args.covariance, exclude_massive=args.exclude_massive,
     )[args.layer]
+    stats.extra = {"prompts": args.prompts or "shipped corpus", "config": cfg.to_dict(), **provenance()}
     stats.save(out)
     print(
         f"{stats.num_tokens} tokens from {stats.num_prompts} prompts at layer {args.layer} "
@@ -43,12 +45,15 @@ def cmd_stats_compare(args) -> int:
     from ..analysis.compare import compare_embedding_stats, plot_report
     from ..images import load_image
     from ..io import write_json
+    from ..provenance import provenance
     from ..text import check_prompt
     from ..vl import VLEmbeddingExtractor
+    from ..vl.chat import check_aspect_ratio
 
     cfg = config(args)
     check_prompt(args.prompt)
     image = load_image(args.image, "image")
+    check_aspect_ratio(image)
     if args.threshold is not None and args.threshold <= 1:
         raise InputError(f"--threshold must be a ratio greater than 1 (got {args.threshold})")
     out = Path(args.out)
@@ -58,8 +63,10 @@ def cmd_stats_compare(args) -> int:
     extractor = VLEmbeddingExtractor.from_config(cfg, text_encoder=encoder)
     report = compare_embedding_stats(
         extractor, tokenizer, encoder, image, args.prompt, cfg.vl.layers, model_name=cfg.models.z_image,
-        threshold=args.threshold or 10.0, prompts_file=args.prompts,
+        threshold=args.threshold or 10.0, prompts_file=args.prompts, max_pixels=cfg.vl.max_pixels,
+        pool=cfg.vl.pool, system_prompt=cfg.vl.system_prompt or None,
     )
+    report.update(image=str(args.image), config=cfg.to_dict(), **provenance())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "stats.json", report)
     plots = plot_report(report, out)

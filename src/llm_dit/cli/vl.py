@@ -10,7 +10,10 @@ from .common import config
 
 def cmd_extract(args) -> int:
     from ..images import check_output_path, load_image
+    from ..provenance import provenance
     from ..vl import VLEmbeddingExtractor
+    from ..vl.chat import check_aspect_ratio
+    from ..vl.tokens import check_selection_possible
 
     cfg = config(args)
     out = check_output_path(args.out, ".safetensors")
@@ -21,12 +24,16 @@ def cmd_extract(args) -> int:
     if not images and not (text and text.strip()):
         raise InputError("nothing to extract: give --image and/or --text")
     system = args.system_prompt if args.system_prompt is not None else (cfg.vl.system_prompt or None)
+    for im in images:
+        check_aspect_ratio(im)
+    check_selection_possible(cfg.vl.token_selection, len(images), bool(text and text.strip()))
 
     extractor = VLEmbeddingExtractor.from_config(cfg)
     result = extractor.extract(
         images, text, hidden_layer=cfg.vl.layers, system_prompt=system, token_selection=cfg.vl.token_selection,
         max_pixels=cfg.vl.max_pixels, pool=cfg.vl.pool,
     )
+    result.record = {"images": [str(p) for p in args.image or []], "config": cfg.to_dict(), **provenance()}
     result.save(out)
     print(result.summary())
     print(f"wrote {out}")
@@ -35,13 +42,18 @@ def cmd_extract(args) -> int:
 
 def cmd_caption(args) -> int:
     from ..images import check_output_path, load_image
-    from ..io import write_text
+    from ..io import write_json, write_text
+    from ..provenance import provenance
     from ..vl import VLEmbeddingExtractor
     from ..vl.caption import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, caption_image
+    from ..vl.chat import check_aspect_ratio
 
     cfg = config(args)
     out = check_output_path(args.out, ".txt")
     image = load_image(args.image, "image")
+    check_aspect_ratio(image)
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
+        raise InputError(f"--temperature must be a number >= 0 (got {args.temperature})")
     for name in ("min_tokens", "max_new_tokens", "attempts"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "min_tokens" else 1):
@@ -58,6 +70,10 @@ def cmd_caption(args) -> int:
     write_text(Path(f"{stem}.raw.txt"), cap.raw)
     if cap.thinking is not None:
         write_text(Path(f"{stem}.thinking.txt"), cap.thinking)
+    write_json(Path(f"{stem}.json"), {
+        "image": str(args.image), "tokens": cap.tokens, "attempts": cap.attempts, "model_variant": extractor.variant,
+        "has_thinking": cap.thinking is not None, "config": cfg.to_dict(), **provenance(),
+    })
     write_text(out, cap.caption + "\n")
     print(f"caption: {cap.tokens} tokens after {cap.attempts} attempt(s), model variant {extractor.variant}")
     print(f"wrote {out}")

@@ -278,31 +278,41 @@ def build_tiny_qwen3_vl(out: Path, thinking: bool = False) -> None:
 
 
 def build_tiny_models(out: str | os.PathLike) -> Path:
-    """Write ``out/z-image`` and ``out/qwen3-vl``; returns ``out``. Overwrites nothing: ``out`` must be new or empty."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        from ..errors import InputError
+    """Write ``out/z-image`` and ``out/qwen3-vl``; returns ``out``.
 
+    Built in a temporary folder beside ``out`` and renamed into place in one step, so ``out`` is
+    either complete or absent. ``out`` must not exist, or be an empty folder.
+    """
+    from ..errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
         raise InputError(f"output folder {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    _build_z_image(out / "z-image")
-    build_tiny_qwen3_vl(out / "qwen3-vl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _build_z_image(tmp / "z-image")
+        build_tiny_qwen3_vl(tmp / "qwen3-vl")
+        if out.is_dir():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def ensure_tiny_models() -> Path:
     """The cached tiny models, built on first use. Safe against concurrent first uses."""
     final = cache_root() / f"tiny-v{TINY_VERSION}"
-    if (final / "z-image" / "model_index.json").is_file() and (final / "qwen3-vl" / "config.json").is_file():
+    marker = final / "z-image" / "model_index.json"
+    if marker.is_file() and (final / "qwen3-vl" / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_models(tmp)
     try:
-        os.rename(tmp, final)  # atomic: a reader sees all of it or none of it
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        if not (final / "z-image" / "model_index.json").is_file():
+        build_tiny_models(final)
+    except Exception:
+        if not marker.is_file():  # not another process finishing first: a real failure
             raise
     return final

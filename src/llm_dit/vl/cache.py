@@ -2,7 +2,7 @@
 
 Path: ``$LLM_DIT_CACHE/extractions/<key>.safetensors`` (``~/.cache/llm-dit`` by default). The key
 is a SHA-256 over everything the hidden states depend on: the model's identity (name or path, its
-config, parameter count and dtype), the backend, each image's decoded RGB pixels and size, the VL
+config, dtype and a checksum of its weights), the backend, each image's decoded RGB pixels and size, the VL
 text, the system prompt, the layers and the pixel budget. Pooling, token selection and
 normalization are applied after the cache, so they are not part of the key. Least recently used
 entries are evicted beyond ``max_bytes``; ``max_bytes = 0`` disables the cache.

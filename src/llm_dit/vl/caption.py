@@ -28,19 +28,24 @@ def parse_thinking_content(text: str, started_in_thinking: bool = False) -> tupl
 
     * The **last** ``</think>`` ends the reasoning; everything after it is the caption. Nested tags
       inside the reasoning stay part of it.
-    * The reasoning starts after the first ``<think>`` before that point, or at the start of the text
-      when the generation prompt already opened the block (``started_in_thinking``, Thinking models).
-    * Text before the first ``<think>`` is not reasoning: it is kept in the caption.
+    * With ``started_in_thinking`` (Thinking models: the generation prompt opened the block) all
+      text before that point is reasoning. Otherwise the reasoning starts after the first
+      ``<think>``, and text before it is not reasoning: it is kept in the caption.
+    * A ``<think>`` after the last ``</think>`` opens a block that was cut off: it and what follows
+      are dropped from the caption.
     * No ``</think>`` although reasoning began (the token budget ran out): the caption is what came
       before ``<think>`` (usually empty) and the rest is thinking.
     """
     close = text.rfind(CLOSE)
     head, tail = (text[:close], text[close + len(CLOSE):]) if close >= 0 else (text, "")
-    open_at = head.find(OPEN)
+    reopened = tail.find(OPEN)
+    if reopened >= 0:  # a new reasoning block began after the answer and was cut off: not caption
+        tail = tail[:reopened]
+    open_at = -1 if started_in_thinking else head.find(OPEN)
     if open_at >= 0:
         before, thinking = head[:open_at], head[open_at + len(OPEN):]
     elif close >= 0 or started_in_thinking:
-        before, thinking = "", head
+        before, thinking = "", head.removeprefix(OPEN) if started_in_thinking else head
     else:
         return text.strip(), None
     caption = "\n\n".join(part for part in (before.strip(), tail.strip()) if part)
@@ -74,6 +79,8 @@ def caption_image(
     ``min_tokens`` tokens, else fail with one sentence that says what to change."""
     if min_tokens < 0 or attempts < 1:
         raise LlmDitError("min_tokens must be >= 0 and attempts >= 1")
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        raise LlmDitError(f"temperature must be a number >= 0 (got {temperature})")
     thinking_model = extractor.variant == "thinking"
     best = None
     for attempt in range(attempts):

@@ -14,6 +14,17 @@ from PIL import Image
 from ..errors import InputError
 
 
+#: Qwen's resizing refuses images whose long side is more than 200 times the short side.
+MAX_ASPECT_RATIO = 200
+
+
+def check_aspect_ratio(image: Image.Image) -> None:
+    w, h = image.size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise InputError(f"an image of {w}x{h} pixels is too elongated for Qwen3-VL (aspect ratio above "
+                         f"{MAX_ASPECT_RATIO})")
+
+
 def build_messages(images: list[Image.Image], text: str | None, system_prompt: str | None) -> list[dict]:
     content: list[dict] = [{"type": "image"} for _ in images]
     if text:

@@ -28,9 +28,9 @@ from ..images import load_image
 from ..models.loading import _first_line, resolve_model_path
 from .cache import ExtractionCache, image_digest, request_key
 from .capture import canonical_layer, capture_hidden_states
-from .chat import build_messages, detect_variant, load_processor, run_processor
+from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
 from .result import VLExtractionResult
-from .tokens import SpecialIds, pool_image_tokens, resolve_token_selection
+from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection
 
 BACKENDS = ("vl", "splice")
 
@@ -188,13 +188,15 @@ class VLEmbeddingExtractor:
         return self.text_encoder.config.num_hidden_layers
 
     def fingerprint(self) -> str:
-        """The model's identity for the cache: name, config, parameter count, dtype, backend."""
+        """The model's identity for the cache: name, backend, dtype, configs, and a checksum of the
+        weights (the sum of every parameter tensor), so re-saved weights at the same path miss."""
         if getattr(self, "_fingerprint", None):
             return self._fingerprint
         parts = [self.model_name, self.backend, str(self.dtype)]
         for m in (self.model, self.vision, self.text_encoder):
             if m is not None:
-                parts += [m.config.to_json_string(use_diff=False), str(sum(p.numel() for p in m.parameters()))]
+                sums = torch.stack([p.detach().float().sum() for p in m.parameters()]).cpu()
+                parts += [m.config.to_json_string(use_diff=False), hashlib.sha256(sums.numpy().tobytes()).hexdigest()]
         self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return self._fingerprint
 
@@ -204,7 +206,10 @@ class VLEmbeddingExtractor:
         if image is None:
             return []
         items = image if isinstance(image, (list, tuple)) else [image]
-        return [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in items]
+        images = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in items]
+        for im in images:
+            check_aspect_ratio(im)
+        return images
 
     @torch.no_grad()
     def extract(
@@ -238,6 +243,7 @@ class VLEmbeddingExtractor:
         images = self._images(image)
         if text is not None and not text.strip():
             text = None
+        check_selection_possible(selection, len(images), text is not None)
         raw = self._extract_raw(images, text, system_prompt, layers, canon, max_pixels)
         states, ids, grids = pool_image_tokens(raw.hidden_states, raw.input_ids, self.special, raw.token_grids, pool)
         pooled = dataclasses.replace(raw, hidden_states=states, input_ids=ids, token_grids=grids, pool=pool)

@@ -41,8 +41,8 @@ class OutlierDim:
 def _check(x: torch.Tensor, reference: ReferenceStats, threshold: float) -> torch.Tensor:
     if not isinstance(threshold, (int, float)) or threshold <= 1:
         raise InputError(f"outlier threshold must be a ratio greater than 1 (got {threshold})")
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InputError(f"expected a non-empty [tokens, dim] tensor (got shape {tuple(x.shape)})")
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise InputError(f"outlier statistics need a [tokens, dim] tensor of at least 2 tokens (got {tuple(x.shape)})")
     if x.shape[1] != reference.std.shape[0]:
         raise InputError(f"embeddings have width {x.shape[1]}, the reference {reference.std.shape[0]}")
     return x.float()

@@ -24,6 +24,21 @@ from .tokens import SpecialIds, TokenMasks, compute_token_masks, resolve_token_s
 _META_KEY = "llm_dit_vl_extraction"
 
 
+def _per_layer(value, layers: list[int], what: str) -> dict:
+    """``{layer: value}``: a dict is taken as is (and must cover ``layers``); a single object is
+    allowed for a single layer only, since statistics differ from layer to layer."""
+    if isinstance(value, dict):
+        missing = [k for k in layers if k not in value]
+        if missing:
+            raise InputError(f"no {what} given for layer(s) {missing}")
+        return {k: value[k] for k in layers}
+    if value is not None and len(layers) > 1:
+        raise InputError(
+            f"one {what} for {len(layers)} layers: pass {{layer: {what}}} or select a single layer (layers=[...])"
+        )
+    return {k: value for k in layers}
+
+
 @dataclass
 class VLExtractionResult:
     hidden_states: dict[int, torch.Tensor]  # requested layer index -> [S, D] float32 CPU
@@ -48,6 +63,7 @@ class VLExtractionResult:
     original_std: dict[int, float] = field(default_factory=dict)
     scaled_std: dict[int, float] = field(default_factory=dict)
     scale_factor: dict[int, float] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)  # what produced it: the resolved config, versions
 
     # -- convenience ---------------------------------------------------------------------------
 
@@ -83,17 +99,20 @@ class VLExtractionResult:
         image_tokens_only: bool = False,
         image_tokens_no_markers: bool = False,
         image_index: int | None = None,
+        layers: list[int] | None = None,
         normalization_mode: str = "none",
-        reference: ReferenceStats | None = None,
+        reference: ReferenceStats | dict[int, ReferenceStats] | None = None,
         target_std: float | str | None = None,
-        text: torch.Tensor | None = None,
+        text: torch.Tensor | dict[int, torch.Tensor] | None = None,
         clip_sigma: float | None = 3.0,
         hybrid_weight: float = 0.5,
         force_reference: bool = False,
     ) -> VLExtractionResult:
-        """A new result with the chosen tokens of every layer, normalized.
+        """A new result with the chosen tokens of every layer (or of ``layers``), normalized.
 
         ``image_index`` narrows ``image_only``/``image_no_markers`` to one image of several.
+        Statistics are per layer: ``reference`` and ``text`` (the paired text embedding, for
+        ``target_std="text"``) are either one object for a single layer or ``{layer: object}``.
         """
         name = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only, image_tokens_no_markers)
         masks = self.masks
@@ -106,21 +125,27 @@ class VLExtractionResult:
         if not bool(mask.any()):
             why = "the chat has no image" if name.startswith("image") else "the chat has no such text"
             raise InputError(f"token selection '{name}' is empty: {why}")
-        if reference is not None:
-            for layer in self.layers:
-                check_layer_match(reference, layer, self.num_layers, force_reference)
+        layers = list(self.layers if layers is None else layers)
+        unknown = [k for k in layers if k not in self.hidden_states]
+        if unknown:
+            raise InputError(f"layer(s) {unknown} were not extracted; this result has {self.layers}")
+        refs = _per_layer(reference, layers, "reference")
+        texts = _per_layer(text, layers, "text")
+        for layer, ref in refs.items():
+            if ref is not None:
+                check_layer_match(ref, layer, self.num_layers, force_reference)
         out = {}
         stats: dict[str, dict[int, float]] = {"o": {}, "s": {}, "f": {}}
-        for layer in self.layers:
+        for layer in layers:
             res = normalize(
-                self.hidden_states[layer][mask], normalization_mode, reference=reference, target_std=target_std,
-                text=text, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight,
+                self.hidden_states[layer][mask], normalization_mode, reference=refs[layer], target_std=target_std,
+                text=texts[layer], clip_sigma=clip_sigma, hybrid_weight=hybrid_weight,
             )
             out[layer] = res.embeddings
             stats["o"][layer], stats["s"][layer], stats["f"][layer] = res.original_std, res.scaled_std, res.scale_factor
         label = name if image_index is None else f"{name}[{image_index}]"
         return dataclasses.replace(
-            self, token_selection=label, normalization_mode=normalization_mode, embeddings=out,
+            self, layers=layers, token_selection=label, normalization_mode=normalization_mode, embeddings=out,
             original_std=stats["o"], scaled_std=stats["s"], scale_factor=stats["f"],
         )
 
@@ -147,6 +172,7 @@ class VLExtractionResult:
             "scale_factor": {str(k): v for k, v in self.scale_factor.items()},
             "special_ids": self.special.to_dict(),
             "token_counts": self.masks.counts(),
+            "record": self.record,
         }
 
     def summary(self) -> str:
@@ -211,4 +237,5 @@ class VLExtractionResult:
             original_std={int(k): v for k, v in meta["original_std"].items()},
             scaled_std={int(k): v for k, v in meta["scaled_std"].items()},
             scale_factor={int(k): v for k, v in meta["scale_factor"].items()},
+            record=meta.get("record", {}),
         )

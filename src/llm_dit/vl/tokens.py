@@ -43,12 +43,12 @@ class SpecialIds:
     vision_start: int
     vision_end: int
     image_pad: int
-    user_header: tuple[int, ...]  # the ids of "<|im_start|>user\n"
+    user_header: tuple[int, ...]  # the ids of "<|im_start|>user" (the newline token after it varies)
 
     @classmethod
     def from_tokenizer(cls, tok) -> SpecialIds:
         ids = tok.convert_tokens_to_ids
-        header = tuple(tok("<|im_start|>user\n", add_special_tokens=False).input_ids)
+        header = tuple(tok("<|im_start|>user", add_special_tokens=False).input_ids)
         return cls(
             im_start=ids("<|im_start|>"),
             im_end=ids("<|im_end|>"),
@@ -115,7 +115,9 @@ def compute_token_masks(input_ids: torch.Tensor, special: SpecialIds) -> TokenMa
     i = 0
     while i + h <= n:
         if ids_list[i : i + h] == header:
-            j = i + h
+            # Skip the newline token that ends the header. Byte-level BPE may merge it with a newline
+            # that starts the user's text ("\n\n"); that leading newline is then dropped with it.
+            j = i + h + 1
             while j < n and ids_list[j] != special.im_end:
                 user[j] = True
                 j += 1
@@ -130,6 +132,14 @@ def compute_token_masks(input_ids: torch.Tensor, special: SpecialIds) -> TokenMa
     for s, e in zip(starts, ends):
         spans.append((s + 1, e))
     return TokenMasks(full, text_only, user_text, image_only, image_no_markers, spans)
+
+
+def check_selection_possible(selection: str, num_images: int, has_text: bool) -> None:
+    """Refuse a selection the chat cannot fill, before any model runs."""
+    if selection in ("image_only", "image_no_markers") and num_images == 0:
+        raise InputError(f"token selection '{selection}' is empty: the chat has no image")
+    if selection == "user_text" and not has_text:
+        raise InputError("token selection 'user_text' is empty: the chat has no text")
 
 
 def resolve_token_selection(
