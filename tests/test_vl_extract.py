@@ -295,3 +295,21 @@ def test_selection_is_checked_before_the_forward_pass(extractor):
     finally:
         hook.remove()
     assert calls == []
+
+
+@pytest.mark.parametrize("selection", TOKEN_SELECTIONS)
+def test_splice_every_layer_and_token_mode_equals_a_plain_forward(splice_extractor, extractor, red_image, selection):
+    # the oracle: Qwen3Model's own forward over input embeddings with the vision features put in
+    te = splice_extractor.text_encoder
+    inputs = run_processor(extractor.processor, build_messages([red_image], TEXT, None), [red_image], None)
+    ids = inputs["input_ids"][0]
+    with torch.no_grad():
+        feats = splice_extractor.vision(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        embeds = te.get_input_embeddings()(ids[None]).clone()
+        embeds[0, ids == splice_extractor.special.image_pad] = feats
+        hs = te(inputs_embeds=embeds, output_hidden_states=True).hidden_states
+    layers = list(range(9))
+    r = splice_extractor.extract(red_image, TEXT, hidden_layer=layers, token_selection=selection)
+    mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
+    for k in layers:
+        torch.testing.assert_close(r.embeddings[k], hs[k][0][mask], atol=1e-5, rtol=1e-5)
