@@ -50,3 +50,34 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict) -> Path:
+    """safetensors file with ``metadata`` as JSON under ``key``, written atomically.
+
+    Tensors are stored contiguous; each gets its own storage (safetensors refuses shared ones).
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
+                  metadata={key: json.dumps(metadata, default=str)})
+    return Path(path)
+
+
+def load_tensors(path: str | os.PathLike, key: str, what: str) -> tuple[dict, dict]:
+    """``(metadata, tensors)`` of a file written by :func:`save_tensors`; one-line errors otherwise."""
+    from safetensors import safe_open
+
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} {p} does not exist")
+    try:
+        with safe_open(str(p), "pt") as f:
+            meta = json.loads(f.metadata()[key])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # not safetensors, or not ours
+        raise InputError(f"{p} is not an llm-dit {what} file ({type(e).__name__}: {e})") from None
+    return meta, tensors

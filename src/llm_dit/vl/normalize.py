@@ -21,7 +21,6 @@ Statistics are layer-matched: a reference computed at one layer is refused for a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from ..errors import InputError
 
 NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten")
+_META_KEY = "llm_dit_reference"
 
 
 @dataclass
@@ -77,31 +77,18 @@ class ReferenceStats:
         }
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from ..io import atomic_path
+        from ..io import save_tensors
 
         tensors = {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
         if self.covariance is not None:
             tensors["covariance"] = self.covariance
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp),
-                      metadata={"llm_dit_reference": json.dumps(self.provenance())})
-        return Path(path)
+        return save_tensors(path, {k: v.float() for k, v in tensors.items()}, _META_KEY, self.provenance())
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceStats:
-        from safetensors import safe_open
+        from ..io import load_tensors
 
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"reference statistics {p} do not exist")
-        try:
-            with safe_open(str(p), "pt") as f:
-                meta = json.loads(f.metadata()["llm_dit_reference"])
-                t = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # not safetensors, or not ours
-            raise InputError(f"{p} is not an llm-dit reference statistics file ({e})") from None
+        meta, t = load_tensors(path, _META_KEY, "reference statistics")
         known = {"model", "layer", "num_layers", "num_tokens", "num_prompts", "excluded_tokens", "has_covariance"}
         return cls(
             mean=t["mean"], std=t["std"], min=t["min"], max=t["max"], covariance=t.get("covariance"),

@@ -11,7 +11,6 @@ as JSON metadata.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,34 +185,20 @@ class VLExtractionResult:
 
     def save(self, path: str | Path) -> Path:
         """Write raw states, ids and the selection as safetensors; metadata as JSON inside."""
-        from safetensors.torch import save_file
-
-        from ..io import atomic_path
+        from ..io import save_tensors
 
         tensors = {"input_ids": self.input_ids.to(torch.int64)}
         for k in self.layers:
-            tensors[f"hidden_states.{k}"] = self.hidden_states[k].float().contiguous()
+            tensors[f"hidden_states.{k}"] = self.hidden_states[k].float()
             if k in self.embeddings:
-                tensors[f"embeddings.{k}"] = self.embeddings[k].float().contiguous()
-        # the same tensor under two names would be refused: store the first occurrence only
-        tensors = {n: t.clone() for n, t in tensors.items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(self.metadata())})
-        return Path(path)
+                tensors[f"embeddings.{k}"] = self.embeddings[k].float()
+        return save_tensors(path, tensors, _META_KEY, self.metadata())
 
     @classmethod
     def load(cls, path: str | Path) -> VLExtractionResult:
-        from safetensors import safe_open
+        from ..io import load_tensors
 
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"extraction {p} does not exist")
-        try:
-            with safe_open(str(p), "pt") as f:
-                meta = json.loads(f.metadata()[_META_KEY])
-                t = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
-            raise InputError(f"{p} is not an llm-dit extraction file ({e})") from None
+        meta, t = load_tensors(path, _META_KEY, "extraction")
         layers = [int(k) for k in meta["layers"]]
         return cls(
             hidden_states={k: t[f"hidden_states.{k}"] for k in layers},
