@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .capture import canonical_layer, capture_hidden_states
 from .config import MAX_CAPTION_TOKENS
 from .errors import InputError
 from .long_prompt import fit_length
@@ -64,13 +65,6 @@ def check_prompt(prompt: str) -> str:
     return prompt
 
 
-def check_hidden_layer(hidden_layer: int, num_layers: int, what: str = "text encoder") -> int:
-    """The canonical index (``0..n``) of a ``hidden_states`` index; out of range is an error."""
-    from .vl.capture import canonical_layer
-
-    return canonical_layer(hidden_layer, num_layers, what)
-
-
 @torch.no_grad()
 def run_text_encoder(
     text_encoder,
@@ -89,8 +83,6 @@ def run_text_encoder(
     ~1 ms. With ``image_features: [m, D]`` (the splice backend) the input embeddings at the ``m``
     ``image_token_id`` positions are replaced by them. The pass stops after the deepest layer.
     """
-    from .vl.capture import capture_hidden_states
-
     n = len(ids)
     width = max(n, min_length)
     device = text_encoder.device
@@ -135,7 +127,7 @@ def encode_prompt(
         check_prompt(prompt)
     if not 1 <= max_length <= MAX_CAPTION_TOKENS:
         raise InputError(f"max_length must be in 1..{MAX_CAPTION_TOKENS} (got {max_length})")
-    k = check_hidden_layer(hidden_layer, text_encoder.config.num_hidden_layers)
+    k = canonical_layer(hidden_layer, text_encoder.config.num_hidden_layers, "text encoder")
     formatted = format_prompt(tokenizer, prompt)
     ids = tokenizer(formatted, add_special_tokens=False).input_ids
     n_prompt = len(ids)

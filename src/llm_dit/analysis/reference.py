@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..text import check_hidden_layer, format_prompt, run_text_encoder
+from ..capture import canonical_layer
+from ..text import format_prompt, run_text_encoder
 from ..vl.normalize import ReferenceStats
 
 MASSIVE_FACTOR = 10.0
@@ -61,7 +62,7 @@ def compute_reference_stats(
 ) -> dict[int, ReferenceStats]:
     """``{layer: ReferenceStats}`` for each requested ``hidden_states`` index."""
     n_layers = text_encoder.config.num_hidden_layers
-    canon = {k: check_hidden_layer(k, n_layers) for k in layers}
+    canon = {k: canonical_layer(k, n_layers, "text encoder") for k in layers}
     gathered: dict[int, list[torch.Tensor]] = {c: [] for c in canon.values()}
     for prompt in prompts:
         ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False).input_ids[:max_length]

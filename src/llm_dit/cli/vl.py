@@ -45,7 +45,7 @@ def cmd_caption(args) -> int:
     from ..io import write_json, write_text
     from ..provenance import provenance
     from ..vl import VLEmbeddingExtractor
-    from ..vl.caption import DEFAULT_PROMPT, DEFAULT_SYSTEM_PROMPT, caption_image
+    from ..vl.caption import caption_image
     from ..vl.chat import check_aspect_ratio
 
     cfg = config(args)
@@ -59,12 +59,12 @@ def cmd_caption(args) -> int:
         if value is not None and value < (0 if name == "min_tokens" else 1):
             raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'min_tokens' else 1}")
     extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
-    cap = caption_image(
-        extractor, image, min_tokens=args.min_tokens or 0, max_new_tokens=args.max_new_tokens or 1024,
-        prompt=args.prompt or DEFAULT_PROMPT,
-        system_prompt=DEFAULT_SYSTEM_PROMPT if args.system_prompt is None else (args.system_prompt or None),
-        temperature=0.6 if args.temperature is None else args.temperature, attempts=args.attempts or 3,
-        seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
+    given = {k: getattr(args, k) for k in ("min_tokens", "max_new_tokens", "prompt", "temperature", "attempts")}
+    if args.system_prompt is not None:
+        given["system_prompt"] = args.system_prompt or None  # '' means no system turn
+    cap = caption_image(  # flags not given keep caption_image's defaults
+        extractor, image, seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
+        **{k: v for k, v in given.items() if v is not None or k == "system_prompt"},
     )
     stem = out.with_suffix("")
     write_text(Path(f"{stem}.raw.txt"), cap.raw)
