@@ -223,37 +223,51 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[leaf] = value
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any], root: type[BaseModel] = None, what: str = "config key") -> str:
+    """One line for one pydantic error: the dotted key, what is wrong, what was given."""
+    root = root or Config
     loc = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        section = _section_for(err["loc"][:-1])
+        section = _section_for(err["loc"][:-1], root)
         allowed = ", ".join(section.model_fields) if section else ""
-        return f"unknown config key '{loc}'" + (f"; allowed keys here: {allowed}" if allowed else "")
+        return f"unknown {what} '{loc}'" + (f"; allowed keys here: {allowed}" if allowed else "")
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     got = err.get("input")
     shown = "" if isinstance(got, dict) or "got" in msg else f" (got {got!r})"
-    return f"config key '{loc}': {msg[0].lower() + msg[1:]}{shown}"
+    where = f"{what} '{loc}': " if loc else f"{what}: "
+    return f"{where}{msg[0].lower() + msg[1:]}{shown}"
 
 
-def _section_for(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_for(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] = root
     for part in loc:
+        if isinstance(part, int):
+            continue
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if field is None:
             return None
-        model = field.annotation
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+        nested = [a for a in ([ann] if isinstance(ann, type) else args) if issubclass(a, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
     return model
 
 
-def _validate(data: dict[str, Any]) -> Config:
+def validate_model(cls: type[BaseModel], data: dict[str, Any], what: str, error: type = ConfigError):
+    """``cls.model_validate(data)`` with the first error as one line (``error`` raised)."""
     try:
-        return Config.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(_describe(first)) from None
+        raise error(describe_error(e.errors()[0], cls, what)) from None
+
+
+def _validate(data: dict[str, Any]) -> Config:
+    return validate_model(Config, data, "config key")
 
 
 def resolve_config(

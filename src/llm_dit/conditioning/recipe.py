@@ -1,0 +1,187 @@
+"""``Recipe``: one whole conditioning, declared. The CLI, the experiment runner and the web app build
+it; it round-trips through TOML and JSON and goes whole into every output's metadata.
+
+Fields left ``None`` take their value from the configuration's ``[vl]`` section when the recipe is
+resolved (:meth:`Recipe.resolve`); the resolved form is what gets recorded.
+
+The path from a recipe to the caption embedding (see :mod:`llm_dit.conditioning.build`)::
+
+    per reference:  extraction(s) -> token selection -> normalization -> outlier masking -> budget
+                    (intra-VL / dual / multi-layer: image part and text part, mixed by the ratio)
+    per role:       weighted mean of the references of that role     -> V (content), S (style)
+    blend:          y = blend(text, V, alpha_i);  y = style_blend(y, S, style_alpha)
+    length:         y fitted to <= 1504 tokens by budget_mode; never empty
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
+from ..errors import ConfigError, InputError
+from .blend import BLEND_MODES, STYLE_MODES
+from .schedule import Schedule, parse_schedule
+
+Backend = Literal["text", "vl", "splice"]
+TokenSelection = Literal["full", "text_only", "user_text", "image_only", "image_no_markers"]
+BlendMode = Literal[tuple(BLEND_MODES)]
+StyleMode = Literal[STYLE_MODES]
+#: Weights whose sum is closer to zero than this are refused.
+_MIN_WEIGHT_SUM = 1e-8
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Reference(_Strict):
+    """One reference image: its weight among the references of its role, and its role."""
+
+    image: str = Field(min_length=1)
+    weight: float = Field(1.0, allow_inf_nan=False)
+    role: Literal["content", "style"] = "content"
+
+
+class Recipe(_Strict):
+    """Everything that decides the caption embedding (the prompt and the models come from outside)."""
+
+    backend: Backend = "vl"
+    references: list[Reference] = Field(default_factory=list)
+    # extraction
+    vl_text: str = "{prompt}"  # "{prompt}" is replaced by the prompt; "" = no text in the VL chat
+    system_prompt: str | None = None
+    hidden_layer: int | None = None
+    token_selection: TokenSelection | None = None
+    max_pixels: int | None = Field(None, ge=1024)
+    pool: int | None = Field(None, ge=1, le=32)
+    # intra-VL (seed 002 phase 2), dual extraction (phase 3), multi-layer (phase 4)
+    vl_intra_blend_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    dual_extraction: bool = False
+    image_layer: int | None = None
+    text_layer: int | None = None
+    image_tokens: Literal["image_no_markers", "image_only"] = "image_no_markers"
+    text_tokens: Literal["text_only", "user_text"] = "text_only"
+    # statistics
+    normalization_mode: Literal["none", "global", "per_dim", "hybrid", "whiten"] = "global"
+    target_std: float | Literal["text"] = "text"
+    reference_stats: str | None = None
+    outlier_mask: Literal["none", "zero", "clamp", "scale", "restore"] = "none"
+    outlier_threshold: float = Field(10.0, gt=1.0, allow_inf_nan=False)
+    # length
+    token_budget: int | None = Field(None, ge=1, le=MAX_CAPTION_TOKENS)
+    budget_mode: LongPromptMode = "pool"
+    # blending
+    blend: BlendMode = "interpolate"
+    alpha: float = Field(0.3, ge=0.0, le=1.0)
+    schedule: Schedule | None = None
+    resample: Literal["linear", "area"] = "linear"
+    magnitude: Literal["raw", "match_rms"] = "raw"
+    style_blend: StyleMode = "adain_per_dim"
+    style_alpha: float | None = Field(None, ge=0.0, le=1.0)
+    gem_p: float = Field(3.0, gt=0.0, le=100.0)
+    svd_k: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.backend == "text" and self.references:
+            raise ValueError("backend 'text' takes no reference images (use backend vl or splice)")
+        if isinstance(self.target_std, float) and not self.target_std > 0:
+            raise ValueError(f"target_std must be positive or 'text' (got {self.target_std})")
+        if self.vl_intra_blend_ratio is None:
+            for name in ("dual_extraction", "image_layer", "text_layer"):
+                if getattr(self, name) not in (None, False):
+                    raise ValueError(f"{name} mixes an image part and a text part: set vl_intra_blend_ratio too")
+        for role in ("content", "style"):
+            weights = [r.weight for r in self.references if r.role == role]
+            if weights and abs(sum(weights)) < _MIN_WEIGHT_SUM:
+                raise ValueError(f"the weights of the {role} references sum to zero ({weights})")
+        return self
+
+    # -- resolution ----------------------------------------------------------------------------
+
+    def resolve(self, config: Config) -> Recipe:
+        """A copy with every ``None`` extraction field filled from ``config.vl``."""
+        vl = config.vl
+        return self.model_copy(update=dict(
+            hidden_layer=vl.layers[0] if self.hidden_layer is None else self.hidden_layer,
+            token_selection=self.token_selection or vl.token_selection,
+            max_pixels=self.max_pixels or vl.max_pixels,
+            pool=self.pool or vl.pool,
+            system_prompt=vl.system_prompt if self.system_prompt is None else self.system_prompt,
+        ))
+
+    def with_updates(self, **fields: Any) -> Recipe:
+        """A validated copy with ``fields`` changed (``None`` values are skipped)."""
+        data = self.to_dict()
+        data.update({k: v for k, v in fields.items() if v is not None})
+        return Recipe.from_dict(data)
+
+    def vl_text_for(self, prompt: str) -> str | None:
+        text = self.vl_text.replace("{prompt}", prompt)
+        return text if text.strip() else None
+
+    @property
+    def uses_vl(self) -> bool:
+        return self.backend != "text"
+
+    def alpha_at(self, i: int, steps: int) -> float:
+        return self.schedule.alpha(i, steps) if self.schedule is not None else self.alpha
+
+    # -- serialization -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        if not isinstance(data, dict):
+            raise ConfigError("a recipe must be a table of fields")
+        data = dict(data)
+        if isinstance(data.get("schedule"), str):
+            data["schedule"] = parse_schedule(data["schedule"]).model_dump()
+        return validate_model(cls, data, "recipe field")
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        # TOML has no null: unset fields are left out and come back as None.
+        return tomli_w.dumps(_drop_none(self.to_dict()))
+
+    def save(self, path: str | Path) -> Path:
+        from ..io import write_text
+
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n" if path.suffix == ".json" else self.to_toml()
+        return write_text(path, text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read a ``.toml`` or ``.json`` recipe; relative image paths are taken from the file's folder."""
+        import tomllib
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"recipe file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"recipe file {path} cannot be read: {e}") from None
+        if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
+            data = data["recipe"]  # a metadata file: its recipe
+        for ref in data.get("references", []) if isinstance(data, dict) else []:
+            if isinstance(ref, dict) and isinstance(ref.get("image"), str) and not Path(ref["image"]).is_absolute():
+                ref["image"] = str(path.parent / ref["image"])
+        return cls.from_dict(data)
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value

@@ -1,0 +1,190 @@
+"""Running a recipe with real models, in stages that keep GPU memory low.
+
+    1. check everything a user can get wrong (recipe, images, schedule vs steps): nothing loads before
+    2. VL stage (``vl`` backend): load Qwen3-VL, run every planned extraction, unload it
+    3. Z-Image stage: load the pipeline, encode the prompt with its text encoder; the ``splice``
+       backend's vision tower borrows that encoder; reference statistics come from a file, or are
+       computed once with that encoder (cached on disk)
+    4. build the conditioning and generate (a per-step hook when the alpha follows a schedule)
+
+The experiment runner calls the same stage functions with the requests of many cells at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ..config import Config
+from ..errors import InputError
+from ..images import load_image
+from ..vl.normalize import ReferenceStats
+from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
+from .recipe import Recipe
+from .style import neutral_image
+
+Log = Callable[[str], None]
+
+
+def load_references(recipe: Recipe) -> dict[str, Image.Image]:
+    """Every reference image, loaded and validated (one clear error for a bad one)."""
+    from ..vl.chat import check_aspect_ratio
+
+    images = {}
+    for i, ref in enumerate(recipe.references):
+        if ref.image not in images:
+            im = load_image(ref.image, f"reference image {i + 1}")
+            check_aspect_ratio(im)
+            images[ref.image] = im
+    return images
+
+
+def request_image(req: ExtractionRequest, images: dict[str, Image.Image]) -> Image.Image | None:
+    if req.image is None:
+        return None
+    im = images[req.image] if req.image in images else load_image(req.image, "reference image")
+    return neutral_image(im) if req.neutral else im
+
+
+def run_extractions(extractor, requests: list[ExtractionRequest], images: dict[str, Image.Image],
+                    log: Log | None = None) -> dict:
+    """``{request: VLExtractionResult}`` (raw states, full selection) for every request."""
+    out = {}
+    for i, req in enumerate(requests):
+        if log:
+            log(f"extract {i + 1}/{len(requests)}: {req.label()}")
+        out[req] = extractor.extract(
+            request_image(req, images), req.text, hidden_layer=list(req.layers), system_prompt=req.system_prompt,
+            max_pixels=req.max_pixels, pool=req.pool,
+        )
+    return out
+
+
+def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
+                        log: Log | None = None) -> dict[int, ReferenceStats] | None:
+    """``{layer: ReferenceStats}`` for the layers the recipe's normalization or masking needs.
+
+    From ``recipe.reference_stats`` when given (one file: used for every layer, and refused by the
+    layer check where it does not match), else computed with Z-Image's text encoder over the
+    shipped prompt corpus and cached under the cache folder.
+    """
+    layers = reference_stats_layers(recipe)
+    if not layers:
+        return None
+    if recipe.reference_stats:
+        stats = ReferenceStats.load(recipe.reference_stats)
+        return {k: stats for k in layers}
+    from ..analysis.reference import compute_reference_stats, read_prompts
+    from ..io import cache_root
+
+    prompts = read_prompts()
+    covariance = recipe.normalization_mode == "whiten"
+    out = {}
+    for k in layers:
+        key = hashlib.sha256(repr((config.models.z_image, str(text_encoder.dtype), k, covariance,
+                                   prompts)).encode()).hexdigest()[:24]
+        path = cache_root() / "reference" / f"{key}.safetensors"
+        if path.is_file():
+            out[k] = ReferenceStats.load(path)
+            continue
+        if log:
+            log(f"reference statistics for layer {k}: {len(prompts)} prompts through the text encoder")
+        out[k] = compute_reference_stats(tokenizer, text_encoder, prompts, [k], config.models.z_image,
+                                         covariance=covariance)[k]
+        out[k].save(path)
+    return out
+
+
+@dataclass
+class Generated:
+    image: Image.Image
+    conditioning: Conditioning
+    record: dict
+
+
+def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[ExtractionRequest]:
+    """Everything that can be refused before a model loads; returns the planned extractions."""
+    from ..text import check_prompt
+
+    check_prompt(prompt)
+    if recipe.schedule is not None:
+        recipe.schedule.check_steps(config.generation.steps)
+    if recipe.normalization_mode == "whiten" and recipe.reference_stats:
+        if ReferenceStats.load(recipe.reference_stats).covariance is None:
+            raise InputError("whiten needs reference statistics with a covariance (stats reference --covariance)")
+    return plan_extractions(recipe, prompt)
+
+
+def generate_from_recipe(
+    config: Config,
+    recipe: Recipe,
+    prompt: str,
+    init_image: Image.Image | None = None,
+    log: Log | None = None,
+) -> Generated:
+    """One image for ``prompt`` conditioned by ``recipe`` (see the module docstring for the stages)."""
+    from ..generate import ZImage, img2img_steps
+    from ..vl import VLEmbeddingExtractor
+
+    t0 = time.perf_counter()
+    recipe = recipe.resolve(config)
+    requests = check_recipe_run(recipe, config, prompt)
+    images = load_references(recipe)
+    extractions: dict = {}
+    if requests and recipe.backend == "vl":
+        extractor = VLEmbeddingExtractor.from_config(config, backend="vl")
+        try:
+            extractions = run_extractions(extractor, requests, images, log)
+        finally:
+            extractor.unload()
+    model = ZImage.load(config)
+    text = model.encode(prompt)
+    if requests and recipe.backend == "splice":
+        extractor = VLEmbeddingExtractor.from_config(config, backend="splice", text_encoder=model.pipe.text_encoder)
+        try:
+            extractions = run_extractions(extractor, requests, images, log)
+        finally:
+            extractor.unload()
+    stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log)
+    cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats)
+    g = config.generation
+    t_gen = time.perf_counter()
+    image = model.generate(cond.step_embeds(g.steps), init_image=init_image)
+    now = time.perf_counter()
+    n_run = img2img_steps(g.steps, g.strength) if init_image is not None else g.steps
+    alphas = [recipe.alpha_at(i + g.steps - n_run, g.steps) for i in range(n_run)]
+    record = conditioning_record(cond, alphas, text.summary())
+    record.update(generation_time=round(now - t_gen, 3), seconds=round(now - t0, 3),
+                  placement=model.placement.to_dict())
+    model.unload()
+    return Generated(image, cond, record)
+
+
+def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: dict | None = None) -> dict:
+    """The metadata of one conditioning: the seeds' fields, then the whole recipe."""
+    r = cond.recipe
+    first = cond.stats(alphas[0])
+    record = {
+        "backend": r.backend,
+        "alpha": alphas[0] if len(set(alphas)) == 1 else alphas,
+        "hidden_layer": r.hidden_layer,
+        "token_selection": r.token_selection,
+        "normalization_mode": r.normalization_mode,
+        "blend_mode": r.blend,
+        **{k: first[k] for k in ("vl_shape", "vl_std", "blended_std", "text_std", "blended_shape", "rms")},
+        "sources": cond.sources,
+        "recipe": r.to_dict(),
+    }
+    if len(set(alphas)) > 1:
+        record["schedule"] = {"spec": r.schedule.spec(), "alphas": alphas,
+                              "blended_std_per_step": [cond.stats(a)["blended_std"] for a in alphas]}
+    if text_summary is not None:
+        record["text_encoding"] = text_summary
+    if cond.style is not None:
+        record["style_shape"] = list(cond.style.shape)
+    return record
+
