@@ -237,7 +237,7 @@ def describe_error(err: dict[str, Any], root: type[BaseModel] = None, what: str 
         msg = msg[len("Value error, ") :]
     got = err.get("input")
     shown = "" if isinstance(got, dict) or "got" in msg else f" (got {got!r})"
-    where = f"{what} '{loc}': " if loc else f"{what}: "
+    where = f"{what} '{loc}': " if loc else f"{what.split()[0]}: "
     return f"{where}{msg[0].lower() + msg[1:]}{shown}"
 
 

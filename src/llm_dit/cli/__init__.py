@@ -11,6 +11,7 @@ import sys
 
 from ..errors import LlmDitError
 from . import generate, stats, vl
+from .conditioning import add_recipe_flags
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
 
 
@@ -18,10 +19,11 @@ def build_parser() -> Parser:
     parser = Parser(prog="llm-dit", description="Zero-shot vision conditioning of Z-Image with Qwen3-VL.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("generate", help="text-to-image (or img2img with --image) with Z-Image")
+    p = sub.add_parser("generate", help="an image from a prompt, optionally conditioned on reference images")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, metavar="FILE.png")
-    p.add_argument("--image", metavar="INIT", help="init image for img2img")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the image; its metadata goes to FILE.json")
+    p.add_argument("--init-image", metavar="INIT", help="init image for img2img (with --strength)")
+    add_recipe_flags(p)
     add_generation_flags(p)
     add_config_flags(p)
     p.set_defaults(func=generate.cmd_generate)
@@ -102,6 +104,9 @@ def _quiet_libraries() -> None:
 
         transformers.logging.set_verbosity_error()
         diffusers.logging.set_verbosity_error()
+        # Loading bars of many small files are noise; the denoising bar (the long part) stays.
+        transformers.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
 

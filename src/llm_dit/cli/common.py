@@ -71,7 +71,7 @@ def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bo
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    return {k: v for k, v in vars(args).items() if "." in k and not k.startswith("recipe.") and v is not None}
 
 
 def config(args: argparse.Namespace):

@@ -4,50 +4,61 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from ..errors import InputError
 from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
-    from ..generate import ZImage
+    from ..conditioning.run import check_recipe_run, generate_from_recipe, load_references
     from ..images import check_output_path, load_image, save_png
+    from ..io import write_json
     from ..provenance import provenance
-    from ..text import check_prompt
+    from .conditioning import recipe_from_args
 
     # Everything a user can get wrong is checked before any model loads.
     cfg = config(args)
-    check_prompt(args.prompt)
+    recipe = recipe_from_args(args, cfg)
+    resolved = recipe.resolve(cfg)
+    check_recipe_run(resolved, cfg, args.prompt)
+    load_references(resolved)
     out = check_output_path(args.out)
-    init = load_image(args.image, "init image") if args.image else None
-    if args.image is None and overrides(args).get("generation.strength") is not None:
-        raise InputError("--strength needs --image (img2img)")
+    sidecar = out.with_suffix(".json")
+    init = load_image(args.init_image, "init image") if args.init_image else None
+    if args.init_image is None and overrides(args).get("generation.strength") is not None:
+        raise InputError("--strength needs --init-image (img2img)")
+    if args.save_recipe:
+        check_output_path(args.save_recipe, ".toml")
 
-    t0 = time.perf_counter()
-    model = ZImage.load(cfg)
-    text = model.encode(args.prompt)
-    if text.truncated:
+    progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
+    result = generate_from_recipe(cfg, resolved, args.prompt, init_image=init, log=progress)
+    rec = result.record
+    text = rec["text_encoding"]
+    if text["truncated"]:
         print(
-            f"note: the prompt has {text.prompt_tokens} tokens with its template; cut to {text.max_length} "
+            f"note: the prompt has {text['prompt_tokens']} tokens with its template; cut to {text['max_length']} "
             "(raise --max-length up to 1504, or pick a --long-prompt-mode)",
             file=sys.stderr,
         )
-    image = model.generate(text.embeddings, init_image=init)
-    elapsed = time.perf_counter() - t0
     record = {
         "mode": "img2img" if init is not None else "txt2img",
         "prompt": args.prompt,
-        "init_image": str(args.image) if args.image else None,
+        "init_image": str(args.init_image) if args.init_image else None,
+        **rec,
         "config": cfg.to_dict(),
-        "placement": model.placement.to_dict(),
-        "text_encoding": text.summary(),
-        "seconds": round(elapsed, 3),
         **provenance(),
     }
-    save_png(image, out, record)
+    # The image last: a PNG on disk means its sidecar is already complete.
+    write_json(sidecar, record)
+    save_png(result.image, out, record)
+    if args.save_recipe:
+        resolved.save(args.save_recipe)
     g = cfg.generation
-    print(f"wrote {out} ({g.width}x{g.height}, {g.steps} steps, seed {g.seed}, {elapsed:.1f} s)")
+    how = "text only" if not resolved.uses_vl else (
+        f"{resolved.backend}, {resolved.blend} alpha {rec['alpha'] if not isinstance(rec['alpha'], list) else resolved.schedule.spec()}, "
+        f"{len(resolved.references)} reference(s), vl_std {rec['vl_std']:.4g}, blended_std {rec['blended_std']:.4g}")
+    print(f"wrote {out} and {sidecar.name} ({g.width}x{g.height}, {g.steps} steps, seed {g.seed}, {how}, "
+          f"{rec['seconds']:.1f} s)")
     return 0
 
 

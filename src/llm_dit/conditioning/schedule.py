@@ -111,6 +111,8 @@ def parse_schedule(text: str) -> Schedule:
         if len(nums) != len(names):
             raise InputError(f"schedule '{s}': {kind} takes {len(names)} number(s) ({':'.join(names)})")
         return Schedule(kind=kind, **dict(zip(names, nums, strict=True)))
+    except InputError:
+        raise
     except ValueError as e:
         if isinstance(e, ValidationError):
             err = e.errors()[0]
