@@ -33,10 +33,31 @@ def files(tmp_path):
 
 
 CASES = [
-    (["--image", "{d}/missing.png"], "init image {d}/missing.png does not exist"),
-    (["--image", "{d}/text.png"], "is not an image file"),
-    (["--image", "{d}/truncated.png"], "could not be decoded"),
-    (["--image", "{d}/empty.png"], "is empty (0 bytes)"),
+    (["--init-image", "{d}/missing.png"], "init image {d}/missing.png does not exist"),
+    (["--init-image", "{d}/text.png"], "is not an image file"),
+    (["--init-image", "{d}/truncated.png"], "could not be decoded"),
+    (["--init-image", "{d}/empty.png"], "is empty (0 bytes)"),
+    (["--image", "{d}/missing.png"], "reference image 1 {d}/missing.png does not exist"),
+    (["--image", "{d}/ok.png", "--image", "{d}/text.png"], "reference image 2"),
+    (["--image", "{d}/ok.png", "--vl-alpha", "1.5"], "recipe field 'alpha': input should be less than or equal to 1"),
+    (["--image", "{d}/ok.png", "--vl-alpha", "-0.2"], "recipe field 'alpha'"),
+    (["--image", "{d}/ok.png", "--image", "{d}/ok.png", "--weight", "1", "--weight", "-1"],
+     "the weights of the content references sum to zero"),
+    (["--image", "{d}/ok.png", "--weight", "1", "--weight", "2"], "give one --weight per --image"),
+    (["--image", "{d}/ok.png", "--role", "layout"], "'content' or 'style'"),
+    (["--image", "{d}/ok.png", "--blend", "mix"], "'interpolate', 'linear', 'concat', 'replace', 'adain'"),
+    (["--image", "{d}/ok.png", "--norm", "zscore"], "'none', 'global', 'per_dim', 'hybrid' or 'whiten'"),
+    (["--image", "{d}/ok.png", "--outlier-mask", "cut"], "'none', 'zero', 'clamp', 'scale' or 'restore'"),
+    (["--image", "{d}/ok.png", "--schedule", "list:0.5,0.4"], "lists 2 values but the run has 9 steps"),
+    (["--image", "{d}/ok.png", "--schedule", "ramp:1:0"], "unknown schedule 'ramp'"),
+    (["--image", "{d}/ok.png", "--backend", "text"], "backend 'text' takes no reference images"),
+    (["--image", "{d}/ok.png", "--dual"], "set vl_intra_blend_ratio too"),
+    (["--backend", "vl", "--blend", "style_delta"], "style_delta blend needs a reference image"),
+    (["--backend", "vl", "--intra-ratio", "0.5"], "give a reference image"),
+    (["--image", "{d}/ok.png", "--norm", "per_dim", "--reference-stats", "{d}/none.safetensors"], "does not exist"),
+    (["--image", "{d}/ok.png", "--recipe", "{d}/none.toml"], "recipe file {d}/none.toml does not exist"),
+    (["--image", "{d}/ok.png", "--outlier-threshold", "0.5"], "recipe field 'outlier_threshold'"),
+    (["--image", "{d}/ok.png", "--save-recipe", "{d}/r.json"], "must end in .toml"),
     (["--width", "100"], "config key 'generation.width': must be a multiple of 16 (got 100; nearest: 96)"),
     (["--profile", "nope"], "unknown profile 'nope'"),
     (["--z-image", "{d}/no/such/folder"], "does not exist"),
@@ -47,7 +68,7 @@ CASES = [
     (["--steps", "0"], "'generation.steps'"),
     (["--config", "{d}/bad.toml"], "not valid TOML"),
     (["--config", "{d}/missing.toml"], "does not exist"),
-    (["--strength", "0.5"], "--strength needs --image"),
+    (["--strength", "0.5"], "--strength needs --init-image"),
     (["--hidden-layer", "99"], "hidden layer 99 is out of range"),
     (["--long-prompt-mode", "squash"], "'encoder.long_prompt_mode'"),
     (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--device", "tpu"], "runtime.device"),
@@ -82,7 +103,7 @@ def test_missing_required_flag(capsys):
 def test_img2img_from_the_cli(files, capsys):
     out = files / "i2i.png"
     rc, stdout, _ = run(["generate", "--profile", "tiny", "--prompt", "a red house", "--out", str(out),
-                         "--image", str(files / "ok.png"), "--strength", "0.8", "--width", "64", "--height", "64"],
+                         "--init-image", str(files / "ok.png"), "--strength", "0.8", "--width", "64", "--height", "64"],
                         capsys)
     assert rc == 0 and out.exists()
     from llm_dit.images import read_png_parameters
@@ -95,7 +116,7 @@ def test_no_temporary_files_left_behind(files, capsys):
     out = files / "clean" / "x.png"
     assert run(["generate", "--profile", "tiny", "--prompt", "a", "--out", str(out), "--width", "32",
                 "--height", "32", "--steps", "2"], capsys)[0] == 0
-    assert sorted(os.listdir(out.parent)) == ["x.png"]
+    assert sorted(os.listdir(out.parent)) == ["x.json", "x.png"]
 
 
 def test_models_tiny_command(tmp_path, capsys):

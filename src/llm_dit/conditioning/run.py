@@ -113,8 +113,9 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
     check_prompt(prompt)
     if recipe.schedule is not None:
         recipe.schedule.check_steps(config.generation.steps)
-    if recipe.normalization_mode == "whiten" and recipe.reference_stats:
-        if ReferenceStats.load(recipe.reference_stats).covariance is None:
+    if recipe.reference_stats and reference_stats_layers(recipe):
+        stats = ReferenceStats.load(recipe.reference_stats)  # a missing or broken file fails here, not later
+        if recipe.normalization_mode == "whiten" and stats.covariance is None:
             raise InputError("whiten needs reference statistics with a covariance (stats reference --covariance)")
     return plan_extractions(recipe, prompt)
 
