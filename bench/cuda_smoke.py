@@ -66,6 +66,49 @@ def vl_rows() -> None:
             print(f"{backend:8s} {k:6d} {a.shape[0]:7d} {err:22.2e}")
 
 
+RECIPES = {
+    "interpolate": dict(alpha=0.5),
+    "adain_per_dim": dict(blend="adain_per_dim", alpha=0.4),
+    "style_delta": dict(blend="style_delta", alpha=0.5, magnitude="match_rms"),
+    "schedule linear": dict(schedule="linear:0.9:0.1"),
+    "concat + step schedule": dict(blend="concat", schedule="step:0:1:0.5"),
+    "dual, multi-layer": dict(vl_intra_blend_ratio=0.4, dual_extraction=True, image_layer=-2, text_layer=-6,
+                              blend="replace"),
+    "per_dim + restore": dict(normalization_mode="per_dim", outlier_mask="restore", outlier_threshold=1.5),
+    "splice": dict(backend="splice", alpha=0.5),
+}
+
+
+def recipe_rows(ref_path: str) -> None:
+    """Recipes end to end (staged loading, per-step hook) on CUDA under three memory policies."""
+    from llm_dit.conditioning import Recipe
+    from llm_dit.conditioning.run import generate_from_recipe
+
+    base = torch.cuda.memory_allocated()
+    print(f"\n{'recipe':24s} {'profile':10s} {'offload':12s} {'seconds':>8s} {'peak MiB':>9s} {'left MiB':>9s} "
+          f"{'same twice':>10s} {'blended_std':>12s}")
+    for profile, ov in (("default", {}), ("low_vram", {}), ("low_vram", {"runtime.offload": "model"})):
+        cfg = resolve_config(profile, overrides={"models.z_image": "tiny", "models.vl": "tiny", "generation.width": 256,
+                                                 "generation.height": 256, "vl.max_pixels": 65536, **ov})
+        for name, fields in RECIPES.items():
+            recipe = Recipe.from_dict({"references": [{"image": ref_path}], **fields})
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            try:
+                a = generate_from_recipe(cfg, recipe, PROMPT)
+                dt = time.perf_counter() - t0
+                b = generate_from_recipe(cfg, recipe, PROMPT)
+            except Exception as e:  # report and go on: one table shows every path
+                print(f"{name:24s} {profile:10s} {cfg.runtime.offload:12s} FAILED: {type(e).__name__}: {e}")
+                continue
+            same = np.array_equal(np.asarray(a.image), np.asarray(b.image))
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            left = (torch.cuda.memory_allocated() - base) / 2**20  # after both stages unloaded
+            print(f"{name:24s} {profile:10s} {cfg.runtime.offload:12s} {dt:8.3f} {peak:9.1f} {left:9.1f} "
+                  f"{str(same):>10s} {a.record['blended_std']:12.4g}")
+
+
 def main() -> int:
     import diffusers
     import transformers
@@ -76,6 +119,20 @@ def main() -> int:
         print("no CUDA GPU", file=sys.stderr)
         return 1
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}")
+    if "--recipes-only" not in sys.argv:
+        policy_rows()
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as d:
+        ref = f"{d}/ref.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (192, 256, 3), dtype=np.uint8)).save(ref)
+        recipe_rows(ref)
+    return 0
+
+
+def policy_rows() -> None:
     cpu = np.asarray(
         ZImage.load(resolve_config("tiny", overrides={"generation.width": 256, "generation.height": 256}))
         .generate(ZImage.load(resolve_config("tiny")).encode(PROMPT).embeddings)
@@ -96,7 +153,6 @@ def main() -> int:
         print(f"{profile:10s} {pl['device']:8s} {pl['dtype']:9s} {pl['offload']:12s} {dt:8.3f} {peak:9.1f} "
               f"{diff:15.2f}")
     vl_rows()
-    return 0
 
 
 if __name__ == "__main__":

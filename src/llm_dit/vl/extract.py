@@ -195,7 +195,8 @@ class VLEmbeddingExtractor:
         parts = [self.model_name, self.backend, str(self.dtype)]
         for m in (self.model, self.vision, self.text_encoder):
             if m is not None:
-                sums = torch.stack([p.detach().float().sum() for p in m.parameters()]).cpu()
+                # .cpu() per tensor: under offloading the parameters live on several devices
+                sums = torch.stack([p.detach().float().sum().cpu() for p in m.parameters()])
                 parts += [m.config.to_json_string(use_diff=False), hashlib.sha256(sums.numpy().tobytes()).hexdigest()]
         self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return self._fingerprint
