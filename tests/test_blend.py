@@ -111,6 +111,10 @@ def test_concat_appends_a_weighted_share_of_vl_tokens(Lv, Lt):
         if k:
             close(out[Lt:], ref_area_resample(vl.numpy(), k))
     close(B.concat(vl, text, 1.0)[Lt:], vl)  # weight 1: every VL token as is
+    capped = B.concat(vl, text, 1.0, max_tokens=Lt + 1)  # the text stays whole, the VL part shrinks
+    assert capped.shape == (Lt + 1, D)
+    close(capped[Lt:], vl.numpy().mean(0, keepdims=True))
+    assert torch.equal(B.concat(vl, text, 1.0, max_tokens=Lt), text)
 
 
 @pytest.mark.parametrize("Lv,Lt", SHAPES)

@@ -190,6 +190,8 @@ def test_results_never_exceed_1504_tokens_and_are_never_empty():
     for blend, n in (("replace", 1504), ("concat", 1504), ("interpolate", 1000)):
         c = Conditioning(Recipe(blend=blend, alpha=1.0, budget_mode="pool"), text, content=long_vl)
         assert c.at(1.0).shape == (n, 8)
+    c = Conditioning(Recipe(blend="concat"), text, content=long_vl)
+    assert torch.equal(c.at(1.0)[:1000], text)  # concat keeps the prompt whole, the VL part fits the rest
     c = Conditioning(Recipe(blend="replace"), text, content=long_vl)
     assert torch.allclose(c.at(1.0), torch.nn.functional.adaptive_avg_pool1d(long_vl.T[None], 1504)[0].T)
     with pytest.raises(InputError, match="the text embedding is empty"):

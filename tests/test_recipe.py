@@ -26,7 +26,8 @@ def test_schedule_formulas(n):
     for i, a in enumerate(parse_schedule("cosine:0.8:0.2").alphas(n)):
         assert a == pytest.approx(0.2 + 0.6 * (0.5 + 0.5 * math.cos(math.pi * p(i))))
     step = parse_schedule("step:0.9:0.1:0.5").alphas(n)
-    assert step == [0.9 if i < round(0.5 * n) else 0.1 for i in range(n)]
+    assert step == [0.9 if i / n < 0.5 else 0.1 for i in range(n)]
+    assert parse_schedule("step:1:0:0.34").alphas(3) == [1, 1, 0]  # 0.34 of 3 steps: steps 0 and 1
 
 
 def test_schedule_ends_and_list():

@@ -93,6 +93,9 @@ def recipe_from_args(args: argparse.Namespace, config):
             for i, im in enumerate(images)
         ]
     if base is None and "backend" not in fields:
+        if not images and fields:  # e.g. --blend without --image: say so instead of ignoring it
+            raise InputError(f"vision settings ({', '.join(sorted(fields))}) need --image REF "
+                             "(or --backend vl to condition on the VL text alone)")
         fields["backend"] = config.vl.backend if images else "text"
     data = {**(base.to_dict() if base else {}), **fields}
     return Recipe.from_dict(data)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import MAX_CAPTION_TOKENS
 from ..errors import InputError
 
 RESAMPLE_METHODS = ("linear", "area")
@@ -41,6 +42,7 @@ class BlendOptions:
     resample: str = "linear"
     gem_p: float = 3.0
     svd_k: int = 10
+    max_tokens: int = MAX_CAPTION_TOKENS  # concat keeps the text whole and fits the VL part in the rest
 
 
 def check_embedding(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -126,21 +128,24 @@ def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Te
     return out
 
 
-def concat(vl: torch.Tensor, text: torch.Tensor, weight: float, method: str = "area") -> torch.Tensor:
+def concat(vl: torch.Tensor, text: torch.Tensor, weight: float, max_tokens: int | None = None) -> torch.Tensor:
     """FLUX-Redux style: the text tokens, then VL tokens appended after them.
 
     ``weight`` sets how many VL tokens are appended: ``k = max(1, round(weight * L_v))`` tokens,
-    the VL sequence resampled to ``k`` (area pooling by default); ``weight = 0`` appends none.
+    the VL sequence area-pooled to ``k``; ``weight = 0`` appends none. With ``max_tokens`` the text
+    stays whole and ``k`` is capped at ``max_tokens - L_t`` (none when the text fills the budget).
     A multiplicative weight would do nothing here: Z-Image RMS-normalizes each caption token, so
     the VL share of the joint attention is set by the number of VL tokens, not their scale.
-    Output: ``L_t + k`` tokens (the caller fits this into the 1504-token budget).
+    Output: ``L_t + k`` tokens.
     """
     text, vl = _pair(text, vl)
     weight = check_alpha(weight, "the concat weight")
-    if weight == 0:
+    k = 0 if weight == 0 else max(1, round(weight * vl.shape[0]))
+    if max_tokens is not None:
+        k = min(k, max(0, max_tokens - text.shape[0]))
+    if k == 0:
         return text
-    k = max(1, round(weight * vl.shape[0]))
-    return torch.cat([text, resample(vl, k, method)])
+    return torch.cat([text, resample(vl, k, "area")])
 
 
 def replace(vl: torch.Tensor, text: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -227,7 +232,7 @@ def _style_vector_mode(kind: str) -> BlendFn:
 BLEND_MODES: dict[str, BlendFn] = {
     "interpolate": lambda t, v, a, o: blend_interpolate(v, t, a, o.resample),
     "linear": lambda t, v, a, o: blend_linear(v, t, a),
-    "concat": lambda t, v, a, o: concat(v, t, a),
+    "concat": lambda t, v, a, o: concat(v, t, a, o.max_tokens),
     "replace": lambda t, v, a, o: replace(v, t, a),
     "adain": lambda t, v, a, o: blend_adain(t, v, a, o.resample),
     "adain_per_dim": lambda t, v, a, o: blend_adain_per_dim(t, v, a),

@@ -35,6 +35,7 @@ from ..long_prompt import fit_length
 from ..vl.normalize import ReferenceStats
 from ..vl.outliers import mask_outlier_dimensions
 from ..vl.result import VLExtractionResult
+from ..vl.tokens import check_selection_possible
 from .blend import BlendOptions, blend, check_embedding, match_rms, resample, typical_rms
 from .recipe import Recipe, Reference
 from .style import compute_style_delta
@@ -83,8 +84,12 @@ def _source_requests(recipe: Recipe, prompt: str, image: str | None, neutral: bo
         return ExtractionRequest(img, txt, tuple(sorted(set(layers))), recipe.system_prompt, recipe.max_pixels,
                                  recipe.pool, neutral and img is not None)
 
+    if image is None and text is None:
+        raise InputError("the VL chat would be empty: give a reference image or VL text")
     if recipe.vl_intra_blend_ratio is None:
+        check_selection_possible(recipe.token_selection, int(image is not None), text is not None)
         return {"main": req(image, text, [plain])}
+    check_selection_possible(recipe.text_tokens, 1, text is not None)
     if image is None:
         raise InputError("vl_intra_blend_ratio mixes image tokens with text tokens: give a reference image")
     if not recipe.dual_extraction:

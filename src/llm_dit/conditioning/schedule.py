@@ -6,7 +6,7 @@ A schedule gives ``alpha_i`` for step ``i`` of ``N`` configured steps, with prog
 * ``constant``: ``alpha_i = a``
 * ``linear``:   ``alpha_i = a0 + (a1 - a0) p``
 * ``cosine``:   ``alpha_i = a1 + (a0 - a1) (1 + cos(pi p)) / 2``  (flat near both ends)
-* ``step``:     ``alpha_i = a0`` for ``i < round(f N)``, else ``a1`` (switch at fraction ``f``)
+* ``step``:     ``alpha_i = a0`` while ``i < f N`` (the first ``ceil(f N)`` steps), else ``a1``
 * ``list``:     ``alpha_i = v_i``; exactly ``N`` values
 
 img2img runs only the last steps of the schedule; step ``j`` of those reads ``alpha_{j + N - n}``.
@@ -71,7 +71,7 @@ class Schedule(BaseModel):
         if self.kind == "cosine":
             return self.end + (self.start - self.end) * (1 + math.cos(math.pi * p)) / 2
         if self.kind == "step":
-            return self.start if i < round(self.at * steps) else self.end
+            return self.start if i < self.at * steps else self.end
         self.check_steps(steps)
         return float(self.values[i])
 
