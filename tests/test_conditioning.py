@@ -55,7 +55,7 @@ def test_plan_lists_each_pass_once(refs, tiny_config):
     assert [(r.image, r.neutral) for r in delta] == [(a, False), (a, True)]
     styled = plan(references=[Reference(image=a), Reference(image=b, role="style")], style_blend="style_delta")
     assert [(r.image, r.neutral) for r in styled] == [(a, False), (b, False), (b, True)]
-    assert plan(references=[], vl_text="")[0].text is None
+    assert [(r.image, r.text) for r in plan(references=[])] == [(None, PROMPT)]  # the VL text alone
 
 
 def test_plan_refuses_impossible_recipes(tiny_config):
@@ -63,6 +63,8 @@ def test_plan_refuses_impossible_recipes(tiny_config):
         plan_extractions(Recipe(blend="style_delta").resolve(tiny_config), PROMPT)
     with pytest.raises(InputError, match="give a reference image"):
         plan_extractions(Recipe(vl_intra_blend_ratio=0.5).resolve(tiny_config), PROMPT)
+    with pytest.raises(InputError, match="the VL chat would be empty"):
+        plan_extractions(Recipe(vl_text="").resolve(tiny_config), PROMPT)
 
 
 # -- building against hand-made oracles ---------------------------------------------------------
