@@ -201,6 +201,11 @@ def test_style_vectors(n):
         kk = min(k, len(s))
         close(S.svd_style_vector(x, k), (u[:, :kk] @ np.diag(s[:kk]) @ vt[:kk]).mean(0), 1e-4)
     close(S.svd_style_vector(x, 50), xn.mean(0), 1e-4)  # full rank: the plain mean
+    big = torch.full((4, 3), 1000.0)
+    big[0] = -3000.0
+    close(S.gem_pool(big, 13.0), ((3000.0**13 + 3 * 1000.0**13) / 4) ** (1 / 13), 1e-4)  # no float32 overflow
+    close(S.gem_pool(torch.full((4, 3), 0.2), 100.0), [0.2] * 3, 1e-4)  # nor underflow: p -> inf is the max
+    assert torch.equal(S.gem_pool(torch.zeros(3, 3), 3.0), torch.zeros(3))
     text = rand(4, 22)
     close(B.blend_style_vector(text, S.mean_pool(x), 0.3), text.numpy() + 0.3 * xn.mean(0))
 

@@ -21,14 +21,25 @@ def messages(stderr):
     return [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.strip() and "|" not in ln]
 
 
+@pytest.fixture(scope="module")
+def ref_stats(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stats")
+    for layer in (-2, -6):
+        assert main(["stats", "reference", "--profile", "tiny", "--layer", str(layer),
+                     "--out", str(d / f"ref{layer}.safetensors")]) == 0
+    return d
+
+
 @pytest.fixture
-def files(tmp_path):
+def files(tmp_path, ref_stats):
     (tmp_path / "text.png").write_text("this is not an image")
     Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "ok.png")
     data = (tmp_path / "ok.png").read_bytes()
     (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "bad.toml").write_text("[tiny\n")
+    for f in ref_stats.iterdir():
+        (tmp_path / f.name).symlink_to(f)
     return tmp_path
 
 
@@ -57,6 +68,16 @@ CASES = [
     (["--backend", "vl", "--intra-ratio", "0.5"], "give a reference image"),
     (["--image", "{d}/ok.png", "--no-vl-text", "--tokens", "user_text"], "token selection 'user_text' is empty"),
     (["--backend", "vl", "--no-vl-text"], "the VL chat would be empty"),
+    (["--vl-model", "tiny"], "vision settings (vl_model) need --image REF"),
+    (["--image", "{d}/ok.png", "--vl-alpha", "0.5", "--schedule", "linear:1:0"], "give --vl-alpha or --schedule"),
+    (["--image", "{d}/ok.png", "--vl-layer", "99"], "hidden layer 99 is out of range for a vl model with 8 layers"),
+    (["--image", "{d}/ok.png", "--backend", "splice", "--vl-layer", "-10"], "out of range for a splice model"),
+    (["--image", "{d}/ok.png", "--intra-ratio", "0.5", "--text-layer", "12"], "hidden layer 12 is out of range"),
+    (["--image", "{d}/ok.png", "--target-std", "inf"], "target_std must be positive"),
+    (["--image", "{d}/ok.png", "--norm", "per_dim", "--reference-stats", "{d}/ref-2.safetensors"],
+     "reference statistics are for layer 7 of 8, the embeddings for layer 3 of 8"),
+    (["--image", "{d}/ok.png", "--norm", "whiten", "--reference-stats", "{d}/ref-6.safetensors"],
+     "whiten needs reference statistics with a covariance"),
     (["--backend", "vl", "--tokens", "image_only"], "token selection 'image_only' is empty: the chat has no image"),
     (["--image", "{d}/ok.png", "--no-vl-text", "--intra-ratio", "0.5", "--text-tokens", "user_text"],
      "token selection 'user_text' is empty"),

@@ -25,55 +25,92 @@ def refdir(tmp_path_factory):
     return d
 
 
+_IMAGES: dict[tuple, np.ndarray] = {}
+
+
+def image_for(refdir, flags: list[str]) -> np.ndarray:
+    """The image of one flag set (cached per module run)."""
+    key = tuple(flags)
+    if key not in _IMAGES:
+        out = refdir / f"cache{len(_IMAGES)}.png"
+        assert main(["generate", *BASE, *[f.format(d=refdir) for f in flags], "--out", str(out)]) == 0
+        _IMAGES[key] = np.asarray(Image.open(out))
+    return _IMAGES[key]
+
+
 @pytest.fixture(scope="module")
 def text_only(refdir):
-    out = refdir / "text.png"
-    assert main(["generate", *BASE, "--out", str(out)]) == 0
-    return np.asarray(Image.open(out))
+    return image_for(refdir, [])
 
 
+DEFAULT = ["--image", "{d}/a.png", "--vl-alpha", "0.6"]
+NORM_NONE = ["--image", "{d}/a.png", "--norm", "none", "--vl-alpha", "0.6"]
+
+# name: (flags, the recipe fields they must set, the flags of an image this one must differ from)
 MODES = {
-    **{f"blend-{m}": ["--blend", m, "--vl-alpha", "0.6"] for m in (
-        "interpolate", "linear", "concat", "replace", "adain", "adain_per_dim", "style_delta", "style_mean",
-        "style_gem", "style_svd")},
-    "area-resample": ["--resample", "area", "--vl-alpha", "0.6"],
-    "match-rms": ["--magnitude", "match_rms", "--vl-alpha", "0.6"],
-    "tokens-image-only": ["--tokens", "image_only", "--vl-alpha", "1", "--blend", "replace"],
-    "tokens-text-only": ["--tokens", "text_only", "--vl-alpha", "1", "--blend", "replace"],
-    "layer-2-pool": ["--vl-layer", "-2", "--pool", "2", "--vl-alpha", "0.6"],
-    "intra": ["--intra-ratio", "0.3", "--vl-alpha", "1", "--blend", "replace"],
-    "dual": ["--intra-ratio", "0.5", "--dual", "--vl-alpha", "1", "--blend", "replace"],
-    "multi-layer": ["--intra-ratio", "0.5", "--image-layer=-2", "--text-layer=-6", "--vl-alpha", "0.8"],
-    "norm-none": ["--norm", "none", "--vl-alpha", "0.6"],
-    "norm-std": ["--norm", "global", "--target-std", "0.5", "--vl-alpha", "0.6"],
-    "norm-per_dim": ["--norm", "per_dim", "--vl-alpha", "0.6"],
-    "norm-hybrid": ["--norm", "hybrid", "--vl-alpha", "0.6"],
-    "norm-whiten": ["--norm", "whiten", "--vl-alpha", "0.6"],
-    **{f"outliers-{m}": ["--norm", "none", "--outlier-mask", m, "--outlier-threshold", "1.5", "--vl-alpha", "0.6"]
+    **{f"blend-{m}": (["--blend", m, "--vl-alpha", "0.6"], {"blend": m, "alpha": 0.6}, DEFAULT) for m in (
+        "linear", "concat", "replace", "adain", "adain_per_dim", "style_delta", "style_mean", "style_gem",
+        "style_svd")},
+    "area-resample": (["--resample", "area", "--vl-alpha", "0.6"], {"resample": "area"}, DEFAULT),
+    "match-rms": (["--magnitude", "match_rms", "--vl-alpha", "0.6"], {"magnitude": "match_rms"}, DEFAULT),
+    "tokens-image-only": (["--tokens", "image_only", "--blend", "replace"], {"token_selection": "image_only"},
+                          ["--image", "{d}/a.png", "--blend", "replace"]),
+    "tokens-text-only": (["--tokens", "text_only", "--blend", "replace"], {"token_selection": "text_only"},
+                         ["--image", "{d}/a.png", "--blend", "replace"]),
+    "layer-2": (["--vl-layer", "-2", "--vl-alpha", "0.6"], {"hidden_layer": -2}, DEFAULT),
+    "pool": (["--pool", "2", "--blend", "replace"], {"pool": 2}, ["--image", "{d}/a.png", "--blend", "replace"]),
+    "intra": (["--intra-ratio", "0.3", "--blend", "replace"], {"vl_intra_blend_ratio": 0.3},
+              ["--image", "{d}/a.png", "--blend", "replace", "--tokens", "text_only"]),
+    "dual": (["--intra-ratio", "0.3", "--dual", "--blend", "replace"],
+             {"vl_intra_blend_ratio": 0.3, "dual_extraction": True},
+             ["--image", "{d}/a.png", "--intra-ratio", "0.3", "--blend", "replace"]),
+    "multi-layer": (["--intra-ratio", "0.3", "--image-layer", "-2", "--text-layer", "-6", "--blend", "replace"],
+                    {"image_layer": -2, "text_layer": -6},
+                    ["--image", "{d}/a.png", "--intra-ratio", "0.3", "--blend", "replace"]),
+    "norm-none": (["--norm", "none", "--vl-alpha", "0.6"], {"normalization_mode": "none"}, DEFAULT),
+    "norm-std": (["--norm", "global", "--target-std", "0.5", "--vl-alpha", "0.6"], {"target_std": 0.5}, DEFAULT),
+    **{f"norm-{m}": (["--norm", m, "--vl-alpha", "0.6"], {"normalization_mode": m}, DEFAULT)
+       for m in ("per_dim", "hybrid", "whiten")},
+    **{f"outliers-{m}": (["--norm", "none", "--outlier-mask", m, "--outlier-threshold", "1.5", "--vl-alpha", "0.6"],
+                         {"outlier_mask": m, "outlier_threshold": 1.5}, NORM_NONE)
        for m in ("zero", "clamp", "scale", "restore")},
-    "budget": ["--token-budget", "4", "--budget-mode", "attention_pool", "--blend", "replace", "--vl-alpha", "1"],
-    **{f"schedule-{s.split(':')[0]}": ["--schedule", s] for s in (
+    "budget": (["--token-budget", "4", "--budget-mode", "attention_pool", "--blend", "replace"],
+               {"token_budget": 4, "budget_mode": "attention_pool"}, ["--image", "{d}/a.png", "--blend", "replace"]),
+    **{f"schedule-{s.split(':')[0]}": (["--schedule", s], {"schedule": None}, DEFAULT) for s in (
         "linear:1:0", "cosine:0.9:0.1", "step:1:0:0.5", "list:1,0.5,0")},
-    "splice": ["--backend", "splice", "--vl-alpha", "0.6"],
-    "vl-no-text": ["--no-vl-text", "--vl-alpha", "0.6"],
-    "vl-text": ["--vl-text", "Describe: {prompt}", "--vl-alpha", "0.6"],
+    "splice": (["--backend", "splice", "--vl-alpha", "0.6"], {"backend": "splice"}, DEFAULT),
+    "vl-no-text": (["--no-vl-text", "--vl-alpha", "0.6"], {"vl_text": ""}, DEFAULT),
+    "vl-text": (["--vl-text", "Describe: {{prompt}}", "--vl-alpha", "0.6"], {"vl_text": "Describe: {prompt}"}, DEFAULT),
 }
+
+
+def test_the_default_blend_is_interpolate(refdir):
+    assert np.array_equal(image_for(refdir, DEFAULT),
+                          image_for(refdir, [*DEFAULT, "--blend", "interpolate", "--resample", "linear"]))
 
 
 @pytest.mark.parametrize("name", list(MODES))
 def test_every_mode_end_to_end(name, refdir, text_only, tmp_path, capsys):
+    flags, fields, baseline = MODES[name]
     out = tmp_path / f"{name}.png"
-    rc = main(["generate", *BASE, "--image", str(refdir / "a.png"), *MODES[name], "--out", str(out)])
+    rc = main(["generate", *BASE, "--image", str(refdir / "a.png"), *[f.format(d=refdir) for f in flags],
+               "--out", str(out)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert f"wrote {out} and {name}.json" in cap.out
     meta = json.loads(out.with_suffix(".json").read_text())
     assert SEED_FIELDS <= set(meta) and meta["recipe"]["references"][0]["image"] == str(refdir / "a.png")
     assert meta["config"]["profile"] == "tiny" and meta["backend"] in ("vl", "splice")
+    for key, value in fields.items():
+        if key == "schedule":
+            assert meta["recipe"]["schedule"]["kind"] == name.split("-")[1]
+        else:
+            assert meta["recipe"][key] == value, key
     assert np.isfinite(meta["blended_std"]) and meta["blended_shape"][0] <= 1504
     img = np.asarray(Image.open(out))
     assert img.shape == (64, 64, 3)
     assert not np.array_equal(img, text_only), "the reference did not reach the image"
+    assert not np.array_equal(img, image_for(refdir, baseline)), "the flag made no difference"
     if name.startswith("schedule"):
         assert isinstance(meta["alpha"], list) and len(meta["alpha"]) == 3
         assert len(meta["schedule"]["blended_std_per_step"]) == 3
@@ -104,6 +141,26 @@ def test_alpha_zero_is_the_text_image_and_a_recipe_file_reproduces_a_run(refdir,
     from_meta = tmp_path / "meta.png"  # a sidecar is a recipe file too
     assert main(["generate", *BASE, "--recipe", str(first.with_suffix(".json")), "--out", str(from_meta)]) == 0
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(from_meta)))
+    capsys.readouterr()
+
+
+def test_saved_recipes_and_sidecars_rerun_from_another_folder(refdir, tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    Image.open(refdir / "a.png").save(work / "ref.png")
+    monkeypatch.chdir(work)
+    assert main(["generate", *BASE, "--image", "ref.png", "--blend", "adain", "--out", "out/x.png",
+                 "--save-recipe", "out/x.toml"]) == 0
+    first = np.asarray(Image.open(work / "out/x.png"))
+    monkeypatch.chdir(tmp_path)
+    for recipe in ("work/out/x.toml", "work/out/x.json"):
+        assert main(["generate", *BASE, "--recipe", recipe, "--out", "again.png"]) == 0
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), first)
+    # --vl-alpha over a recipe with a schedule: the constant alpha wins
+    assert main(["generate", *BASE, "--image", str(refdir / "a.png"), "--schedule", "linear:1:0", "--out", "s.png",
+                 "--save-recipe", "s.toml"]) == 0
+    assert main(["generate", *BASE, "--recipe", "s.toml", "--vl-alpha", "0.6", "--out", "c.png"]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["alpha"] == 0.6
     capsys.readouterr()
 
 

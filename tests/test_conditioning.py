@@ -275,5 +275,7 @@ def test_caption_length_may_change_between_steps(refs, extractor, tiny_config, t
     cond, _ = build(Recipe(references=[Reference(image=refs[0])], blend="concat", schedule=parse_schedule(
         "step:0:1:0.5")), extractor, tiny_config, text)
     assert cond.at(0.0).shape[0] < cond.at(1.0).shape[0]
-    img = zimage.generate(cond.step_embeds(tiny_config.generation.steps))
-    assert img.size == (tiny_config.generation.width, tiny_config.generation.height)
+    img = np.asarray(zimage.generate(cond.step_embeds(tiny_config.generation.steps)))
+    assert img.shape == (tiny_config.generation.height, tiny_config.generation.width, 3)
+    assert not np.array_equal(img, np.asarray(zimage.generate(cond.at(0.0))))  # the swap happened
+    assert not np.array_equal(img, np.asarray(zimage.generate(cond.at(1.0))))

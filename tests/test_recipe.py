@@ -30,6 +30,13 @@ def test_schedule_formulas(n):
     assert parse_schedule("step:1:0:0.34").alphas(3) == [1, 1, 0]  # 0.34 of 3 steps: steps 0 and 1
 
 
+@pytest.mark.parametrize("f,n,first", [(0.28, 25, 7), (0.14, 50, 7), (0.56, 25, 14), (0.5, 9, 5), (0.0, 4, 0),
+                                        (1.0, 4, 4), (0.34, 3, 2)])
+def test_step_schedules_count_steps_exactly(f, n, first):
+    """a0 on the first ceil(f N) steps, with f N computed exactly (0.28 * 25 is 7.000000000000001 in floats)."""
+    assert parse_schedule(f"step:1:0:{f}").alphas(n) == [1.0] * first + [0.0] * (n - first)
+
+
 def test_schedule_ends_and_list():
     a = parse_schedule("cosine:1:0").alphas(9)
     assert a[0] == pytest.approx(1) and a[-1] == pytest.approx(0) and a[4] == pytest.approx(0.5)
@@ -124,6 +131,9 @@ def test_recipe_resolves_unset_fields_from_the_config():
     ({"dual_extraction": True}, "dual_extraction mixes an image part and a text part"),
     ({"image_layer": -5}, "set vl_intra_blend_ratio too"),
     ({"target_std": -3.0}, "target_std must be positive"),
+    ({"target_std": float("inf")}, "target_std must be positive"),
+    ({"references": None}, "recipe field 'references'"),
+    ({"references": 5}, "recipe field 'references'"),
     ({"token_budget": 2000}, "less than or equal to 1504"),
     ({"alpha": "0.5"}, "valid number"),
     ({"colour": 1}, "unknown recipe field 'colour'; allowed keys here: backend, references"),
@@ -145,6 +155,9 @@ def test_integers_are_numbers_in_toml(tmp_path):
 def test_unreadable_recipe_files(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         Recipe.load(tmp_path / "none.toml")
+    (tmp_path / "null.json").write_text('{"references": null}')
+    with pytest.raises(ConfigError, match="recipe field 'references'"):
+        Recipe.load(tmp_path / "null.json")
     (tmp_path / "bad.toml").write_text("alpha = = 1")
     with pytest.raises(ConfigError, match="cannot be read"):
         Recipe.load(tmp_path / "bad.toml")

@@ -8,6 +8,7 @@ same sentence.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -82,7 +83,10 @@ def recipe_from_args(args: argparse.Namespace, config):
 
     base = Recipe.load(args.recipe) if args.recipe else None
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
-    images = args.image or []
+    # Absolute paths: the recipe and the sidecar then rerun from any folder.
+    images = [str(Path(im).expanduser().absolute()) for im in args.image or []]
+    if "schedule" in fields and "alpha" in fields:
+        raise InputError("give --vl-alpha or --schedule, not both (a schedule sets alpha per step)")
     for flag, values in (("--weight", args.weight), ("--role", args.role)):
         if values and len(values) != len(images):
             raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
@@ -93,9 +97,12 @@ def recipe_from_args(args: argparse.Namespace, config):
             for i, im in enumerate(images)
         ]
     if base is None and "backend" not in fields:
-        if not images and fields:  # e.g. --blend without --image: say so instead of ignoring it
-            raise InputError(f"vision settings ({', '.join(sorted(fields))}) need --image REF "
+        given = sorted(fields) + (["vl_model"] if getattr(args, "models.vl", None) else [])
+        if not images and given:  # e.g. --blend without --image: say so instead of ignoring it
+            raise InputError(f"vision settings ({', '.join(given)}) need --image REF "
                              "(or --backend vl to condition on the VL text alone)")
         fields["backend"] = config.vl.backend if images else "text"
     data = {**(base.to_dict() if base else {}), **fields}
+    if "alpha" in fields:
+        data["schedule"] = None  # --vl-alpha over a recipe with a schedule: a constant alpha
     return Recipe.from_dict(data)

@@ -124,15 +124,18 @@ def plan_extractions(recipe: Recipe, prompt: str) -> list[ExtractionRequest]:
     return list(seen)
 
 
+def recipe_layers(recipe: Recipe) -> list[int]:
+    """The VL layers a resolved recipe reads."""
+    plain, img_layer, txt_layer = _layers(recipe)
+    return sorted({plain} if recipe.vl_intra_blend_ratio is None else {img_layer, txt_layer})
+
+
 def reference_stats_layers(recipe: Recipe) -> list[int]:
     """Layers whose reference statistics the recipe needs ([] when it needs none)."""
     if not recipe.uses_vl:
         return []
     needs = recipe.normalization_mode in ("per_dim", "hybrid", "whiten") or recipe.outlier_mask != "none"
-    if not needs:
-        return []
-    plain, img_layer, txt_layer = _layers(recipe)
-    return sorted({plain} if recipe.vl_intra_blend_ratio is None else {img_layer, txt_layer})
+    return recipe_layers(recipe) if needs else []
 
 
 # -- building -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ The path from a recipe to the caption embedding (see :mod:`llm_dit.conditioning.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +90,7 @@ class Recipe(_Strict):
     def _consistent(self) -> Recipe:
         if self.backend == "text" and self.references:
             raise ValueError("backend 'text' takes no reference images (use backend vl or splice)")
-        if isinstance(self.target_std, float) and not self.target_std > 0:
+        if isinstance(self.target_std, float) and not (math.isfinite(self.target_std) and self.target_std > 0):
             raise ValueError(f"target_std must be positive or 'text' (got {self.target_std})")
         if self.vl_intra_blend_ratio is None:
             for name in ("dual_extraction", "image_layer", "text_layer"):
@@ -173,7 +174,8 @@ class Recipe(_Strict):
             raise ConfigError(f"recipe file {path} cannot be read: {e}") from None
         if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
             data = data["recipe"]  # a metadata file: its recipe
-        for ref in data.get("references", []) if isinstance(data, dict) else []:
+        refs = data.get("references") if isinstance(data, dict) else None
+        for ref in refs if isinstance(refs, list) else []:  # anything else: validation says what is wrong
             if isinstance(ref, dict) and isinstance(ref.get("image"), str) and not Path(ref["image"]).is_absolute():
                 ref["image"] = str(path.parent / ref["image"])
         return cls.from_dict(data)

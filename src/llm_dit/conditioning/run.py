@@ -106,18 +106,46 @@ class Generated:
     record: dict
 
 
+def _num_layers(config: Config, backend: str) -> int | None:
+    """Decoder layers of the model whose hidden states the backend reads, from its config file alone
+    (None when it cannot be read here: loading the model reports that)."""
+    from transformers import AutoConfig
+
+    from ..models.loading import resolve_model_path
+
+    try:
+        if backend == "vl":
+            return AutoConfig.from_pretrained(resolve_model_path(config.models.vl, "vl")).text_config.num_hidden_layers
+        path = resolve_model_path(config.models.z_image, "z_image")
+        return AutoConfig.from_pretrained(path, subfolder="text_encoder").num_hidden_layers
+    except Exception:
+        return None
+
+
 def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[ExtractionRequest]:
     """Everything that can be refused before a model loads; returns the planned extractions."""
+    from ..capture import canonical_layer
     from ..text import check_prompt
+    from ..vl.normalize import check_layer_match
+    from .build import recipe_layers
 
     check_prompt(prompt)
     if recipe.schedule is not None:
         recipe.schedule.check_steps(config.generation.steps)
+    requests = plan_extractions(recipe, prompt)
+    if not requests:
+        return requests
+    n = _num_layers(config, recipe.backend)
+    if n is not None:
+        for k in recipe_layers(recipe):
+            canonical_layer(k, n, f"{recipe.backend} model")
     if recipe.reference_stats and reference_stats_layers(recipe):
         stats = ReferenceStats.load(recipe.reference_stats)  # a missing or broken file fails here, not later
         if recipe.normalization_mode == "whiten" and stats.covariance is None:
             raise InputError("whiten needs reference statistics with a covariance (stats reference --covariance)")
-    return plan_extractions(recipe, prompt)
+        for k in reference_stats_layers(recipe):
+            check_layer_match(stats, k, n if n is not None else stats.num_layers)
+    return requests
 
 
 def generate_from_recipe(

@@ -71,7 +71,8 @@ class Schedule(BaseModel):
         if self.kind == "cosine":
             return self.end + (self.start - self.end) * (1 + math.cos(math.pi * p)) / 2
         if self.kind == "step":
-            return self.start if i < self.at * steps else self.end
+            # f N can land a hair above an integer (0.28 * 25 = 7.000000000000001): count steps exactly.
+            return self.start if i < math.ceil(round(self.at * steps, 9)) else self.end
         self.check_steps(steps)
         return float(self.values[i])
 

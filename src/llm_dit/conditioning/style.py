@@ -45,7 +45,11 @@ def mean_pool(x: torch.Tensor) -> torch.Tensor:
 def gem_pool(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
     if not p > 0:
         raise InputError(f"the GeM exponent p must be positive (got {p})")
-    return x.abs().pow(p).mean(0).pow(1.0 / p)
+    # m * mean((|x|/m)^p)^(1/p) in float64: |x|^p itself overflows float32 for activations ~1e3 at p ~ 13.
+    a = x.double().abs()
+    m = a.max(0).values
+    ratio = a / torch.where(m > 0, m, 1.0)
+    return (m * ratio.pow(p).mean(0).pow(1.0 / p)).float()
 
 
 def svd_style_vector(x: torch.Tensor, k: int = 10) -> torch.Tensor:
