@@ -7,7 +7,16 @@ import argparse
 from ..errors import InputError
 
 
+class _Formatter(argparse.HelpFormatter):
+    def _get_default_metavar_for_optional(self, action):  # "generation.seed" -> SEED, not GENERATION.SEED
+        return action.dest.rsplit(".", 1)[-1].upper()
+
+
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         raise InputError(f"{self.prog}: {message}")
 
