@@ -112,6 +112,8 @@ def test_recipe_resolves_unset_fields_from_the_config():
     r = Recipe().resolve(cfg)
     assert (r.hidden_layer, r.token_selection, r.pool, r.max_pixels) == (-3, "text_only", 2, cfg.vl.max_pixels)
     assert Recipe(hidden_layer=-8).resolve(cfg).hidden_layer == -8
+    assert r.backend == "vl" and Recipe().resolve(cfg.replace(**{"vl.backend": "splice"})).backend == "splice"
+    assert Recipe(backend="text").resolve(cfg.replace(**{"vl.backend": "splice"})).backend == "text"
     assert Recipe().vl_text_for("a cat") == "a cat" and Recipe(vl_text="").vl_text_for("a cat") is None
     assert Recipe(vl_text="Draw {prompt}.").vl_text_for("a cat") == "Draw a cat."
 

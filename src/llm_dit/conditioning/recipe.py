@@ -50,7 +50,7 @@ class Reference(_Strict):
 class Recipe(_Strict):
     """Everything that decides the caption embedding (the prompt and the models come from outside)."""
 
-    backend: Backend = "vl"
+    backend: Backend | None = None  # None: the profile's vl.backend
     references: list[Reference] = Field(default_factory=list)
     # extraction
     vl_text: str = "{prompt}"  # "{prompt}" is replaced by the prompt; "" = no text in the VL chat
@@ -105,9 +105,10 @@ class Recipe(_Strict):
     # -- resolution ----------------------------------------------------------------------------
 
     def resolve(self, config: Config) -> Recipe:
-        """A copy with every ``None`` extraction field filled from ``config.vl``."""
+        """A copy with every ``None`` field (backend and extraction settings) filled from ``config.vl``."""
         vl = config.vl
         return self.model_copy(update=dict(
+            backend=self.backend or vl.backend,
             hidden_layer=vl.layers[0] if self.hidden_layer is None else self.hidden_layer,
             token_selection=self.token_selection or vl.token_selection,
             max_pixels=self.max_pixels or vl.max_pixels,
