@@ -116,12 +116,6 @@ class Recipe(_Strict):
             system_prompt=vl.system_prompt if self.system_prompt is None else self.system_prompt,
         ))
 
-    def with_updates(self, **fields: Any) -> Recipe:
-        """A validated copy with ``fields`` changed (``None`` values are skipped)."""
-        data = self.to_dict()
-        data.update({k: v for k, v in fields.items() if v is not None})
-        return Recipe.from_dict(data)
-
     def vl_text_for(self, prompt: str) -> str | None:
         text = self.vl_text.replace("{prompt}", prompt)
         return text if text.strip() else None
