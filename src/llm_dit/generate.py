@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import MAX_CAPTION_TOKENS, Config, GenerationConfig
-from .errors import InputError
+from .embeddings import check_embedding
 from .models.loading import Placement, load_z_image_pipeline, resolve_placement
 from .text import TextEncoding, encode_prompt
 
@@ -30,16 +30,7 @@ StepEmbeds = Callable[[int, int], torch.Tensor]
 
 def check_embeddings(emb: torch.Tensor, dim: int) -> torch.Tensor:
     """Refuse what Z-Image cannot take: wrong rank or width, 0 or > 1504 tokens, NaN/inf."""
-    if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
-        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
-        raise InputError(f"caption embeddings must be a [tokens, {dim}] tensor (got {shape})")
-    if emb.shape[1] != dim:
-        raise InputError(f"caption embeddings have width {emb.shape[1]}; this DiT expects {dim}")
-    if not 1 <= emb.shape[0] <= MAX_CAPTION_TOKENS:
-        raise InputError(f"caption embeddings have {emb.shape[0]} tokens; Z-Image takes 1..{MAX_CAPTION_TOKENS}")
-    if not torch.isfinite(emb).all():
-        raise InputError("caption embeddings contain NaN or infinite values")
-    return emb
+    return check_embedding(emb, "the caption embedding", dim=dim, max_tokens=MAX_CAPTION_TOKENS)
 
 
 def fit_init_image(image: Image.Image, width: int, height: int) -> Image.Image:

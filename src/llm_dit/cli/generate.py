@@ -10,18 +10,16 @@ from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
-    from ..conditioning.run import check_recipe_run, generate_from_recipe, load_references
+    from ..conditioning.run import generate_from_recipe
     from ..images import check_output_path, load_image, save_png
     from ..io import write_json
     from ..provenance import provenance
     from .conditioning import recipe_from_args
 
-    # Everything a user can get wrong is checked before any model loads.
+    # Everything a user can get wrong is checked before any model loads (the recipe and its
+    # references by generate_from_recipe, which checks them before its first stage).
     cfg = config(args)
-    recipe = recipe_from_args(args, cfg)
-    resolved = recipe.resolve(cfg)
-    check_recipe_run(resolved, cfg, args.prompt)
-    load_references(resolved)
+    resolved = recipe_from_args(args, cfg).resolve(cfg)
     out = check_output_path(args.out)
     sidecar = out.with_suffix(".json")
     init = load_image(args.init_image, "init image") if args.init_image else None

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import MAX_CAPTION_TOKENS
+from ..embeddings import check_embedding
 from ..errors import InputError
 
 RESAMPLE_METHODS = ("linear", "area")
@@ -43,18 +44,6 @@ class BlendOptions:
     gem_p: float = 3.0
     svd_k: int = 10
     max_tokens: int = MAX_CAPTION_TOKENS  # concat keeps the text whole and fits the VL part in the rest
-
-
-def check_embedding(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Refuse what no blend can use: not ``[L, D]``, empty, NaN or inf (naming the tensor)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise InputError(f"{name} must be a [tokens, dim] tensor (got {shape})")
-    if x.shape[0] == 0:
-        raise InputError(f"{name} is empty (0 tokens)")
-    if not torch.isfinite(x).all():
-        raise InputError(f"{name} contains NaN or infinite values")
-    return x.float()
 
 
 def _pair(text: torch.Tensor, vl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

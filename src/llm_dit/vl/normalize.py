@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..embeddings import check_embedding
 from ..errors import InputError
 
 NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten")
@@ -113,11 +114,7 @@ def check_layer_match(reference: ReferenceStats, layer: int, num_layers: int, fo
 
 
 def _check_input(x: torch.Tensor) -> torch.Tensor:
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InputError(f"expected a non-empty [tokens, dim] tensor (got shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
-        raise InputError("the embeddings contain NaN or infinite values")
-    return x.float()
+    return check_embedding(x, "the embeddings")
 
 
 def _dim_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,24 @@
+"""The one check every embedding tensor passes before it is used: shape, length, finite values."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+
+def check_embedding(x: torch.Tensor, name: str, dim: int | None = None, max_tokens: int | None = None) -> torch.Tensor:
+    """``x`` as float32 if it is a non-empty, finite ``[tokens, dim]`` tensor (of width ``dim`` and at
+    most ``max_tokens`` tokens when given); otherwise one sentence naming ``name``."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{name} must be a non-empty [tokens, {dim or 'dim'}] tensor (got shape {shape})")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty (0 tokens); expected a non-empty [tokens, dim] tensor")
+    if dim is not None and x.shape[1] != dim:
+        raise InputError(f"{name} has width {x.shape[1]}; this DiT expects {dim}")
+    if max_tokens is not None and x.shape[0] > max_tokens:
+        raise InputError(f"{name} has {x.shape[0]} tokens; Z-Image takes 1..{max_tokens}")
+    if not torch.isfinite(x).all():
+        raise InputError(f"{name} contains NaN or infinite values")
+    return x.float()
