@@ -103,7 +103,7 @@ def test_stats_reference_and_compare(tmp_path, img, capsys):
                            "--out", str(ref)], capsys)
     assert rc == 0, err
     stats = ReferenceStats.load(ref)
-    assert stats.layer == 3 and stats.num_layers == 8 and stats.covariance.shape == (64, 64)
+    assert stats.layer == 11 and stats.num_layers == 16 and stats.covariance.shape == (64, 64)
     assert stats.num_prompts >= 40 and "tokens from" in stdout
 
     out = tmp_path / "cmp"

@@ -166,7 +166,7 @@ def test_reference_statistics_normalization_and_masking(refs, extractor, tiny_co
     r = Recipe(references=[Reference(image=refs[0])], normalization_mode="per_dim", outlier_mask="restore",
                outlier_threshold=1.5).resolve(tiny_config)
     stats = reference_stats_for(r, tiny_config, zimage.pipe.tokenizer, zimage.pipe.text_encoder)
-    assert list(stats) == [-6] and stats[-6].layer == 3  # layer-matched: hidden_states[-6] of 9 = index 3
+    assert list(stats) == [-6] and stats[-6].layer == 11  # layer-matched: hidden_states[-6] of 17 = index 11
     again = reference_stats_for(r, tiny_config, zimage.pipe.tokenizer, zimage.pipe.text_encoder)
     torch.testing.assert_close(again[-6].std, stats[-6].std)  # from the disk cache
     cond, ex = build(r, extractor, tiny_config, text, stats=stats)

@@ -122,7 +122,7 @@ def test_recipe_resolves_unset_fields_from_the_config():
     ({"alpha": 1.5}, "recipe field 'alpha': input should be less than or equal to 1 (got 1.5)"),
     ({"alpha": -0.1}, "greater than or equal to 0"),
     ({"blend": "mix"}, "'interpolate', 'linear', 'concat', 'replace', 'adain', 'adain_per_dim', 'style_delta'"),
-    ({"normalization_mode": "perdim"}, "'none', 'global', 'per_dim', 'hybrid' or 'whiten'"),
+    ({"normalization_mode": "perdim"}, "'none', 'global', 'per_dim', 'hybrid', 'whiten' or 'cross'"),
     ({"outlier_mask": "cut"}, "'none', 'zero', 'clamp', 'scale' or 'restore'"),
     ({"style_blend": "interpolate"}, "recipe field 'style_blend'"),
     ({"references": [{"image": "a.png", "weight": 1.0}, {"image": "b.png", "weight": -1.0}]},

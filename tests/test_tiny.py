@@ -101,7 +101,7 @@ def test_real_loading_code_loads_everything(tiny_z_image_dir, tiny_vl_dir):
     model, info = Qwen3Model.from_pretrained(tiny_z_image_dir / "text_encoder", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     vl = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vl_dir, dtype=torch.float32)
-    assert vl.config.text_config.num_hidden_layers == 8
+    assert vl.config.text_config.num_hidden_layers == 16
     ip = AutoImageProcessor.from_pretrained(tiny_vl_dir)
     assert ip.patch_size == 16 and ip.merge_size == 2
 

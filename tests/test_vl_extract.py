@@ -52,7 +52,7 @@ def oracle_mask(ids, tok, selection, text):
 
 @pytest.mark.parametrize("selection", TOKEN_SELECTIONS)
 def test_every_layer_and_token_mode_equals_a_plain_forward(extractor, red_image, selection):
-    layers = list(range(9))  # every hidden_states index of the 8-layer tiny model
+    layers = list(range(17))  # every hidden_states index of the 16-layer tiny model
     ids, hs = full_forward(extractor, [red_image], TEXT)
     result = extractor.extract(red_image, TEXT, hidden_layer=layers, token_selection=selection)
     mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
@@ -78,11 +78,11 @@ def test_forward_stops_after_the_deepest_layer(extractor, red_image):
     hooks.append(lm.norm.register_forward_hook(lambda m, a, o: calls.append("norm")))
     hooks.append(extractor.model.lm_head.register_forward_hook(lambda m, a, o: calls.append("lm_head")))
     try:
-        extractor.extract(red_image, TEXT, hidden_layer=[-6, 2])  # -6 == 3: output of layer 2
+        extractor.extract(red_image, TEXT, hidden_layer=[-14, 2])  # -14 == 3: output of layer 2
         assert calls == [0, 1, 2]
         calls.clear()
         extractor.extract(red_image, TEXT, hidden_layer=-1)
-        assert calls == list(range(8)) + ["norm"]
+        assert calls == list(range(16)) + ["norm"]
     finally:
         for h in hooks:
             h.remove()
@@ -156,10 +156,10 @@ def test_grid_pooling_of_the_extraction(extractor, noise_image):
 
 
 def test_layer_out_of_range(extractor, red_image):
-    with pytest.raises(InputError, match=r"hidden layer 9 is out of range .* 8 layers \(valid: -9..8\)"):
-        extractor.extract(red_image, TEXT, hidden_layer=9)
-    with pytest.raises(InputError, match="-10"):
-        extractor.extract(red_image, TEXT, hidden_layer=[-2, -10])
+    with pytest.raises(InputError, match=r"hidden layer 17 is out of range .* 16 layers \(valid: -17..16\)"):
+        extractor.extract(red_image, TEXT, hidden_layer=17)
+    with pytest.raises(InputError, match="-18"):
+        extractor.extract(red_image, TEXT, hidden_layer=[-2, -18])
 
 
 def test_variant_is_detected_from_the_template(tmp_path, extractor):
@@ -268,7 +268,7 @@ def test_normalization_is_per_layer(extractor, red_image, zimage):
                                    [-6, -2], model_name="tiny")
     with pytest.raises(InputError, match="one reference for 2 layers"):
         r.select("image_no_markers", normalization_mode="per_dim", reference=refs[-6])
-    with pytest.raises(InputError, match="layer 3 of 8, the embeddings for layer 7 of 8"):
+    with pytest.raises(InputError, match="layer 11 of 16, the embeddings for layer 15 of 16"):
         r.select("image_no_markers", layers=[-2], normalization_mode="per_dim", reference=refs[-6])
     one = r.select("image_no_markers", layers=[-6], normalization_mode="per_dim", reference=refs[-6])
     assert one.layers == [-6] and list(one.embeddings) == [-6]
@@ -308,7 +308,7 @@ def test_splice_every_layer_and_token_mode_equals_a_plain_forward(splice_extract
         embeds = te.get_input_embeddings()(ids[None]).clone()
         embeds[0, ids == splice_extractor.special.image_pad] = feats
         hs = te(inputs_embeds=embeds, output_hidden_states=True).hidden_states
-    layers = list(range(9))
+    layers = list(range(17))
     r = splice_extractor.extract(red_image, TEXT, hidden_layer=layers, token_selection=selection)
     mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
     for k in layers:

@@ -44,7 +44,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--text-layer", dest=RECIPE + "text_layer", type=int, metavar="K", help="layer of the text part")
     r.add_argument("--image-tokens", dest=RECIPE + "image_tokens", help="image_no_markers | image_only")
     r.add_argument("--text-tokens", dest=RECIPE + "text_tokens", help="text_only | user_text")
-    r.add_argument("--norm", dest=RECIPE + "normalization_mode", help="none | global | per_dim | hybrid | whiten")
+    r.add_argument("--norm", dest=RECIPE + "normalization_mode", help="none | global | per_dim | hybrid | whiten | cross")
     r.add_argument("--target-std", dest=RECIPE + "target_std", type=_target_std, metavar="STD|text",
                    help="global normalization target (default: the text embedding's std)")
     r.add_argument("--reference-stats", dest=RECIPE + "reference_stats", metavar="FILE",

@@ -32,7 +32,7 @@ import torch
 from ..config import MAX_CAPTION_TOKENS
 from ..errors import InputError
 from ..long_prompt import fit_length
-from ..vl.normalize import ReferenceStats
+from ..vl.normalize import REFERENCE_MODES, ReferenceStats
 from ..vl.outliers import mask_outlier_dimensions
 from ..vl.result import VLExtractionResult
 from ..vl.tokens import check_selection_possible
@@ -134,7 +134,7 @@ def reference_stats_layers(recipe: Recipe) -> list[int]:
     """Layers whose reference statistics the recipe needs ([] when it needs none)."""
     if not recipe.uses_vl:
         return []
-    needs = recipe.normalization_mode in ("per_dim", "hybrid", "whiten") or recipe.outlier_mask != "none"
+    needs = recipe.normalization_mode in REFERENCE_MODES or recipe.outlier_mask != "none"
     return recipe_layers(recipe) if needs else []
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError
+from ..vl.normalize import NORMALIZATION_MODES
 from .blend import BLEND_MODES, STYLE_MODES
 from .schedule import Schedule, parse_schedule
 
@@ -67,7 +68,7 @@ class Recipe(_Strict):
     image_tokens: Literal["image_no_markers", "image_only"] = "image_no_markers"
     text_tokens: Literal["text_only", "user_text"] = "text_only"
     # statistics
-    normalization_mode: Literal["none", "global", "per_dim", "hybrid", "whiten"] = "global"
+    normalization_mode: Literal[NORMALIZATION_MODES] = "global"
     target_std: float | Literal["text"] = "text"
     reference_stats: str | None = None
     outlier_mask: Literal["none", "zero", "clamp", "scale", "restore"] = "none"

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from ..io import cache_root
 
-TINY_VERSION = "2"
+TINY_VERSION = "3"
+#: Decoder layers of both tiny language models (36 in the real ones): enough for the seeds' layer -15.
+TINY_LAYERS = 16
 HIDDEN = 64  # plays 2560
 
 # Qwen3-4B and the Qwen3-VL-4B language model share one architecture (36 layers, 2560 wide, 32 query
@@ -158,7 +160,7 @@ def _build_z_image(out: Path) -> None:
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
             vocab_size=len(tok),
-            num_hidden_layers=8,  # as the VL language model: both are 36 in the real models
+            num_hidden_layers=TINY_LAYERS,  # as the VL language model: both are 36 in the real models
             max_position_embeddings=4096,
             **_SHARED_TEXT_DIMS,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6},
@@ -223,7 +225,7 @@ def build_tiny_qwen3_vl(out: Path, thinking: bool = False) -> None:
     config = Qwen3VLConfig(
         text_config=dict(
             vocab_size=len(tok),
-            num_hidden_layers=8,
+            num_hidden_layers=TINY_LAYERS,
             max_position_embeddings=8192,
             **_SHARED_TEXT_DIMS,
             rope_parameters={

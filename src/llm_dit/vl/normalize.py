@@ -8,6 +8,8 @@ std over the ``n`` tokens; ``mu_r``, ``sd_r``, ``C_r`` the reference's (:class:`
 * ``per_dim``: ``z = (x - mu_x) / sd_x`` (``z = 0`` where ``sd_x = 0``, e.g. a single token), optionally
   clipped to ``[-c, c]``, then ``y = z * sd_r + mu_r``.
 * ``hybrid``: ``w * per_dim(x) + (1 - w) * global(x)``.
+* ``cross`` (seed 001 #8, cross-normalization): ``global(per_dim(x))``, the reference's per-dimension
+  shape at the global target std (e.g. 50, 61 or 70; ``"text"`` by default).
 * ``whiten``: ZCA to the reference: ``y = W_x (x - mu_x) C_r^(1/2) + mu_r`` with
   ``W_x = (C_x + d I)^(-1/2)``, computed from the SVD of the centred tokens (``C_x`` is rank
   ``<= n - 1`` when ``n < D``; ``d`` is a small ridge, relative to the mean eigenvalue).
@@ -29,7 +31,9 @@ import torch
 from ..embeddings import check_embedding
 from ..errors import InputError
 
-NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten")
+NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten", "cross")
+#: Modes that need reference statistics.
+REFERENCE_MODES = ("per_dim", "hybrid", "whiten", "cross")
 _META_KEY = "llm_dit_reference"
 
 
@@ -180,7 +184,7 @@ def normalize(
     x = _check_input(x)
     if mode not in NORMALIZATION_MODES:
         raise InputError(f"unknown normalization '{mode}'; choose one of {', '.join(NORMALIZATION_MODES)}")
-    if mode in ("per_dim", "hybrid", "whiten") and reference is None:
+    if mode in REFERENCE_MODES and reference is None:
         raise InputError(f"normalization '{mode}' needs reference statistics (llm-dit stats reference)")
     if not 0.0 <= hybrid_weight <= 1.0:
         raise InputError(f"hybrid weight must be in [0, 1] (got {hybrid_weight})")
@@ -208,6 +212,8 @@ def normalize(
         y = hybrid_weight * normalize_per_dim(x, reference, clip_sigma) + (1 - hybrid_weight) * scale_global(
             x, global_target()
         )[0]
+    elif mode == "cross":
+        y, _ = scale_global(normalize_per_dim(x, reference, clip_sigma), global_target())
     else:
         y = whiten(x, reference)
     before = float(x.std(unbiased=False))
