@@ -125,6 +125,20 @@ class VLConfig(_Section):
         return v
 
 
+class MetricsConfig(_Section):
+    """Image metrics of experiment runs (see :mod:`llm_dit.analysis.metrics`).
+
+    ``vqa``: the prompt-adherence score P("Yes") from Qwen3-VL. ``auto`` scores when the run loads
+    Qwen3-VL anyway (it then stays loaded through generation); ``on`` loads it for scoring if needed;
+    ``off`` never. ``clip``, ``siglip``: local folders of a transformers CLIP or SigLIP model (no model
+    hub is needed or used); empty: skipped with a note.
+    """
+
+    vqa: Literal["auto", "on", "off"] = "auto"
+    clip: str = ""
+    siglip: str = ""
+
+
 class Config(_Section):
     """The whole resolved configuration: one object, validated once, recorded whole."""
 
@@ -134,6 +148,7 @@ class Config(_Section):
     encoder: EncoderConfig = EncoderConfig()
     generation: GenerationConfig = GenerationConfig()
     vl: VLConfig = VLConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

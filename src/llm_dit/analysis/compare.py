@@ -117,13 +117,9 @@ def compare_embedding_stats(
 def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     """One PNG per layer (per-dimension std, log scale; VL/reference ratio with outliers) and one
     PNG of the leak measure. Returns the paths written."""
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io import atomic_path
-
+    plt = pyplot()
     out_dir = Path(out_dir)
     written = []
     thr = report["threshold"]
@@ -149,11 +145,7 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
         ax2.set_ylabel("log10(std VL image / std reference)")
         ax2.set_xlabel("hidden dimension")
         fig.tight_layout()
-        path = out_dir / f"std_per_dim_layer{k}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"std_per_dim_layer{k}.png"))
 
     layers = list(report["layers"])
     leak = [report["layers"][k]["leak"]["user_text_relative_change"] or 0.0 for k in layers]
@@ -167,9 +159,5 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     ax.set_title("change at text positions when only the image changes")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
     fig.tight_layout()
-    path = out_dir / "leak.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, out_dir / "leak.png"))
     return written

@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..errors import LlmDitError
-from . import generate, stats, vl
+from . import experiments, generate, stats, vl
 from .conditioning import add_recipe_flags
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
 
@@ -27,6 +27,8 @@ def build_parser() -> Parser:
     add_generation_flags(p)
     add_config_flags(p)
     p.set_defaults(func=generate.cmd_generate)
+
+    experiments.add_parsers(sub)
 
     p = sub.add_parser("extract", help="Qwen3-VL hidden states of images + text, saved as safetensors")
     p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")

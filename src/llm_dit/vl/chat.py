@@ -83,9 +83,11 @@ def pixel_bounds(processor, max_pixels: int | None) -> dict | None:
     return {"shortest_edge": min(min_pixels, max_pixels), "longest_edge": max_pixels}
 
 
-def run_processor(processor, messages: list[dict], images: list[Image.Image], max_pixels: int | None):
-    """Render the chat with the generation prompt and process it: input ids, pixels, grids."""
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def run_processor(processor, messages: list[dict], images: list[Image.Image], max_pixels: int | None,
+                  answer_prefix: str = ""):
+    """Render the chat with the generation prompt (plus ``answer_prefix``, the start of the
+    assistant's turn) and process it: input ids, pixels, grids."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
     kwargs = {}
     size = pixel_bounds(processor, max_pixels)
     if size is not None:

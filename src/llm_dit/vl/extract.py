@@ -292,11 +292,15 @@ class VLEmbeddingExtractor:
         result.layers = layers
         return result
 
-    def _forward_vl(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
-        lm = self.model.model.language_model
+    def _batch(self, inputs) -> dict:
         batch = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in batch:
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        return batch
+
+    def _forward_vl(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
+        lm = self.model.model.language_model
+        batch = self._batch(inputs)
         states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.model.model(**batch, use_cache=False))
         return {k: v[0].float().cpu() for k, v in states.items()}
 
@@ -339,10 +343,8 @@ class VLEmbeddingExtractor:
         if temperature < 0:
             raise InputError(f"temperature must be >= 0 (got {temperature})")
         images = self._images(image)
-        inputs = run_processor(self.processor, build_messages(images, prompt, system_prompt), images, max_pixels)
-        batch = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        batch = self._batch(run_processor(self.processor, build_messages(images, prompt, system_prompt), images,
+                                          max_pixels))
         sample = temperature > 0
         kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens)
         if sample:
@@ -354,6 +356,25 @@ class VLEmbeddingExtractor:
         out = self.model.generate(**batch, **kwargs)
         new = out[0, batch["input_ids"].shape[1]:]
         return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def answer_probability(self, image, question: str, answer: str = "Yes",
+                           max_pixels: int | None = DEFAULT_MAX_PIXELS) -> float:
+        """P(``answer``) as the first token of the reply to ``question`` about ``image`` (VQAScore).
+
+        One forward pass; the probability is the softmax over the whole vocabulary at the first
+        answer position, of the first token of ``answer``. A Thinking model gets an empty reasoning
+        block first (``<think></think>``, Qwen3's way to answer directly).
+        """
+        if self.model is None:
+            raise InputError("answer probabilities need the full Qwen3-VL model (backend 'vl')")
+        images = self._images(image)
+        prefix = "\n</think>\n\n" if self.variant == "thinking" else ""
+        batch = self._batch(run_processor(self.processor, build_messages(images, question, None), images,
+                                          max_pixels, answer_prefix=prefix))
+        logits = self.model(**batch, use_cache=False, logits_to_keep=1).logits[0, -1]
+        token = self.tokenizer(answer, add_special_tokens=False).input_ids[0]
+        return float(logits.float().softmax(-1)[token])
 
     def unload(self) -> None:
         """Free the models; the extractor cannot be used afterwards."""

@@ -1,0 +1,230 @@
+"""``llm-dit experiments``, ``compare``, ``sweep`` and ``report``: thin doors to :mod:`llm_dit.experiments`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from .common import add_config_flags, add_generation_flags, config
+
+#: Sweep flags (comma lists) and the recipe field each one varies.
+AXIS_FLAGS = {
+    "alphas": ("alpha", "A,B,..", "VL share per cell"),
+    "layers": ("hidden_layer", "K,K,..", "VL hidden layers (use --layers=-2,-6)"),
+    "tokens": ("token_selection", "SEL,..", "full, text_only, user_text, image_only, image_no_markers"),
+    "norms": ("normalization_mode", "MODE,..", "none, global, per_dim, hybrid, whiten, cross"),
+    "blends": ("blend", "MODE,..", "interpolate, linear, concat, replace, adain, adain_per_dim, style_delta, ..."),
+    "masks": ("outlier_mask", "MODE,..", "none, zero, clamp, scale, restore"),
+    "intra_ratios": ("vl_intra_blend_ratio", "R,..", "image:text mixing ratios"),
+    "budgets": ("token_budget", "N,..", "VL tokens per reference"),
+    "backends": ("backend", "B,..", "text, vl, splice"),
+    "target_stds": ("target_std", "STD,..", "global normalization targets (numbers or 'text')"),
+}
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="the run folder (re-run the command to resume)")
+    p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
+    p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
+    p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
+    p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: auto | on | off")
+    p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
+    add_generation_flags(p)
+    add_config_flags(p)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("experiments", help="list the named experiments")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_experiments)
+
+    p = sub.add_parser("compare", help="run a named experiment: images, grids, metadata.json, report.html")
+    p.add_argument("--experiment", required=True, metavar="NAME", help="see 'llm-dit experiments'")
+    p.add_argument("--image", action="append", metavar="IMG", help="the reference image (twice for multi_reference)")
+    p.add_argument("--prompt", help="the prompt (caption experiments write their own)")
+    p.add_argument("--quick", action="store_true", help="the experiment's short version")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="the cartesian product of recipe fields: images, grids, report")
+    p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")
+    p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image")
+    p.add_argument("--role", action="append", metavar="ROLE", help="content | style, per --image")
+    p.add_argument("--prompt", help="the prompt (or --caption-tokens N: the reference's caption)")
+    p.add_argument("--caption-tokens", type=int, metavar="N", help="the prompt is a caption of about N tokens")
+    p.add_argument("--recipe", metavar="FILE.toml", help="the fixed part of every cell")
+    p.add_argument("--grid", metavar="FILE.toml", help="[recipe] fixed fields and [axes] lists, as a file")
+    axes = p.add_argument_group("axes (comma lists; one value = a fixed field)")
+    for flag, (_, metavar, what) in AXIS_FLAGS.items():
+        axes.add_argument("--" + flag.replace("_", "-"), dest="axis." + flag, metavar=metavar, help=what)
+    axes.add_argument("--schedules", dest="axis.schedules", action="append", metavar="SPEC",
+                      help="an alpha schedule per cell (repeat): linear:0.8:0 ...")
+    axes.add_argument("--vary", action="append", metavar="FIELD=V1,V2",
+                      help="any recipe field, or steps / seed / shift / guidance_scale (repeat)")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="(re)build metadata.json, grids, plots and report.html of a run folder")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--debug", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_experiments(args) -> int:
+    from ..experiments.presets import EXPERIMENTS, Inputs
+
+    for e in EXPERIMENTS.values():
+        images = [f"/ref{i}.png" for i in range(e.images)]
+        full, quick = len(e.cells(Inputs(images, False))), len(e.cells(Inputs(images, True)))
+        print(f"{e.name:24s} {full:3d} cells ({quick} quick)  {e.summary}")
+    return 0
+
+
+def _images(args) -> list[str]:
+    return [str(Path(im).expanduser().absolute()) for im in args.image or []]
+
+
+def _caption(args) -> str | None:
+    if args.caption is not None and args.caption_file:
+        raise InputError("give --caption or --caption-file, not both")
+    if args.caption_file:
+        p = Path(args.caption_file)
+        if not p.is_file():
+            raise InputError(f"caption file {p} does not exist")
+        text = p.read_text(encoding="utf-8", errors="replace")
+    else:
+        text = args.caption
+    if text is not None and not text.strip():
+        raise InputError("the caption is empty")
+    return text
+
+
+def _run(spec, cfg, args) -> int:
+    from ..experiments.runner import run
+
+    summary = run(spec, cfg, args.out, progress=not args.no_progress)
+    report = summary.out / "report.html"
+    print(f"{summary.total} cells: {summary.skipped} already done, {summary.generated} picture(s) generated, "
+          f"{len(summary.failed)} failed")
+    print(f"report: {report}")
+    if summary.failed:
+        print(f"llm-dit: error: {len(summary.failed)} of {summary.total} cells failed ({', '.join(summary.failed[:5])}"
+              f"{', ...' if len(summary.failed) > 5 else ''}); their errors are in {summary.out / 'metadata.json'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..experiments.presets import Inputs, get_experiment
+    from ..experiments.runner import RunSpec
+
+    exp = get_experiment(args.experiment)
+    caption = _caption(args)
+    if exp.caption and args.prompt is not None:
+        raise InputError(f"{exp.name} writes its own prompts (captions of the image); use --caption to give one")
+    if not exp.caption and args.prompt is None:
+        raise InputError(f"{exp.name} needs --prompt")
+    if not exp.caption and caption is not None:
+        raise InputError(f"--caption applies to caption experiments, not {exp.name}")
+    cfg = config(args)
+    if exp.config:
+        cfg = cfg.replace(**exp.config)
+    cells = exp.cells(Inputs(_images(args), args.quick))
+    grids = exp.grids(cells) if exp.grids else []
+    spec = RunSpec(exp.name, _images(args), args.prompt, cells, grids, quick=args.quick, caption=caption,
+                   save_embeddings=args.save_embeddings)
+    return _run(spec, cfg, args)
+
+
+def _split(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",")]
+    if not all(values):
+        raise InputError(f"empty value in the list '{text}'")
+    return values
+
+
+def sweep_axes(args) -> tuple[dict, dict]:
+    """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
+    import tomllib
+
+    from ..conditioning import Recipe
+
+    base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
+    axes: dict[str, list] = {}
+    if args.grid:
+        p = Path(args.grid)
+        if not p.is_file():
+            raise InputError(f"grid file {p} does not exist")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"grid file {p} cannot be read: {e}") from None
+        unknown = set(data) - {"recipe", "axes"}
+        if unknown:
+            raise InputError(f"grid file {p}: unknown table(s) {sorted(unknown)}; expected [recipe] and [axes]")
+        base.update(data.get("recipe", {}))
+        for k, v in data.get("axes", {}).items():
+            axes[k.removeprefix("generation.")] = v if isinstance(v, list) else [v]
+    for flag, (field, _, _) in AXIS_FLAGS.items():
+        text = getattr(args, "axis." + flag)
+        if text is not None:
+            axes[field] = _split(text)
+    if getattr(args, "axis.schedules"):
+        axes["schedule"] = list(args.__dict__["axis.schedules"])
+    for item in args.vary or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--vary takes FIELD=V1,V2 (got '{item}')")
+        axes[key.strip().removeprefix("generation.")] = _split(values)
+    fixed = {k: v[0] for k, v in axes.items() if isinstance(v, list) and len(v) == 1}
+    return {**base, **{k: v for k, v in fixed.items() if k in Recipe.model_fields}}, \
+        {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}
+
+
+def cmd_sweep(args) -> int:
+    from ..experiments.cells import _coerce, sweep_cells
+    from ..experiments.runner import RunSpec
+
+    images = _images(args)
+    caption = _caption(args)
+    if args.caption_tokens is None and args.prompt is None:
+        raise InputError("give --prompt, or --caption-tokens N to use a caption of the reference as the prompt")
+    if args.caption_tokens is not None:
+        if args.prompt is not None:
+            raise InputError("give --prompt or --caption-tokens, not both")
+        if not images:
+            raise InputError("--caption-tokens captions the reference: give --image")
+        if not 1 <= args.caption_tokens <= 1504:
+            raise InputError(f"--caption-tokens must be in 1..1504 (got {args.caption_tokens})")
+    for flag, values in (("--weight", args.weight), ("--role", args.role)):
+        if values and len(values) != len(images):
+            raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
+    base, axes = sweep_axes(args)
+    if not axes:
+        raise InputError("nothing to sweep: give at least one list (e.g. --alphas 0.3,0.5) or a --grid file")
+    if images:
+        base["references"] = [{"image": im, **({"weight": args.weight[i]} if args.weight else {}),
+                               **({"role": args.role[i]} if args.role else {})} for i, im in enumerate(images)]
+    base = {k: _coerce(v) if k not in ("vl_text", "system_prompt") else v for k, v in base.items()}
+    cfg = config(args)
+    if args.caption_tokens is not None:
+        cfg = cfg.replace(**{"encoder.max_length": 1504})
+    cells = sweep_cells(base, axes, caption=args.caption_tokens)
+    spec = RunSpec("sweep", images, args.prompt, cells, caption=caption, save_embeddings=args.save_embeddings,
+                   details={"base": base, "axes": axes})
+    return _run(spec, cfg, args)
+
+
+def cmd_report(args) -> int:
+    from ..experiments.report import write_report
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise InputError(f"{out} is not a folder")
+    path = write_report(out)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Experiments: named cell lists (presets), sweeps, the runner, grids and reports."""

@@ -1,0 +1,190 @@
+"""Cells: one image of an experiment each, declared as a :class:`Recipe` plus what makes it differ.
+
+A cell's ``params`` are the values its experiment varies (``{"layer": -6, "alpha": 0.5}``); they
+name its file, label the grid and fill the table. A sweep is the cartesian product of lists of
+recipe fields (and of a few generation settings), see :func:`sweep_cells`.
+
+Two cells that must give the same picture are generated once (:func:`generation_key`). In
+particular a cell whose alpha is 0 under a blend where alpha 0 returns the text embedding exactly is
+the pure-text baseline (:func:`effective_recipe`): an alpha sweep over five layers renders its alpha-0
+column once, not five times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..conditioning.recipe import Recipe
+from ..errors import InputError
+
+#: Generation settings a cell may vary (the rest of ``[generation]`` is the run's).
+GENERATION_AXES = ("steps", "seed", "shift", "guidance_scale")
+#: Prefixes of parameter values in file names ("" = the value alone); other keys are written out.
+SHORT = {"alpha": "alpha", "hidden_layer": "layer", "layer": "layer", "steps": "steps", "seed": "seed",
+         "token_selection": "", "tokens": "", "normalization_mode": "norm-", "blend": "", "backend": "",
+         "outlier_mask": "mask-", "vl_intra_blend_ratio": "intra", "token_budget": "budget", "schedule": "",
+         "target_std": "std", "method": ""}
+TEXT_ONLY = "text_only"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One image: its file stem, its recipe, the parameters it varies, where its prompt comes from."""
+
+    name: str
+    recipe: Recipe
+    params: dict[str, Any] = field(default_factory=dict)
+    caption: int | None = None  # the prompt is the reference's caption of about this many tokens
+    generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.recipe.backend == "text"
+
+    def config(self, config: Config) -> Config:
+        """The run's configuration with this cell's generation overrides."""
+        return config.replace(**{f"generation.{k}": v for k, v in self.generation.items()}) if self.generation \
+            else config
+
+    def group(self) -> tuple:
+        """Cells of one group share a prompt and generation settings, so one pure-text baseline."""
+        return self.caption, tuple(sorted(self.generation.items()))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file stem from anything: letters, digits and ``._+-``; at most 120 characters."""
+    out = _UNSAFE.sub("-", text).strip("-.")[:120]
+    if not out:
+        raise InputError(f"cannot make a file name from {text!r}")
+    return out
+
+
+def fmt(value: Any) -> str:
+    """A parameter value as it appears in names and labels (``0.5``, ``-6``, ``none``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict) and "kind" in value:  # a schedule
+        from ..conditioning.schedule import Schedule
+
+        return Schedule(**value).spec()
+    return str(value)
+
+
+def name_from(params: dict[str, Any]) -> str:
+    return safe_name("_".join(SHORT.get(k, k + "-") + fmt(v) for k, v in params.items()))
+
+
+# -- equivalence ---------------------------------------------------------------------------------
+
+#: Blends that return the text embedding exactly at alpha 0 (``0 * x + 1 * text``; concat adds 0 tokens).
+_ALPHA0_IS_TEXT = ("interpolate", "linear", "concat", "adain", "adain_per_dim", "style_delta",
+                   "style_mean", "style_gem", "style_svd")
+
+
+def effective_recipe(recipe: Recipe) -> Recipe:
+    """The recipe that gives the same picture, simplest form: the pure-text recipe when the VL part
+    cannot change the embedding (alpha 0 at every step, no style reference, raw magnitude)."""
+    if recipe.backend == "text":
+        return Recipe(backend="text")
+    if recipe.magnitude != "raw" or recipe.blend not in _ALPHA0_IS_TEXT:
+        return recipe
+    alpha_zero = recipe.alpha == 0 if recipe.schedule is None else (
+        recipe.schedule.kind == "constant" and recipe.schedule.start == 0)
+    style_zero = all(r.role == "content" for r in recipe.references) or recipe.style_alpha == 0 or (
+        recipe.style_alpha is None and alpha_zero)
+    if alpha_zero and style_zero:
+        return Recipe(backend="text")
+    return recipe
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def generation_key(recipe: Recipe, prompt: str, config: Config) -> str:
+    """Equal for two cells that must give the same picture (effective recipe, prompt, generation)."""
+    return digest(effective_recipe(recipe).to_dict(), prompt, config.generation.model_dump(mode="json"))
+
+
+# -- building cell lists -------------------------------------------------------------------------
+
+
+def check_unique(cells: list[Cell]) -> list[Cell]:
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.name in seen:
+            raise InputError(f"two cells are named {c.name!r}; give the sweep distinct values")
+        seen[c.name] = c
+    return cells
+
+
+def with_baselines(cells: list[Cell]) -> list[Cell]:
+    """Add a pure-text cell to every group (prompt, generation settings) that has none, first in
+    its group, so every cell can be compared with the picture the text alone gives."""
+    out: list[Cell] = []
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        groups.setdefault(c.group(), []).append(c)
+    for (caption, gen), members in groups.items():
+        if not any(effective_recipe(c.recipe).backend == "text" for c in members):
+            suffix = [f"caption{caption}"] if caption else []
+            suffix += [SHORT.get(k, k + "-") + fmt(v) for k, v in gen]
+            out.append(Cell("_".join([TEXT_ONLY, *suffix]), Recipe(backend="text"), {}, caption, dict(gen)))
+        out.extend(members)
+    return check_unique(out)
+
+
+def _coerce(value: Any) -> Any:
+    """Sweep values from the command line arrive as text: numbers, booleans and none become typed."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value.strip()
+
+
+def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int | None = None) -> list[Cell]:
+    """The cartesian product of ``axes`` over the ``base`` recipe fields, plus pure-text baselines.
+
+    Keys are :class:`Recipe` fields or :data:`GENERATION_AXES`; every combination is validated as a
+    recipe before anything runs, so a bad value fails with the field named.
+    """
+    fields = set(Recipe.model_fields)
+    for key, values in axes.items():
+        if key not in fields and key not in GENERATION_AXES:
+            raise InputError(f"cannot sweep {key!r}: not a recipe field or one of {', '.join(GENERATION_AXES)}")
+        if not isinstance(values, list) or not values:
+            raise InputError(f"the sweep list for {key!r} is empty")
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            raise InputError(f"the sweep list for {key!r} repeats a value ({values})")
+    keys = list(axes)
+    cells = []
+    for combo in itertools.product(*(axes[k] for k in keys)):
+        values = {k: _coerce(v) for k, v in zip(keys, combo)}
+        recipe_part = {k: v for k, v in values.items() if k in fields}
+        gen = {k: v for k, v in values.items() if k not in fields}
+        recipe = Recipe.from_dict({**base, **recipe_part})
+        params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
+        cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
+    return with_baselines(check_unique(cells))

@@ -1,0 +1,108 @@
+"""The run folder: what is in it, what can be trusted, and how a cell is written.
+
+::
+
+    DIR/
+      run.json                 the plan: every cell's recipe, the run key, one entry per session
+      reference.png            the reference image(s) as the models saw them (reference_2.png, ...)
+      captions/captionN.txt    captions of caption experiments (reused on resume)
+      NAME.png                 one image per cell
+      cells/NAME.json          its record (written after the image: a record means a finished cell)
+      stats/NAME.safetensors   per-dimension std of the text, VL and blended embeddings
+      embeddings/NAME.safetensors   the embeddings themselves (--save-embeddings)
+      metadata.json, comparison_grid.png, grid_*.png, plots/, report.html    built from the above
+
+Every file is written to a temporary name and renamed. A cell counts as finished only when its
+record says so, carries this run's key, and its PNG opens; anything else is redone. Temporary files
+left by a killed process are removed when a run starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..errors import InputError
+from ..io import write_json
+
+RUN_FILE = "run.json"
+RESERVED = {"metadata", "run", "report", "comparison_grid", "reference"}
+
+
+def reference_name(i: int) -> str:
+    return "reference.png" if i == 0 else f"reference_{i + 1}.png"
+
+
+def check_cell_names(names: list[str]) -> None:
+    for n in names:
+        if n in RESERVED or n.startswith(("grid_", "reference_")):
+            raise InputError(f"a cell cannot be named {n!r}: the run folder uses that name")
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON at ``path``, or None when it is missing or unreadable (never trusted half-read)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def prepare(out: Path, run_key: str, plan: dict) -> dict:
+    """Make ``out`` ready for this run; refuse a folder that holds something else.
+
+    Returns the run file's content (with its earlier sessions when resuming)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    existing = read_json(out / RUN_FILE) if out.is_dir() else None
+    if existing is not None:
+        if existing.get("run_key") != run_key:
+            what = existing.get("name", "another run")
+            raise InputError(f"{out} holds a different run ({what}, other settings); give a new --out or remove it")
+    elif out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty and holds no llm-dit run; give a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted, now removed
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    run = {**plan, "run_key": run_key, "sessions": (existing or {}).get("sessions", [])}
+    write_json(out / RUN_FILE, run)
+    return run
+
+
+def record_path(out: Path, name: str) -> Path:
+    return out / "cells" / f"{name}.json"
+
+
+def png_opens(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:
+        return False
+
+
+def finished(out: Path, name: str, cell_key: str) -> dict | None:
+    """The record of a finished cell with this key, else None."""
+    rec = read_json(record_path(out, name))
+    if not isinstance(rec, dict) or not rec.get("success") or rec.get("cell_key") != cell_key:
+        return None
+    return rec if png_opens(out / rec.get("file", f"{name}.png")) else None
+
+
+def write_record(out: Path, name: str, record: dict) -> None:
+    write_json(record_path(out, name), record)
+
+
+def records(out: Path, names: list[str]) -> dict[str, dict]:
+    """Every readable record among ``names`` (finished or failed)."""
+    out_records = {}
+    for n in names:
+        rec = read_json(record_path(out, n))
+        if isinstance(rec, dict):
+            out_records[n] = rec
+    return out_records

@@ -1,0 +1,325 @@
+"""The named experiments of the research notes, as lists of cells (seed 000-004; names as there).
+
+Conventions (the README's "Experiments" section lists every cell):
+
+* "pure VL" cells use the ``replace`` blend: the DiT sees the VL sequence itself (alpha 1), not a
+  copy resampled to the prompt's length;
+* layers and token selections not set by a cell come from the profile's ``[vl]`` section (layer -6,
+  the full sequence); normalization is ``global`` to the paired text embedding's std;
+* every group of cells (one prompt, one set of generation settings) has a pure-text cell, added as
+  ``text_only`` where the experiment does not name one: the baseline of ``ssim_text``;
+* ``quick`` keeps the cells the seeds single out, for a first look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..conditioning.recipe import Recipe
+from ..errors import InputError
+from .cells import TEXT_ONLY, Cell, fmt, name_from, with_baselines
+
+DESCRIBE = "Describe this image."  # seed 004's generic VL text
+DESCRIBE_SEEN = "Describe what you see."  # seed 000's description variant
+INSTRUCTION = "Generate an image following this description: {prompt}"
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """One grid image: the cells matching ``where``, laid out by ``rows`` x ``cols`` (automatic when
+    both are None: 2-D when exactly two parameters vary, else a labelled row)."""
+
+    file: str
+    title: str = ""
+    where: dict[str, Any] = field(default_factory=dict)
+    rows: str | None = None
+    cols: str | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    images: list[str]  # reference image paths (absolute)
+    quick: bool
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    summary: str
+    build: Callable[[Inputs], list[Cell]]
+    images: int = 1  # reference images it needs
+    caption: bool = False  # its prompts are captions of the reference (no --prompt)
+    grids: Callable[[list[Cell]], list[GridSpec]] | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # dotted overrides for the whole run
+
+    def cells(self, inputs: Inputs) -> list[Cell]:
+        if len(inputs.images) != self.images:
+            need = "one reference image (--image IMG)" if self.images == 1 else \
+                f"{self.images} reference images (--image A --image B)"
+            raise InputError(f"experiment {self.name} takes {need}; got {len(inputs.images)}")
+        return with_baselines(self.build(inputs))
+
+
+def _vl(images: list[str], **fields) -> Recipe:
+    return Recipe.from_dict({"references": [{"image": im} for im in images], **fields})
+
+
+def _pure(images, **fields) -> Recipe:
+    """The VL sequence alone (alpha 1, no resampling)."""
+    return _vl(images, blend="replace", alpha=1.0, **fields)
+
+
+def _pick(quick: bool, full: list, short: list) -> list:
+    return short if quick else full
+
+
+TEXT = Recipe(backend="text")
+
+
+# -- seed 000 / 002: token positions ---------------------------------------------------------------
+
+
+def vl_only_vs_qwen3(x: Inputs) -> list[Cell]:
+    im = x.images
+    return [
+        Cell("pure_qwen3_4b", TEXT),
+        Cell("pure_vl_text_tokens", _pure(im, token_selection="text_only")),
+        Cell("pure_vl_full_seq", _pure(im, token_selection="full")),
+        Cell("blend_30_vl_70_qwen3", _vl(im, token_selection="full", alpha=0.3)),
+    ]
+
+
+def vl_layer_by_token(x: Inputs) -> list[Cell]:
+    layers = _pick(x.quick, [1, 2, 5, 10, 15], [2, 10])
+    kinds = {"image": "image_no_markers", "text": "text_only"}
+    return [Cell(f"{kind}_tokens_layer-{n}", _pure(x.images, token_selection=sel, hidden_layer=-n),
+                 {"tokens": kind, "layer": -n})
+            for kind, sel in kinds.items() for n in layers]
+
+
+def vl_prompt_variations(x: Inputs) -> list[Cell]:
+    im = x.images
+    rows = [
+        ("no_text", "", ["image", "text"]),
+        ("with_prompt", "{prompt}", ["image", "text"]),
+        ("with_desc", DESCRIBE_SEEN, ["text"]),
+        ("with_instruction", INSTRUCTION, ["text"]),
+    ]
+    sel = {"image": "image_no_markers", "text": "text_only"}
+    return [Cell(f"{label}_{kind}_tokens", _pure(im, vl_text=text, token_selection=sel[kind]),
+                 {"vl_text": label, "tokens": kind})
+            for label, text, kinds in rows for kind in kinds]
+
+
+def vl_intra_token_blend(x: Inputs) -> list[Cell]:
+    im = x.images
+    ratios = _pick(x.quick, [0.1, 0.3, 0.5, 0.7, 0.9], [0.3, 0.7])
+    return [
+        Cell("baseline_vl_full", _pure(im, token_selection="full")),
+        Cell("baseline_vl_image_only", _pure(im, token_selection="image_only")),
+        Cell("baseline_vl_text_only", _pure(im, token_selection="text_only")),
+        *(Cell(f"intra_{round(r * 100)}_image_{round((1 - r) * 100)}_text", _pure(im, vl_intra_blend_ratio=r))
+          for r in ratios),
+    ]
+
+
+def vl_double_conditioning(x: Inputs) -> list[Cell]:
+    im = x.images
+    ratios = _pick(x.quick, [0.3, 0.5, 0.7], [0.3])
+    return [
+        Cell("single_image_tokens", _pure(im, vl_text="", token_selection="image_no_markers")),
+        Cell("single_text_tokens", _pure(im, token_selection="text_only")),
+        *(Cell(f"dual_{round(r * 100)}_image_{round((1 - r) * 100)}_text",
+               _pure(im, vl_intra_blend_ratio=r, dual_extraction=True)) for r in ratios),
+    ]
+
+
+# -- seed 001: statistics -------------------------------------------------------------------------
+
+
+def outlier_masking(x: Inputs) -> list[Cell]:
+    masks = _pick(x.quick, ["none", "zero", "clamp", "scale", "restore"], ["none", "zero", "restore"])
+    # Seed 003: the 617x outlier of dim 396 shows at layer -2, not at -6: both, side by side.
+    return [Cell(f"layer{layer}_mask-{m}", _pure(x.images, token_selection="image_no_markers", hidden_layer=layer,
+                                                   outlier_mask=m), {"layer": layer, "mask": m})
+            for layer in (-2, -6) for m in masks]
+
+
+def normalization(x: Inputs) -> list[Cell]:
+    modes = _pick(x.quick, ["none", "global", "per_dim", "hybrid", "whiten", "cross"], ["global", "per_dim", "hybrid"])
+    # A constant scale of the whole sequence does not change a pure-VL picture (the DiT's caption
+    # embedder starts with an RMSNorm); it matters inside a blend: alpha 0.3 and 1 side by side.
+    return [Cell(f"norm-{m}_alpha{fmt(a)}", _vl(x.images, token_selection="image_only", normalization_mode=m, alpha=a),
+                 {"norm": m, "alpha": a})
+            for m in modes for a in (0.3, 1.0)]
+
+
+def cross_normalization(x: Inputs) -> list[Cell]:
+    base = dict(token_selection="image_only", alpha=0.3)
+    return [
+        Cell("per_dim", _vl(x.images, normalization_mode="per_dim", **base)),
+        *(Cell(f"cross_std{t}", _vl(x.images, normalization_mode="cross", target_std=float(t), **base))
+          for t in (50, 61, 70)),
+    ]
+
+
+# -- seed 001 / 003: blends and schedules -----------------------------------------------------------
+
+
+def style_delta(x: Inputs) -> list[Cell]:
+    alphas = _pick(x.quick, [0.1, 0.2, 0.3, 0.5, 0.7], [0.3, 0.5])
+    return [Cell(f"style_delta_alpha{fmt(a)}", _vl(x.images, blend="style_delta", alpha=a), {"alpha": a})
+            for a in alphas]
+
+
+def adain(x: Inputs) -> list[Cell]:
+    alphas = _pick(x.quick, [0.1, 0.3, 0.5, 0.7], [0.3, 0.5])
+    return [Cell(f"{b}_alpha{fmt(a)}", _vl(x.images, blend=b, alpha=a), {"blend": b, "alpha": a})
+            for b in ("adain", "adain_per_dim") for a in alphas]
+
+
+def alpha_sweep(x: Inputs) -> list[Cell]:
+    alphas = _pick(x.quick, [round(i / 10, 1) for i in range(11)], [0.0, 0.3, 0.5, 1.0])
+    return [Cell(name_from({"alpha": a}), _vl(x.images, alpha=a), {"alpha": a}) for a in alphas]
+
+
+def timestep_alpha(x: Inputs) -> list[Cell]:
+    specs = _pick(x.quick, ["constant:0.3", "linear:0.8:0", "cosine:0.8:0", "step:0.8:0:0.3", "linear:0:0.8"],
+                  ["constant:0.3", "linear:0.8:0", "step:0.8:0:0.3"])
+    return [Cell(spec.replace(":", "_"), _vl(x.images, schedule=spec), {"schedule": spec}) for spec in specs]
+
+
+def multi_reference(x: Inputs) -> list[Cell]:
+    a, b = x.images
+
+    def refs(*spec):
+        return [{"image": im, "weight": w, "role": role} for im, w, role in spec]
+
+    cells = [
+        Cell("ref_a", _vl([a], alpha=0.5)),
+        Cell("ref_b", _vl([b], alpha=0.5)),
+        Cell("mix_50_50", Recipe.from_dict({"references": refs((a, 1.0, "content"), (b, 1.0, "content")),
+                                            "alpha": 0.5})),
+        Cell("content_a_style_b", Recipe.from_dict({"references": refs((a, 1.0, "content"), (b, 1.0, "style")),
+                                                    "alpha": 0.5})),
+    ]
+    if not x.quick:
+        cells.insert(3, Cell("mix_75_25", Recipe.from_dict({"references": refs((a, 3.0, "content"),
+                                                                               (b, 1.0, "content")), "alpha": 0.5})))
+        cells.append(Cell("content_b_style_a", Recipe.from_dict({"references": refs((b, 1.0, "content"),
+                                                                                   (a, 1.0, "style")), "alpha": 0.5})))
+    return cells
+
+
+def layer_multi(x: Inputs) -> list[Cell]:
+    img_layers = _pick(x.quick, [-2, -5, -10], [-2, -10])
+    txt_layers = _pick(x.quick, [-2, -10, -15], [-2, -10])
+    # Seed 002 phase 4: image tokens from one layer, text tokens from another, mixed 30/70.
+    return [Cell(f"image{i}_text{t}", _pure(x.images, vl_intra_blend_ratio=0.3, image_layer=i, text_layer=t),
+                 {"image_layer": i, "text_layer": t})
+            for i in img_layers for t in txt_layers]
+
+
+def token_budget(x: Inputs) -> list[Cell]:
+    budgets = _pick(x.quick, [256, 64, 16], [64, 16])
+    modes = _pick(x.quick, ["pool", "interpolate", "truncate"], ["pool"])
+    return [Cell("no_budget", _pure(x.images)),
+            *(Cell(f"budget{n}_{m}", _pure(x.images, token_budget=n, budget_mode=m), {"budget_mode": m, "budget": n})
+              for m in modes for n in budgets)]
+
+
+def splice_vs_vl(x: Inputs) -> list[Cell]:
+    sel = {"full": "full", "image": "image_no_markers"}
+    return [Cell(f"{backend}_{kind}", _pure(x.images, backend=backend, token_selection=s),
+                 {"backend": backend, "tokens": kind})
+            for backend in ("vl", "splice") for kind, s in sel.items()]
+
+
+# -- seed 004: caption alignment ------------------------------------------------------------------
+
+CAPTION_TOKENS = 1024  # seed 004's target
+CAPTION_TOKENS_QUICK = 256
+
+
+def caption_alignment(x: Inputs) -> list[Cell]:
+    layers = _pick(x.quick, [-2, -3, -4, -5, -6], [-2, -6])
+    alphas = _pick(x.quick, [0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.5, 1.0])
+    n = CAPTION_TOKENS_QUICK if x.quick else CAPTION_TOKENS
+    texts = {"caption": "{prompt}", "generic": DESCRIBE}
+    cells = [Cell(TEXT_ONLY, TEXT, caption=n)]
+    for layer in layers:
+        for a in alphas:
+            for method, text in texts.items():
+                cells.append(Cell(f"layer{layer}_alpha{fmt(a)}_{method}",
+                                  _vl(x.images, vl_text=text, hidden_layer=layer, alpha=a, token_selection="full"),
+                                  {"layer": layer, "alpha": a, "method": method}, caption=n))
+    return cells
+
+
+def caption_alignment_grids(cells: list[Cell]) -> list[GridSpec]:
+    def values(key):
+        return list(dict.fromkeys(c.params[key] for c in cells if key in c.params))
+
+    grids = [GridSpec(f"grid_method_{m}.png", f"method {m}: layer x alpha", {"method": m}, "layer", "alpha")
+             for m in values("method")]
+    grids += [GridSpec(f"grid_layer{fmt(v)}.png", f"layer {fmt(v)}: method x alpha", {"layer": v}, "method", "alpha")
+              for v in values("layer")]
+    grids += [GridSpec(f"grid_alpha{fmt(v)}.png", f"alpha {fmt(v)}: method x layer", {"alpha": v}, "method", "layer")
+              for v in values("alpha")]
+    return grids
+
+
+def caption_length(x: Inputs) -> list[Cell]:
+    lengths = _pick(x.quick, [256, 512, 1024, 1504], [256, 1024])
+    cells = []
+    for n in lengths:
+        cells.append(Cell(f"caption{n}_text_only", TEXT, {"caption_tokens": n, "method": "text_only"}, caption=n))
+        cells.append(Cell(f"caption{n}_vl_aligned", _vl(x.images, alpha=0.5, token_selection="full"),
+                          {"caption_tokens": n, "method": "vl_aligned"}, caption=n))
+    return cells
+
+
+_CAPTION_RUN = {"encoder.max_length": 1504}  # captions are long: encode them whole
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("vl_only_vs_qwen3", "can VL replace Qwen3-4B? pure text vs pure VL (text tokens, full) vs a 30% blend",
+               vl_only_vs_qwen3),
+    Experiment("vl_layer_by_token", "image tokens and text tokens at layers -1 -2 -5 -10 -15 (quick: -2 -10), pure VL",
+               vl_layer_by_token),
+    Experiment("vl_prompt_variations", "the VL chat's text: none, the prompt, a description, an instruction",
+               vl_prompt_variations),
+    Experiment("vl_intra_token_blend", "full / image / text tokens of one extraction, and image:text ratios",
+               vl_intra_token_blend),
+    Experiment("vl_double_conditioning", "image tokens without text, text tokens with it, and dual-extraction mixes",
+               vl_double_conditioning),
+    Experiment("outlier_masking", "outlier dimensions of image tokens: none / zero / clamp / scale / restore at -2, -6",
+               outlier_masking),
+    Experiment("normalization", "none / global / per_dim / hybrid / whiten / cross on image tokens, alpha 0.3 and 1",
+               normalization),
+    Experiment("cross_normalization", "per_dim, then scaled to std 50, 61, 70 (seed 001 #8)", cross_normalization),
+    Experiment("style_delta", "text + alpha * (VL(image) - VL(gray image)) over alphas", style_delta),
+    Experiment("adain", "adain and adain_per_dim over alphas", adain),
+    Experiment("alpha_sweep", "interpolate from alpha 0 (pure text) to 1 (pure VL)", alpha_sweep),
+    Experiment("timestep_alpha", "alpha per denoising step: constant, linear, cosine, step schedules", timestep_alpha),
+    Experiment("multi_reference", "two references: each alone, weighted mixes, content from one and style from the other",
+               multi_reference, images=2),
+    Experiment("layer_multi", "image tokens and text tokens from different layers, mixed 30:70", layer_multi),
+    Experiment("token_budget", "the VL sequence pooled / interpolated / truncated to 256, 64, 16 tokens", token_budget),
+    Experiment("splice_vs_vl", "Qwen3-VL's language model vs its vision tower spliced into Qwen3-4B", splice_vs_vl),
+    Experiment("caption_alignment", "caption-aligned vs generic VL text over layers x alphas, plus the caption alone",
+               caption_alignment, caption=True, grids=caption_alignment_grids, config=_CAPTION_RUN),
+    Experiment("caption_length", "captions of 256 / 512 / 1024 / 1504 tokens: text alone and caption-aligned VL",
+               caption_length, caption=True, config=_CAPTION_RUN),
+]}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        import difflib
+
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; 'llm-dit experiments' lists them"
+        raise InputError(f"unknown experiment {name!r}{hint}")
+    return EXPERIMENTS[name]

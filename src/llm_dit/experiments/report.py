@@ -1,0 +1,304 @@
+"""From a run folder's records to what a researcher reads: metadata.json, grids, plots, report.html.
+
+Everything here reads only the folder (``run.json``, ``cells/*.json``, ``stats/*``, the PNGs), so
+``llm-dit report DIR`` rebuilds it for a finished, partial or interrupted run without any model.
+``report.html`` refers to the images by relative paths: it opens from disk, anywhere the folder goes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io import write_json, write_text
+from . import folder
+from .cells import fmt
+from .grid import Panel, layout, render
+from .presets import EXPERIMENTS, GridSpec
+
+SEED_FIELDS = ("vl_shape", "vl_std", "token_selection", "normalization_mode", "blended_std", "generation_time",
+               "alpha", "hidden_layer")
+
+
+def _model(spec: str, kind: str) -> str:
+    from ..models.loading import resolve_model_path
+
+    try:
+        return resolve_model_path(spec, kind)
+    except Exception:
+        return spec
+
+
+def build_metadata(out: Path) -> dict:
+    """The run-level fields and one entry per planned cell (``status``: done, failed or pending)."""
+    run = folder.read_json(out / folder.RUN_FILE)
+    if not isinstance(run, dict) or "cells" not in run:
+        raise InputError(f"{out} holds no llm-dit run (no readable {folder.RUN_FILE})")
+    cfg = run["config"]
+    g = cfg["generation"]
+    recs = folder.records(out, [c["name"] for c in run["cells"]])
+    results = []
+    for c in run["cells"]:
+        rec = recs.get(c["name"])
+        if rec is None:
+            results.append({"name": c["name"], "status": "pending", "success": None, "params": c["params"],
+                            "recipe": c["recipe"]})
+        else:
+            results.append({**rec, "status": "done" if rec.get("success") else "failed"})
+    captions = {}
+    for p in sorted((out / "captions").glob("caption*.txt")):
+        captions[p.stem.removeprefix("caption")] = p.read_text(encoding="utf-8").strip()
+    sessions = run.get("sessions", [])
+    last = sessions[-1] if sessions else {}
+    counts = {s: sum(r["status"] == s for r in results) for s in ("done", "failed", "pending")}
+    return {
+        "experiment": run["name"],
+        "quick": run.get("quick", False),
+        "image": run["images"][0] if run["images"] else None,
+        "images": run["images"],
+        "prompt": run["prompt"],
+        "captions": captions,
+        "seed": g["seed"],
+        "steps": g["steps"],
+        "width": g["width"],
+        "height": g["height"],
+        "models": {"z_image": _model(cfg["models"]["z_image"], "z_image"), "vl": _model(cfg["models"]["vl"], "vl")},
+        "versions": last.get("versions"),
+        "git_revision": last.get("git_revision"),
+        "config": cfg,
+        "details": run.get("details", {}),
+        "run_key": run["run_key"],
+        "sessions": sessions,
+        "counts": counts,
+        "results": results,
+    }
+
+
+def _matches(params: dict, where: dict) -> bool:
+    return all(k in params and fmt(params[k]) == fmt(v) for k, v in where.items())
+
+
+def _panel(out: Path, r: dict) -> Panel:
+    from PIL import Image
+
+    if r["status"] == "done":
+        try:
+            with Image.open(out / r["file"]) as im:
+                return Panel(r["name"], im.convert("RGB"))
+        except Exception:
+            return Panel(r["name"], None, "unreadable")
+    return Panel(r["name"], None, r["status"])
+
+
+def _title(meta: dict) -> str:
+    if meta["prompt"]:
+        return f"{meta['experiment']}: {meta['prompt']}"
+    caps = meta["captions"]
+    return f"{meta['experiment']}: caption " + (next(iter(caps.values())) if caps else "(not written yet)")
+
+
+def write_grids(out: Path, meta: dict, specs: list[GridSpec]) -> list[Path]:
+    from PIL import Image
+
+    lead = []
+    for i in range(len(meta["images"])):
+        p = out / folder.reference_name(i)
+        if p.is_file():
+            with Image.open(p) as im:
+                lead.append(Panel("reference" if i == 0 else f"reference {i + 1}", im.convert("RGB")))
+    written = []
+    for spec in [GridSpec("comparison_grid.png"), *specs]:
+        cells = [(r["params"], _panel(out, r)) for r in meta["results"] if _matches(r["params"], spec.where)]
+        if not cells:
+            continue
+        title = _title(meta) + (f"  [{spec.title}]" if spec.title else "")
+        grid = render(layout(title, lead, cells, spec.rows, spec.cols))
+        from ..images import save_png
+
+        written.append(save_png(grid, out / spec.file))
+    return written
+
+
+# -- plots ------------------------------------------------------------------------------------------
+
+
+def _stats(out: Path, name: str) -> dict | None:
+    from ..io import load_tensors
+
+    p = out / "stats" / f"{name}.safetensors"
+    if not p.is_file():
+        return None
+    try:
+        return load_tensors(p, "llm_dit_cell_stats", "cell statistics")[1]
+    except InputError:
+        return None
+
+
+def write_plots(out: Path, meta: dict) -> list[Path]:
+    from ..analysis.metrics import METRIC_INFO
+    from ..analysis.plots import pyplot, save_figure
+
+    plt = pyplot()
+    done = [r for r in meta["results"] if r["status"] == "done"]
+    if not done:
+        return []
+    plots = out / "plots"
+    written = []
+    names = [r["name"] for r in done]
+    width = max(7.0, 0.45 * len(done) + 2)
+
+    # embedding std per cell
+    fig, ax = plt.subplots(figsize=(width, 4.5))
+    series = {"text_std": [r["conditioning"].get("text_std") for r in done],
+              "vl_std": [r.get("vl_std") for r in done], "blended_std": [r.get("blended_std") for r in done]}
+    for i, (label, vals) in enumerate(series.items()):
+        ax.bar([j + (i - 1) * 0.27 for j in range(len(done))], [v or 0.0 for v in vals], width=0.27,
+               label=label)
+    finite = [v for vals in series.values() for v in vals if v]
+    if finite and max(finite) / max(min(finite), 1e-12) > 50:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("std over all elements")
+    ax.set_title("embedding std per cell (text, VL after normalization, blended as the DiT sees it)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(save_figure(fig, plots / "std_per_cell.png"))
+
+    # metrics
+    keys = [k for k in METRIC_INFO if any(k in r.get("metrics", {}) for r in done)]
+    if keys:
+        fig, axes = plt.subplots(len(keys), 1, figsize=(width, 2.3 * len(keys) + 1), sharex=True, squeeze=False)
+        for ax, k in zip(axes[:, 0], keys):
+            vals = [r.get("metrics", {}).get(k) for r in done]
+            ax.bar(range(len(done)), [v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals])
+            label, higher = METRIC_INFO[k]
+            ax.set_ylabel(k, fontsize=8)
+            ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
+        axes[-1, 0].set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
+        fig.tight_layout()
+        written.append(save_figure(fig, plots / "metrics.png"))
+
+    # per-dimension ratios
+    stats = {r["name"]: s for r in done if (s := _stats(out, r["name"])) is not None and "vl_std" in s}
+    if stats:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+        for name, s in list(stats.items())[:12]:
+            text = s["text_std"].clamp_min(1e-12)
+            for ax, key in ((ax1, "vl_std"), (ax2, "blended_std")):
+                ratio = (s[key].clamp_min(1e-12) / text).log10()
+                ax.scatter(range(len(ratio)), ratio.tolist(), s=2, label=name)
+                top = ratio.abs().argsort(descending=True)[:3].tolist()
+                for d in top:
+                    ax.annotate(str(d), (d, float(ratio[d])), fontsize=7)
+        ax1.set_ylabel("log10(std VL / std text)")
+        ax2.set_ylabel("log10(std blended / std text)")
+        ax2.set_xlabel("hidden dimension")
+        ax1.set_title("per-dimension std ratios (the 3 largest of each cell labelled)")
+        ax1.legend(markerscale=5, fontsize=7, ncol=3)
+        fig.tight_layout()
+        written.append(save_figure(fig, plots / "per_dim_ratio.png"))
+    return written
+
+
+# -- html -------------------------------------------------------------------------------------------
+
+_JS = """
+document.querySelectorAll('table.cells th').forEach((th, i) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  const key = r => { const c = r.cells[i]; const t = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
+                     const n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    const c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
+    return dir === 'asc' ? c : -c; }).forEach(r => body.appendChild(r));
+}));
+"""
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px} img.grid{max-width:100%;border:1px solid #ccc}
+table.cells{border-collapse:collapse;font-size:13px} table.cells th{cursor:pointer;background:#eee;position:sticky;top:0}
+table.cells td,table.cells th{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
+table.cells td.l{text-align:left} .failed{color:#b00} .pending{color:#888} img.thumb{width:64px;height:64px}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600} .cap{max-width:900px}
+"""
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:.4g}"
+    if v is None:
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _td(v: Any, left: bool = False) -> str:
+    sort = f' data-v="{html.escape(str(v))}"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+    return f'<td{sort}{" class=l" if left else ""}>{html.escape(_num(v))}</td>'
+
+
+def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> Path:
+    e = html.escape
+    results = meta["results"]
+    param_keys = list(dict.fromkeys(k for r in results for k in r.get("params", {})))
+    metric_keys = list(dict.fromkeys(k for r in results for k in r.get("metrics", {}) or {}))
+    head = ["cell", "image", "status", *param_keys, *SEED_FIELDS[1:], *metric_keys]
+    rows = []
+    for r in results:
+        img = (f'<a href="{e(r["file"])}"><img class=thumb src="{e(r["file"])}" loading=lazy></a>'
+               if r["status"] == "done" else "")
+        status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
+        cells = [f'<td class=l>{e(r["name"])}</td>', f"<td>{img}</td>",
+                 f'<td class="l {r["status"]}">{e(status)}</td>']
+        cells += [_td(r.get("params", {}).get(k), True) for k in param_keys]
+        cells += [_td(r.get(k), k in ("token_selection", "normalization_mode")) for k in SEED_FIELDS[1:]]
+        cells += [_td((r.get("metrics") or {}).get(k)) for k in metric_keys]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    exp = EXPERIMENTS.get(meta["experiment"])
+    info = {
+        "experiment": meta["experiment"] + (" (quick)" if meta["quick"] else ""),
+        "what it compares": exp.summary if exp else json.dumps(meta.get("details", {})),
+        "prompt": meta["prompt"] or "(captions of the reference, below)",
+        "reference image(s)": ", ".join(meta["images"]),
+        "seed / steps / size": f"{meta['seed']} / {meta['steps']} / {meta['width']}x{meta['height']}",
+        "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
+        "cells": ", ".join(f"{v} {k}" for k, v in meta["counts"].items()),
+        "versions": ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()),
+        "git revision": meta.get("git_revision") or "",
+    }
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(_title(meta))}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(meta))}</h1><dl>"]
+    parts += [f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in info.items()]
+    parts.append("</dl>")
+    for n, text in meta["captions"].items():
+        parts.append(f"<h2>Caption ({e(n)} tokens)</h2><p class=cap>{e(text)}</p>")
+    for g in grids:
+        parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid src="{e(g.name)}">'
+                     "</a>")
+    parts.append("<h2>Cells</h2><p>Click a column to sort. Metrics: see the README, 'How to read a run folder'.</p>")
+    parts.append('<table class=cells><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>")
+    parts += rows
+    parts.append("</tbody></table>")
+    for p in plots:
+        rel = p.relative_to(out).as_posix()
+        parts.append(f'<h2>{e(p.stem.replace("_", " "))}</h2><img class=grid src="{e(rel)}">')
+    parts.append(f"<script>{_JS}</script></body></html>\n")
+    return write_text(out / "report.html", "\n".join(parts))
+
+
+def write_report(out: str | Path) -> Path:
+    """metadata.json, the grids, the plots and report.html of the run in ``out``."""
+    out = Path(out)
+    meta = build_metadata(out)
+    write_json(out / "metadata.json", meta)
+    run = folder.read_json(out / folder.RUN_FILE)
+    specs = [GridSpec(**g) for g in run.get("grids", [])]
+    grids = write_grids(out, meta, specs)
+    plots = write_plots(out, meta)
+    return write_html(out, meta, grids, plots)

@@ -1,0 +1,479 @@
+"""Run the cells of an experiment or a sweep: plan everything, then load each model once.
+
+Stages (the same functions ``llm-dit generate`` uses, given the requests of many cells at once):
+
+    0. check: reference images, every cell's recipe, layers and schedules; nothing loads before
+    1. skip finished cells (their record carries this run's key and their PNG opens)
+    2. Qwen3-VL (when a pending cell needs it): captions, then every unique extraction: requests
+       that differ only in their layers share one forward pass; unloaded unless it scores images
+    3. Z-Image: every unique prompt encoded once; splice extractions borrow its text encoder;
+       reference statistics once per layer set
+    4. one generation per unique picture (baselines first): cells that must give the same picture
+       (a pure-text cell and every alpha-0 cell of its group) share it; each cell's PNG, then its record
+    5. metadata.json, grids and report.html from the records
+
+Same seed for every cell (a CPU generator), so cells differ only by what the experiment varies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..conditioning.build import ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
+from ..conditioning.recipe import Recipe
+from ..conditioning.run import check_recipe_run, conditioning_record, reference_stats_for, request_image
+from ..errors import InputError, LlmDitError
+from ..images import load_image, save_png
+from . import folder
+from .cells import Cell, check_unique, digest, effective_recipe, generation_key
+from .presets import GridSpec
+
+Echo = Callable[[str], None]
+CHECK_PROMPT = "a caption"  # stands for a caption not written yet, when checking recipes
+
+
+@dataclass
+class RunSpec:
+    """What to run: a named experiment or a sweep, on reference images and a prompt."""
+
+    name: str  # the experiment's name, or "sweep"
+    images: list[str]  # absolute paths of the reference images
+    prompt: str | None  # None: the prompts are captions (caption experiments)
+    cells: list[Cell]
+    grids: list[GridSpec] = field(default_factory=list)
+    quick: bool = False
+    caption: str | None = None  # a caption given by the user instead of generating one
+    save_embeddings: bool = False
+    details: dict = field(default_factory=dict)  # recorded as is (a sweep's axes)
+
+    def plan(self, config: Config) -> dict:
+        return {
+            "name": self.name, "quick": self.quick, "images": self.images, "prompt": self.prompt,
+            "given_caption": self.caption, "details": self.details,
+            "cells": [{"name": c.name, "params": c.params, "caption": c.caption, "generation": c.generation,
+                       "recipe": c.recipe.to_dict()} for c in self.cells],
+            "grids": [g.__dict__ for g in self.grids],
+            "config": config.to_dict(),
+        }
+
+
+@dataclass
+class Summary:
+    out: Path
+    total: int
+    skipped: int
+    generated: int
+    failed: list[str]
+
+
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_key(spec: RunSpec, config: Config) -> str:
+    """Equal for the same command: what decides the pictures (not metrics, offloading or caching)."""
+    cfg = config.to_dict()
+    cfg.pop("metrics", None)
+    cfg["runtime"].pop("offload", None)
+    cfg["vl"].pop("cache_gb", None)
+    plan = spec.plan(config)
+    plan.pop("config")
+    plan.pop("grids")
+    return digest(plan, cfg, [_file_digest(p) for p in spec.images])
+
+
+def cell_key(key: str, cell: Cell) -> str:
+    return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation)
+
+
+@dataclass
+class _Job:
+    """One picture to generate, and the cells that show it."""
+
+    key: str
+    recipe: Recipe  # effective and resolved
+    prompt: str
+    config: Config
+    cells: list[Cell]
+    requests: list[ExtractionRequest] = field(default_factory=list)
+    extract_seconds: float = 0.0  # the forward passes it reads (shared with other jobs)
+
+    @property
+    def is_text(self) -> bool:
+        return self.recipe.backend == "text"
+
+
+def _merge_key(r: ExtractionRequest) -> tuple:
+    return r.image, r.text, r.system_prompt, r.max_pixels, r.pool, r.neutral
+
+
+def merge_requests(requests: list[ExtractionRequest]) -> dict[ExtractionRequest, ExtractionRequest]:
+    """Map every request to one that reads the union of the layers its chat is asked for: one
+    forward pass per distinct chat."""
+    layers: dict[tuple, set[int]] = {}
+    for r in requests:
+        layers.setdefault(_merge_key(r), set()).update(r.layers)
+    merged = {k: ExtractionRequest(image=k[0], text=k[1], layers=tuple(sorted(v)), system_prompt=k[2], max_pixels=k[3],
+                                   pool=k[4], neutral=k[5]) for k, v in layers.items()}
+    return {r: merged[_merge_key(r)] for r in requests}
+
+
+class Runner:
+    """One run of a :class:`RunSpec` into a folder (see the module docstring)."""
+
+    def __init__(self, spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None,
+                 progress: bool = True):
+        self.spec, self.config, self.out = spec, config, Path(out)
+        self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
+        self.progress = progress
+        self.key = ""
+        self.references: list = []
+        self.timings: dict[str, float] = {}
+        self.vl = None  # the Qwen3-VL extractor while loaded
+        self.model = None  # ZImage while loaded
+
+    # -- 0. checks ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        from ..vl.chat import check_aspect_ratio
+
+        check_unique(self.spec.cells)
+        folder.check_cell_names([c.name for c in self.spec.cells])
+        self.references = []
+        for i, path in enumerate(self.spec.images):
+            im = load_image(path, f"reference image {i + 1}")
+            check_aspect_ratio(im)
+            self.references.append(im)
+        for c in self.spec.cells:
+            cfg = c.config(self.config)
+            prompt = self.spec.prompt if c.caption is None else CHECK_PROMPT
+            try:
+                check_recipe_run(c.recipe.resolve(cfg), cfg, prompt)
+            except LlmDitError as e:
+                raise type(e)(f"cell {c.name}: {e}") from None
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> Summary:
+        from .report import write_report
+
+        self.check()
+        self.key = run_key(self.spec, self.config)
+        started = time.perf_counter()
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        run_file = folder.prepare(self.out, self.key, self.spec.plan(self.config))
+        for i, im in enumerate(self.references):
+            target = self.out / folder.reference_name(i)
+            if not target.exists():
+                save_png(im, target)
+        keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
+        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, keys[c.name]))}
+        pending = [c for c in self.spec.cells if c.name not in done]
+        self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run")
+        failed: list[str] = []
+        generated = 0
+        try:
+            if pending:
+                generated, failed = self._run_pending(pending, done, keys)
+        finally:
+            self.unload()
+            from ..provenance import provenance
+
+            session = {"started": started_at, **provenance(),
+                       "seconds": round(time.perf_counter() - started, 3), "cells_run": len(pending),
+                       "pictures_generated": generated, "failed": failed, "stages": self.timings}
+            run_file["sessions"].append(session)
+            folder.write_json(self.out / folder.RUN_FILE, run_file)
+            write_report(self.out)
+        return Summary(self.out, len(self.spec.cells), len(done), generated, failed)
+
+    def _time(self, stage: str, t0: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+    def _run_pending(self, pending: list[Cell], done: dict[str, dict], keys: dict[str, str]) -> tuple[int, list[str]]:
+        needs_captions = sorted({c.caption for c in pending if c.caption is not None})
+        resolved = {c.name: c.recipe.resolve(c.config(self.config)) for c in pending}
+        needs_vl_model = bool(needs_captions and self.spec.caption is None) or any(
+            effective_recipe(r).backend == "vl" for r in resolved.values())
+        vqa = self.config.metrics.vqa == "on" or (self.config.metrics.vqa == "auto" and needs_vl_model)
+
+        # 2. Qwen3-VL: captions, then extractions
+        if needs_vl_model or vqa:
+            self._load_vl()
+        captions = self._captions(needs_captions)
+        jobs = self._jobs(pending, resolved, captions)
+        aliases = {}  # jobs already pictured by a finished cell: copy, do not generate
+        for rec in done.values():
+            aliases.setdefault(rec.get("generation_key"), rec)
+        extractions = self._extract([j for j in jobs if j.recipe.backend == "vl" and j.key not in aliases], "vl")
+        if not vqa and self.vl is not None:
+            self.vl.unload()
+            self.vl = None
+
+        # 3. Z-Image
+        from ..generate import ZImage
+
+        t0 = time.perf_counter()
+        self.model = ZImage.load(self.config)
+        self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
+        self._time("load_z_image", t0)
+        extractions.update(self._extract([j for j in jobs if j.recipe.backend == "splice" and j.key not in aliases],
+                                         "splice"))
+
+        # 4. pictures
+        return self._generate(jobs, extractions, aliases)
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def _load_vl(self) -> None:
+        from ..vl import VLEmbeddingExtractor
+
+        t0 = time.perf_counter()
+        self.echo(f"loading Qwen3-VL ({self.config.models.vl})")
+        self.vl = VLEmbeddingExtractor.from_config(self.config, backend="vl")
+        self._time("load_vl", t0)
+
+    def _captions(self, lengths: list[int]) -> dict[int, str]:
+        """``{tokens: caption}``: read from the folder, else written (given, or by Qwen3-VL)."""
+        from ..io import write_text
+        from .captions import make_caption
+
+        out = {}
+        for n in lengths:
+            path = self.out / "captions" / f"caption{n}.txt"
+            if path.is_file():
+                out[n] = path.read_text(encoding="utf-8").strip()
+                continue
+            t0 = time.perf_counter()
+            text, meta = make_caption(self.vl, self.references[0], n, self.config, self.spec.caption)
+            write_text(path, text + "\n")
+            folder.write_json(path.with_suffix(".json"), meta)
+            self._time("caption", t0)
+            self.echo(f"caption of {meta['tokens']} tokens (target {n}) -> {path.relative_to(self.out)}")
+            out[n] = text
+        return out
+
+    def _jobs(self, pending: list[Cell], resolved: dict[str, Recipe], captions: dict[int, str]) -> list[_Job]:
+        jobs: dict[str, _Job] = {}
+        for c in pending:
+            cfg = c.config(self.config)
+            prompt = self.spec.prompt if c.caption is None else captions[c.caption]
+            recipe = effective_recipe(resolved[c.name])
+            recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
+            key = generation_key(recipe, prompt, cfg)
+            if key not in jobs:
+                check_recipe_run(recipe, cfg, prompt)  # captions are known now
+                jobs[key] = _Job(key, recipe, prompt, cfg, [], plan_extractions(recipe, prompt))
+            jobs[key].cells.append(c)
+        # baselines first: every other picture is compared with its baseline
+        return sorted(jobs.values(), key=lambda j: not j.is_text)
+
+    def _extract(self, jobs: list[_Job], backend: str) -> dict:
+        """``{request: result}`` for every request of ``jobs``; one forward pass per distinct chat."""
+        requests = [r for j in jobs for r in j.requests]
+        if not requests:
+            return {}
+        from ..vl import VLEmbeddingExtractor
+
+        merged = merge_requests(requests)
+        unique = list(dict.fromkeys(merged.values()))
+        extractor = self.vl if backend == "vl" else VLEmbeddingExtractor.from_config(
+            self.config, backend="splice", text_encoder=self.model.pipe.text_encoder)
+        images = dict(zip(self.spec.images, self.references))
+        self.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
+        results, seconds = {}, {}
+        for u in unique:
+            t0 = time.perf_counter()
+            results[u] = extractor.extract(request_image(u, images), u.text, hidden_layer=list(u.layers),
+                                           system_prompt=u.system_prompt, max_pixels=u.max_pixels, pool=u.pool)
+            seconds[u] = time.perf_counter() - t0
+            self._time(f"extract_{backend}", t0)
+        if backend == "splice":
+            extractor.unload()
+        for j in jobs:
+            j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
+        return {r: results[m] for r, m in merged.items()}
+
+    def _generate(self, jobs: list[_Job], extractions: dict, aliases: dict[str, dict]) -> tuple[int, list[str]]:
+        from tqdm.auto import tqdm
+
+        from ..analysis.metrics import image_metrics
+
+        texts: dict[str, object] = {}
+        stats_memo: dict[tuple, dict] = {}
+        baselines: dict[tuple, object] = {}  # (prompt, generation) -> the pure-text picture
+        generated, failed = 0, []
+        total = sum(len(j.cells) for j in jobs)
+        bar = tqdm(total=total, desc="cells", unit="cell", disable=not self.progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            for job in jobs:
+                group = (job.prompt, job.config.generation.model_dump_json())
+                t0 = time.perf_counter()
+                try:
+                    if job.key in aliases:  # pictured by a finished cell: reuse its picture
+                        rec = aliases[job.key]
+                        image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
+                        cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
+                    else:
+                        image, cond_record, timings = self._picture(job, extractions, texts, stats_memo)
+                        generated += 1
+                        t1 = time.perf_counter()
+                        ref = self.references[0] if self.references else None
+                        metrics = image_metrics(image, ref, None if job.is_text else baselines.get(group))
+                        if self.vl is not None and self.vl.model is not None:
+                            metrics["vqa_yes"] = self.vl.answer_probability(
+                                image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
+                        timings["metrics"] = round(time.perf_counter() - t1, 3)
+                    if job.is_text:
+                        baselines.setdefault(group, image)
+                    owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
+                    for cell in job.cells:
+                        self._write_cell(cell, job, image, cond_record, timings, metrics,
+                                         same_as=None if cell.name == owner else owner)
+                        bar.update(1)
+                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0))
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:  # one cell's failure is recorded; the run goes on
+                    msg = _one_line(e)
+                    for cell in job.cells:
+                        failed.append(cell.name)
+                        folder.write_record(self.out, cell.name, {
+                            "name": cell.name, "success": False, "error": msg, "params": cell.params,
+                            "cell_key": cell_key(self.key, cell), "recipe": cell.recipe.to_dict()})
+                        bar.update(1)
+                        bar.write(f"{cell.name}: FAILED: {msg}")
+        finally:
+            bar.close()
+        return generated, failed
+
+    def _picture(self, job: _Job, extractions: dict, texts: dict, stats_memo: dict):
+        """Build the conditioning of ``job`` and generate its picture."""
+        timings = {"extract": job.extract_seconds}
+        t0 = time.perf_counter()
+        if job.prompt not in texts:
+            texts[job.prompt] = self.model.encode(job.prompt)
+            self._time("encode", t0)
+        text = texts[job.prompt]
+        timings["encode"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        layers = tuple(reference_stats_layers(job.recipe))
+        stats = None
+        if layers:
+            memo = (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten")
+            if memo not in stats_memo:
+                stats_memo[memo] = reference_stats_for(job.recipe, job.config, self.model.pipe.tokenizer,
+                                                       self.model.pipe.text_encoder, self.echo)
+            stats = stats_memo[memo]
+        cond = build_conditioning(job.recipe, job.prompt, text.embeddings,
+                                  {r: extractions[r] for r in job.requests}, stats)
+        g = job.config.generation
+        step = cond.step_embeds(g.steps)
+        timings["conditioning"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        image = self.model.generate(step, generation=g)
+        timings["generate"] = round(time.perf_counter() - t0, 3)
+        self._time("generate", t0)
+        alphas = [job.recipe.alpha_at(i, g.steps) for i in range(g.steps)]
+        record = conditioning_record(cond, alphas, text.summary())
+        record["generation_time"] = timings["generate"]
+        self._save_stats(job, cond, alphas[0])
+        return image, record, timings
+
+    def _save_stats(self, job: _Job, cond, alpha: float) -> None:
+        from ..io import save_tensors
+
+        y = cond.at(alpha)
+        tensors = {"text_std": cond.text.std(0, unbiased=False), "blended_std": y.std(0, unbiased=False)}
+        vl = cond.content if cond.content is not None else cond.style
+        if vl is not None:
+            tensors["vl_std"] = vl.std(0, unbiased=False)
+        for cell in job.cells:
+            save_tensors(self.out / "stats" / f"{cell.name}.safetensors", tensors, "llm_dit_cell_stats",
+                         {"cell": cell.name, "alpha": alpha})
+            if self.spec.save_embeddings:
+                emb = {"blended": y, "text": cond.text}
+                if cond.content is not None:
+                    emb["content"] = cond.content
+                if cond.style is not None:
+                    emb["style"] = cond.style
+                save_tensors(self.out / "embeddings" / f"{cell.name}.safetensors", emb, "llm_dit_cell_embeddings",
+                             {"cell": cell.name, "alpha": alpha, "recipe": job.recipe.to_dict()})
+
+    def _write_cell(self, cell: Cell, job: _Job, image, cond_record: dict, timings: dict, metrics: dict,
+                    same_as: str | None) -> None:
+        """The PNG, then its record: a record on disk means the cell is finished."""
+        declared = cell.recipe.resolve(job.config)
+        file = f"{cell.name}.png"
+        g = job.config.generation
+        record = {
+            "name": cell.name,
+            "success": True,
+            "file": file,
+            "params": cell.params,
+            "prompt": job.prompt,
+            "caption_tokens": cell.caption,
+            # the seeds' fields (seed 000), for the declared recipe
+            "vl_shape": cond_record.get("vl_shape"),
+            "vl_std": cond_record.get("vl_std"),
+            "token_selection": declared.token_selection if declared.uses_vl else None,
+            "normalization_mode": declared.normalization_mode if declared.uses_vl else None,
+            "blended_std": cond_record.get("blended_std"),
+            "generation_time": timings.get("generate", cond_record.get("generation_time")),
+            "alpha": declared.alpha if declared.schedule is None else cond_record.get("alpha"),
+            "hidden_layer": declared.hidden_layer if declared.uses_vl else None,
+            "backend": declared.backend,
+            "blend_mode": declared.blend if declared.uses_vl else None,
+            "same_picture_as": same_as,
+            "pure_text": job.is_text,
+            "generation": {k: getattr(g, k) for k in ("seed", "steps", "width", "height", "shift", "guidance_scale")},
+            "timings": timings,
+            "metrics": metrics,
+            "recipe": declared.to_dict(),
+            "conditioning": cond_record,
+            "generation_key": job.key,
+            "cell_key": cell_key(self.key, cell),
+        }
+        save_png(image, self.out / file, {"cell": cell.name, "prompt": job.prompt, "recipe": record["recipe"],
+                                          "seed": g.seed, "steps": g.steps})
+        folder.write_record(self.out, cell.name, record)
+
+    @staticmethod
+    def _summary_line(cell: Cell, cond: dict, metrics: dict, seconds: float) -> str:
+        parts = [f"{cell.name}: {seconds:.1f} s"]
+        if cond.get("blended_std") is not None:
+            parts.append(f"blended_std {cond['blended_std']:.4g}")
+        for k in ("ssim_ref", "ssim_text", "grid_artifact", "vqa_yes"):
+            if k in metrics:
+                parts.append(f"{k} {metrics[k]:.3g}")
+        return ", ".join(parts)
+
+    def unload(self) -> None:
+        for m in (self.vl, self.model):
+            if m is not None:
+                m.unload()
+        self.vl = self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return text if isinstance(e, LlmDitError) else f"{type(e).__name__}: {text}"
+
+
+def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True) -> Summary:
+    """Run ``spec`` into ``out`` (resuming what a previous run of the same command finished)."""
+    if not spec.cells:
+        raise InputError("nothing to run: the experiment has no cells")
+    return Runner(spec, config, out, echo, progress).run()
