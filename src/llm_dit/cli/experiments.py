@@ -21,6 +21,7 @@ AXIS_FLAGS = {
     "budgets": ("token_budget", "N,..", "VL tokens per reference"),
     "backends": ("backend", "B,..", "text, vl, splice"),
     "target_stds": ("target_std", "STD,..", "global normalization targets (numbers or 'text')"),
+    "methods": ("method", "M,..", "seed 004: caption (VL text = the caption) and/or generic (with --caption-tokens)"),
 }
 
 
@@ -59,8 +60,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--grid", metavar="FILE.toml", help="[recipe] fixed fields and [axes] lists, as a file")
     axes = p.add_argument_group("axes (comma lists; one value = a fixed field)")
     for flag, (_, metavar, what) in AXIS_FLAGS.items():
-        axes.add_argument("--" + flag.replace("_", "-"), dest="axis." + flag, metavar=metavar, help=what)
-    axes.add_argument("--schedules", dest="axis.schedules", action="append", metavar="SPEC",
+        axes.add_argument("--" + flag.replace("_", "-"), dest="axis_" + flag, metavar=metavar, help=what)
+    axes.add_argument("--schedules", dest="axis_schedules", action="append", metavar="SPEC",
                       help="an alpha schedule per cell (repeat): linear:0.8:0 ...")
     axes.add_argument("--vary", action="append", metavar="FIELD=V1,V2",
                       help="any recipe field, or steps / seed / shift / guidance_scale (repeat)")
@@ -170,11 +171,11 @@ def sweep_axes(args) -> tuple[dict, dict]:
         for k, v in data.get("axes", {}).items():
             axes[k.removeprefix("generation.")] = v if isinstance(v, list) else [v]
     for flag, (field, _, _) in AXIS_FLAGS.items():
-        text = getattr(args, "axis." + flag)
+        text = getattr(args, "axis_" + flag)
         if text is not None:
             axes[field] = _split(text)
-    if getattr(args, "axis.schedules"):
-        axes["schedule"] = list(args.__dict__["axis.schedules"])
+    if args.axis_schedules:
+        axes["schedule"] = list(args.axis_schedules)
     for item in args.vary or []:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
@@ -187,6 +188,7 @@ def sweep_axes(args) -> tuple[dict, dict]:
 
 def cmd_sweep(args) -> int:
     from ..experiments.cells import _coerce, sweep_cells
+    from ..experiments.presets import slice_grids
     from ..experiments.runner import RunSpec
 
     images = _images(args)
@@ -213,9 +215,11 @@ def cmd_sweep(args) -> int:
     cfg = config(args)
     if args.caption_tokens is not None:
         cfg = cfg.replace(**{"encoder.max_length": 1504})
+    if "method" in axes and args.caption_tokens is None:
+        raise InputError("--methods compares caption-aligned and generic VL text: give --caption-tokens N")
     cells = sweep_cells(base, axes, caption=args.caption_tokens)
-    spec = RunSpec("sweep", images, args.prompt, cells, caption=caption, save_embeddings=args.save_embeddings,
-                   details={"base": base, "axes": axes})
+    spec = RunSpec("sweep", images, args.prompt, cells, slice_grids(cells), caption=caption,
+                   save_embeddings=args.save_embeddings, details={"base": base, "axes": axes})
     return _run(spec, cfg, args)
 
 

@@ -31,6 +31,8 @@ SHORT = {"alpha": "alpha", "hidden_layer": "layer", "layer": "layer", "steps": "
          "outlier_mask": "mask-", "vl_intra_blend_ratio": "intra", "token_budget": "budget", "schedule": "",
          "target_std": "std", "method": ""}
 TEXT_ONLY = "text_only"
+#: Seed 004's methods: the VL chat's text is the caption itself (aligned) or a generic request.
+METHODS = {"caption": "{prompt}", "generic": "Describe this image."}
 
 
 @dataclass(frozen=True)
@@ -167,13 +169,15 @@ def _coerce(value: Any) -> Any:
 def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int | None = None) -> list[Cell]:
     """The cartesian product of ``axes`` over the ``base`` recipe fields, plus pure-text baselines.
 
-    Keys are :class:`Recipe` fields or :data:`GENERATION_AXES`; every combination is validated as a
-    recipe before anything runs, so a bad value fails with the field named.
+    Keys are :class:`Recipe` fields, :data:`GENERATION_AXES`, or ``method`` (seed 004: ``caption`` or
+    ``generic`` VL text, see :data:`METHODS`). Every combination is validated as a recipe before
+    anything runs, so a bad value fails with the field named.
     """
     fields = set(Recipe.model_fields)
     for key, values in axes.items():
-        if key not in fields and key not in GENERATION_AXES:
-            raise InputError(f"cannot sweep {key!r}: not a recipe field or one of {', '.join(GENERATION_AXES)}")
+        if key not in fields and key not in GENERATION_AXES and key != "method":
+            raise InputError(f"cannot sweep {key!r}: not a recipe field or one of {', '.join(GENERATION_AXES)}, "
+                             "method")
         if not isinstance(values, list) or not values:
             raise InputError(f"the sweep list for {key!r} is empty")
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
@@ -183,7 +187,11 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
     for combo in itertools.product(*(axes[k] for k in keys)):
         values = {k: _coerce(v) for k, v in zip(keys, combo)}
         recipe_part = {k: v for k, v in values.items() if k in fields}
-        gen = {k: v for k, v in values.items() if k not in fields}
+        gen = {k: v for k, v in values.items() if k in GENERATION_AXES}
+        if "method" in values:
+            if values["method"] not in METHODS:
+                raise InputError(f"method must be one of {', '.join(METHODS)} (got {values['method']!r})")
+            recipe_part["vl_text"] = METHODS[values["method"]]
         recipe = Recipe.from_dict({**base, **recipe_part})
         params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
         cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))

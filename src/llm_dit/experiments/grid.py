@@ -77,6 +77,7 @@ def _font(size: int):
 
 
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    text = " ".join(str(text).split())  # one line: captions carry newlines
     if draw.textlength(text, font=font) <= width:
         return text
     while text and draw.textlength(text + "…", font=font) > width:

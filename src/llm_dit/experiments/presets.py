@@ -19,9 +19,9 @@ from typing import Any
 
 from ..conditioning.recipe import Recipe
 from ..errors import InputError
-from .cells import TEXT_ONLY, Cell, fmt, name_from, with_baselines
+from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, with_baselines
+from .grid import varied
 
-DESCRIBE = "Describe this image."  # seed 004's generic VL text
 DESCRIBE_SEEN = "Describe what you see."  # seed 000's description variant
 INSTRUCTION = "Generate an image following this description: {prompt}"
 
@@ -247,27 +247,28 @@ def caption_alignment(x: Inputs) -> list[Cell]:
     layers = _pick(x.quick, [-2, -3, -4, -5, -6], [-2, -6])
     alphas = _pick(x.quick, [0.0, 0.25, 0.5, 0.75, 1.0], [0.0, 0.5, 1.0])
     n = CAPTION_TOKENS_QUICK if x.quick else CAPTION_TOKENS
-    texts = {"caption": "{prompt}", "generic": DESCRIBE}
     cells = [Cell(TEXT_ONLY, TEXT, caption=n)]
     for layer in layers:
         for a in alphas:
-            for method, text in texts.items():
+            for method, text in METHODS.items():
                 cells.append(Cell(f"layer{layer}_alpha{fmt(a)}_{method}",
                                   _vl(x.images, vl_text=text, hidden_layer=layer, alpha=a, token_selection="full"),
                                   {"layer": layer, "alpha": a, "method": method}, caption=n))
     return cells
 
 
-def caption_alignment_grids(cells: list[Cell]) -> list[GridSpec]:
-    def values(key):
-        return list(dict.fromkeys(c.params[key] for c in cells if key in c.params))
-
-    grids = [GridSpec(f"grid_method_{m}.png", f"method {m}: layer x alpha", {"method": m}, "layer", "alpha")
-             for m in values("method")]
-    grids += [GridSpec(f"grid_layer{fmt(v)}.png", f"layer {fmt(v)}: method x alpha", {"layer": v}, "method", "alpha")
-              for v in values("layer")]
-    grids += [GridSpec(f"grid_alpha{fmt(v)}.png", f"alpha {fmt(v)}: method x layer", {"alpha": v}, "method", "layer")
-              for v in values("alpha")]
+def slice_grids(cells: list[Cell]) -> list[GridSpec]:
+    """With three varied parameters: one 2-D grid per value of each, over the other two (seed 004's
+    ``grid_method_caption.png``, ``grid_layer-6.png``, ``grid_alpha0.5.png``)."""
+    keys = varied([c.params for c in cells if c.params])
+    if len(keys) != 3:
+        return []
+    grids = []
+    for k in keys:
+        a, b = [x for x in keys if x != k]
+        prefix = SHORT.get(k, k + "-") or k + "_"
+        for v in dict.fromkeys(c.params[k] for c in cells if k in c.params):
+            grids.append(GridSpec(f"grid_{prefix}{fmt(v)}.png", f"{k} {fmt(v)}: {a} x {b}", {k: v}, a, b))
     return grids
 
 
@@ -309,7 +310,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("token_budget", "the VL sequence pooled / interpolated / truncated to 256, 64, 16 tokens", token_budget),
     Experiment("splice_vs_vl", "Qwen3-VL's language model vs its vision tower spliced into Qwen3-4B", splice_vs_vl),
     Experiment("caption_alignment", "caption-aligned vs generic VL text over layers x alphas, plus the caption alone",
-               caption_alignment, caption=True, grids=caption_alignment_grids, config=_CAPTION_RUN),
+               caption_alignment, caption=True, grids=slice_grids, config=_CAPTION_RUN),
     Experiment("caption_length", "captions of 256 / 512 / 1024 / 1504 tokens: text alone and caption-aligned VL",
                caption_length, caption=True, config=_CAPTION_RUN),
 ]}
