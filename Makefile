@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The first experiment of the research notes, on the tiny random-weight models: a run folder with
+# images, comparison_grid.png, metadata.json and report.html (its path is printed last).
 demo: $(VENV)/.installed
-	$(VENV)/bin/llm-dit generate --profile tiny --prompt "A simple cartoon house with a red roof" --out $(OUT)/house.png
+	$(VENV)/bin/llm-dit compare --experiment vl_only_vs_qwen3 --profile tiny --image examples/house.png \
+		--prompt "A simple cartoon house with a red roof" --out $(OUT)/vl_only_vs_qwen3
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -49,7 +49,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    # insertion order: records read in the order they were written (name first, the recipe last)
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict) -> Path:

@@ -3,7 +3,7 @@
 Every cell of an experiment gets:
 
 * ``ssim_*`` / ``psnr_*`` against the reference image and against the pure-text baseline
-  (torchmetrics; both images fitted to the same size, longest side :data:`METRIC_SIZE`, the
+  (torchmetrics; both images fitted to the cell's size, shrunk to a longest side of :data:`METRIC_SIZE`; the
   reference center-cropped to the cell's aspect ratio);
 * ``grid_artifact``: the seeds' "grid patterns", measured. The DiT sees the latent in 2x2 patches of
   an 8x VAE, so its artifacts repeat every 16 pixels. For each direction, the power spectrum of the
@@ -32,7 +32,7 @@ HIST_BINS = 8
 
 def _metric_size(size: tuple[int, int]) -> tuple[int, int]:
     w, h = size
-    s = METRIC_SIZE / max(w, h)
+    s = min(1.0, METRIC_SIZE / max(w, h))  # shrink, never enlarge
     return max(1, round(w * s)), max(1, round(h * s))
 
 

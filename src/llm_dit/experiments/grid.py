@@ -1,7 +1,7 @@
 """The one grid builder: reference first, labelled axes, the prompt as the title.
 
-Layout (:func:`layout`): when exactly two parameters vary over the cells, a 2-D table (rows x
-columns, axis names and values as labels; cells without those parameters, such as the pure-text
+Layout (:func:`layout`): when exactly two parameters vary over the cells, a 2-D table (the one with
+more values across, axis names and values as labels; cells without those parameters, such as the pure-text
 baseline, join the reference in the leading column). Otherwise one labelled row, wrapped every
 :data:`MAX_COLUMNS` panels. Missing or failed cells are grey panels that say so.
 
@@ -55,7 +55,9 @@ def layout(title: str, lead: list[Panel], cells: list[tuple[dict[str, Any], Pane
     if rows is None and cols is None:
         keys = varied([p for p, _ in cells if p])
         if len(keys) == 2 and all(keys[0] in p and keys[1] in p for p, _ in cells if p):
-            rows, cols = keys
+            count = {k: len({fmt(p[k]) for p, _ in cells if p}) for k in keys}
+            # the parameter with more values runs across: grids are wider than tall on screens
+            rows, cols = sorted(keys, key=lambda k: count[k])
     if rows is None or cols is None:
         flat = [panel for _, panel in cells]
         return Layout(title, lead, [flat[i:i + MAX_COLUMNS] for i in range(0, len(flat), MAX_COLUMNS)] or [[]])

@@ -341,7 +341,7 @@ class Runner:
                         self._write_cell(cell, job, image, cond_record, timings, metrics,
                                          same_as=None if cell.name == owner else owner)
                         bar.update(1)
-                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0))
+                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # one cell's failure is recorded; the run goes on
@@ -352,7 +352,7 @@ class Runner:
                             "name": cell.name, "success": False, "error": msg, "params": cell.params,
                             "cell_key": cell_key(self.key, cell), "recipe": cell.recipe.to_dict()})
                         bar.update(1)
-                        bar.write(f"{cell.name}: FAILED: {msg}")
+                        bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
         finally:
             bar.close()
         return generated, failed

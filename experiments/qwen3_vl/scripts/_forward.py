@@ -1,0 +1,34 @@
+"""Shared by the seed scripts: parse the research notes' flags, forward everything to ``llm-dit``.
+
+Flags a script does not know are passed through unchanged (``--profile tiny``, ``--steps 4``, ...).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import datetime
+
+
+def parser(description: str):
+    from llm_dit.cli.common import Parser
+
+    return Parser(description=description, prog=sys.argv[0].rsplit("/", 1)[-1])
+
+
+def default_dir(name: str) -> str:
+    return f"experiments/results/{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+
+
+def run(build: Callable[[list[str]], list[str]], args: list[str] | None = None) -> int:
+    """``build(script args) -> llm-dit argv``, then run it; errors are one line, as the CLI's."""
+    from llm_dit.cli import main
+    from llm_dit.errors import LlmDitError
+
+    try:
+        argv = build(sys.argv[1:] if args is None else args)
+    except LlmDitError as e:
+        print(f"llm-dit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print("llm-dit " + " ".join(argv), file=sys.stderr)
+    return main(argv)
