@@ -283,6 +283,15 @@ def test_sweep_product_names_baselines_and_grids(refs, tmp_path, capsys):
     assert (out / "grid_alpha0.5.png").is_file() and (out / "grid_layer-6.png").is_file()
 
 
+def test_a_local_clip_adds_its_score_to_every_cell(refs, tmp_path, tiny_clip_dir):
+    out = tmp_path / "c"
+    assert main([*compare_args("vl_only_vs_qwen3", refs, out), "--clip", str(tiny_clip_dir), "--vqa", "off"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert all(-1 <= r["metrics"]["clip"] <= 1 and "vqa_yes" not in r["metrics"] for r in meta["results"])
+    assert meta["sessions"][-1]["metric_notes"] == [
+        "siglip: skipped (set metrics.siglip to a local folder; no model hub is used)"]
+
+
 def test_sweep_from_a_grid_file_and_generation_axes(refs, tmp_path, capsys):
     grid = tmp_path / "g.toml"
     grid.write_text('[recipe]\nblend = "interpolate"\n[axes]\nalpha = [0.3, 0.6]\n"generation.steps" = [2, 3]\n')

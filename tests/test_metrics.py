@@ -119,3 +119,26 @@ def test_vqa_on_a_thinking_model_answers_after_an_empty_reasoning_block(tiny_cac
     monkeypatch.setattr(X, "run_processor", spy)
     p = ex.answer_probability(red_image, "Is it red?", max_pixels=65536)
     assert seen[0].endswith("<think>\n\n</think>\n\n") and 0 <= p <= 1
+
+
+def test_clip_score_is_the_cosine_of_a_plain_forward(tiny_clip_dir):
+    from transformers import CLIPModel, CLIPProcessor
+
+    from llm_dit.analysis.hub_metrics import EmbeddingScorer
+
+    image = smooth(64)
+    got = EmbeddingScorer.load("clip", str(tiny_clip_dir), torch.device("cpu")).score(image, "a red house")
+    model, proc = CLIPModel.from_pretrained(tiny_clip_dir), CLIPProcessor.from_pretrained(tiny_clip_dir)
+    with torch.no_grad():
+        out = model(**proc(text=["a red house"], images=[image], return_tensors="pt", padding=True))
+    assert got == pytest.approx(float((out.image_embeds * out.text_embeds).sum()), abs=1e-5)
+
+
+def test_hub_metrics_are_skipped_with_a_note_or_refused_when_the_folder_is_missing(tiny_config):
+    from llm_dit.analysis.hub_metrics import load_scorers
+    from llm_dit.errors import InputError
+
+    scorers, notes = load_scorers(tiny_config, torch.device("cpu"))
+    assert scorers == [] and [n.split(":")[0] for n in notes] == ["clip", "siglip"]
+    with pytest.raises(InputError, match="metrics.clip folder /no/such does not exist"):
+        load_scorers(tiny_config.replace(**{"metrics.clip": "/no/such"}), torch.device("cpu"))

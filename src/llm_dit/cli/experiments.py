@@ -31,6 +31,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
     p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: auto | on | off")
+    p.add_argument("--clip", dest="metrics.clip", metavar="DIR", help="a local CLIP folder: image-prompt score")
+    p.add_argument("--siglip", dest="metrics.siglip", metavar="DIR", help="a local SigLIP folder: image-prompt score")
     p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
     add_generation_flags(p)

@@ -271,6 +271,7 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
         "cells": ", ".join(f"{v} {k}" for k, v in meta["counts"].items()),
         "versions": ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()),
         "git revision": meta.get("git_revision") or "",
+        "metric notes": "; ".join((meta["sessions"][-1].get("metric_notes") or []) if meta["sessions"] else []),
     }
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(_title(meta))}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(meta))}</h1><dl>"]

@@ -140,12 +140,17 @@ class Runner:
         self.timings: dict[str, float] = {}
         self.vl = None  # the Qwen3-VL extractor while loaded
         self.model = None  # ZImage while loaded
+        self.scorers: list = []  # optional CLIP / SigLIP scorers from local folders
+        self.notes: list[str] = []
 
     # -- 0. checks ---------------------------------------------------------------------------
 
     def check(self) -> None:
         from ..vl.chat import check_aspect_ratio
 
+        from ..analysis.hub_metrics import check_paths
+
+        check_paths(self.config)
         check_unique(self.spec.cells)
         folder.check_cell_names([c.name for c in self.spec.cells])
         self.references = []
@@ -190,7 +195,8 @@ class Runner:
 
             session = {"started": started_at, **provenance(),
                        "seconds": round(time.perf_counter() - started, 3), "cells_run": len(pending),
-                       "pictures_generated": generated, "failed": failed, "stages": self.timings}
+                       "pictures_generated": generated, "failed": failed, "stages": self.timings,
+                       "metric_notes": self.notes}
             run_file["sessions"].append(session)
             folder.write_json(self.out / folder.RUN_FILE, run_file)
             write_report(self.out)
@@ -226,6 +232,11 @@ class Runner:
         self.model = ZImage.load(self.config)
         self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
         self._time("load_z_image", t0)
+        from ..analysis.hub_metrics import load_scorers
+
+        self.scorers, self.notes = load_scorers(self.config, self.model.placement.device)
+        for note in self.notes:
+            self.echo("metric " + note)
         extractions.update(self._extract([j for j in jobs if j.recipe.backend == "splice" and j.key not in aliases],
                                          "splice"))
 
@@ -333,6 +344,8 @@ class Runner:
                         if self.vl is not None and self.vl.model is not None:
                             metrics["vqa_yes"] = self.vl.answer_probability(
                                 image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
+                        for scorer in self.scorers:
+                            metrics[scorer.name] = scorer.score(image, job.prompt)
                         timings["metrics"] = round(time.perf_counter() - t1, 3)
                     if job.is_text:
                         baselines.setdefault(group, image)
@@ -463,6 +476,7 @@ class Runner:
             if m is not None:
                 m.unload()
         self.vl = self.model = None
+        self.scorers = []
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 

@@ -1,0 +1,77 @@
+"""Optional image-prompt scores from models a user staged on disk (no model hub is ever contacted).
+
+* ``clip`` / ``siglip``: cosine of the image and prompt embeddings of a transformers CLIP or SigLIP
+  folder (``metrics.clip``, ``metrics.siglip``). SigLIP's text tower was trained on 64 padded
+  tokens, so its prompts are padded to ``max_length`` (upstream padded to the longest, which skews it).
+
+A key left empty skips its metric with a note in the run's record; a folder that does not exist is
+a one-line error before anything loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config
+from ..errors import InputError, ModelLoadError
+
+KINDS = ("clip", "siglip")
+
+
+@dataclass
+class EmbeddingScorer:
+    name: str
+    model: object
+    processor: object
+    device: torch.device
+
+    @classmethod
+    def load(cls, name: str, path: str, device: torch.device) -> EmbeddingScorer:
+        from transformers import AutoModel, AutoProcessor
+
+        try:
+            model = AutoModel.from_pretrained(path).to(device).eval()
+            processor = AutoProcessor.from_pretrained(path)
+        except Exception as e:
+            raise ModelLoadError(f"could not load the {name} model from {path}: {type(e).__name__}: {e}") from e
+        if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
+            raise ModelLoadError(f"{path} is not a CLIP-like model (no image and text features)")
+        return cls(name, model, processor, device)
+
+    @torch.no_grad()
+    def score(self, image, prompt: str) -> float:
+        """``cos(f_image, f_text)`` in ``[-1, 1]``."""
+        padding = "max_length" if self.name == "siglip" else True
+        text = self.processor(text=[prompt], padding=padding, truncation=True, return_tensors="pt")
+        pixels = self.processor(images=[image.convert("RGB")], return_tensors="pt")
+        t = _features(self.model.get_text_features(**{k: v.to(self.device) for k, v in text.items()}))
+        i = _features(self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device)))
+        return float(torch.nn.functional.cosine_similarity(i.float(), t.float()).item())
+
+
+def _features(out) -> torch.Tensor:
+    # transformers 5 may return a model output instead of the projected tensor
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def check_paths(config: Config) -> None:
+    for kind in KINDS:
+        path = getattr(config.metrics, kind)
+        if path and not Path(path).expanduser().is_dir():
+            raise InputError(f"metrics.{kind} folder {path} does not exist (leave it empty to skip this metric)")
+
+
+def load_scorers(config: Config, device: torch.device) -> tuple[list[EmbeddingScorer], list[str]]:
+    """The configured scorers, and a note for each metric that is skipped."""
+    check_paths(config)
+    scorers, notes = [], []
+    for kind in KINDS:
+        path = getattr(config.metrics, kind)
+        if path:
+            scorers.append(EmbeddingScorer.load(kind, str(Path(path).expanduser()), device))
+        else:
+            notes.append(f"{kind}: skipped (set metrics.{kind} to a local folder; no model hub is used)")
+    return scorers, notes
