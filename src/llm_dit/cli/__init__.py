@@ -75,6 +75,16 @@ def build_parser() -> Parser:
     add_config_flags(s)
     s.set_defaults(func=stats.cmd_stats_compare)
 
+    s = ssub.add_parser("adapter", help="fit a linear map from Qwen3-VL states to the text encoder's (on text alone)")
+    s.add_argument("--vl-layer", type=int, default=-6, help="the VL layer it maps (default -6)")
+    s.add_argument("--text-layer", type=int, help="the text-encoder layer it maps to (default: encoder.hidden_layer)")
+    s.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the shipped corpus)")
+    s.add_argument("--ridge", type=float, default=0.01, help="ridge strength, relative to the mean variance")
+    s.add_argument("--out", required=True, metavar="adapter.safetensors")
+    add_vl_flags(s, extraction=False)
+    add_config_flags(s)
+    s.set_defaults(func=stats.cmd_stats_adapter)
+
     p = sub.add_parser("models", help="model utilities")
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=Parser)
     t = msub.add_parser("tiny", help="write the tiny random-weight models in the real layouts")

@@ -44,6 +44,8 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--text-layer", dest=RECIPE + "text_layer", type=int, metavar="K", help="layer of the text part")
     r.add_argument("--image-tokens", dest=RECIPE + "image_tokens", help="image_no_markers | image_only")
     r.add_argument("--text-tokens", dest=RECIPE + "text_tokens", help="text_only | user_text")
+    r.add_argument("--adapter", dest=RECIPE + "adapter", metavar="FILE",
+                   help="a linear map of VL states to the text encoder's (llm-dit stats adapter)")
     r.add_argument("--norm", dest=RECIPE + "normalization_mode", help="none | global | per_dim | hybrid | whiten | cross")
     r.add_argument("--target-std", dest=RECIPE + "target_std", type=_target_std, metavar="STD|text",
                    help="global normalization target (default: the text embedding's std)")
@@ -85,6 +87,9 @@ def recipe_from_args(args: argparse.Namespace, config):
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
     # Absolute paths: the recipe and the sidecar then rerun from any folder.
     images = [str(Path(im).expanduser().absolute()) for im in args.image or []]
+    for key in ("adapter", "reference_stats"):
+        if fields.get(key):
+            fields[key] = str(Path(fields[key]).expanduser().absolute())
     if "schedule" in fields and "alpha" in fields:
         raise InputError("give --vl-alpha or --schedule, not both (a schedule sets alpha per step)")
     for flag, values in (("--weight", args.weight), ("--role", args.role)):

@@ -80,3 +80,30 @@ def cmd_stats_compare(args) -> int:
         )
     print(f"wrote {out / 'stats.json'} and {len(plots)} plots to {out}")
     return 0
+
+
+def cmd_stats_adapter(args) -> int:
+    from ..analysis.reference import read_prompts
+    from ..images import check_output_path
+    from ..provenance import provenance
+    from ..vl import VLEmbeddingExtractor
+    from ..vl.adapter import fit_adapter
+
+    cfg = config(args)
+    out = check_output_path(args.out, ".safetensors")
+    if args.ridge <= 0:
+        raise InputError(f"--ridge must be positive (got {args.ridge})")
+    prompts = read_prompts(args.prompts)
+    text_layer = cfg.encoder.hidden_layer if args.text_layer is None else args.text_layer
+    encoder, tokenizer = _text_encoder(cfg)
+    extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
+    adapter = fit_adapter(extractor, tokenizer, encoder, prompts, args.vl_layer, text_layer, args.ridge)
+    adapter.info.update(model_z_image=cfg.models.z_image, **provenance())
+    adapter.save(out)
+    i = adapter.info
+    held = (f"; held-out residual {i['heldout_residual']:.3g} (scaled identity: "
+            f"{i['heldout_residual_scaled_identity']:.3g})") if "heldout_residual" in i else ""
+    print(f"{i['tokens']} tokens of {i['prompts']} prompts: VL layer {args.vl_layer} -> text layer {text_layer}, "
+          f"train residual {i['train_residual']:.3g}{held}")
+    print(f"wrote {out}")
+    return 0

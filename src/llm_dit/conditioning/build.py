@@ -17,7 +17,8 @@ One reference's VL sequence ("source"):
   kept the image, it would equal intra-VL: with causal attention the image tokens, which come before
   the text, do not depend on it.)
 
-Each part is normalized (``normalization_mode``, the paired text embedding giving ``target_std =
+Each part is mapped by the recipe's linear adapter if it has one (:mod:`llm_dit.vl.adapter`),
+normalized (``normalization_mode``, the paired text embedding giving ``target_std =
 "text"``), outlier-masked, then the source is fitted to ``token_budget``. A ``style_delta`` source is
 ``source(image) - source(gray image of the same size)``. Sources of one role are combined as
 ``sum_i w_i x_i / sum_i w_i`` after area-resampling to the longest of them.
@@ -32,7 +33,8 @@ import torch
 from ..config import MAX_CAPTION_TOKENS
 from ..errors import InputError
 from ..long_prompt import fit_length
-from ..vl.normalize import REFERENCE_MODES, ReferenceStats
+from ..vl.adapter import LinearAdapter
+from ..vl.normalize import REFERENCE_MODES, ReferenceStats, check_layer_match, normalize
 from ..vl.outliers import mask_outlier_dimensions
 from ..vl.result import VLExtractionResult
 from ..vl.tokens import check_selection_possible
@@ -143,14 +145,20 @@ def reference_stats_layers(recipe: Recipe) -> list[int]:
 
 def _prepare(result: VLExtractionResult, selection: str, layer: int, recipe: Recipe, text: torch.Tensor,
              stats: dict[int, ReferenceStats] | None, name: str) -> tuple[torch.Tensor, dict]:
-    """select -> normalize -> mask outliers, for one part of one source."""
+    """select -> (adapter) -> normalize -> mask outliers, for one part of one source."""
     ref = (stats or {}).get(layer)
-    sel = result.select(selection, layers=[layer], normalization_mode=recipe.normalization_mode, reference=ref,
-                        target_std=recipe.target_std, text=text)
+    sel = result.select(selection, layers=[layer])
     x = check_embedding(sel.embeddings[layer], name)
+    if recipe.adapter:
+        adapter = LinearAdapter.load(recipe.adapter)
+        adapter.check_layer(layer, result.num_layers)
+        x = adapter.apply(x)
+    if ref is not None:
+        check_layer_match(ref, layer, result.num_layers)
+    norm = normalize(x, recipe.normalization_mode, reference=ref, target_std=recipe.target_std, text=text)
+    x = check_embedding(norm.embeddings, name)
     info = {"token_selection": sel.token_selection, "hidden_layer": layer, "tokens": int(x.shape[0]),
-            "original_std": sel.original_std[layer], "scaled_std": sel.scaled_std[layer],
-            "scale_factor": sel.scale_factor[layer]}
+            "original_std": norm.original_std, "scaled_std": norm.scaled_std, "scale_factor": norm.scale_factor}
     if recipe.outlier_mask != "none":
         x, masked = mask_outlier_dimensions(x, ref, recipe.outlier_threshold, recipe.outlier_mask)
         info["outliers"] = {"masked_dimensions": masked["masked_dimensions"], "threshold": recipe.outlier_threshold}

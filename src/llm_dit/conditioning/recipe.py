@@ -68,6 +68,7 @@ class Recipe(_Strict):
     image_tokens: Literal["image_no_markers", "image_only"] = "image_no_markers"
     text_tokens: Literal["text_only", "user_text"] = "text_only"
     # statistics
+    adapter: str | None = None  # a linear map to the text encoder's space (llm-dit stats adapter), before normalizing
     normalization_mode: Literal[NORMALIZATION_MODES] = "global"
     target_std: float | Literal["text"] = "text"
     reference_stats: str | None = None
@@ -91,6 +92,8 @@ class Recipe(_Strict):
     def _consistent(self) -> Recipe:
         if self.backend == "text" and self.references:
             raise ValueError("backend 'text' takes no reference images (use backend vl or splice)")
+        if self.adapter and self.backend == "splice":
+            raise ValueError("an adapter maps Qwen3-VL's states; the splice backend already reads Qwen3-4B's")
         if isinstance(self.target_std, float) and not (math.isfinite(self.target_std) and self.target_std > 0):
             raise ValueError(f"target_std must be positive or 'text' (got {self.target_std})")
         if self.vl_intra_blend_ratio is None:
@@ -174,6 +177,10 @@ class Recipe(_Strict):
         for ref in refs if isinstance(refs, list) else []:  # anything else: validation says what is wrong
             if isinstance(ref, dict) and isinstance(ref.get("image"), str) and not Path(ref["image"]).is_absolute():
                 ref["image"] = str(path.parent / ref["image"])
+        for key in ("adapter", "reference_stats"):
+            value = data.get(key) if isinstance(data, dict) else None
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                data[key] = str(path.parent / value)
         return cls.from_dict(data)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -139,6 +140,14 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
     if n is not None:
         for k in recipe_layers(recipe):
             canonical_layer(k, n, f"{recipe.backend} model")
+    if recipe.adapter:
+        from ..vl.adapter import LinearAdapter
+
+        if not Path(recipe.adapter).is_file():
+            raise InputError(f"adapter file {recipe.adapter} does not exist")
+        adapter = LinearAdapter.load(recipe.adapter)  # a broken file fails here, not after loading
+        for k in recipe_layers(recipe):
+            adapter.check_layer(k, n if n is not None else adapter.vl_num_layers)
     if recipe.reference_stats and reference_stats_layers(recipe):
         stats = ReferenceStats.load(recipe.reference_stats)  # a missing or broken file fails here, not later
         if recipe.normalization_mode == "whiten" and stats.covariance is None:
