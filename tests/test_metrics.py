@@ -99,14 +99,13 @@ def test_vqa_yes_probability_equals_a_plain_forward(extractor, red_image):
     assert got != pytest.approx(extractor.answer_probability(red_image, q, answer="No", max_pixels=65536))
 
 
-def test_vqa_on_a_thinking_model_answers_after_an_empty_reasoning_block(tiny_cache, red_image, monkeypatch):
+def test_vqa_on_a_thinking_model_answers_after_an_empty_reasoning_block(tmp_path, red_image, monkeypatch):
     import llm_dit.vl.extract as X
     from llm_dit.models.tiny import build_tiny_qwen3_vl
     from llm_dit.vl import VLEmbeddingExtractor
 
-    path = tiny_cache / "qwen3-vl-thinking-metrics"
-    if not path.exists():
-        build_tiny_qwen3_vl(path, thinking=True)
+    path = tmp_path / "thinking"
+    build_tiny_qwen3_vl(path, thinking=True)
     ex = VLEmbeddingExtractor.from_pretrained(str(path), device="cpu", dtype="float32")
     seen = []
     real = X.run_processor
