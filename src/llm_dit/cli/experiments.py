@@ -214,6 +214,11 @@ def cmd_sweep(args) -> int:
         base["references"] = [{"image": im, **({"weight": args.weight[i]} if args.weight else {}),
                                **({"role": args.role[i]} if args.role else {})} for i, im in enumerate(images)]
     base = {k: _coerce(v) if k not in ("vl_text", "system_prompt") else v for k, v in base.items()}
+    for key in ("adapter", "reference_stats"):  # files: absolute, so the run folder reruns from anywhere
+        if isinstance(base.get(key), str):
+            base[key] = str(Path(base[key]).expanduser().absolute())
+        if key in axes:
+            axes[key] = [v if _coerce(v) is None else str(Path(v).expanduser().absolute()) for v in axes[key]]
     cfg = config(args)
     if args.caption_tokens is not None:
         cfg = cfg.replace(**{"encoder.max_length": 1504})

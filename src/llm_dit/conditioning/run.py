@@ -12,6 +12,7 @@ The experiment runner calls the same stage functions with the requests of many c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -110,15 +111,19 @@ class Generated:
 def _num_layers(config: Config, backend: str) -> int | None:
     """Decoder layers of the model whose hidden states the backend reads, from its config file alone
     (None when it cannot be read here: loading the model reports that)."""
+    return _layers_in(config.models.vl if backend == "vl" else config.models.z_image, backend)
+
+
+@functools.lru_cache(maxsize=16)
+def _layers_in(spec: str, backend: str) -> int | None:
     from transformers import AutoConfig
 
     from ..models.loading import resolve_model_path
 
     try:
         if backend == "vl":
-            return AutoConfig.from_pretrained(resolve_model_path(config.models.vl, "vl")).text_config.num_hidden_layers
-        path = resolve_model_path(config.models.z_image, "z_image")
-        return AutoConfig.from_pretrained(path, subfolder="text_encoder").num_hidden_layers
+            return AutoConfig.from_pretrained(resolve_model_path(spec, "vl")).text_config.num_hidden_layers
+        return AutoConfig.from_pretrained(resolve_model_path(spec, "z_image"), subfolder="text_encoder").num_hidden_layers
     except Exception:
         return None
 

@@ -78,6 +78,10 @@ def fmt(value: Any) -> str:
         return "on" if value else "off"
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, str) and "/" in value:  # a file (an adapter, statistics): its name
+        from pathlib import Path
+
+        return Path(value).stem
     if isinstance(value, dict) and "kind" in value:  # a schedule
         from ..conditioning.schedule import Schedule
 
