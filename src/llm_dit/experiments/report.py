@@ -163,7 +163,7 @@ def write_plots(out: Path, meta: dict) -> list[Path]:
         ax.set_yscale("log")
     ax.set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("std over all elements")
-    ax.set_title("embedding std per cell (text, VL after normalization, blended as the DiT sees it)")
+    ax.set_title("embedding std per cell")
     ax.legend()
     fig.tight_layout()
     written.append(save_figure(fig, plots / "std_per_cell.png"))

@@ -17,114 +17,25 @@ Same seed for every cell (a CPU generator), so cells differ only by what the exp
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from ..config import Config
-from ..conditioning.build import ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
-from ..conditioning.recipe import Recipe
+from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import check_recipe_run, conditioning_record, reference_stats_for, request_image
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from . import folder
-from .cells import Cell, check_unique, digest, effective_recipe, generation_key
-from .presets import GridSpec
+from .cells import Cell, check_unique, effective_recipe
+from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
 
 Echo = Callable[[str], None]
 CHECK_PROMPT = "a caption"  # stands for a caption not written yet, when checking recipes
-
-
-@dataclass
-class RunSpec:
-    """What to run: a named experiment or a sweep, on reference images and a prompt."""
-
-    name: str  # the experiment's name, or "sweep"
-    images: list[str]  # absolute paths of the reference images
-    prompt: str | None  # None: the prompts are captions (caption experiments)
-    cells: list[Cell]
-    grids: list[GridSpec] = field(default_factory=list)
-    quick: bool = False
-    caption: str | None = None  # a caption given by the user instead of generating one
-    save_embeddings: bool = False
-    details: dict = field(default_factory=dict)  # recorded as is (a sweep's axes)
-
-    def plan(self, config: Config) -> dict:
-        return {
-            "name": self.name, "quick": self.quick, "images": self.images, "prompt": self.prompt,
-            "given_caption": self.caption, "details": self.details,
-            "cells": [{"name": c.name, "params": c.params, "caption": c.caption, "generation": c.generation,
-                       "recipe": c.recipe.to_dict()} for c in self.cells],
-            "grids": [g.__dict__ for g in self.grids],
-            "config": config.to_dict(),
-        }
-
-
-@dataclass
-class Summary:
-    out: Path
-    total: int
-    skipped: int
-    generated: int
-    failed: list[str]
-
-
-def _file_digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def run_key(spec: RunSpec, config: Config) -> str:
-    """Equal for the same command: what decides the pictures (not metrics, offloading or caching)."""
-    cfg = config.to_dict()
-    cfg.pop("metrics", None)
-    cfg["runtime"].pop("offload", None)
-    cfg["vl"].pop("cache_gb", None)
-    plan = spec.plan(config)
-    plan.pop("config")
-    plan.pop("grids")
-    return digest(plan, cfg, [_file_digest(p) for p in spec.images])
-
-
-def cell_key(key: str, cell: Cell) -> str:
-    return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation)
-
-
-@dataclass
-class _Job:
-    """One picture to generate, and the cells that show it."""
-
-    key: str
-    recipe: Recipe  # effective and resolved
-    prompt: str
-    config: Config
-    cells: list[Cell]
-    requests: list[ExtractionRequest] = field(default_factory=list)
-    extract_seconds: float = 0.0  # the forward passes it reads (shared with other jobs)
-
-    @property
-    def is_text(self) -> bool:
-        return self.recipe.backend == "text"
-
-
-def _merge_key(r: ExtractionRequest) -> tuple:
-    return r.image, r.text, r.system_prompt, r.max_pixels, r.pool, r.neutral
-
-
-def merge_requests(requests: list[ExtractionRequest]) -> dict[ExtractionRequest, ExtractionRequest]:
-    """Map every request to one that reads the union of the layers its chat is asked for: one
-    forward pass per distinct chat."""
-    layers: dict[tuple, set[int]] = {}
-    for r in requests:
-        layers.setdefault(_merge_key(r), set()).update(r.layers)
-    merged = {k: ExtractionRequest(image=k[0], text=k[1], layers=tuple(sorted(v)), system_prompt=k[2], max_pixels=k[3],
-                                   pool=k[4], neutral=k[5]) for k, v in layers.items()}
-    return {r: merged[_merge_key(r)] for r in requests}
 
 
 class Runner:
@@ -216,7 +127,7 @@ class Runner:
         if needs_vl_model or vqa:
             self._load_vl()
         captions = self._captions(needs_captions)
-        jobs = self._jobs(pending, resolved, captions)
+        jobs = plan_jobs(pending, resolved, captions, self.spec.prompt, self.config)
         aliases = {}  # jobs already pictured by a finished cell: copy, do not generate
         for rec in done.values():
             aliases.setdefault(rec.get("generation_key"), rec)
@@ -273,22 +184,7 @@ class Runner:
             out[n] = text
         return out
 
-    def _jobs(self, pending: list[Cell], resolved: dict[str, Recipe], captions: dict[int, str]) -> list[_Job]:
-        jobs: dict[str, _Job] = {}
-        for c in pending:
-            cfg = c.config(self.config)
-            prompt = self.spec.prompt if c.caption is None else captions[c.caption]
-            recipe = effective_recipe(resolved[c.name])
-            recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
-            key = generation_key(recipe, prompt, cfg)
-            if key not in jobs:
-                check_recipe_run(recipe, cfg, prompt)  # captions are known now
-                jobs[key] = _Job(key, recipe, prompt, cfg, [], plan_extractions(recipe, prompt))
-            jobs[key].cells.append(c)
-        # baselines first: every other picture is compared with its baseline
-        return sorted(jobs.values(), key=lambda j: not j.is_text)
-
-    def _extract(self, jobs: list[_Job], backend: str) -> dict:
+    def _extract(self, jobs: list[Job], backend: str) -> dict:
         """``{request: result}`` for every request of ``jobs``; one forward pass per distinct chat."""
         requests = [r for j in jobs for r in j.requests]
         if not requests:
@@ -314,7 +210,7 @@ class Runner:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
         return {r: results[m] for r, m in merged.items()}
 
-    def _generate(self, jobs: list[_Job], extractions: dict, aliases: dict[str, dict]) -> tuple[int, list[str]]:
+    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict]) -> tuple[int, list[str]]:
         from tqdm.auto import tqdm
 
         from ..analysis.metrics import image_metrics
@@ -370,7 +266,7 @@ class Runner:
             bar.close()
         return generated, failed
 
-    def _picture(self, job: _Job, extractions: dict, texts: dict, stats_memo: dict):
+    def _picture(self, job: Job, extractions: dict, texts: dict, stats_memo: dict):
         """Build the conditioning of ``job`` and generate its picture."""
         timings = {"extract": job.extract_seconds}
         t0 = time.perf_counter()
@@ -403,7 +299,7 @@ class Runner:
         self._save_stats(job, cond, alphas[0])
         return image, record, timings
 
-    def _save_stats(self, job: _Job, cond, alpha: float) -> None:
+    def _save_stats(self, job: Job, cond, alpha: float) -> None:
         from ..io import save_tensors
 
         y = cond.at(alpha)
@@ -423,7 +319,7 @@ class Runner:
                 save_tensors(self.out / "embeddings" / f"{cell.name}.safetensors", emb, "llm_dit_cell_embeddings",
                              {"cell": cell.name, "alpha": alpha, "recipe": job.recipe.to_dict()})
 
-    def _write_cell(self, cell: Cell, job: _Job, image, cond_record: dict, timings: dict, metrics: dict,
+    def _write_cell(self, cell: Cell, job: Job, image, cond_record: dict, timings: dict, metrics: dict,
                     same_as: str | None) -> None:
         """The PNG, then its record: a record on disk means the cell is finished."""
         declared = cell.recipe.resolve(job.config)
@@ -443,7 +339,8 @@ class Runner:
             "normalization_mode": declared.normalization_mode if declared.uses_vl else None,
             "blended_std": cond_record.get("blended_std"),
             "generation_time": timings.get("generate", cond_record.get("generation_time")),
-            "alpha": declared.alpha if declared.schedule is None else cond_record.get("alpha"),
+            "alpha": 0.0 if not declared.uses_vl else declared.alpha if declared.schedule is None else
+            cond_record.get("alpha"),
             "hidden_layer": declared.hidden_layer if declared.uses_vl else None,
             "backend": declared.backend,
             "blend_mode": declared.blend if declared.uses_vl else None,

@@ -1,0 +1,123 @@
+"""The plan of a run: what it is (:class:`RunSpec`), its keys, and its jobs (one per distinct picture).
+
+Keys make resuming safe. The run key digests everything that decides the pictures (cells, recipes,
+prompt, reference images' bytes, the configuration without metrics, offloading and caching); each
+cell's key adds its name and recipe. A finished cell is trusted only under the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..conditioning.build import ExtractionRequest, plan_extractions
+from ..conditioning.recipe import Recipe
+from ..conditioning.run import check_recipe_run
+from .cells import Cell, digest, effective_recipe, generation_key
+from .presets import GridSpec
+
+
+@dataclass
+class RunSpec:
+    """What to run: a named experiment or a sweep, on reference images and a prompt."""
+
+    name: str  # the experiment's name, or "sweep"
+    images: list[str]  # absolute paths of the reference images
+    prompt: str | None  # None: the prompts are captions (caption experiments)
+    cells: list[Cell]
+    grids: list[GridSpec] = field(default_factory=list)
+    quick: bool = False
+    caption: str | None = None  # a caption given by the user instead of generating one
+    save_embeddings: bool = False
+    details: dict = field(default_factory=dict)  # recorded as is (a sweep's axes)
+
+    def plan(self, config: Config) -> dict:
+        return {
+            "name": self.name, "quick": self.quick, "images": self.images, "prompt": self.prompt,
+            "given_caption": self.caption, "details": self.details,
+            "cells": [{"name": c.name, "params": c.params, "caption": c.caption, "generation": c.generation,
+                       "recipe": c.recipe.to_dict()} for c in self.cells],
+            "grids": [g.__dict__ for g in self.grids],
+            "config": config.to_dict(),
+        }
+
+
+@dataclass
+class Summary:
+    out: Path
+    total: int
+    skipped: int
+    generated: int
+    failed: list[str]
+
+
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_key(spec: RunSpec, config: Config) -> str:
+    """Equal for the same command: what decides the pictures (not metrics, offloading or caching)."""
+    cfg = config.to_dict()
+    cfg.pop("metrics", None)
+    cfg["runtime"].pop("offload", None)
+    cfg["vl"].pop("cache_gb", None)
+    plan = spec.plan(config)
+    plan.pop("config")
+    plan.pop("grids")
+    return digest(plan, cfg, [_file_digest(p) for p in spec.images])
+
+
+def cell_key(key: str, cell: Cell) -> str:
+    return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation)
+
+
+@dataclass
+class Job:
+    """One picture to generate, and the cells that show it."""
+
+    key: str
+    recipe: Recipe  # effective and resolved
+    prompt: str
+    config: Config
+    cells: list[Cell]
+    requests: list[ExtractionRequest] = field(default_factory=list)
+    extract_seconds: float = 0.0  # the forward passes it reads (shared with other jobs)
+
+    @property
+    def is_text(self) -> bool:
+        return self.recipe.backend == "text"
+
+
+def _merge_key(r: ExtractionRequest) -> tuple:
+    return r.image, r.text, r.system_prompt, r.max_pixels, r.pool, r.neutral
+
+
+def merge_requests(requests: list[ExtractionRequest]) -> dict[ExtractionRequest, ExtractionRequest]:
+    """Map every request to one that reads the union of the layers its chat is asked for: one
+    forward pass per distinct chat."""
+    layers: dict[tuple, set[int]] = {}
+    for r in requests:
+        layers.setdefault(_merge_key(r), set()).update(r.layers)
+    merged = {k: ExtractionRequest(image=k[0], text=k[1], layers=tuple(sorted(v)), system_prompt=k[2], max_pixels=k[3],
+                                   pool=k[4], neutral=k[5]) for k, v in layers.items()}
+    return {r: merged[_merge_key(r)] for r in requests}
+
+
+def plan_jobs(pending: list[Cell], resolved: dict[str, Recipe], captions: dict[int, str], prompt: str | None,
+              config: Config) -> list[Job]:
+    """One :class:`Job` per distinct picture among ``pending`` cells (``resolved``: their resolved recipes)."""
+    jobs: dict[str, Job] = {}
+    for c in pending:
+        cfg = c.config(config)
+        text = prompt if c.caption is None else captions[c.caption]
+        recipe = effective_recipe(resolved[c.name])
+        recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
+        key = generation_key(recipe, text, cfg)
+        if key not in jobs:
+            check_recipe_run(recipe, cfg, text)  # captions are known now
+            jobs[key] = Job(key, recipe, text, cfg, [], plan_extractions(recipe, text))
+        jobs[key].cells.append(c)
+    # baselines first: every other picture is compared with its baseline
+    return sorted(jobs.values(), key=lambda j: not j.is_text)
