@@ -149,6 +149,37 @@ def test_grids_are_2d_when_two_parameters_vary(runs):
     assert not one_d.row_labels and one_d.rows == [["a", "b"]]
 
 
+def test_splice_borrows_the_loaded_vision_tower(refs, tmp_path, monkeypatch):
+    import llm_dit.vl.extract as X
+
+    def no_second_copy(*a, **k):
+        raise AssertionError("the vision tower was loaded a second time")
+
+    monkeypatch.setattr(X, "load_vision_tower", no_second_copy)
+    assert main([*compare_args("splice_vs_vl", refs, tmp_path / "s"), "--vqa", "on"]) == 0
+    meta = json.loads((tmp_path / "s" / "metadata.json").read_text())
+    assert meta["counts"]["done"] == 5
+
+
+def test_the_grid_draws_without_a_scalable_font(monkeypatch):
+    from PIL import ImageFont
+
+    from llm_dit.experiments.grid import Panel, layout, render
+
+    real = ImageFont.load_default
+
+    def bitmap_only(size=None):
+        if size is not None:
+            raise OSError("no FreeType")
+        return real()
+
+    monkeypatch.setattr(ImageFont, "load_default", bitmap_only)
+    img = Image.new("RGB", (64, 64), (200, 0, 0))
+    grid = render(layout("a prompt\nwith a newline", [Panel("reference", img)],
+                         [({"a": 1, "b": 2}, Panel("x", img)), ({"a": 2, "b": 2}, Panel("y", None, "failed"))]))
+    assert grid.size[0] > 2 * 256 and grid.getpixel((10, grid.height - 20)) != (0, 0, 0)
+
+
 def test_each_model_loads_once_and_one_forward_pass_serves_every_layer(refs, tmp_path, monkeypatch):
     from llm_dit.generate import ZImage
     from llm_dit.vl import VLEmbeddingExtractor
@@ -288,8 +319,8 @@ def test_a_local_clip_adds_its_score_to_every_cell(refs, tmp_path, tiny_clip_dir
     assert main([*compare_args("vl_only_vs_qwen3", refs, out), "--clip", str(tiny_clip_dir), "--vqa", "off"]) == 0
     meta = json.loads((out / "metadata.json").read_text())
     assert all(-1 <= r["metrics"]["clip"] <= 1 and "vqa_yes" not in r["metrics"] for r in meta["results"])
-    assert meta["sessions"][-1]["metric_notes"] == [
-        "siglip: skipped (set metrics.siglip to a local folder; no model hub is used)"]
+    assert meta["sessions"][-1]["metric_notes"][0] == \
+        "siglip: skipped (set metrics.siglip to a local folder; no model hub is used)"
 
 
 def test_sweep_from_a_grid_file_and_generation_axes(refs, tmp_path, capsys):

@@ -138,6 +138,6 @@ def test_hub_metrics_are_skipped_with_a_note_or_refused_when_the_folder_is_missi
     from llm_dit.errors import InputError
 
     scorers, notes = load_scorers(tiny_config, torch.device("cpu"))
-    assert scorers == [] and [n.split(":")[0] for n in notes] == ["clip", "siglip"]
+    assert scorers == [] and [n.split(":")[0] for n in notes] == ["clip", "siglip", "image_reward"]
     with pytest.raises(InputError, match="metrics.clip folder /no/such does not exist"):
         load_scorers(tiny_config.replace(**{"metrics.clip": "/no/such"}), torch.device("cpu"))

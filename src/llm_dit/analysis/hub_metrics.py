@@ -5,7 +5,9 @@
   tokens, so its prompts are padded to ``max_length`` (upstream padded to the longest, which skews it).
 
 A key left empty skips its metric with a note in the run's record; a folder that does not exist is
-a one-line error before anything loads.
+a one-line error before anything loads. ImageReward is not offered: its package fetches a BLIP
+configuration and a BERT tokenizer from the hub whenever it loads, so a local checkpoint is not
+enough; every run says so in its notes.
 """
 
 from __future__ import annotations
@@ -74,4 +76,5 @@ def load_scorers(config: Config, device: torch.device) -> tuple[list[EmbeddingSc
             scorers.append(EmbeddingScorer.load(kind, str(Path(path).expanduser()), device))
         else:
             notes.append(f"{kind}: skipped (set metrics.{kind} to a local folder; no model hub is used)")
+    notes.append("image_reward: not available offline (its package downloads BLIP and BERT files when it loads)")
     return scorers, notes

@@ -193,8 +193,10 @@ class Runner:
 
         merged = merge_requests(requests)
         unique = list(dict.fromkeys(merged.values()))
+        # splice: the vision tower of a Qwen3-VL still loaded (it scores pictures) is not loaded twice
+        loaded = self.vl.model.model.visual if self.vl is not None and self.vl.model is not None else None
         extractor = self.vl if backend == "vl" else VLEmbeddingExtractor.from_config(
-            self.config, backend="splice", text_encoder=self.model.pipe.text_encoder)
+            self.config, backend="splice", text_encoder=self.model.pipe.text_encoder, vision=loaded)
         images = dict(zip(self.spec.images, self.references))
         self.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
         results, seconds = {}, {}

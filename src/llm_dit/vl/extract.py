@@ -123,11 +123,14 @@ class VLEmbeddingExtractor:
         text_encoder=None,
         z_image: str | None = None,
         cache: ExtractionCache | None = None,
+        vision=None,
     ) -> VLEmbeddingExtractor:
         """Load from a hub id or a local transformers folder (``tiny`` for the tiny model).
 
         ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
-        loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder.
+        loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder. A
+        vision tower already loaded (``vision=``, e.g. a loaded Qwen3-VL's ``model.model.visual``) is
+        used instead of loading a second copy.
         """
         if backend not in BACKENDS:
             raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -138,7 +141,7 @@ class VLEmbeddingExtractor:
         except Exception as e:
             raise ModelLoadError(f"could not load the Qwen3-VL processor from '{id_or_path}': {_first_line(e)}") from e
         variant = detect_variant(processor.tokenizer)
-        model = vision = None
+        model = None
         if backend == "vl":
             from transformers import Qwen3VLForConditionalGeneration
 
@@ -152,7 +155,7 @@ class VLEmbeddingExtractor:
                     raise InputError("the splice backend needs Z-Image's text encoder (text_encoder= or z_image=)")
                 text_encoder, _ = load_text_encoder(z_image, dev, dt)
             try:
-                vision = load_vision_tower(source, dev, dt)
+                vision = vision if vision is not None else load_vision_tower(source, dev, dt)
             except ModelLoadError:
                 raise
             except Exception as e:
@@ -166,7 +169,7 @@ class VLEmbeddingExtractor:
         return cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
 
     @classmethod
-    def from_config(cls, config, backend: str | None = None, text_encoder=None) -> VLEmbeddingExtractor:
+    def from_config(cls, config, backend: str | None = None, text_encoder=None, vision=None) -> VLEmbeddingExtractor:
         """The configured model on the configured device, with the configured extraction cache.
 
         For the splice backend pass the already loaded Z-Image text encoder if there is one, so its
@@ -177,7 +180,7 @@ class VLEmbeddingExtractor:
         placement = resolve_placement(config.runtime)
         return cls.from_pretrained(
             config.models.vl, device=placement.device, dtype=placement.dtype, backend=backend or config.vl.backend,
-            text_encoder=text_encoder, z_image=config.models.z_image,
+            text_encoder=text_encoder, z_image=config.models.z_image, vision=vision,
             cache=ExtractionCache(int(config.vl.cache_gb * 2**30)),
         )
 
