@@ -336,6 +336,65 @@ def test_sweep_from_a_grid_file_and_generation_axes(refs, tmp_path, capsys):
     assert "ssim_text" in by["alpha0.6_steps2"]["metrics"]
 
 
+def test_sweep_values_are_typed_per_field(refs, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["sweep", "--image", refs[0], "--prompt", PROMPT, "--masks", "none,zero", "--norms", "none,global",
+                 "--out", str(out), *SMALL]) == 0
+    names = {r["name"] for r in json.loads((out / "metadata.json").read_text())["results"]}
+    assert {"norm-none_mask-none", "norm-global_mask-zero", "text_only"} <= names
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("alpha = 0.5\n")
+    out = tmp_path / "s"
+    assert main(["sweep", "--image", refs[0], "--prompt", PROMPT, "--recipe", str(recipe), "--schedules", "0",
+                 "--schedules", "linear:1:0", "--vary", "adapter=none", "--out", str(out), *SMALL]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    by = {r["name"]: r for r in meta["results"]}
+    # a constant-0 schedule is the pure-text picture (so no baseline is added), and says alpha 0
+    assert set(by) == {"constant-0", "linear-1-0"} and by["constant-0"]["pure_text"]
+    assert by["constant-0"]["alpha"] == 0.0 and by["constant-0"]["conditioning"]["alpha"] == 0.0
+    assert by["linear-1-0"]["alpha"] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert by["linear-1-0"]["recipe"]["alpha"] == 0.5 and by["linear-1-0"]["recipe"]["adapter"] is None
+    # standard JSON: the infinite PSNR of an identical picture is null
+    json.loads((out / "metadata.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    capsys.readouterr()
+    out = tmp_path / "t"
+    assert main(["sweep", "--image", refs[0], "--prompt", PROMPT, "--tokens", "image_only,text_only", "--out", str(out),
+                 *SMALL]) == 0
+    assert [r["name"] for r in json.loads((out / "metadata.json").read_text())["results"]] == \
+        ["pure_text", "image_only", "text_only"]
+
+
+def test_resume_keeps_baseline_metrics_and_sees_changed_files(refs, tmp_path, capsys, extractor, zimage):
+    from llm_dit.vl.adapter import fit_adapter
+
+    adapter = tmp_path / "ad.safetensors"
+    fit_adapter(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a cat", "a red house", "a boat"],
+                -6, -2).save(adapter)
+    out = tmp_path / "r"
+    args = ["sweep", "--image", refs[0], "--prompt", PROMPT, "--vary", f"adapter=none,{adapter}", "--blends",
+            "replace", "--out", str(out), *SMALL]
+    assert main(args) == 0
+    (out / "cells" / "adapter-none.json").unlink()  # as if killed before this record
+    assert main(args) == 0
+    assert "3 cells: 2 already done, 1 picture(s) generated" in capsys.readouterr().out
+    rec = json.loads((out / "cells" / "adapter-none.json").read_text())
+    assert "ssim_text" in rec["metrics"]  # the baseline of an earlier session still counts
+    fit_adapter(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a dog", "a tree"], -6, -2).save(adapter)
+    assert main(args) == 0
+    assert "3 cells: 2 already done, 1 picture(s) generated" in capsys.readouterr().out  # the refitted one
+    assert main([*args, "--save-embeddings"]) == 0  # finished cells without their embeddings are redone
+    assert len(list((out / "embeddings").glob("*.safetensors"))) == 3
+
+
+def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main([*compare_args("alpha_sweep", refs, out), "--vl-model", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    assert main([*compare_args("alpha_sweep", refs, out), "--device", "mps"]) == 2
+    assert not out.exists()
+    assert main(compare_args("alpha_sweep", refs, out)) == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["compare", "--experiment", "alpha_swep"], "unknown experiment 'alpha_swep'; did you mean alpha_sweep?"),
     (["compare", "--experiment", "alpha_sweep", "--image", "{a}"], "alpha_sweep needs --prompt"),
@@ -350,9 +409,12 @@ def test_sweep_from_a_grid_file_and_generation_axes(refs, tmp_path, capsys):
     (["sweep", "--image", "{a}", "--prompt", "x", "--alphas", "0.3,0.3"], "repeats a value"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--layers=-2,-40"], "out of range"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--methods", "caption"], "give --caption-tokens"),
+    (["sweep", "--image", "{a}", "--prompt", "x", "--grid", "{grid}"], "'recipe' must be a table"),
 ])
 def test_run_errors_are_one_line(refs, tmp_path, capsys, args, message):
-    args = [a.replace("{a}", refs[0]) for a in args]
+    grid = tmp_path / "g.toml"
+    grid.write_text("recipe = 3\n")
+    args = [a.replace("{a}", refs[0]).replace("{grid}", str(grid)) for a in args]
     rc = main([*args, "--out", str(tmp_path / "o"), *SMALL])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

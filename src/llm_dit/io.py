@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -48,9 +49,20 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    # insertion order: records read in the order they were written (name first, the recipe last)
-    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Standard JSON (NaN and infinities become null, which every reader accepts), in insertion
+    order: records read in the order they were written (name first, the recipe last)."""
+    return write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict) -> Path:

@@ -45,7 +45,7 @@ def _tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 def ssim_psnr(image: Image.Image, other: Image.Image) -> tuple[float, float]:
     """``(SSIM, PSNR in dB)`` of ``image`` against ``other``, at the metric size of ``image``.
 
-    PSNR of identical images is infinite; it is reported as ``inf`` (JSON writes it as a string)."""
+    PSNR of identical images is infinite (``inf``; the JSON records write it as null)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     size = _metric_size(image.size)

@@ -155,6 +155,7 @@ def sweep_axes(args) -> tuple[dict, dict]:
     import tomllib
 
     from ..conditioning import Recipe
+    from ..experiments.cells import coerce
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
     axes: dict[str, list] = {}
@@ -169,27 +170,32 @@ def sweep_axes(args) -> tuple[dict, dict]:
         unknown = set(data) - {"recipe", "axes"}
         if unknown:
             raise InputError(f"grid file {p}: unknown table(s) {sorted(unknown)}; expected [recipe] and [axes]")
+        for table in ("recipe", "axes"):
+            if not isinstance(data.get(table, {}), dict):
+                raise InputError(f"grid file {p}: '{table}' must be a table ([{table}] with one key per field)")
         base.update(data.get("recipe", {}))
         for k, v in data.get("axes", {}).items():
             axes[k.removeprefix("generation.")] = v if isinstance(v, list) else [v]
+    # command-line values are text: each is typed as its field takes it (file values are typed already)
     for flag, (field, _, _) in AXIS_FLAGS.items():
         text = getattr(args, "axis_" + flag)
         if text is not None:
-            axes[field] = _split(text)
+            axes[field] = [coerce(field, v) for v in _split(text)]
     if args.axis_schedules:
         axes["schedule"] = list(args.axis_schedules)
     for item in args.vary or []:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--vary takes FIELD=V1,V2 (got '{item}')")
-        axes[key.strip().removeprefix("generation.")] = _split(values)
+        key = key.strip().removeprefix("generation.")
+        axes[key] = [coerce(key, v) for v in _split(values)]
     fixed = {k: v[0] for k, v in axes.items() if isinstance(v, list) and len(v) == 1}
     return {**base, **{k: v for k, v in fixed.items() if k in Recipe.model_fields}}, \
         {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}
 
 
 def cmd_sweep(args) -> int:
-    from ..experiments.cells import _coerce, sweep_cells
+    from ..experiments.cells import sweep_cells
     from ..experiments.presets import slice_grids
     from ..experiments.runner import RunSpec
 
@@ -213,12 +219,11 @@ def cmd_sweep(args) -> int:
     if images:
         base["references"] = [{"image": im, **({"weight": args.weight[i]} if args.weight else {}),
                                **({"role": args.role[i]} if args.role else {})} for i, im in enumerate(images)]
-    base = {k: _coerce(v) if k not in ("vl_text", "system_prompt") else v for k, v in base.items()}
     for key in ("adapter", "reference_stats"):  # files: absolute, so the run folder reruns from anywhere
         if isinstance(base.get(key), str):
             base[key] = str(Path(base[key]).expanduser().absolute())
         if key in axes:
-            axes[key] = [v if _coerce(v) is None else str(Path(v).expanduser().absolute()) for v in axes[key]]
+            axes[key] = [v if v is None else str(Path(v).expanduser().absolute()) for v in axes[key]]
     cfg = config(args)
     if args.caption_tokens is not None:
         cfg = cfg.replace(**{"encoder.max_length": 1504})

@@ -211,13 +211,15 @@ def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: d
     """The metadata of one conditioning: the seeds' fields, then the whole recipe."""
     r = cond.recipe
     first = cond.stats(alphas[0])
+    if not r.uses_vl:
+        alphas = [0.0] * len(alphas)  # pure text: no VL share, whatever the unused alpha field says
     record = {
         "backend": r.backend,
         "alpha": alphas[0] if len(set(alphas)) == 1 else alphas,
         "hidden_layer": r.hidden_layer,
         "token_selection": r.token_selection,
         "normalization_mode": r.normalization_mode,
-        "blend_mode": r.blend,
+        "blend_mode": r.blend if r.uses_vl else None,
         **{k: first[k] for k in ("vl_shape", "vl_std", "blended_std", "text_std", "blended_shape", "rms")},
         "sources": cond.sources,
         "recipe": r.to_dict(),

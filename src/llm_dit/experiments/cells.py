@@ -142,32 +142,55 @@ def with_baselines(cells: list[Cell]) -> list[Cell]:
     its group, so every cell can be compared with the picture the text alone gives."""
     out: list[Cell] = []
     groups: dict[tuple, list[Cell]] = {}
+    taken = {c.name for c in cells}
     for c in cells:
         groups.setdefault(c.group(), []).append(c)
     for (caption, gen), members in groups.items():
         if not any(effective_recipe(c.recipe).backend == "text" for c in members):
             suffix = [f"caption{caption}"] if caption else []
             suffix += [SHORT.get(k, k + "-") + fmt(v) for k, v in gen]
-            out.append(Cell("_".join([TEXT_ONLY, *suffix]), Recipe(backend="text"), {}, caption, dict(gen)))
+            name = "_".join([TEXT_ONLY, *suffix])
+            if name in taken:  # a token selection named text_only, say
+                name = "_".join(["pure_text", *suffix])
+            out.append(Cell(name, Recipe(backend="text"), {}, caption, dict(gen)))
         out.extend(members)
     return check_unique(out)
 
 
-def _coerce(value: Any) -> Any:
-    """Sweep values from the command line arrive as text: numbers, booleans and none become typed."""
-    if not isinstance(value, str):
+def coerce(key: str, value: Any) -> Any:
+    """A sweep value typed on the command line (text) as the field ``key`` takes it.
+
+    Candidates in order: ``None`` for "none"/"null" where the field allows it, the text itself (a
+    mode name such as ``none`` or ``text_only``), then an integer, a number, a boolean; the first the
+    field accepts wins, else the text (validation then names the field). Typed values pass as they are.
+    """
+    if not isinstance(value, str) or key in ("schedule", "method"):  # schedules parse their own text
         return value
-    low = value.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
+    from pydantic import TypeAdapter, ValidationError
+
+    from ..config import GenerationConfig
+
+    info = Recipe.model_fields.get(key) or GenerationConfig.model_fields.get(key)
+    if info is None:
+        return value
+    text, low = value.strip(), value.strip().lower()
+    candidates: list[Any] = [None] if low in ("none", "null") else []
+    candidates.append(text)
     for kind in (int, float):
         try:
-            return kind(value)
+            candidates.append(kind(text))
         except ValueError:
             pass
-    return value.strip()
+    if low in ("true", "false"):
+        candidates.append(low == "true")
+    adapter = TypeAdapter(info.annotation)
+    for c in candidates:
+        try:
+            adapter.validate_python(c, strict=True)
+            return c
+        except ValidationError:
+            continue
+    return text
 
 
 def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int | None = None) -> list[Cell]:
@@ -189,14 +212,17 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
     keys = list(axes)
     cells = []
     for combo in itertools.product(*(axes[k] for k in keys)):
-        values = {k: _coerce(v) for k, v in zip(keys, combo)}
+        values = dict(zip(keys, combo, strict=True))
         recipe_part = {k: v for k, v in values.items() if k in fields}
         gen = {k: v for k, v in values.items() if k in GENERATION_AXES}
         if "method" in values:
             if values["method"] not in METHODS:
                 raise InputError(f"method must be one of {', '.join(METHODS)} (got {values['method']!r})")
             recipe_part["vl_text"] = METHODS[values["method"]]
-        recipe = Recipe.from_dict({**base, **recipe_part})
+        fields_ = {**base, **recipe_part}
+        if fields_.get("backend") == "text":  # the pure-text side of a backend sweep: no references
+            fields_.pop("references", None)
+        recipe = Recipe.from_dict(fields_)
         params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
         cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
     return with_baselines(check_unique(cells))

@@ -58,11 +58,14 @@ def prepare(out: Path, run_key: str, plan: dict) -> dict:
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
     existing = read_json(out / RUN_FILE) if out.is_dir() else None
-    if existing is not None:
-        if existing.get("run_key") != run_key:
+    if existing is not None and existing.get("run_key") != run_key:
+        if any((out / "cells").glob("*.json")):
             what = existing.get("name", "another run")
             raise InputError(f"{out} holds a different run ({what}, other settings); give a new --out or remove it")
-    elif out.is_dir() and any(out.iterdir()):
+        existing = None  # a run that finished no cell (it failed to start): replaced, its references too
+        for ref in out.glob("reference*.png"):
+            ref.unlink()
+    elif existing is None and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and holds no llm-dit run; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted, now removed

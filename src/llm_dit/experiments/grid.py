@@ -82,9 +82,14 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     text = " ".join(str(text).split())  # one line: captions carry newlines
     if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
+    lo, hi = 0, len(text)  # the longest prefix that fits with the ellipsis: binary search, not one char at a time
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if draw.textlength(text[:mid] + "…", font=font) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "…"
 
 
 def _thumb(panel: Panel | None, size: int, font) -> Image.Image:

@@ -7,6 +7,7 @@ cell's key adds its name and recipe. A finished cell is trusted only under the s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,14 @@ class Summary:
     failed: list[str]
 
 
-def _file_digest(path: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _digest_of(path: str, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    st = Path(path).stat()  # cached per (path, mtime, size): a file is read once per run, not per cell
+    return _digest_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
 def run_key(spec: RunSpec, config: Config) -> str:
@@ -69,8 +76,22 @@ def run_key(spec: RunSpec, config: Config) -> str:
     return digest(plan, cfg, [_file_digest(p) for p in spec.images])
 
 
+def recipe_files(recipe: Recipe) -> list[str]:
+    """The files a recipe reads: its reference images, its adapter, its statistics."""
+    paths = [r.image for r in recipe.references] + [recipe.adapter, recipe.reference_stats]
+    return [p for p in paths if p]
+
+
 def cell_key(key: str, cell: Cell) -> str:
-    return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation)
+    """The run key, the cell's declaration and the bytes of every file its recipe reads (a refitted
+    adapter or an edited reference makes the cell stale)."""
+    files = {p: _file_digest(p) if Path(p).is_file() else None for p in recipe_files(cell.recipe)}
+    return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation, files)
+
+
+def text_key(prompt: str, config: Config) -> str:
+    """The generation key of the pure-text picture of a prompt and generation settings: the baseline."""
+    return generation_key(Recipe(backend="text").resolve(config), prompt, config)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from . import folder
 from .cells import Cell, check_unique, effective_recipe
-from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
+from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key, text_key
 
 Echo = Callable[[str], None]
 CHECK_PROMPT = "a caption"  # stands for a caption not written yet, when checking recipes
@@ -60,8 +60,13 @@ class Runner:
         from ..vl.chat import check_aspect_ratio
 
         from ..analysis.hub_metrics import check_paths
+        from ..models.loading import resolve_model_path, resolve_placement
 
         check_paths(self.config)
+        resolve_placement(self.config.runtime)  # a device that is not there: refused before any folder exists
+        resolve_model_path(self.config.models.z_image, "z_image")
+        if any(c.recipe.backend != "text" or c.caption is not None for c in self.spec.cells):
+            resolve_model_path(self.config.models.vl, "vl")
         check_unique(self.spec.cells)
         folder.check_cell_names([c.name for c in self.spec.cells])
         self.references = []
@@ -88,11 +93,11 @@ class Runner:
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         run_file = folder.prepare(self.out, self.key, self.spec.plan(self.config))
         for i, im in enumerate(self.references):
-            target = self.out / folder.reference_name(i)
-            if not target.exists():
-                save_png(im, target)
+            if not (self.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
+                save_png(im, self.out / folder.reference_name(i))
         keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
-        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, keys[c.name]))}
+        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, keys[c.name]))
+                and (not self.spec.save_embeddings or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
         pending = [c for c in self.spec.cells if c.name not in done]
         self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run")
         failed: list[str] = []
@@ -152,7 +157,7 @@ class Runner:
                                          "splice"))
 
         # 4. pictures
-        return self._generate(jobs, extractions, aliases)
+        return self._generate(jobs, extractions, aliases, done)
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -212,21 +217,23 @@ class Runner:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
         return {r: results[m] for r, m in merged.items()}
 
-    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict]) -> tuple[int, list[str]]:
+    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict],
+                  done: dict[str, dict]) -> tuple[int, list[str]]:
         from tqdm.auto import tqdm
 
         from ..analysis.metrics import image_metrics
 
         texts: dict[str, object] = {}
         stats_memo: dict[tuple, dict] = {}
-        baselines: dict[tuple, object] = {}  # (prompt, generation) -> the pure-text picture
+        # generation key of a pure-text picture -> the picture (finished in an earlier session, or now)
+        baselines: dict[str, object] = {rec["generation_key"]: self.out / rec["file"] for rec in done.values()
+                                        if rec.get("pure_text")}
         generated, failed = 0, []
         total = sum(len(j.cells) for j in jobs)
         bar = tqdm(total=total, desc="cells", unit="cell", disable=not self.progress, file=sys.stderr,
                    dynamic_ncols=True)
         try:
             for job in jobs:
-                group = (job.prompt, job.config.generation.model_dump_json())
                 t0 = time.perf_counter()
                 try:
                     if job.key in aliases:  # pictured by a finished cell: reuse its picture
@@ -238,7 +245,10 @@ class Runner:
                         generated += 1
                         t1 = time.perf_counter()
                         ref = self.references[0] if self.references else None
-                        metrics = image_metrics(image, ref, None if job.is_text else baselines.get(group))
+                        base = None if job.is_text else baselines.get(text_key(job.prompt, job.config))
+                        if isinstance(base, Path):
+                            base = baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
+                        metrics = image_metrics(image, ref, base)
                         if self.vl is not None and self.vl.model is not None:
                             metrics["vqa_yes"] = self.vl.answer_probability(
                                 image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
@@ -246,13 +256,14 @@ class Runner:
                             metrics[scorer.name] = scorer.score(image, job.prompt)
                         timings["metrics"] = round(time.perf_counter() - t1, 3)
                     if job.is_text:
-                        baselines.setdefault(group, image)
+                        baselines[job.key] = image
                     owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
                     for cell in job.cells:
                         self._write_cell(cell, job, image, cond_record, timings, metrics,
                                          same_as=None if cell.name == owner else owner)
                         bar.update(1)
-                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
+                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0),
+                                  file=sys.stderr)
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # one cell's failure is recorded; the run goes on
@@ -295,7 +306,7 @@ class Runner:
         image = self.model.generate(step, generation=g)
         timings["generate"] = round(time.perf_counter() - t0, 3)
         self._time("generate", t0)
-        alphas = [job.recipe.alpha_at(i, g.steps) for i in range(g.steps)]
+        alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
         record = conditioning_record(cond, alphas, text.summary())
         record["generation_time"] = timings["generate"]
         self._save_stats(job, cond, alphas[0])
@@ -334,15 +345,14 @@ class Runner:
             "params": cell.params,
             "prompt": job.prompt,
             "caption_tokens": cell.caption,
-            # the seeds' fields (seed 000), for the declared recipe
+            # the seeds' fields (seed 000); the VL ones are null where no VL reached the DiT (pure text)
             "vl_shape": cond_record.get("vl_shape"),
             "vl_std": cond_record.get("vl_std"),
             "token_selection": declared.token_selection if declared.uses_vl else None,
             "normalization_mode": declared.normalization_mode if declared.uses_vl else None,
             "blended_std": cond_record.get("blended_std"),
             "generation_time": timings.get("generate", cond_record.get("generation_time")),
-            "alpha": 0.0 if not declared.uses_vl else declared.alpha if declared.schedule is None else
-            cond_record.get("alpha"),
+            "alpha": _declared_alpha(declared, g.steps),
             "hidden_layer": declared.hidden_layer if declared.uses_vl else None,
             "backend": declared.backend,
             "blend_mode": declared.blend if declared.uses_vl else None,
@@ -378,6 +388,14 @@ class Runner:
         self.scorers = []
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _declared_alpha(recipe, steps: int):
+    """The alpha a cell asked for: 0 for pure text, one number, or one per step under a schedule."""
+    if not recipe.uses_vl:
+        return 0.0
+    alphas = [recipe.alpha_at(i, steps) for i in range(steps)]
+    return alphas[0] if len(set(alphas)) == 1 else alphas
 
 
 def _one_line(e: BaseException) -> str:
