@@ -118,3 +118,17 @@ def tiny_clip_dir(tmp_path_factory):
     CLIPModel(config).save_pretrained(out)
     CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def refs(tmp_path_factory) -> list[str]:
+    """Two reference images for experiment runs: noise (96x128) and a flat blue square."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("refs")
+    rng = np.random.default_rng(0)
+    a, b = d / "a.png", d / "b.png"
+    Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(a)
+    Image.new("RGB", (128, 128), (30, 120, 220)).save(b)
+    return [str(a), str(b)]

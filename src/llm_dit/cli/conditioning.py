@@ -79,34 +79,45 @@ def _target_std(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or 'text', got '{text}'") from None
 
 
+def absolute(path: str) -> str:
+    """Paths are stored absolute: a recipe, a sidecar or a run folder then reruns from any folder."""
+    return str(Path(path).expanduser().absolute())
+
+
+#: Recipe fields that name files.
+FILE_FIELDS = ("adapter", "reference_stats")
+
+
+def references_from_args(args: argparse.Namespace) -> list[dict]:
+    """``[{"image", "weight"?, "role"?}]`` from ``--image`` (absolute), ``--weight`` and ``--role``."""
+    images = [absolute(im) for im in args.image or []]
+    for flag, values in (("--weight", args.weight), ("--role", args.role)):
+        if values and len(values) != len(images):
+            raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
+    return [{"image": im, **({"weight": args.weight[i]} if args.weight else {}),
+             **({"role": args.role[i]} if args.role else {})} for i, im in enumerate(images)]
+
+
 def recipe_from_args(args: argparse.Namespace, config):
     """The :class:`Recipe` the flags describe (on top of ``--recipe``), not yet resolved."""
     from ..conditioning import Recipe
 
     base = Recipe.load(args.recipe) if args.recipe else None
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
-    # Absolute paths: the recipe and the sidecar then rerun from any folder.
-    images = [str(Path(im).expanduser().absolute()) for im in args.image or []]
-    for key in ("adapter", "reference_stats"):
+    for key in FILE_FIELDS:
         if fields.get(key):
-            fields[key] = str(Path(fields[key]).expanduser().absolute())
+            fields[key] = absolute(fields[key])
     if "schedule" in fields and "alpha" in fields:
         raise InputError("give --vl-alpha or --schedule, not both (a schedule sets alpha per step)")
-    for flag, values in (("--weight", args.weight), ("--role", args.role)):
-        if values and len(values) != len(images):
-            raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
-    if images:
-        fields["references"] = [
-            {"image": im, **({"weight": args.weight[i]} if args.weight else {}),
-             **({"role": args.role[i]} if args.role else {})}
-            for i, im in enumerate(images)
-        ]
+    references = references_from_args(args)
+    if references:
+        fields["references"] = references
     if base is None and "backend" not in fields:
         given = sorted(fields) + (["vl_model"] if getattr(args, "models.vl", None) else [])
-        if not images and given:  # e.g. --blend without --image: say so instead of ignoring it
+        if not references and given:  # e.g. --blend without --image: say so instead of ignoring it
             raise InputError(f"vision settings ({', '.join(given)}) need --image REF "
                              "(or --backend vl to condition on the VL text alone)")
-        fields["backend"] = config.vl.backend if images else "text"
+        fields["backend"] = config.vl.backend if references else "text"
     data = {**(base.to_dict() if base else {}), **fields}
     if "alpha" in fields:
         data["schedule"] = None  # --vl-alpha over a recipe with a schedule: a constant alpha

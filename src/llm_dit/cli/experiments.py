@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import add_config_flags, add_generation_flags, config
+from .conditioning import FILE_FIELDS, absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
@@ -87,7 +88,7 @@ def cmd_experiments(args) -> int:
 
 
 def _images(args) -> list[str]:
-    return [str(Path(im).expanduser().absolute()) for im in args.image or []]
+    return [absolute(im) for im in args.image or []]
 
 
 def _caption(args) -> str | None:
@@ -210,20 +211,17 @@ def cmd_sweep(args) -> int:
             raise InputError("--caption-tokens captions the reference: give --image")
         if not 1 <= args.caption_tokens <= 1504:
             raise InputError(f"--caption-tokens must be in 1..1504 (got {args.caption_tokens})")
-    for flag, values in (("--weight", args.weight), ("--role", args.role)):
-        if values and len(values) != len(images):
-            raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
+    references = references_from_args(args)
     base, axes = sweep_axes(args)
     if not axes:
         raise InputError("nothing to sweep: give at least one list (e.g. --alphas 0.3,0.5) or a --grid file")
-    if images:
-        base["references"] = [{"image": im, **({"weight": args.weight[i]} if args.weight else {}),
-                               **({"role": args.role[i]} if args.role else {})} for i, im in enumerate(images)]
-    for key in ("adapter", "reference_stats"):  # files: absolute, so the run folder reruns from anywhere
+    if references:
+        base["references"] = references
+    for key in FILE_FIELDS:
         if isinstance(base.get(key), str):
-            base[key] = str(Path(base[key]).expanduser().absolute())
+            base[key] = absolute(base[key])
         if key in axes:
-            axes[key] = [v if v is None else str(Path(v).expanduser().absolute()) for v in axes[key]]
+            axes[key] = [v if v is None else absolute(v) for v in axes[key]]
     cfg = config(args)
     if args.caption_tokens is not None:
         cfg = cfg.replace(**{"encoder.max_length": 1504})

@@ -53,16 +53,20 @@ def request_image(req: ExtractionRequest, images: dict[str, Image.Image]) -> Ima
 
 
 def run_extractions(extractor, requests: list[ExtractionRequest], images: dict[str, Image.Image],
-                    log: Log | None = None) -> dict:
-    """``{request: VLExtractionResult}`` (raw states, full selection) for every request."""
+                    log: Log | None = None, seconds: dict | None = None) -> dict:
+    """``{request: VLExtractionResult}`` (raw states, full selection) for every request; the time of
+    each pass goes into ``seconds`` when given."""
     out = {}
     for i, req in enumerate(requests):
         if log:
             log(f"extract {i + 1}/{len(requests)}: {req.label()}")
+        t0 = time.perf_counter()
         out[req] = extractor.extract(
             request_image(req, images), req.text, hidden_layer=list(req.layers), system_prompt=req.system_prompt,
             max_pixels=req.max_pixels, pool=req.pool,
         )
+        if seconds is not None:
+            seconds[req] = time.perf_counter() - t0
     return out
 
 

@@ -45,10 +45,6 @@ class Cell:
     caption: int | None = None  # the prompt is the reference's caption of about this many tokens
     generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
 
-    @property
-    def is_baseline(self) -> bool:
-        return self.recipe.backend == "text"
-
     def config(self, config: Config) -> Config:
         """The run's configuration with this cell's generation overrides."""
         return config.replace(**{f"generation.{k}": v for k, v in self.generation.items()}) if self.generation \
@@ -225,4 +221,4 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
         recipe = Recipe.from_dict(fields_)
         params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
         cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
-    return with_baselines(check_unique(cells))
+    return with_baselines(cells)  # which checks the names, baselines included

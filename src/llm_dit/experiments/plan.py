@@ -137,7 +137,8 @@ def plan_jobs(pending: list[Cell], resolved: dict[str, Recipe], captions: dict[i
         recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
         key = generation_key(recipe, text, cfg)
         if key not in jobs:
-            check_recipe_run(recipe, cfg, text)  # captions are known now
+            if c.caption is not None:  # checked with a stand-in prompt before; the caption is known now
+                check_recipe_run(recipe, cfg, text)
             jobs[key] = Job(key, recipe, text, cfg, [], plan_extractions(recipe, text))
         jobs[key].cells.append(c)
     # baselines first: every other picture is compared with its baseline

@@ -104,6 +104,9 @@ def _title(meta: dict) -> str:
 def write_grids(out: Path, meta: dict, specs: list[GridSpec]) -> list[Path]:
     from PIL import Image
 
+    from ..images import save_png
+
+    panels = {r["name"]: _panel(out, r) for r in meta["results"]}  # each picture read once, for every grid
     lead = []
     for i in range(len(meta["images"])):
         p = out / folder.reference_name(i)
@@ -112,13 +115,11 @@ def write_grids(out: Path, meta: dict, specs: list[GridSpec]) -> list[Path]:
                 lead.append(Panel("reference" if i == 0 else f"reference {i + 1}", im.convert("RGB")))
     written = []
     for spec in [GridSpec("comparison_grid.png"), *specs]:
-        cells = [(r["params"], _panel(out, r)) for r in meta["results"] if _matches(r["params"], spec.where)]
+        cells = [(r["params"], panels[r["name"]]) for r in meta["results"] if _matches(r["params"], spec.where)]
         if not cells:
             continue
         title = _title(meta) + (f"  [{spec.title}]" if spec.title else "")
         grid = render(layout(title, lead, cells, spec.rows, spec.cols))
-        from ..images import save_png
-
         written.append(save_png(grid, out / spec.file))
     return written
 

@@ -23,11 +23,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 from ..config import Config
 from ..conditioning.build import build_conditioning, reference_stats_layers
-from ..conditioning.run import check_recipe_run, conditioning_record, reference_stats_for, request_image
+from ..conditioning.run import check_recipe_run, conditioning_record, reference_stats_for, run_extractions
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from . import folder
@@ -47,6 +45,7 @@ class Runner:
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.progress = progress
         self.key = ""
+        self.keys: dict[str, str] = {}  # cell name -> cell key
         self.references: list = []
         self.timings: dict[str, float] = {}
         self.vl = None  # the Qwen3-VL extractor while loaded
@@ -95,8 +94,8 @@ class Runner:
         for i, im in enumerate(self.references):
             if not (self.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
                 save_png(im, self.out / folder.reference_name(i))
-        keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
-        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, keys[c.name]))
+        self.keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
+        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, self.keys[c.name]))
                 and (not self.spec.save_embeddings or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
         pending = [c for c in self.spec.cells if c.name not in done]
         self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run")
@@ -104,7 +103,7 @@ class Runner:
         generated = 0
         try:
             if pending:
-                generated, failed = self._run_pending(pending, done, keys)
+                generated, failed = self._run_pending(pending, done)
         finally:
             self.unload()
             from ..provenance import provenance
@@ -121,7 +120,7 @@ class Runner:
     def _time(self, stage: str, t0: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
-    def _run_pending(self, pending: list[Cell], done: dict[str, dict], keys: dict[str, str]) -> tuple[int, list[str]]:
+    def _run_pending(self, pending: list[Cell], done: dict[str, dict]) -> tuple[int, list[str]]:
         needs_captions = sorted({c.caption for c in pending if c.caption is not None})
         resolved = {c.name: c.recipe.resolve(c.config(self.config)) for c in pending}
         needs_vl_model = bool(needs_captions and self.spec.caption is None) or any(
@@ -204,13 +203,10 @@ class Runner:
             self.config, backend="splice", text_encoder=self.model.pipe.text_encoder, vision=loaded)
         images = dict(zip(self.spec.images, self.references))
         self.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
-        results, seconds = {}, {}
-        for u in unique:
-            t0 = time.perf_counter()
-            results[u] = extractor.extract(request_image(u, images), u.text, hidden_layer=list(u.layers),
-                                           system_prompt=u.system_prompt, max_pixels=u.max_pixels, pool=u.pool)
-            seconds[u] = time.perf_counter() - t0
-            self._time(f"extract_{backend}", t0)
+        seconds: dict = {}
+        t0 = time.perf_counter()
+        results = run_extractions(extractor, unique, images, seconds=seconds)
+        self._time(f"extract_{backend}", t0)
         if backend == "splice":
             extractor.unload()
         for j in jobs:
@@ -272,7 +268,7 @@ class Runner:
                         failed.append(cell.name)
                         folder.write_record(self.out, cell.name, {
                             "name": cell.name, "success": False, "error": msg, "params": cell.params,
-                            "cell_key": cell_key(self.key, cell), "recipe": cell.recipe.to_dict()})
+                            "cell_key": self.keys[cell.name], "recipe": cell.recipe.to_dict()})
                         bar.update(1)
                         bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
         finally:
@@ -364,7 +360,7 @@ class Runner:
             "recipe": declared.to_dict(),
             "conditioning": cond_record,
             "generation_key": job.key,
-            "cell_key": cell_key(self.key, cell),
+            "cell_key": self.keys[cell.name],
         }
         save_png(image, self.out / file, {"cell": cell.name, "prompt": job.prompt, "recipe": record["recipe"],
                                           "seed": g.seed, "steps": g.steps})
@@ -381,13 +377,11 @@ class Runner:
         return ", ".join(parts)
 
     def unload(self) -> None:
-        for m in (self.vl, self.model):
+        for m in (self.vl, self.model):  # each unload frees its memory (and the CUDA cache)
             if m is not None:
                 m.unload()
         self.vl = self.model = None
         self.scorers = []
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def _declared_alpha(recipe, steps: int):
@@ -399,8 +393,9 @@ def _declared_alpha(recipe, steps: int):
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return text if isinstance(e, LlmDitError) else f"{type(e).__name__}: {text}"
+    from ..models.loading import _first_line
+
+    return _first_line(e) if isinstance(e, LlmDitError) else f"{type(e).__name__}: {_first_line(e)}"
 
 
 def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True) -> Summary:

@@ -1,0 +1,123 @@
+"""Resuming runs: skipped cells, refused folders, failures, SIGKILL, changed files, model mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from llm_dit.cli import main
+from run_args import PROMPT, SMALL, compare_args
+
+
+def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = compare_args("alpha_sweep", refs, out)
+    assert main(args) == 0
+    capsys.readouterr()
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if not p.name.startswith(("comparison",))}
+    assert main(args) == 0
+    assert "4 cells: 4 already done, 0 picture(s) generated" in capsys.readouterr().out
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name in stamps}
+    assert main([*args, "--seed", "7"]) == 2
+    assert "holds a different run" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(compare_args("alpha_sweep", refs, tmp_path / "other")) == 2
+    assert "not empty and holds no llm-dit run" in capsys.readouterr().err
+
+
+def test_a_failing_cell_is_recorded_and_the_run_goes_on(refs, tmp_path, capsys, monkeypatch):
+    import llm_dit.experiments.runner as R
+
+    real = R.build_conditioning
+
+    def flaky(recipe, *a, **k):
+        if recipe.alpha == 0.5:
+            raise RuntimeError("simulated failure")
+        return real(recipe, *a, **k)
+
+    monkeypatch.setattr(R, "build_conditioning", flaky)
+    out = tmp_path / "r"
+    assert main(compare_args("alpha_sweep", refs, out)) == 1
+    cap = capsys.readouterr()
+    errors = [ln for ln in cap.err.splitlines() if ln.startswith("llm-dit: error")]
+    assert len(errors) == 1 and "1 of 4 cells failed (alpha0.5)" in errors[0] and "Traceback" not in cap.err
+    assert "alpha0.5: FAILED: RuntimeError: simulated failure" in cap.err  # said when it happened
+    meta = json.loads((out / "metadata.json").read_text())
+    failed = [r for r in meta["results"] if r["status"] == "failed"]
+    assert [r["name"] for r in failed] == ["alpha0.5"] and "simulated failure" in failed[0]["error"]
+    assert meta["counts"] == {"done": 3, "failed": 1, "pending": 0} and not (out / "alpha0.5.png").exists()
+    monkeypatch.setattr(R, "build_conditioning", real)
+    assert main(compare_args("alpha_sweep", refs, out)) == 0  # the failed cell is retried
+    assert "4 cells: 3 already done, 1 picture(s) generated" in capsys.readouterr().out
+
+
+def _count(folder: Path) -> int:
+    return len(list((folder / "cells").glob("*.json"))) if (folder / "cells").is_dir() else 0
+
+
+def test_killed_mid_run_then_resumed_every_cell_exactly_once(refs, tmp_path, capsys):
+    """SIGKILL once cells have started to finish; the rerun completes the rest and redoes nothing."""
+    out = tmp_path / "killed"
+    args = ["compare", "--experiment", "alpha_sweep", "--image", refs[0], "--prompt", PROMPT, "--out", str(out),
+            *SMALL]  # the full sweep: 11 cells
+    proc = subprocess.Popen([sys.executable, "-m", "llm_dit", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while _count(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem for p in (out / "cells").glob("*.json")}
+    assert 3 <= len(finished) < 11, "the kill came too late to test resuming"
+    before = {n: (out / f"{n}.png").read_bytes() for n in finished}
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert f"11 cells: {len(finished)} already done, {11 - len(finished)} picture(s) generated" in stdout
+    meta = json.loads((out / "metadata.json").read_text())
+    names = [r["name"] for r in meta["results"]]
+    assert len(names) == len(set(names)) == 11 and meta["counts"]["done"] == 11
+    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == sorted(names)
+    for r in meta["results"]:
+        with Image.open(out / r["file"]) as im:
+            im.verify()
+    assert all((out / f"{n}.png").read_bytes() == b for n, b in before.items())  # finished cells untouched
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_resume_keeps_baseline_metrics_and_sees_changed_files(refs, tmp_path, capsys, extractor, zimage):
+    from llm_dit.vl.adapter import fit_adapter
+
+    adapter = tmp_path / "ad.safetensors"
+    fit_adapter(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a cat", "a red house", "a boat"],
+                -6, -2).save(adapter)
+    out = tmp_path / "r"
+    args = ["sweep", "--image", refs[0], "--prompt", PROMPT, "--vary", f"adapter=none,{adapter}", "--blends",
+            "replace", "--out", str(out), *SMALL]
+    assert main(args) == 0
+    (out / "cells" / "adapter-none.json").unlink()  # as if killed before this record
+    assert main(args) == 0
+    assert "3 cells: 2 already done, 1 picture(s) generated" in capsys.readouterr().out
+    rec = json.loads((out / "cells" / "adapter-none.json").read_text())
+    assert "ssim_text" in rec["metrics"]  # the baseline of an earlier session still counts
+    fit_adapter(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a dog", "a tree"], -6, -2).save(adapter)
+    assert main(args) == 0
+    assert "3 cells: 2 already done, 1 picture(s) generated" in capsys.readouterr().out  # the refitted one
+    assert main([*args, "--save-embeddings"]) == 0  # finished cells without their embeddings are redone
+    assert len(list((out / "embeddings").glob("*.safetensors"))) == 3
+
+
+def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main([*compare_args("alpha_sweep", refs, out), "--vl-model", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not out.exists()
+    assert main([*compare_args("alpha_sweep", refs, out), "--device", "mps"]) == 2
+    assert not out.exists()
+    assert main(compare_args("alpha_sweep", refs, out)) == 0
