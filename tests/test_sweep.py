@@ -75,7 +75,7 @@ def test_sweep_values_are_typed_per_field(refs, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["compare", "--experiment", "alpha_swep"], "unknown experiment 'alpha_swep'; did you mean alpha_sweep?"),
-    (["compare", "--experiment", "alpha_sweep", "--image", "{a}"], "alpha_sweep needs --prompt"),
+    (["compare", "--experiment", "alpha_sweep", "--image", "{a}"], "alpha_sweep needs a prompt"),
     (["compare", "--experiment", "caption_alignment", "--image", "{a}", "--prompt", "x"], "writes its own prompts"),
     (["compare", "--experiment", "multi_reference", "--image", "{a}", "--prompt", "x"],
      "multi_reference takes 2 reference images"),
@@ -86,7 +86,7 @@ def test_sweep_values_are_typed_per_field(refs, tmp_path, capsys):
     (["sweep", "--image", "{a}", "--prompt", "x", "--alphas", "0.3,1.5"], "alpha"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--alphas", "0.3,0.3"], "repeats a value"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--layers=-2,-40"], "out of range"),
-    (["sweep", "--image", "{a}", "--prompt", "x", "--methods", "caption"], "give --caption-tokens"),
+    (["sweep", "--image", "{a}", "--prompt", "x", "--methods", "caption"], "give caption tokens"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--grid", "{grid}"], "'recipe' must be a table"),
 ])
 def test_run_errors_are_one_line(refs, tmp_path, capsys, args, message):

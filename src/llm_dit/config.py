@@ -58,6 +58,9 @@ class RuntimeConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     offload: Literal["none", "model", "group_block", "group_leaf"] = "none"
+    #: Models kept loaded between jobs of a long-lived process (``llm-dit serve``): ``all`` keeps
+    #: Z-Image and Qwen3-VL side by side; ``one`` keeps one at a time (loading one unloads the other).
+    keep_models: Literal["all", "one"] = "all"
 
     @field_validator("device")
     @classmethod
@@ -278,7 +281,8 @@ def validate_model(cls: type[BaseModel], data: dict[str, Any], what: str, error:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise error(describe_error(e.errors()[0], cls, what)) from None
+        first = e.errors()[0]
+        raise error(describe_error(first, cls, what), field=".".join(str(p) for p in first["loc"]) or None) from None
 
 
 def _validate(data: dict[str, Any]) -> Config:

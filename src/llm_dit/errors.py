@@ -9,9 +9,14 @@ from __future__ import annotations
 
 
 class LlmDitError(Exception):
-    """A user-facing error: ``str(err)`` is one clear sentence."""
+    """A user-facing error: ``str(err)`` is one clear sentence; ``field`` names the setting at fault
+    (``"recipe.alpha"``, ``"generation.steps"``) when one is."""
 
     exit_code = 2
+
+    def __init__(self, message: str = "", field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(LlmDitError, ValueError):
@@ -24,3 +29,11 @@ class InputError(LlmDitError, ValueError):
 
 class ModelLoadError(LlmDitError):
     """A model could not be found or loaded."""
+
+
+class Cancelled(BaseException):
+    """Raised from a progress hook to stop work at once (the web app's cancel button).
+
+    A ``BaseException`` like ``KeyboardInterrupt``: code that records a failed cell and goes on
+    (``except Exception``) must not swallow it.
+    """

@@ -10,6 +10,9 @@ call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` ov
 Per-step conditioning: pass a function ``(i, n) -> [L, D]`` instead of a tensor; it gives the
 embeddings for step ``i`` of the ``n`` steps that run (img2img runs fewer than ``steps``). Step 0
 uses it directly; diffusers' ``callback_on_step_end`` after step ``i`` swaps in ``f(i + 1, n)``.
+Progress: ``on_step(done, n)`` is called before the first step and after each one, from the same
+hook; raising :class:`~llm_dit.errors.Cancelled` there stops the pipeline at once (diffusers'
+``interrupt`` would still decode a half-denoised picture).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .models.loading import Placement, load_z_image_pipeline, resolve_placement
 from .text import TextEncoding, encode_prompt
 
 StepEmbeds = Callable[[int, int], torch.Tensor]
+OnStep = Callable[[int, int], None]
 
 
 def check_embeddings(emb: torch.Tensor, dim: int) -> torch.Tensor:
@@ -108,11 +112,13 @@ class ZImage:
         generation: GenerationConfig | None = None,
         init_image: Image.Image | None = None,
         negative_embeds: torch.Tensor | None = None,
+        on_step: OnStep | None = None,
     ) -> Image.Image:
         """One image (txt2img, or img2img when ``init_image`` is given).
 
         ``conditioning`` is the caption embedding ``[L, D]`` for every step, or a function
         ``(i, n) -> [L, D]`` giving the embedding for step ``i`` of the ``n`` steps that run.
+        ``on_step(done, n)``: progress, before the first step and after each step.
         """
         g = generation or self.config.generation
         self._set_shift(g.shift)
@@ -121,13 +127,13 @@ class ZImage:
         else:
             pipe, n_steps = self.img2img_pipeline(), img2img_steps(g.steps, g.strength)
             extra = dict(image=fit_init_image(init_image, g.width, g.height), strength=g.strength)
-        if callable(conditioning):
-            first = conditioning(0, n_steps)
-            extra.update(
-                callback_on_step_end=self._step_callback(conditioning), callback_on_step_end_tensor_inputs=[]
-            )
-        else:
-            first = conditioning
+        first = conditioning(0, n_steps) if callable(conditioning) else conditioning
+        if callable(conditioning) or on_step is not None:
+            extra.update(callback_on_step_end=self._step_callback(conditioning if callable(conditioning) else None,
+                                                                  on_step),
+                         callback_on_step_end_tensor_inputs=[])
+        if on_step is not None:
+            on_step(0, n_steps)
         if g.guidance_scale > 0:
             if negative_embeds is None:  # diffusers' negative prompt default: the empty prompt
                 negative_embeds = self.encode_negative()
@@ -150,10 +156,12 @@ class ZImage:
             self.pipe.tokenizer, self.pipe.text_encoder, "", enc.hidden_layer, enc.max_length, allow_empty=True
         ).embeddings
 
-    def _step_callback(self, step_embeds: StepEmbeds):
+    def _step_callback(self, step_embeds: StepEmbeds | None, on_step: OnStep | None):
         def on_step_end(pipe, i, t, callback_kwargs):
             n = pipe.num_timesteps
-            if i + 1 >= n:
+            if on_step is not None:
+                on_step(i + 1, n)
+            if step_embeds is None or i + 1 >= n:
                 return {}
             return {"prompt_embeds": [self._to_dit(step_embeds(i + 1, n))]}
 

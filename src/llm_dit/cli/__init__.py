@@ -20,7 +20,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("generate", help="an image from a prompt, optionally conditioned on reference images")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", help="the prompt (or --caption-tokens)")
+    p.add_argument("--caption-tokens", type=int, metavar="N",
+                   help="the prompt is Qwen3-VL's caption of the first --image, about N tokens (seed 004)")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the image; its metadata goes to FILE.json")
     p.add_argument("--init-image", metavar="INIT", help="init image for img2img (with --strength)")
     add_recipe_flags(p)

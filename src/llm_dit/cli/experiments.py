@@ -123,24 +123,10 @@ def _run(spec, cfg, args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..experiments.presets import Inputs, get_experiment
-    from ..experiments.runner import RunSpec
+    from ..experiments.specs import experiment_spec
 
-    exp = get_experiment(args.experiment)
-    caption = _caption(args)
-    if exp.caption and args.prompt is not None:
-        raise InputError(f"{exp.name} writes its own prompts (captions of the image); use --caption to give one")
-    if not exp.caption and args.prompt is None:
-        raise InputError(f"{exp.name} needs --prompt")
-    if not exp.caption and caption is not None:
-        raise InputError(f"--caption applies to caption experiments, not {exp.name}")
-    cfg = config(args)
-    if exp.config:
-        cfg = cfg.replace(**exp.config)
-    cells = exp.cells(Inputs(_images(args), args.quick))
-    grids = exp.grids(cells) if exp.grids else []
-    spec = RunSpec(exp.name, _images(args), args.prompt, cells, grids, quick=args.quick, caption=caption,
-                   save_embeddings=args.save_embeddings)
+    spec, cfg = experiment_spec(args.experiment, _images(args), args.prompt, config(args), quick=args.quick,
+                                caption=_caption(args), save_embeddings=args.save_embeddings)
     return _run(spec, cfg, args)
 
 
@@ -196,40 +182,18 @@ def sweep_axes(args) -> tuple[dict, dict]:
 
 
 def cmd_sweep(args) -> int:
-    from ..experiments.cells import sweep_cells
-    from ..experiments.presets import slice_grids
-    from ..experiments.runner import RunSpec
+    from ..experiments.specs import sweep_spec
 
-    images = _images(args)
     caption = _caption(args)
-    if args.caption_tokens is None and args.prompt is None:
-        raise InputError("give --prompt, or --caption-tokens N to use a caption of the reference as the prompt")
-    if args.caption_tokens is not None:
-        if args.prompt is not None:
-            raise InputError("give --prompt or --caption-tokens, not both")
-        if not images:
-            raise InputError("--caption-tokens captions the reference: give --image")
-        if not 1 <= args.caption_tokens <= 1504:
-            raise InputError(f"--caption-tokens must be in 1..1504 (got {args.caption_tokens})")
     references = references_from_args(args)
     base, axes = sweep_axes(args)
-    if not axes:
-        raise InputError("nothing to sweep: give at least one list (e.g. --alphas 0.3,0.5) or a --grid file")
-    if references:
-        base["references"] = references
     for key in FILE_FIELDS:
         if isinstance(base.get(key), str):
             base[key] = absolute(base[key])
         if key in axes:
             axes[key] = [v if v is None else absolute(v) for v in axes[key]]
-    cfg = config(args)
-    if args.caption_tokens is not None:
-        cfg = cfg.replace(**{"encoder.max_length": 1504})
-    if "method" in axes and args.caption_tokens is None:
-        raise InputError("--methods compares caption-aligned and generic VL text: give --caption-tokens N")
-    cells = sweep_cells(base, axes, caption=args.caption_tokens)
-    spec = RunSpec("sweep", images, args.prompt, cells, slice_grids(cells), caption=caption,
-                   save_embeddings=args.save_embeddings, details={"base": base, "axes": axes})
+    spec, cfg = sweep_spec(references, args.prompt, base, axes, config(args), caption_tokens=args.caption_tokens,
+                           caption=caption, save_embeddings=args.save_embeddings)
     return _run(spec, cfg, args)
 
 

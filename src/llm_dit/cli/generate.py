@@ -10,16 +10,16 @@ from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
-    from ..conditioning.run import generate_from_recipe
-    from ..images import check_output_path, load_image, save_png
-    from ..io import write_json
-    from ..provenance import provenance
+    from ..conditioning.run import generate_from_recipe, write_generated
+    from ..images import check_output_path, load_image
     from .conditioning import recipe_from_args
 
     # Everything a user can get wrong is checked before any model loads (the recipe and its
     # references by generate_from_recipe, which checks them before its first stage).
     cfg = config(args)
     resolved = recipe_from_args(args, cfg).resolve(cfg)
+    if (args.prompt is None) == (args.caption_tokens is None):
+        raise InputError("give --prompt, or --caption-tokens N (the prompt is a caption of the first --image)")
     out = check_output_path(args.out)
     sidecar = out.with_suffix(".json")
     init = load_image(args.init_image, "init image") if args.init_image else None
@@ -29,7 +29,8 @@ def cmd_generate(args) -> int:
         check_output_path(args.save_recipe, ".toml")
 
     progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
-    result = generate_from_recipe(cfg, resolved, args.prompt, init_image=init, log=progress)
+    result = generate_from_recipe(cfg, resolved, args.prompt, init_image=init, log=progress,
+                                  caption_tokens=args.caption_tokens)
     rec = result.record
     text = rec["text_encoding"]
     if text["truncated"]:
@@ -38,17 +39,7 @@ def cmd_generate(args) -> int:
             "(raise --max-length up to 1504, or pick a --long-prompt-mode)",
             file=sys.stderr,
         )
-    record = {
-        "mode": "img2img" if init is not None else "txt2img",
-        "prompt": args.prompt,
-        "init_image": str(args.init_image) if args.init_image else None,
-        **rec,
-        "config": cfg.to_dict(),
-        **provenance(),
-    }
-    # The image last: a PNG on disk means its sidecar is already complete.
-    write_json(sidecar, record)
-    save_png(result.image, out, record)
+    write_generated(out, result, str(args.init_image) if args.init_image else None)
     if args.save_recipe:
         resolved.save(args.save_recipe)
     g = cfg.generation

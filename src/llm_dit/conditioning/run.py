@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..config import Config
+from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError
 from ..images import load_image
 from ..vl.normalize import ReferenceStats
@@ -30,6 +30,8 @@ from .recipe import Recipe
 from .style import neutral_image
 
 Log = Callable[[str], None]
+#: Stands for a caption not written yet, when a recipe is checked before captioning.
+CAPTION_STANDIN = "a caption"
 
 
 def load_references(recipe: Recipe) -> dict[str, Image.Image]:
@@ -110,6 +112,8 @@ class Generated:
     image: Image.Image
     conditioning: Conditioning
     record: dict
+    prompt: str  # the prompt the picture was made from (a caption when one was asked for)
+    config: Config  # the configuration it was made with
 
 
 def _num_layers(config: Config, backend: str) -> int | None:
@@ -169,46 +173,94 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
 def generate_from_recipe(
     config: Config,
     recipe: Recipe,
-    prompt: str,
+    prompt: str | None,
     init_image: Image.Image | None = None,
     log: Log | None = None,
+    models=None,
+    on_step=None,
+    caption_tokens: int | None = None,
 ) -> Generated:
-    """One image for ``prompt`` conditioned by ``recipe`` (see the module docstring for the stages)."""
-    from ..generate import ZImage, img2img_steps
-    from ..vl import VLEmbeddingExtractor
+    """One image for ``prompt`` conditioned by ``recipe`` (see the module docstring for the stages).
+
+    ``models``: a :class:`~llm_dit.models.pool.ModelPool` whose models are used and kept (a server);
+    without one, each model is loaded for this call and freed after its stage. ``on_step(done, n)``
+    reports denoising progress (and may raise :class:`~llm_dit.errors.Cancelled`). ``caption_tokens``:
+    the prompt is Qwen3-VL's caption of the first reference, about that many tokens (seed 004's
+    caption method; the VL chat's ``{prompt}`` is then the caption too).
+    """
+    from ..generate import img2img_steps
+    from ..models.pool import ModelPool
 
     t0 = time.perf_counter()
+    if caption_tokens is not None:
+        if not recipe.references:
+            raise InputError("a caption prompt captions the first reference image: give one", field="caption_tokens")
+        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+            raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
+                             field="caption_tokens")
+        config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
+    elif prompt is None:
+        raise InputError("give a prompt (or caption_tokens to use a caption of the reference)", field="prompt")
     recipe = recipe.resolve(config)
-    requests = check_recipe_run(recipe, config, prompt)
+    requests = check_recipe_run(recipe, config, prompt if caption_tokens is None else CAPTION_STANDIN)
     images = load_references(recipe)
-    extractions: dict = {}
-    if requests and recipe.backend == "vl":
-        extractor = VLEmbeddingExtractor.from_config(config, backend="vl")
-        try:
-            extractions = run_extractions(extractor, requests, images, log)
-        finally:
-            extractor.unload()
-    model = ZImage.load(config)
-    text = model.encode(prompt)
-    if requests and recipe.backend == "splice":
-        extractor = VLEmbeddingExtractor.from_config(config, backend="splice", text_encoder=model.pipe.text_encoder)
-        try:
-            extractions = run_extractions(extractor, requests, images, log)
-        finally:
-            extractor.unload()
-    stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log)
-    cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats)
-    g = config.generation
-    t_gen = time.perf_counter()
-    image = model.generate(cond.step_embeds(g.steps), init_image=init_image)
-    now = time.perf_counter()
+    own = models is None
+    pool = models if models is not None else ModelPool()
+    try:
+        caption = None
+        if caption_tokens is not None:
+            from ..experiments.captions import make_caption
+
+            if log:
+                log(f"caption of about {caption_tokens} tokens")
+            prompt, caption = make_caption(pool.vl(config), images[recipe.references[0].image], caption_tokens, config)
+            requests = check_recipe_run(recipe, config, prompt)
+        extractions: dict = {}
+        if requests and recipe.backend == "vl":
+            extractions = run_extractions(pool.vl(config), requests, images, log)
+        if own:
+            pool.release("vl")  # one model at a time in a one-shot call
+        model = pool.z_image(config)
+        text = model.encode(prompt)
+        if requests and recipe.backend == "splice":
+            extractions = run_extractions(pool.splice(config), requests, images, log)
+        stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log)
+        cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats)
+        g = config.generation
+        t_gen = time.perf_counter()
+        image = model.generate(cond.step_embeds(g.steps), init_image=init_image, on_step=on_step)
+        now = time.perf_counter()
+        placement = model.placement.to_dict()
+    finally:
+        if own:
+            pool.release()
     n_run = img2img_steps(g.steps, g.strength) if init_image is not None else g.steps
     alphas = [recipe.alpha_at(i + g.steps - n_run, g.steps) for i in range(n_run)]
     record = conditioning_record(cond, alphas, text.summary())
-    record.update(generation_time=round(now - t_gen, 3), seconds=round(now - t0, 3),
-                  placement=model.placement.to_dict())
-    model.unload()
-    return Generated(image, cond, record)
+    if caption is not None:
+        record["caption"] = caption
+    record.update(generation_time=round(now - t_gen, 3), seconds=round(now - t0, 3), placement=placement)
+    return Generated(image, cond, record, prompt, config)
+
+
+def write_generated(out: Path, result: Generated, init_image: str | None = None) -> dict:
+    """The sidecar ``out.json`` (prompt, conditioning record, configuration, provenance), then the PNG:
+    a PNG on disk means its sidecar is complete. Returns the record."""
+    from ..images import save_png
+    from ..io import write_json
+    from ..provenance import provenance
+
+    record = {
+        "mode": "img2img" if init_image is not None else "txt2img",
+        "prompt": result.prompt,
+        "init_image": init_image,
+        **result.record,
+        "config": result.config.to_dict(),
+        **provenance(),
+    }
+    write_json(Path(out).with_suffix(".json"), record)
+    save_png(result.image, out, record)
+    return record
 
 
 def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: dict | None = None) -> dict:

@@ -200,11 +200,11 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
     for key, values in axes.items():
         if key not in fields and key not in GENERATION_AXES and key != "method":
             raise InputError(f"cannot sweep {key!r}: not a recipe field or one of {', '.join(GENERATION_AXES)}, "
-                             "method")
+                             "method", field=f"axes.{key}")
         if not isinstance(values, list) or not values:
-            raise InputError(f"the sweep list for {key!r} is empty")
+            raise InputError(f"the sweep list for {key!r} is empty", field=f"axes.{key}")
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
-            raise InputError(f"the sweep list for {key!r} repeats a value ({values})")
+            raise InputError(f"the sweep list for {key!r} repeats a value ({values})", field=f"axes.{key}")
     keys = list(axes)
     cells = []
     for combo in itertools.product(*(axes[k] for k in keys)):
@@ -213,7 +213,8 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
         gen = {k: v for k, v in values.items() if k in GENERATION_AXES}
         if "method" in values:
             if values["method"] not in METHODS:
-                raise InputError(f"method must be one of {', '.join(METHODS)} (got {values['method']!r})")
+                raise InputError(f"method must be one of {', '.join(METHODS)} (got {values['method']!r})",
+                                 field="axes.method")
             recipe_part["vl_text"] = METHODS[values["method"]]
         fields_ = {**base, **recipe_part}
         if fields_.get("backend") == "text":  # the pure-text side of a backend sweep: no references

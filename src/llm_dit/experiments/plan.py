@@ -65,10 +65,12 @@ def _file_digest(path: str) -> str:
 
 
 def run_key(spec: RunSpec, config: Config) -> str:
-    """Equal for the same command: what decides the pictures (not metrics, offloading or caching)."""
+    """Equal for the same command: what decides the pictures (not metrics, offloading, caching or which
+    models stay loaded)."""
     cfg = config.to_dict()
     cfg.pop("metrics", None)
     cfg["runtime"].pop("offload", None)
+    cfg["runtime"].pop("keep_models", None)
     cfg["vl"].pop("cache_gb", None)
     plan = spec.plan(config)
     plan.pop("config")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ..config import Config
 from ..conditioning.build import build_conditioning, reference_stats_layers
-from ..conditioning.run import check_recipe_run, conditioning_record, reference_stats_for, run_extractions
+from ..conditioning.run import (CAPTION_STANDIN, check_recipe_run, conditioning_record, reference_stats_for,
+                                run_extractions)
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from . import folder
@@ -33,17 +34,23 @@ from .cells import Cell, check_unique, effective_recipe
 from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key, text_key
 
 Echo = Callable[[str], None]
-CHECK_PROMPT = "a caption"  # stands for a caption not written yet, when checking recipes
+OnCell = Callable[[int, int, str], None]
 
 
 class Runner:
     """One run of a :class:`RunSpec` into a folder (see the module docstring)."""
 
     def __init__(self, spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None,
-                 progress: bool = True):
+                 progress: bool = True, models=None, on_step=None, on_cell: OnCell | None = None):
+        """``models``: a :class:`~llm_dit.models.pool.ModelPool` to take models from and leave them in
+        (a server); without one, models load for this run and are freed after it. ``on_step(done, n)``
+        reports denoising steps, ``on_cell(done, total, name)`` finished cells; either may raise
+        :class:`~llm_dit.errors.Cancelled` to stop the run (its report is still written)."""
         self.spec, self.config, self.out = spec, config, Path(out)
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.progress = progress
+        self.pool, self.on_step, self.on_cell = models, on_step, on_cell
+        self.cells_done = 0
         self.key = ""
         self.keys: dict[str, str] = {}  # cell name -> cell key
         self.references: list = []
@@ -75,7 +82,7 @@ class Runner:
             self.references.append(im)
         for c in self.spec.cells:
             cfg = c.config(self.config)
-            prompt = self.spec.prompt if c.caption is None else CHECK_PROMPT
+            prompt = self.spec.prompt if c.caption is None else CAPTION_STANDIN
             try:
                 check_recipe_run(c.recipe.resolve(cfg), cfg, prompt)
             except LlmDitError as e:
@@ -137,14 +144,15 @@ class Runner:
             aliases.setdefault(rec.get("generation_key"), rec)
         extractions = self._extract([j for j in jobs if j.recipe.backend == "vl" and j.key not in aliases], "vl")
         if not vqa and self.vl is not None:
-            self.vl.unload()
-            self.vl = None
+            if self.pool is None:
+                self.vl.unload()
+            self.vl = None  # a pool keeps it or not, by the profile's keep_models
 
         # 3. Z-Image
         from ..generate import ZImage
 
         t0 = time.perf_counter()
-        self.model = ZImage.load(self.config)
+        self.model = self.pool.z_image(self.config) if self.pool is not None else ZImage.load(self.config)
         self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
         self._time("load_z_image", t0)
         from ..analysis.hub_metrics import load_scorers
@@ -165,7 +173,8 @@ class Runner:
 
         t0 = time.perf_counter()
         self.echo(f"loading Qwen3-VL ({self.config.models.vl})")
-        self.vl = VLEmbeddingExtractor.from_config(self.config, backend="vl")
+        self.vl = self.pool.vl(self.config) if self.pool is not None else \
+            VLEmbeddingExtractor.from_config(self.config, backend="vl")
         self._time("load_vl", t0)
 
     def _captions(self, lengths: list[int]) -> dict[int, str]:
@@ -199,15 +208,20 @@ class Runner:
         unique = list(dict.fromkeys(merged.values()))
         # splice: the vision tower of a Qwen3-VL still loaded (it scores pictures) is not loaded twice
         loaded = self.vl.model.model.visual if self.vl is not None and self.vl.model is not None else None
-        extractor = self.vl if backend == "vl" else VLEmbeddingExtractor.from_config(
-            self.config, backend="splice", text_encoder=self.model.pipe.text_encoder, vision=loaded)
+        if backend == "vl":
+            extractor = self.vl
+        elif self.pool is not None:
+            extractor = self.pool.splice(self.config)
+        else:
+            extractor = VLEmbeddingExtractor.from_config(
+                self.config, backend="splice", text_encoder=self.model.pipe.text_encoder, vision=loaded)
         images = dict(zip(self.spec.images, self.references))
         self.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
         seconds: dict = {}
         t0 = time.perf_counter()
         results = run_extractions(extractor, unique, images, seconds=seconds)
         self._time(f"extract_{backend}", t0)
-        if backend == "splice":
+        if backend == "splice" and self.pool is None:
             extractor.unload()
         for j in jobs:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
@@ -260,6 +274,7 @@ class Runner:
                         bar.update(1)
                         bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0),
                                   file=sys.stderr)
+                        self._cell_done(total, cell.name)
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # one cell's failure is recorded; the run goes on
@@ -271,9 +286,15 @@ class Runner:
                             "cell_key": self.keys[cell.name], "recipe": cell.recipe.to_dict()})
                         bar.update(1)
                         bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
+                        self._cell_done(total, cell.name)
         finally:
             bar.close()
         return generated, failed
+
+    def _cell_done(self, total: int, name: str) -> None:
+        self.cells_done += 1
+        if self.on_cell is not None:
+            self.on_cell(self.cells_done, total, name)
 
     def _picture(self, job: Job, extractions: dict, texts: dict, stats_memo: dict):
         """Build the conditioning of ``job`` and generate its picture."""
@@ -299,7 +320,7 @@ class Runner:
         step = cond.step_embeds(g.steps)
         timings["conditioning"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        image = self.model.generate(step, generation=g)
+        image = self.model.generate(step, generation=g, on_step=self.on_step)
         timings["generate"] = round(time.perf_counter() - t0, 3)
         self._time("generate", t0)
         alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
@@ -378,7 +399,7 @@ class Runner:
 
     def unload(self) -> None:
         for m in (self.vl, self.model):  # each unload frees its memory (and the CUDA cache)
-            if m is not None:
+            if m is not None and self.pool is None:  # a pool's models stay with the pool
                 m.unload()
         self.vl = self.model = None
         self.scorers = []
@@ -398,8 +419,10 @@ def _one_line(e: BaseException) -> str:
     return _first_line(e) if isinstance(e, LlmDitError) else f"{type(e).__name__}: {_first_line(e)}"
 
 
-def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True) -> Summary:
-    """Run ``spec`` into ``out`` (resuming what a previous run of the same command finished)."""
+def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True,
+        **hooks) -> Summary:
+    """Run ``spec`` into ``out`` (resuming what a previous run of the same command finished);
+    ``hooks``: ``models``, ``on_step``, ``on_cell`` of :class:`Runner`."""
     if not spec.cells:
         raise InputError("nothing to run: the experiment has no cells")
-    return Runner(spec, config, out, echo, progress).run()
+    return Runner(spec, config, out, echo, progress, **hooks).run()

@@ -1,0 +1,72 @@
+"""Run specs from what a person asked for: a named experiment, or a sweep of recipe fields.
+
+The command line (``compare``, ``sweep``) and the web app both call these, so the two refuse the same
+things with the same sentence (and the web app reports the field at fault).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import MAX_CAPTION_TOKENS, Config
+from ..errors import InputError
+from .plan import RunSpec
+
+
+def experiment_spec(name: str, images: list[str], prompt: str | None, config: Config, quick: bool = False,
+                    caption: str | None = None, save_embeddings: bool = False) -> tuple[RunSpec, Config]:
+    """The :class:`RunSpec` of a named experiment and the configuration it runs with (its overrides
+    applied). ``images``: absolute paths; ``caption``: a given caption for caption experiments."""
+    from .presets import Inputs, get_experiment
+
+    exp = get_experiment(name)
+    if exp.caption and prompt is not None:
+        raise InputError(f"{exp.name} writes its own prompts (captions of the image); give a caption instead",
+                         field="prompt")
+    if not exp.caption and (prompt is None or not prompt.strip()):
+        raise InputError(f"{exp.name} needs a prompt", field="prompt")
+    if not exp.caption and caption is not None:
+        raise InputError(f"a caption applies to caption experiments, not {exp.name}", field="caption")
+    if caption is not None and not caption.strip():
+        raise InputError("the caption is empty", field="caption")
+    if exp.config:
+        config = config.replace(**exp.config)
+    cells = exp.cells(Inputs(images, quick))
+    grids = exp.grids(cells) if exp.grids else []
+    spec = RunSpec(exp.name, images, prompt, cells, grids, quick=quick, caption=caption,
+                   save_embeddings=save_embeddings)
+    return spec, config
+
+
+def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any], axes: dict[str, list],
+               config: Config, caption_tokens: int | None = None, caption: str | None = None,
+               save_embeddings: bool = False) -> tuple[RunSpec, Config]:
+    """The :class:`RunSpec` of a sweep: every combination of ``axes`` (typed values) over the fixed
+    recipe fields ``base``, with ``references`` (``[{"image", "weight"?, "role"?}]``, absolute paths)."""
+    from .cells import sweep_cells
+    from .presets import slice_grids
+
+    if caption_tokens is None and (prompt is None or not prompt.strip()):
+        raise InputError("a sweep needs a prompt, or caption tokens to use a caption of the reference", field="prompt")
+    if caption_tokens is not None:
+        if prompt is not None:
+            raise InputError("give a prompt or caption tokens, not both", field="caption_tokens")
+        if not references:
+            raise InputError("caption tokens caption the reference: give a reference image", field="caption_tokens")
+        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+            raise InputError(f"caption tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
+                             field="caption_tokens")
+        config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
+    if not axes:
+        raise InputError("nothing to sweep: give at least one list of values (e.g. alpha 0.3,0.5)", field="axes")
+    if "method" in axes and caption_tokens is None:
+        raise InputError("the method axis compares caption-aligned and generic VL text: give caption tokens",
+                         field="axes.method")
+    base = dict(base)
+    if references:
+        base["references"] = references
+    cells = sweep_cells(base, axes, caption=caption_tokens)
+    images = list(dict.fromkeys(r["image"] for r in references))
+    spec = RunSpec("sweep", images, prompt, cells, slice_grids(cells), caption=caption,
+                   save_embeddings=save_embeddings, details={"base": base, "axes": axes})
+    return spec, config

@@ -1,0 +1,103 @@
+"""Models kept loaded between jobs of a long-lived process (``llm-dit serve``).
+
+A one-shot command loads each model once and frees it when done. A server answers many requests,
+so a :class:`ModelPool` keeps what it loaded and hands it out again while the settings that decide
+the loading (model path, device, dtype, offloading) are the same. The profile's
+``runtime.keep_models`` is the memory policy:
+
+* ``all``: Z-Image and Qwen3-VL stay side by side (a large GPU, or the CPU);
+* ``one``: at most one of them is loaded; asking for the other unloads the first (24 GB cards).
+
+The pool is not thread-safe: one worker uses it (the web app's job queue has one GPU worker).
+"""
+
+from __future__ import annotations
+
+from ..config import Config
+
+
+def _z_key(config: Config) -> tuple:
+    r = config.runtime
+    return config.models.z_image, r.device, r.dtype, r.offload
+
+
+def _vl_key(config: Config) -> tuple:
+    r = config.runtime
+    return config.models.vl, r.device, r.dtype, config.vl.cache_gb
+
+
+class ModelPool:
+    """Loaded models by loading key; see the module docstring for the memory policy."""
+
+    def __init__(self) -> None:
+        self._z = None  # (key, ZImage)
+        self._vl = None  # (key, VLEmbeddingExtractor with its language model)
+        self._splice = None  # (key, VLEmbeddingExtractor borrowing Z-Image's text encoder)
+
+    # -- what is loaded ----------------------------------------------------------------------
+
+    def loaded(self) -> list[str]:
+        """Names of the loaded models (for status pages)."""
+        return [name for name, slot in (("z_image", self._z), ("vl", self._vl), ("splice", self._splice)) if slot]
+
+    # -- getting models ----------------------------------------------------------------------
+
+    def z_image(self, config: Config):
+        """Z-Image for ``config`` (loaded now, or kept from an earlier call), with ``config`` as its
+        settings for encoding and generation."""
+        from ..generate import ZImage
+
+        key = _z_key(config)
+        if self._z is None or self._z[0] != key:
+            self.release("z_image")
+            if config.runtime.keep_models == "one":
+                self.release("vl")
+            self._z = (key, ZImage.load(config))
+        model = self._z[1]
+        model.config = config  # same weights; this request's encoder and generation settings
+        return model
+
+    def vl(self, config: Config):
+        """The Qwen3-VL extractor (``vl`` backend: its own language model) for ``config``."""
+        from ..vl import VLEmbeddingExtractor
+
+        key = _vl_key(config)
+        if self._vl is None or self._vl[0] != key:
+            self.release("vl")
+            if config.runtime.keep_models == "one":
+                self.release("z_image")
+            self._vl = (key, VLEmbeddingExtractor.from_config(config, backend="vl"))
+        return self._vl[1]
+
+    def splice(self, config: Config):
+        """The splice extractor: Qwen3-VL's vision tower into Z-Image's loaded text encoder (the tower
+        of a loaded Qwen3-VL is borrowed, not loaded twice)."""
+        from ..vl import VLEmbeddingExtractor
+
+        model = self.z_image(config)
+        key = (_z_key(config), config.models.vl)
+        if self._splice is None or self._splice[0] != key:
+            self._splice = None
+            vision = self._vl[1].model.model.visual if self._vl is not None and self._vl[0][0] == config.models.vl \
+                else None
+            self._splice = (key, VLEmbeddingExtractor.from_config(
+                config, backend="splice", text_encoder=model.pipe.text_encoder, vision=vision))
+        return self._splice[1]
+
+    # -- letting go --------------------------------------------------------------------------
+
+    def release(self, which: str | None = None) -> None:
+        """Unload ``which`` (``z_image``, ``vl``) or everything; frees the CUDA cache."""
+        if which in (None, "z_image") and self._z is not None:
+            self._drop_splice()
+            self._z[1].unload()
+            self._z = None
+        if which in (None, "vl") and self._vl is not None:
+            self._drop_splice()  # it may hold the vision tower
+            self._vl[1].unload()
+            self._vl = None
+
+    def _drop_splice(self) -> None:
+        if self._splice is not None:
+            self._splice[1].unload()
+            self._splice = None
