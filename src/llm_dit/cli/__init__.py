@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..errors import LlmDitError
-from . import experiments, generate, stats, vl
+from . import experiments, generate, serve, stats, vl
 from .conditioning import add_recipe_flags
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
 
@@ -31,6 +31,7 @@ def build_parser() -> Parser:
     p.set_defaults(func=generate.cmd_generate)
 
     experiments.add_parsers(sub)
+    serve.add_parser(sub)
 
     p = sub.add_parser("extract", help="Qwen3-VL hidden states of images + text, saved as safetensors")
     p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Config
 from ..conditioning.recipe import Recipe
-from ..errors import InputError
+from ..errors import InputError, LlmDitError
 
 #: Generation settings a cell may vary (the rest of ``[generation]`` is the run's).
 GENERATION_AXES = ("steps", "seed", "shift", "guidance_scale")
@@ -219,7 +219,12 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
         fields_ = {**base, **recipe_part}
         if fields_.get("backend") == "text":  # the pure-text side of a backend sweep: no references
             fields_.pop("references", None)
-        recipe = Recipe.from_dict(fields_)
+        try:
+            recipe = Recipe.from_dict(fields_)
+        except LlmDitError as e:  # a swept value: the error names its axis
+            if e.field in values:
+                e.field = f"axes.{e.field}"
+            raise
         params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
         cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
     return with_baselines(cells)  # which checks the names, baselines included

@@ -1,0 +1,73 @@
+"""``llm-dit serve``: the web app on one port (see :mod:`llm_dit.web.app`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+from ..errors import InputError
+from .common import config
+
+TOKEN_ENV = "LLM_DIT_TOKEN"
+
+
+def add_parser(sub) -> None:
+    from .common import add_config_flags
+
+    p = sub.add_parser("serve", help="the web app: generate, sweep, run experiments, browse runs")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--runs", default="outputs/runs", metavar="DIR",
+                   help="the runs folder: uploads, pictures and run folders (default outputs/runs)")
+    p.add_argument("--token", help=f"required on every request (or set {TOKEN_ENV}); needed when --host is not local")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="MB", help="request size limit (default 25)")
+    p.add_argument("--idle-unload", type=float, default=900.0, metavar="SECONDS",
+                   help="unload the models after this long without a job (default 900; 0 = never)")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from ..web.app import create_app
+    except ImportError as e:
+        raise InputError(f"the web app needs the 'web' extra ({e.name} is missing): pip install 'llm-dit[web]'") from None
+    from ..models.loading import resolve_placement
+
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not is_local(args.host) and not token:
+        raise InputError(f"--host {args.host} exposes the server beyond this machine: give --token "
+                         f"(or set {TOKEN_ENV})")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port must be in 1..65535 (got {args.port})")
+    if args.max_upload_mb <= 0:
+        raise InputError(f"--max-upload-mb must be positive (got {args.max_upload_mb})")
+    cfg = config(args)
+    resolve_placement(cfg.runtime)  # a device that is not there: refused now
+    runs = Path(args.runs)
+    if runs.exists() and not runs.is_dir():
+        raise InputError(f"--runs {runs} is a file, not a folder")
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+        try:
+            s.bind((args.host, args.port))
+        except OSError as e:
+            raise InputError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
+    app = create_app(cfg, runs, token=token, max_upload=int(args.max_upload_mb * 2**20), idle_unload=args.idle_unload)
+    shown = "localhost" if is_local(args.host) else args.host
+    print(f"llm-dit serve: http://{shown}:{args.port}/{'?token=' + token if token else ''} "
+          f"(profile {cfg.profile}, runs {runs.absolute()}); API at /docs; Ctrl-C stops", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,476 @@
+"""``llm-dit serve``: the web app, a thin door to the library (FastAPI; the page is plain HTML/JS).
+
+Pages: ``/`` (generate), ``/runs`` (run folders, start an experiment), ``/runs/NAME`` (one run).
+JSON API under ``/api`` (schema and try-it page at ``/docs``):
+
+=====================================  ==========================================================
+``GET  /api/health``                   profile, device, loaded models, queue length
+``GET  /api/options``                  the form: recipe controls, generation settings, presets
+``GET  /api/experiments``              the named experiments
+``POST /api/uploads``                  a reference image (multipart ``file``) -> its id
+``POST /api/generate``                 one picture (a job)
+``POST /api/sweeps``                   one or more recipe fields as lists (a job and a run folder)
+``POST /api/experiments``              a named experiment (a job and a run folder)
+``POST /api/recipe``                   the recipe as a TOML download (validated)
+``GET  /api/jobs``, ``/api/jobs/ID``   jobs with queue position, progress, result or error
+``GET  /api/jobs/ID/events``           the same as server-sent events, until the job ends
+``POST /api/jobs/ID/cancel``           drop a queued job, stop a running one
+``GET  /api/runs``, ``/api/runs/NAME`` run folders under ``--runs``, newest first; one run whole
+``GET  /api/files/PATH``               any file inside ``--runs`` (images, grids, report.html)
+=====================================  ==========================================================
+
+Errors: a request the CLI would refuse gets 422 and ``{"detail": sentence, "field": "recipe.alpha"}``;
+a body above the upload limit 413; a path outside the runs folder 404; a missing or wrong token 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import Config
+from ..errors import InputError, LlmDitError
+from . import files
+from .form import FILE_FIELDS, GENERATION_FIELDS, PRESETS, generation_controls, recipe_controls
+from .jobs import TERMINAL, Job, JobQueue
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD = 25 * 2**20
+TOKEN_COOKIE = "llm_dit_token"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateBody(_Body):
+    prompt: str | None = Field(None, description="the prompt (or caption_tokens)")
+    recipe: dict[str, Any] = Field(default_factory=dict, description="Recipe fields; references name upload ids")
+    generation: dict[str, Any] = Field(default_factory=dict, description="steps, seed, width, height, shift, "
+                                                                          "guidance_scale")
+    caption_tokens: int | None = Field(None, description="the prompt is Qwen3-VL's caption of the first reference")
+
+
+class SweepBody(GenerateBody):
+    axes: dict[str, list[Any]] = Field(description="field -> values (text values are typed as the field takes them)")
+    name: str | None = Field(None, description="the run folder's name (default: sweep-DATE-TIME)")
+
+
+class ExperimentBody(_Body):
+    experiment: str
+    images: list[str] = Field(default_factory=list, description="upload ids of the reference image(s)")
+    prompt: str | None = None
+    quick: bool = True
+    caption: str | None = Field(None, description="a caption for caption experiments instead of generating one")
+    generation: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+
+
+class RecipeBody(_Body):
+    recipe: dict[str, Any]
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class Server:
+    """What the routes share: the configuration, the runs folder, the job queue and its models."""
+
+    def __init__(self, config: Config, runs: Path, token: str | None, max_upload: int, queue: JobQueue):
+        self.config, self.runs, self.token, self.max_upload, self.queue = config, runs, token, max_upload, queue
+
+    def job(self, job_id: str) -> Job:
+        job = self.queue.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    def job_dict(self, job: Job) -> dict:
+        return job.to_dict(self.queue.position(job))
+
+    # -- requests into library objects, refused as the CLI refuses them --------------------
+
+    def generation_config(self, generation: dict[str, Any]) -> Config:
+        for key in generation:
+            if key not in GENERATION_FIELDS:
+                raise InputError(f"unknown generation setting '{key}'; allowed: {', '.join(GENERATION_FIELDS)}",
+                                 field=f"generation.{key}")
+        return self.config.replace(**{f"generation.{k}": v for k, v in generation.items()})
+
+    def recipe(self, data: dict[str, Any]):
+        from ..conditioning import Recipe
+
+        data = dict(data)
+        refs = data.get("references", [])
+        if not isinstance(refs, list):
+            raise InputError("recipe.references must be a list", field="recipe.references")
+        mapped = []
+        for i, ref in enumerate(refs):
+            if not isinstance(ref, dict):
+                raise InputError(f"recipe.references.{i} must be a table with 'image'", field=f"recipe.references.{i}")
+            mapped.append({**ref, "image": files.upload_path(self.runs, ref.get("image"), f"recipe.references.{i}.image")})
+        if mapped:
+            data["references"] = mapped
+        if data.get("backend") is None and not mapped:
+            data["backend"] = "text"  # as the CLI: no reference, no vision conditioning
+        for key in FILE_FIELDS:
+            value = data.get(key)
+            if value:
+                path = files.inside(self.runs, value) if isinstance(value, str) else None
+                if path is None or not path.is_file():
+                    raise InputError(f"recipe.{key} must name a file inside the runs folder (got {value!r})",
+                                     field=f"recipe.{key}")
+                data[key] = str(path.resolve())
+        with _field("recipe", prefix=True):
+            return Recipe.from_dict(data)
+
+    def new_run(self, name: str | None, kind: str) -> tuple[str, Path]:
+        if name is not None:
+            run = name.strip()
+            if not RUN_NAME.fullmatch(run):
+                raise InputError(f"a run name takes letters, digits and ._+- only (got {name!r})", field="name")
+        else:
+            run = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+            n = 2
+            while (self.runs / run).exists() or run in self.queue.active_runs():
+                run = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{n}"
+                n += 1
+        if run in (files.UPLOADS, files.GENERATED) or (self.runs / run).exists() or run in self.queue.active_runs():
+            raise InputError(f"a run folder named {run!r} exists already; pick another name", field="name")
+        return run, self.runs / run
+
+    def run_job(self, kind: str, title: str, spec, config: Config, run: str, out: Path) -> Job:
+        from ..experiments.runner import Runner, run as run_spec
+
+        with _field("recipe"):
+            Runner(spec, config, out).check()  # refused now (422), not as a failed job
+        pool, runs = self.queue.pool, self.runs
+
+        def work(job: Job) -> dict:
+            s = run_spec(spec, config, out, echo=job.log, progress=False, models=pool, on_step=job.on_step,
+                         on_cell=job.on_cell)
+            return {"run": run, "report": files.url(runs, out / "report.html"), "total": s.total,
+                    "generated": s.generated, "failed": s.failed}
+
+        job = Job(kind, title, work, run=run)
+        job.progress["cells"] = len(spec.cells)
+        return self.queue.submit(job)
+
+
+@contextlib.contextmanager
+def _field(name: str, prefix: bool = False):
+    """Errors raised inside name ``name`` as their field (``prefix``: the field is inside ``name``)."""
+    try:
+        yield
+    except LlmDitError as e:
+        if e.field is None:
+            e.field = name
+        elif prefix and not e.field.startswith(name + "."):
+            e.field = f"{name}.{e.field}"
+        raise
+
+
+# -- token and size guard ---------------------------------------------------------------------
+
+
+class Guard:
+    """ASGI middleware: the token on every request (when one is set), and the body-size limit."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        set_cookie = False
+        if self.server.token:
+            given, source = _token_of(scope, headers)
+            if given is None or not hmac.compare_digest(given.encode(), self.server.token.encode()):
+                return await _send_json(send, 401, {"detail": "this server needs its token: open the page as "
+                                                              "/?token=TOKEN or send 'Authorization: Bearer TOKEN'"})
+            set_cookie = source == "query"  # a page opened from its link: the page's own requests then carry it
+        limit = self.server.max_upload
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_json(send, 413, {"detail": _too_large(limit)})
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # a body without a length header, or one that lied
+                    raise HTTPException(413, _too_large(limit))
+            return message
+
+        async def send_with_cookie(message):
+            if set_cookie and message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={self.server.token}; Path=/; HttpOnly; SameSite=Strict"
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
+            await send(message)
+
+        await self.app(scope, limited_receive, send_with_cookie)
+
+
+def _token_of(scope, headers: dict[str, str]) -> tuple[str | None, str]:
+    """The token a request carries and where: a bearer header, ``X-LLM-DIT-Token``, the cookie, ``?token=``."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip(), "header"
+    if "x-llm-dit-token" in headers:
+        return headers["x-llm-dit-token"], "header"
+    for part in headers.get("cookie", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == TOKEN_COOKIE:
+            return value, "cookie"
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return query.get("token", [None])[0], "query"
+
+
+def _too_large(limit: int) -> str:
+    return f"the request is larger than the upload limit of {limit / 2**20:g} MB (serve --max-upload-mb)"
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+# -- the app ----------------------------------------------------------------------------------
+
+
+def create_app(config: Config, runs: str | Path, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
+               idle_unload: float = 900.0, start_worker: bool = True):
+    """The ASGI app (FastAPI behind the token and size guard); its :class:`Server` is ``app.server``."""
+    from ..models.pool import ModelPool
+
+    runs = Path(runs).absolute()
+    runs.mkdir(parents=True, exist_ok=True)
+    queue = JobQueue(ModelPool(), idle_unload=idle_unload)
+    server = Server(config, runs, token, max_upload, queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if start_worker:
+            queue.start()
+        yield
+        queue.stop()
+
+    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan,
+                  description="Zero-shot vision conditioning of Z-Image with Qwen3-VL: generate, sweep, run "
+                              "experiments, browse run folders.")
+    api.state.server = server
+    _routes(api, server)
+    api.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app = Guard(api, server)
+    app.server, app.api = server, api
+    return app
+
+
+def _routes(api: FastAPI, server: Server) -> None:
+    runs = server.runs
+
+    @api.exception_handler(LlmDitError)
+    async def _refused(request: Request, e: LlmDitError):
+        return JSONResponse({"detail": str(e), "field": e.field}, status_code=422)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")]
+        where = ".".join(loc)
+        msg = err["msg"][:1].lower() + err["msg"][1:]
+        return JSONResponse({"detail": f"request field '{where}': {msg}" if where else msg,
+                             "field": where or None}, status_code=422)
+
+    # pages: one document; the script shows the page the path names
+    for path in ("/", "/runs", "/runs/{name}"):
+        api.add_api_route(path, lambda: FileResponse(STATIC / "index.html"), include_in_schema=False)
+
+    @api.get("/api/health")
+    def health():
+        from ..models.loading import resolve_placement
+
+        return {"status": "ok", "profile": server.config.profile,
+                "device": str(resolve_placement(server.config.runtime).device),
+                "models": {"z_image": server.config.models.z_image, "vl": server.config.models.vl},
+                "loaded": server.queue.pool.loaded(), "keep_models": server.config.runtime.keep_models,
+                "queued": sum(1 for j in list(server.queue.jobs.values()) if j.state == "queued"),
+                "runs": str(runs), "max_upload_mb": server.max_upload / 2**20}
+
+    @api.get("/api/options")
+    def options():
+        from ..experiments.cells import GENERATION_AXES
+
+        return {"profile": server.config.profile, "recipe": recipe_controls(server.config),
+                "generation": generation_controls(server.config), "presets": PRESETS,
+                "sweepable": [c["name"] for c in recipe_controls(server.config)] + list(GENERATION_AXES) + ["method"],
+                "max_upload_mb": server.max_upload / 2**20}
+
+    @api.get("/api/experiments")
+    def experiments():
+        from ..experiments.presets import EXPERIMENTS, Inputs
+
+        out = []
+        for e in EXPERIMENTS.values():
+            images = [f"/ref{i}.png" for i in range(e.images)]
+            out.append({"name": e.name, "summary": e.summary, "images": e.images, "caption": e.caption,
+                        "cells": len(e.cells(Inputs(images, False))), "quick_cells": len(e.cells(Inputs(images, True)))})
+        return out
+
+    @api.post("/api/uploads", status_code=201)
+    async def upload(file: UploadFile = File(...)):
+        data = await file.read()
+        return await asyncio.to_thread(files.save_upload, runs, data, file.filename or "upload")
+
+    @api.post("/api/generate", status_code=202)
+    def generate(body: GenerateBody):
+        from ..conditioning.run import (CAPTION_STANDIN, check_recipe_run, generate_from_recipe, load_references,
+                                        write_generated)
+
+        config = server.generation_config(body.generation)
+        recipe = server.recipe(body.recipe).resolve(config)
+        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
+        if prompt is None and body.caption_tokens is None:
+            raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
+        if prompt is not None and body.caption_tokens is not None:
+            raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
+        with _field("prompt" if prompt is not None else "caption_tokens"):
+            if body.caption_tokens is not None and not recipe.references:
+                raise InputError("caption_tokens captions the first reference image: give one")
+        with _field("recipe"):
+            check_recipe_run(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
+            load_references(recipe)
+        pool = server.queue.pool
+
+        def work(job: Job) -> dict:
+            result = generate_from_recipe(config, recipe, prompt, log=job.log, models=pool, on_step=job.on_step,
+                                          caption_tokens=body.caption_tokens)
+            out = runs / files.GENERATED / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{job.id}.png"
+            record = write_generated(out, result)
+            return {"image": files.url(runs, out), "sidecar": files.url(runs, out.with_suffix(".json")),
+                    "record": record}
+
+        title = prompt if prompt is not None else f"caption of {body.caption_tokens} tokens"
+        return server.job_dict(server.queue.submit(Job("generate", title[:80], work)))
+
+    @api.post("/api/sweeps", status_code=202)
+    def sweep(body: SweepBody):
+        from ..experiments.cells import coerce
+        from ..experiments.specs import sweep_spec
+
+        config = server.generation_config(body.generation)
+        recipe = server.recipe(body.recipe)
+        axes = {}
+        for key, values in body.axes.items():
+            key = key.removeprefix("generation.")
+            axes[key] = [coerce(key, v) for v in values]
+        base = recipe.to_dict()
+        references = base.pop("references")
+        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
+        try:
+            spec, config = sweep_spec(references, prompt, base, axes, config, caption_tokens=body.caption_tokens)
+        except LlmDitError as e:  # a field of the fixed part is a recipe field; the rest name themselves
+            if e.field and not e.field.startswith(("axes", "prompt", "caption_tokens", "recipe")):
+                e.field = "recipe." + e.field
+            raise
+        run, out = server.new_run(body.name, "sweep")
+        title = f"sweep of {', '.join(axes)}: {len(spec.cells)} cells"
+        return server.job_dict(server.run_job("sweep", title, spec, config, run, out))
+
+    @api.post("/api/experiments", status_code=202)
+    def experiment(body: ExperimentBody):
+        from ..experiments.specs import experiment_spec
+
+        config = server.generation_config(body.generation)
+        images = [files.upload_path(runs, im, f"images.{i}") for i, im in enumerate(body.images)]
+        with _field("experiment"):
+            spec, config = experiment_spec(body.experiment, images, body.prompt, config, quick=body.quick,
+                                           caption=body.caption)
+        run, out = server.new_run(body.name, spec.name)
+        title = f"{spec.name}{' (quick)' if body.quick else ''}: {len(spec.cells)} cells"
+        return server.job_dict(server.run_job("experiment", title, spec, config, run, out))
+
+    @api.post("/api/recipe", response_class=Response,
+              responses={200: {"content": {"application/toml": {}}, "description": "the recipe as TOML"}})
+    def recipe_toml(body: RecipeBody):
+        recipe = server.recipe(body.recipe)
+        return Response(recipe.to_toml(), media_type="application/toml",
+                        headers={"Content-Disposition": 'attachment; filename="recipe.toml"'})
+
+    @api.get("/api/jobs")
+    def jobs():
+        return [server.job_dict(j) for j in reversed(list(server.queue.jobs.values()))]
+
+    @api.get("/api/jobs/{job_id}")
+    def job(job_id: str):
+        return server.job_dict(server.job(job_id))
+
+    @api.post("/api/jobs/{job_id}/cancel")
+    def cancel(job_id: str):
+        return server.job_dict(server.queue.cancel(server.job(job_id)))
+
+    @api.get("/api/jobs/{job_id}/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}, "description": "job states until it ends"}})
+    async def events(job_id: str, request: Request):
+        job = server.job(job_id)
+
+        async def stream():
+            seen, beat = None, time.monotonic()
+            while True:
+                now = (job.version, server.queue.position(job))
+                if now != seen:
+                    seen = now
+                    yield f"event: job\ndata: {json.dumps(server.job_dict(job))}\n\n"
+                    if job.state in TERMINAL:
+                        return
+                elif time.monotonic() - beat > 15:
+                    beat = time.monotonic()
+                    yield ": keep-alive\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.1)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.get("/api/runs")
+    def list_runs():
+        return files.list_runs(runs, server.queue.active_runs())
+
+    @api.get("/api/runs/{name}")
+    def run_detail(name: str):
+        detail = files.run_detail(runs, name, server.queue.active_runs())
+        if detail is None:
+            raise HTTPException(404, f"no run folder {name!r} under the runs folder")
+        jobs_ = [j for j in server.queue.jobs.values() if j.run == name]
+        detail["job"] = server.job_dict(jobs_[-1]) if jobs_ else None
+        return detail
+
+    @api.get("/api/files/{path:path}")
+    def file(path: str):
+        p = files.inside(runs, path)
+        if p is None or not p.is_file():
+            raise HTTPException(404, "no such file in the runs folder")
+        return FileResponse(p)

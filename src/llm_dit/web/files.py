@@ -1,0 +1,169 @@
+"""The runs folder as the web app sees it: safe paths, uploads, and run folders read for the page.
+
+Everything the server writes or serves lies inside ``--runs``::
+
+    RUNS/
+      uploads/ID.png           uploaded reference images, validated and re-encoded (ID: content hash)
+      generated/STAMP-JOB.png  pictures of the generate page, each with its .json sidecar
+      NAME/                    run folders of sweeps and experiments (see llm_dit.experiments.folder)
+
+A path from a request is resolved inside ``RUNS`` or not at all (:func:`inside`): absolute paths,
+``..`` parts, hidden names and links that lead outside give ``None``, which the routes answer 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from ..errors import InputError
+from ..experiments import folder
+
+UPLOADS = "uploads"
+GENERATED = "generated"
+_UPLOAD_ID = re.compile(r"[0-9a-f]{24}")
+
+
+def inside(root: Path, rel: str) -> Path | None:
+    """``root / rel`` when it is a plain path inside ``root`` (no ``..``, not absolute, no hidden
+    part, no link out), else None."""
+    if not rel or "\\" in rel or "\x00" in rel:
+        return None
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or any(p in ("..", ".") or p.startswith(".") for p in parts):
+        return None
+    path = root.joinpath(*parts)
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return None
+    return path
+
+
+def url(runs: Path, path: Path) -> str:
+    """The URL of a file inside the runs folder."""
+    return "/api/files/" + path.relative_to(runs).as_posix()
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+def save_upload(runs: Path, data: bytes, filename: str) -> dict:
+    """Validate an uploaded image as the CLI validates a file (same gate, same sentences), store it
+    re-encoded as PNG under ``uploads/`` and describe it. Nothing is kept when it is refused."""
+    from ..images import load_image, save_png
+    from ..vl.chat import check_aspect_ratio
+
+    name = Path(filename or "upload").name
+    if not data:
+        raise InputError(f"the uploaded file {name!r} is empty", field="file")
+    upload_id = hashlib.sha256(data).hexdigest()[:24]
+    target = runs / UPLOADS / f"{upload_id}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".upload-", suffix=".tmp", dir=target.parent)  # hidden: never served
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            image = load_image(tmp, "uploaded image")
+            check_aspect_ratio(image)
+        except InputError as e:
+            raise InputError(str(e).replace(str(tmp), repr(name)), field="file") from None
+        if not target.exists():
+            save_png(image, target, {"uploaded_as": name})
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"id": upload_id, "name": name, "width": image.width, "height": image.height,
+            "url": url(runs, target)}
+
+
+def upload_path(runs: Path, upload_id: object, where: str) -> str:
+    """The stored file of an upload id (what a recipe's reference names on the web)."""
+    if not isinstance(upload_id, str) or not _UPLOAD_ID.fullmatch(upload_id):
+        raise InputError(f"{where} must be the id of an uploaded image (got {upload_id!r})", field=where)
+    path = runs / UPLOADS / f"{upload_id}.png"
+    if not path.is_file():
+        raise InputError(f"{where}: no uploaded image has the id {upload_id}; upload it again", field=where)
+    return str(path.resolve())
+
+
+# -- run folders ------------------------------------------------------------------------------
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _run_status(cells: int, records: dict[str, dict], running: bool) -> str:
+    if running:
+        return "running"
+    failed = sum(1 for r in records.values() if not r.get("success"))
+    done = len(records) - failed
+    if failed:
+        return "failed"
+    return "complete" if done >= cells else "incomplete"
+
+
+def list_runs(runs: Path, active: set[str]) -> list[dict]:
+    """Every run folder directly under ``runs``, newest first."""
+    out = []
+    if not runs.is_dir():
+        return out
+    for d in runs.iterdir():
+        run = folder.read_json(d / folder.RUN_FILE) if d.is_dir() and not d.name.startswith(".") else None
+        if not isinstance(run, dict):
+            continue
+        names = [c.get("name") for c in run.get("cells", []) if isinstance(c, dict)]
+        recs = folder.records(d, [n for n in names if isinstance(n, str)])
+        failed = sum(1 for r in recs.values() if not r.get("success"))
+        modified = max(d.stat().st_mtime, (d / folder.RUN_FILE).stat().st_mtime,
+                       (d / "cells").stat().st_mtime if (d / "cells").is_dir() else 0)
+        grid = d / "comparison_grid.png"
+        out.append({
+            "name": d.name, "experiment": run.get("name"), "prompt": run.get("prompt"), "quick": run.get("quick"),
+            "cells": len(names), "done": len(recs) - failed, "failed": failed,
+            "status": _run_status(len(names), recs, d.name in active),
+            "modified": _iso(modified), "_t": modified,
+            "grid": url(runs, grid) if grid.is_file() else None,
+            "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
+        })
+    out.sort(key=lambda r: r.pop("_t"), reverse=True)
+    return out
+
+
+def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
+    """What the run page shows: the plan, every cell with its record, grids, plots, report."""
+    d = inside(runs, name)
+    run = folder.read_json(d / folder.RUN_FILE) if d is not None and d.is_dir() else None
+    if not isinstance(run, dict) or "/" in name:
+        return None
+    names = [c["name"] for c in run.get("cells", []) if isinstance(c, dict) and isinstance(c.get("name"), str)]
+    recs = folder.records(d, names)
+    cells = []
+    for c in run.get("cells", []):
+        rec = recs.get(c.get("name"))
+        png = d / f"{c.get('name')}.png"
+        state = "pending" if rec is None else ("done" if rec.get("success") else "failed")
+        cells.append({"name": c.get("name"), "params": c.get("params", {}), "state": state,
+                      "image": url(runs, png) if state == "done" and png.is_file() else None,
+                      "error": rec.get("error") if rec else None, "record": rec})
+    grids = sorted(p for p in d.glob("*.png") if p.name == "comparison_grid.png" or p.name.startswith("grid_"))
+    plots = sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []
+    refs = sorted(d.glob("reference*.png"))
+    captions = {p.stem: p.read_text(encoding="utf-8", errors="replace").strip()
+                for p in sorted((d / "captions").glob("*.txt"))} if (d / "captions").is_dir() else {}
+    return {
+        "name": name, "experiment": run.get("name"), "prompt": run.get("prompt"), "quick": run.get("quick"),
+        "status": _run_status(len(names), recs, name in active),
+        "cells": cells, "grids": [url(runs, p) for p in sorted(grids, key=lambda p: p.name != "comparison_grid.png")],
+        "plots": [url(runs, p) for p in plots], "references": [url(runs, p) for p in refs],
+        "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
+        "metadata": url(runs, d / "metadata.json") if (d / "metadata.json").is_file() else None,
+        "captions": captions, "details": run.get("details", {}), "config": run.get("config"),
+        "sessions": run.get("sessions", []),
+    }

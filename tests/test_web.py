@@ -1,0 +1,384 @@
+"""The web app's JSON API, in process (FastAPI's TestClient) on the tiny profile.
+
+Jobs run on the app's real worker thread; a test waits for a job to end (no assertion on timing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from llm_dit.cli import main  # noqa: E402
+from llm_dit.conditioning import Recipe  # noqa: E402
+from llm_dit.web.app import create_app  # noqa: E402
+
+PROMPT = "A simple cartoon house with a red roof"
+SMALL = {"generation.steps": 3, "generation.width": 64, "generation.height": 64}
+
+
+def png_bytes(size=(96, 80), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def wait(client, job_id: str, timeout: float = 240) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    pytest.fail(f"job {job_id} did not end: {job}")
+
+
+@pytest.fixture(scope="module")
+def config():
+    from llm_dit.config import resolve_config
+
+    return resolve_config("tiny", overrides=SMALL)
+
+
+@pytest.fixture(scope="module")
+def client(config, tmp_path_factory):
+    app = create_app(config, tmp_path_factory.mktemp("runs"))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def upload(client) -> dict:
+    r = client.post("/api/uploads", files={"file": ("red.png", png_bytes(), "image/png")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+# -- pages, schema, options ---------------------------------------------------------------------
+
+
+def test_pages_docs_and_schema(client):
+    for path in ("/", "/runs", "/runs/anything"):
+        r = client.get(path)
+        assert r.status_code == 200 and 'id="gen-form"' in r.text and "/static/app.js" in r.text
+    assert client.get("/static/app.js").status_code == 200
+    assert "swagger" in client.get("/docs").text.lower()
+    paths = client.get("/openapi.json").json()["paths"]
+    for p in ("/api/generate", "/api/sweeps", "/api/experiments", "/api/uploads", "/api/jobs/{job_id}/cancel",
+              "/api/jobs/{job_id}/events", "/api/runs", "/api/runs/{name}", "/api/files/{path}", "/api/recipe"):
+        assert p in paths, p
+
+
+def test_every_recipe_field_has_a_control(client):
+    from llm_dit.conditioning.blend import BLEND_MODES
+    from llm_dit.vl.normalize import NORMALIZATION_MODES
+
+    o = client.get("/api/options").json()
+    controls = {c["name"]: c for c in o["recipe"]}
+    assert set(controls) == set(Recipe.model_fields) - {"references"}
+    assert controls["alpha"]["kind"] == "slider" and (controls["alpha"]["min"], controls["alpha"]["max"]) == (0, 1)
+    assert controls["blend"]["options"] == list(BLEND_MODES)
+    assert controls["normalization_mode"]["options"] == list(NORMALIZATION_MODES)
+    assert controls["backend"]["nullable"] and controls["backend"]["profile"] == "vl"
+    assert controls["dual_extraction"]["kind"] == "bool" and controls["schedule"]["kind"] == "schedule"
+    assert [c["name"] for c in o["generation"]] == ["steps", "seed", "width", "height", "shift", "guidance_scale"]
+    assert o["presets"]["style_transfer"]["recipe"]["blend"] == "adain_per_dim"
+    assert o["presets"]["recommended"]["caption_tokens"] == 1024
+    for p in o["presets"].values():  # every preset is a valid recipe
+        Recipe.from_dict(p["recipe"])
+
+
+# -- uploads ------------------------------------------------------------------------------------
+
+
+def test_upload_is_validated_and_stored_as_png(client, upload):
+    server = client.app.server
+    stored = server.runs / "uploads" / f"{upload['id']}.png"
+    assert stored.is_file() and Image.open(stored).size == (96, 80) and upload["url"].endswith(stored.name)
+    assert client.get(upload["url"]).content == stored.read_bytes()
+    # a JPEG with EXIF rotation is decoded as the CLI decodes it (upright)
+    buf = io.BytesIO()
+    im = Image.new("RGB", (40, 60), (0, 200, 0))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90
+    im.save(buf, "JPEG", exif=exif)
+    r = client.post("/api/uploads", files={"file": ("phone.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 201 and (r.json()["width"], r.json()["height"]) == (60, 40)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not an image at all", "is not an image file PIL can read"),
+    (b"", "is empty"),
+    (png_bytes((3300, 16)), "too elongated"),
+])
+def test_bad_uploads_are_refused_with_nothing_kept(client, data, message):
+    before = sorted((client.app.server.runs / "uploads").iterdir())
+    r = client.post("/api/uploads", files={"file": ("x.png", data, "image/png")})
+    assert r.status_code == 422 and message in r.json()["detail"] and r.json()["field"] == "file", r.text
+    assert "/tmp" not in r.json()["detail"]  # the server's temporary path is not shown
+    assert sorted((client.app.server.runs / "uploads").iterdir()) == before
+
+
+def test_uploads_above_the_limit_get_413(config, tmp_path):
+    app = create_app(config, tmp_path, max_upload=10_000)
+    with TestClient(app) as c:
+        big = png_bytes((2000, 1000), (1, 2, 3)) + b"\0" * 20_000
+        r = c.post("/api/uploads", files={"file": ("big.png", big, "image/png")})
+        assert r.status_code == 413 and "25" not in r.json()["detail"] and "limit" in r.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it arrives
+            for _ in range(20):
+                yield b"x" * 1000
+
+        r = c.post("/api/generate", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.post("/api/uploads", files={"file": ("s.png", png_bytes(), "image/png")}).status_code == 201
+    assert not list((tmp_path / "uploads").glob(".*"))
+
+
+# -- generate -----------------------------------------------------------------------------------
+
+
+def test_generate_equals_the_cli(client, upload, tmp_path, capsys):
+    """The web job and `llm-dit generate` with the same recipe give the same pixels."""
+    recipe = {"references": [{"image": upload["id"]}], "alpha": 0.4, "blend": "adain_per_dim", "hidden_layer": -6}
+    job = client.post("/api/generate", json={"prompt": PROMPT, "recipe": recipe, "generation": {"seed": 7}}).json()
+    assert job["state"] in ("queued", "running") and job["kind"] == "generate"
+    job = wait(client, job["id"])
+    assert job["state"] == "done", job["error"]
+    rec = job["result"]["record"]
+    assert rec["prompt"] == PROMPT and rec["blend_mode"] == "adain_per_dim" and rec["alpha"] == 0.4
+    assert rec["vl_std"] > 0 and rec["blended_std"] > 0 and rec["config"]["generation"]["seed"] == 7
+    assert job["progress"]["step"] == job["progress"]["steps"] == 3
+    web = Image.open(io.BytesIO(client.get(job["result"]["image"]).content))
+    sidecar = client.get(job["result"]["sidecar"]).json()
+    assert sidecar["recipe"] == rec["recipe"]
+
+    ref = client.app.server.runs / "uploads" / f"{upload['id']}.png"
+    out = tmp_path / "cli.png"
+    assert main(["generate", "--profile", "tiny", "--steps", "3", "--width", "64", "--height", "64", "--seed", "7",
+                 "--prompt", PROMPT, "--image", str(ref), "--vl-alpha", "0.4", "--blend", "adain_per_dim",
+                 "--vl-layer=-6", "--out", str(out)]) == 0
+    assert Image.open(out).tobytes() == web.tobytes()
+    assert json.loads(out.with_suffix(".json").read_text())["recipe"] == rec["recipe"]
+
+
+def test_models_stay_loaded_between_jobs(client, upload):
+    pool = client.app.server.queue.pool
+    job = wait(client, client.post("/api/generate", json={"prompt": "a tree"}).json()["id"])
+    assert job["state"] == "done"
+    first = pool._z[1]
+    job = wait(client, client.post("/api/generate", json={"prompt": "a boat", "generation": {"seed": 3}}).json()["id"])
+    assert job["state"] == "done" and pool._z[1] is first  # not loaded again
+    assert "z_image" in client.get("/api/health").json()["loaded"]
+
+
+def test_events_stream_reports_steps_until_done(client):
+    job = client.post("/api/generate", json={"prompt": "a red bird", "generation": {"steps": 5}}).json()
+    states = []
+    with client.stream("GET", f"/api/jobs/{job['id']}/events") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                states.append(json.loads(line[6:]))
+    assert states[-1]["state"] == "done" and states[-1]["result"]["image"]
+    steps = [s["progress"]["step"] for s in states]
+    assert steps == sorted(steps) and steps[-1] == 5  # progress in order, up to the last step
+
+
+def test_generation_reports_every_step(zimage):
+    """What the job's progress is made of: the pipeline calls back before the first step and after each."""
+    import torch
+
+    calls = []
+    zimage.generate(torch.randn(8, zimage.caption_dim), on_step=lambda i, n: calls.append((i, n)))
+    n = zimage.config.generation.steps
+    assert calls == [(i, n) for i in range(n + 1)]
+
+
+def test_queue_positions_and_cancel(config, tmp_path):
+    app = create_app(config, tmp_path, start_worker=False)
+    with TestClient(app) as c:
+        ids = [c.post("/api/generate", json={"prompt": f"prompt {i}", "generation": {"seed": i}}).json()["id"]
+               for i in range(3)]
+        assert [c.get(f"/api/jobs/{i}").json()["position"] for i in ids] == [1, 2, 3]
+        assert c.post(f"/api/jobs/{ids[1]}/cancel").json()["state"] == "cancelled"
+        assert c.get(f"/api/jobs/{ids[2]}").json()["position"] == 2
+        app.server.queue.start()
+        done = [wait(c, i) for i in (ids[0], ids[2])]
+        assert [j["state"] for j in done] == ["done", "done"] and done[0]["finished"] <= done[1]["started"]
+        assert c.get(f"/api/jobs/{ids[1]}").json()["state"] == "cancelled"
+        assert len(list((tmp_path / "generated").glob("*.png"))) == 2
+        assert c.get("/api/jobs/nope").status_code == 404
+
+
+def test_cancel_a_running_job(config, tmp_path):
+    app = create_app(config, tmp_path)
+    with TestClient(app) as c:
+        job = c.post("/api/generate", json={"prompt": "slow", "generation": {"steps": 200}}).json()
+        end = time.monotonic() + 120
+        while c.get(f"/api/jobs/{job['id']}").json()["progress"]["step"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert c.post(f"/api/jobs/{job['id']}/cancel").json()["cancel_requested"]
+        job = wait(c, job["id"])
+        assert job["state"] == "cancelled" and job["progress"]["step"] < 200
+        assert not (tmp_path / "generated").exists() or not list((tmp_path / "generated").iterdir())
+        # the worker goes on with the next job
+        assert wait(c, c.post("/api/generate", json={"prompt": "next"}).json()["id"])["state"] == "done"
+
+
+def test_save_as_recipe_downloads_toml(client, upload):
+    r = client.post("/api/recipe", json={"recipe": {"references": [{"image": upload["id"], "role": "style"}],
+                                                    "alpha": 0.35, "schedule": "linear:0.8:0.2"}})
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    data = tomllib.loads(r.text)
+    recipe = Recipe.from_dict(data)
+    assert recipe.schedule.spec() == "linear:0.8:0.2" and recipe.references[0].role == "style"
+    assert Path(recipe.references[0].image).is_file()
+
+
+# -- sweeps, experiments, runs -----------------------------------------------------------------
+
+
+def test_sweep_and_experiment_fill_run_folders(client, upload):
+    server = client.app.server
+    sweep = client.post("/api/sweeps", json={"prompt": PROMPT, "recipe": {"references": [{"image": upload["id"]}]},
+                                            "axes": {"alpha": ["0.3", "0.7"]}, "name": "my-sweep"}).json()
+    assert sweep["run"] == "my-sweep" and sweep["kind"] == "sweep"
+    exp = client.post("/api/experiments", json={"experiment": "vl_only_vs_qwen3", "images": [upload["id"]],
+                                                "prompt": PROMPT, "quick": True}).json()
+    assert exp["run"].startswith("vl_only_vs_qwen3-")
+    # while queued or running, the run is listed as running
+    listed = {r["name"]: r for r in client.get("/api/runs").json()}
+    assert all(listed[n]["status"] == "running" for n in ("my-sweep", exp["run"]) if n in listed)
+    for j in (sweep, exp):
+        j = wait(client, j["id"])
+        assert j["state"] == "done" and j["result"]["failed"] == [], j
+    runs = client.get("/api/runs").json()
+    assert [r["name"] for r in runs][:2] == [exp["run"], "my-sweep"]  # newest first
+    by = {r["name"]: r for r in runs}
+    assert by["my-sweep"]["status"] == "complete" and by["my-sweep"]["cells"] == 3  # two alphas + pure text
+    assert by[exp["run"]]["experiment"] == "vl_only_vs_qwen3" and by[exp["run"]]["prompt"] == PROMPT
+    d = client.get(f"/api/runs/{exp['run']}").json()
+    assert d["status"] == "complete" and d["job"]["state"] == "done"
+    assert [c["name"] for c in d["cells"]] == ["pure_qwen3_4b", "pure_vl_text_tokens", "pure_vl_full_seq",
+                                               "blend_30_vl_70_qwen3"]
+    assert all(c["state"] == "done" and c["record"]["success"] for c in d["cells"])
+    for url in [d["report"], d["metadata"], *d["grids"], *d["plots"], *(c["image"] for c in d["cells"])]:
+        assert client.get(url).status_code == 200, url
+    assert "text/html" in client.get(d["report"]).headers["content-type"]
+    assert (server.runs / exp["run"] / "comparison_grid.png").is_file()
+    # a name that exists is refused
+    r = client.post("/api/sweeps", json={"prompt": PROMPT, "axes": {"seed": ["1", "2"]}, "name": "my-sweep"})
+    assert r.status_code == 422 and r.json()["field"] == "name"
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, body, field, words", [
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"alpha": 3}}, "recipe.alpha", "less than or equal to 1"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"colour": 1}}, "recipe.colour", "unknown recipe field"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"blend": "mix"}}, "recipe.blend", "interpolate"),
+    ("/api/generate", {"prompt": PROMPT, "generation": {"steps": 0}}, "generation.steps", "greater than"),
+    ("/api/generate", {"prompt": PROMPT, "generation": {"width": 100}}, "generation.width", "multiple of 16"),
+    ("/api/generate", {"prompt": PROMPT, "generation": {"colour": 1}}, "generation.colour", "unknown generation"),
+    ("/api/generate", {"prompt": "  "}, "prompt", "give a prompt"),
+    ("/api/generate", {"prompt": PROMPT, "colour": 1}, "colour", "extra"),
+    ("/api/generate", {"prompt": 5}, "prompt", "string"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"references": [{"image": "/etc/passwd"}]}},
+     "recipe.references.0.image", "id of an uploaded image"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"references": [{"image": "0" * 24}]}},
+     "recipe.references.0.image", "no uploaded image"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "adapter": "../../etc/passwd"}},
+     "recipe.adapter", "inside the runs folder"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "hidden_layer": 40}}, "recipe", "out of range"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "schedule": "list:0.1,0.2"}}, "recipe",
+     "steps"),
+    ("/api/generate", {"caption_tokens": 32}, "caption_tokens", "reference"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {}}, "axes", "nothing to sweep"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"colour": ["1", "2"]}}, "axes.colour", "cannot sweep"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"alpha": ["0.3", "1.5"]}}, "axes.alpha", "less than or equal"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"seed": ["1"]}, "recipe": {"pool": 0}}, "recipe.pool", "greater"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"seed": ["1"]}, "name": "../x"}, "name", None),
+    ("/api/experiments", {"experiment": "alpha_swep", "prompt": PROMPT}, "experiment", "did you mean alpha_sweep"),
+    ("/api/experiments", {"experiment": "alpha_sweep", "images": []}, "prompt", "needs a prompt"),
+    ("/api/experiments", {"experiment": "multi_reference", "prompt": PROMPT}, "experiment", "2 reference images"),
+    ("/api/experiments", {"experiment": "alpha_sweep", "prompt": PROMPT, "images": ["abc"]}, "images.0", "upload"),
+    ("/api/recipe", {"recipe": {"svd_k": 0}}, "recipe.svd_k", "greater"),
+])
+def test_bad_requests_get_422_with_the_field_named(client, upload, path, body, field, words):
+    before = len(client.get("/api/jobs").json())
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field, r.json()
+    assert words is None or words in r.json()["detail"], r.json()
+    assert len(client.get("/api/jobs").json()) == before  # refused: no job
+
+
+def test_body_that_is_not_json_gets_422(client):
+    r = client.post("/api/generate", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("path", [
+    "/api/files/../etc/passwd", "/api/files/%2e%2e/%2e%2e/etc/passwd", "/api/files//etc/passwd",
+    "/api/files/%2Fetc%2Fpasswd", "/api/files/uploads/..%2F..%2Fx", "/api/files/nope.png", "/api/files/uploads",
+    "/api/files/outside/secret.txt", "/api/runs/..", "/api/runs/%2e%2e", "/api/runs/nope", "/api/runs/uploads",
+])
+def test_paths_outside_the_runs_folder_are_404(client, path, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    link = client.app.server.runs / "outside"
+    if not link.exists():
+        link.symlink_to(tmp_path, target_is_directory=True)
+    r = client.get(path)
+    assert r.status_code == 404 and "secret" not in r.text
+
+
+def test_token_is_required_on_every_request(config, tmp_path):
+    app = create_app(config, tmp_path, token="s3cret")
+    with TestClient(app) as c:
+        for path in ("/", "/api/health", "/api/runs", "/docs", "/static/app.js"):
+            assert c.get(path).status_code == 401, path
+        assert c.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/api/uploads", files={"file": ("a.png", png_bytes(), "image/png")}).status_code == 401
+        r = c.get("/?token=s3cret")  # the page link: the token then travels as a cookie
+        assert r.status_code == 200 and "llm_dit_token" in r.headers["set-cookie"]
+        assert c.get("/api/health").status_code == 200
+        c.cookies.clear()
+        assert c.get("/api/health").status_code == 401
+
+
+def test_serve_refuses_a_public_host_without_token(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("LLM_DIT_TOKEN", raising=False)
+    assert main(["serve", "--profile", "tiny", "--host", "0.0.0.0", "--runs", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "give --token" in err and len(err.strip().splitlines()) == 1
+    assert main(["serve", "--profile", "tiny", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_model_pool_keeps_one_model_when_told(tiny_config):
+    from llm_dit.models.pool import ModelPool
+
+    pool = ModelPool()
+    one = tiny_config.replace(**{"runtime.keep_models": "one"})
+    z = pool.z_image(one)
+    assert pool.z_image(one) is z and pool.loaded() == ["z_image"]
+    pool.vl(one)
+    assert pool.loaded() == ["vl"] and z.pipe is None  # unloaded, not kept beside
+    pool.z_image(tiny_config)  # keep_models "all": both stay
+    pool.splice(tiny_config)
+    assert pool.loaded() == ["z_image", "vl", "splice"]
+    pool.release()
+    assert pool.loaded() == []
