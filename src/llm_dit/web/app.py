@@ -461,10 +461,14 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.get("/api/runs/{name}")
     def run_detail(name: str):
+        jobs_ = [j for j in list(server.queue.jobs.values()) if j.run == name]
         detail = files.run_detail(runs, name, server.queue.active_runs())
+        if detail is None and jobs_:  # queued: its folder is made when the worker starts it
+            detail = {"name": name, "experiment": None, "prompt": None, "quick": None, "status": jobs_[-1].state,
+                      "cells": [], "grids": [], "plots": [], "references": [], "report": None, "metadata": None,
+                      "captions": {}, "details": {}, "config": None, "sessions": []}
         if detail is None:
             raise HTTPException(404, f"no run folder {name!r} under the runs folder")
-        jobs_ = [j for j in server.queue.jobs.values() if j.run == name]
         detail["job"] = server.job_dict(jobs_[-1]) if jobs_ else None
         return detail
 

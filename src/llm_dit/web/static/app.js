@@ -277,6 +277,7 @@ function renderResult(job) {
       job.error ? el("p", { class: "error" }, job.error) : "");
     return;
   }
+  refreshJobs();
   const r = job.result.record;
   const rows = [["backend", r.backend], ["alpha", Array.isArray(r.alpha) ? r.alpha.map(fmt).join(", ") : r.alpha],
     ["hidden_layer", r.hidden_layer], ["blend_mode", r.blend_mode], ["text_std", r.text_std], ["vl_std", r.vl_std],
@@ -373,10 +374,10 @@ async function showRun(name) {
 
 function renderRun(d) {
   const done = d.cells.filter((c) => c.state === "done").length;
-  $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment}${d.quick ? " (quick)" : ""} · ${done}/${d.cells.length} cells · `,
+  $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment || "waiting for the worker"}${d.quick ? " (quick)" : ""} · ${done}/${d.cells.length} cells · `,
     d.prompt ? `“${d.prompt}”` : "captions as prompts", " · ",
     d.report ? el("a", { href: d.report, target: "_blank", id: "report-link" }, "report.html") : "report when done",
-    d.metadata ? [" · ", el("a", { href: d.metadata, target: "_blank" }, "metadata.json")] : "");
+    ...(d.metadata ? [" · ", el("a", { href: d.metadata, target: "_blank" }, "metadata.json")] : []));
   const job = d.job && ["queued", "running"].includes(d.job.state) ? d.job : null;
   $("#run-job").replaceChildren(...(job ? [progressOf(job) || "", el("button", { type: "button", class: "small cancel", onclick: () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }) }, "cancel run")] : d.job && d.job.error ? [el("p", { class: "error" }, d.job.error)] : []));
   const gridKey = d.grids.join("|");

@@ -1,0 +1,178 @@
+"""The web page in a real browser: headless Chromium from Debian's packages, driven by Selenium.
+
+``llm-dit serve --profile tiny`` runs as a separate process (the command a person types). The test
+fills the generate form, uploads a reference, waits for the picture, starts a named experiment,
+watches its run page fill in, opens a cell's record and the report, and saves a screenshot of each
+page under its temporary folder (and under ``$LLM_DIT_SCREENSHOTS`` when set: the README's images).
+
+Skipped, with the reason, where Chromium, chromedriver or Selenium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+try:
+    import selenium  # noqa: F401
+
+    HAVE_SELENIUM = True
+except ImportError:
+    HAVE_SELENIUM = False
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)"),
+    pytest.mark.skipif(not HAVE_SELENIUM, reason="needs selenium (pip install selenium)"),
+]
+PROMPT = "A simple cartoon house with a red roof"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_cache):
+    runs = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    log = open(runs.parent / "serve.log", "w")
+    env = {**os.environ, "LLM_DIT_CACHE": os.environ["LLM_DIT_CACHE"]}
+    proc = subprocess.Popen([sys.executable, "-m", "llm_dit", "serve", "--profile", "tiny", "--port", str(port),
+                             "--runs", str(runs)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > end:
+                log.close()
+                pytest.fail("llm-dit serve did not start: " + (runs.parent / "serve.log").read_text())
+            time.sleep(0.2)
+    yield url, runs
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1440,1000", "--hide-scrollbars"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def shot(driver, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot (the window grows to the page's height first)."""
+    driver.execute_script("window.scrollTo(0, 0)")
+    height = driver.execute_script("return Math.max(document.documentElement.scrollHeight, 900)")
+    driver.set_window_size(1440, min(height + 40, 2400))
+    path = tmp_path / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1440, 1000)
+    if os.environ.get("LLM_DIT_SCREENSHOTS"):
+        target = Path(os.environ["LLM_DIT_SCREENSHOTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target / path.name)
+    return path
+
+
+def until(driver, condition, timeout: float = 180, what: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=what)
+
+
+def test_generate_page_makes_a_picture(server, browser, tmp_path, refs):
+    from selenium.webdriver.common.by import By
+
+    url, runs = server
+    browser.get(url + "/")
+    until(browser, lambda d: d.find_element(By.ID, "f-alpha"), 30, "the form is built")
+    # every recipe field has a control on the page
+    from llm_dit.conditioning import Recipe
+
+    for name in set(Recipe.model_fields) - {"references"}:
+        assert browser.find_elements(By.ID, "f-" + name), name
+    browser.find_element(By.ID, "prompt").send_keys(PROMPT)
+    browser.find_element(By.ID, "file").send_keys(refs[0])
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#refs .ref img"), 30, "the reference is uploaded")
+    alpha = browser.find_element(By.ID, "f-alpha")
+    alpha.clear()
+    alpha.send_keys("0.5")
+    browser.find_element(By.ID, "generate").click()
+    img = until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#result img.picture"), 180, "the picture")[0]
+    until(browser, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img), 30)
+    table = browser.find_element(By.CSS_SELECTOR, "#result table.stats").text
+    assert "blended_std" in table and "vl_std" in table and "0.5" in table
+    assert list((runs / "generated").glob("*.png"))
+    assert shot(browser, tmp_path, "generate").stat().st_size > 10_000
+    # a preset fills the controls in
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "preset")).select_by_value("style_transfer")
+    assert Select(browser.find_element(By.ID, "f-blend")).first_selected_option.text == "adain_per_dim"
+    assert browser.find_element(By.ID, "f-steps").get_attribute("value") == "4"
+    Select(browser.find_element(By.ID, "preset")).select_by_value("")
+    # a refused request names the field on the page
+    browser.find_element(By.ID, "f-steps").clear()
+    browser.find_element(By.ID, "f-steps").send_keys("0")
+    browser.find_element(By.ID, "generate").click()
+    until(browser, lambda d: "generation.steps" in d.find_element(By.ID, "form-error").text, 30, "the error")
+
+
+def test_runs_page_starts_an_experiment_and_shows_it(server, browser, tmp_path, refs):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, runs = server
+    browser.get(url + "/runs")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#exp-name option"), 30, "the experiments")
+    Select(browser.find_element(By.ID, "exp-name")).select_by_value("vl_only_vs_qwen3")
+    browser.find_element(By.ID, "exp-prompt").send_keys(PROMPT)
+    browser.find_element(By.ID, "exp-files").send_keys(refs[0])
+    browser.find_element(By.ID, "exp-run").send_keys("browser-run")
+    browser.find_element(By.ID, "exp-start").click()
+    until(browser, lambda d: d.current_url.endswith("/runs/browser-run"), 30, "the run page opens")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#run-grids img"), 240, "the grid")
+    until(browser, lambda d: "complete" in d.find_element(By.ID, "run-info").text.lower(), 60,
+          "the run completes: " + browser.find_element(By.ID, "run-info").text)
+    cells = browser.find_elements(By.CSS_SELECTOR, "#run-cells .cell")
+    assert len(cells) == 4 and all(c.find_elements(By.TAG_NAME, "img") for c in cells)
+    until(browser, lambda d: d.execute_script(
+        "return [...document.querySelectorAll('#run-grids img')].every(i => i.complete && i.naturalWidth > 0)"), 30)
+    browser.find_element(By.CSS_SELECTOR, '[data-cell="pure_vl_full_seq"]').click()
+    record = until(browser, lambda d: d.find_elements(By.ID, "cell-record"), 10, "the cell's record")[0].text
+    assert '"name": "pure_vl_full_seq"' in record and '"vl_std"' in record
+    assert shot(browser, tmp_path, "run").stat().st_size > 10_000
+    report = browser.find_element(By.ID, "report-link").get_attribute("href")
+    browser.get(report)
+    assert "pure_vl_full_seq" in browser.page_source
+    browser.get(url + "/runs")
+    row = until(browser, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+                                    if "browser-run" in r.text], 30, "the run is listed")[0]
+    assert "complete" in row.text.lower() and "4/4" in row.text and "vl_only_vs_qwen3" in row.text
+    assert shot(browser, tmp_path, "runs").stat().st_size > 10_000
