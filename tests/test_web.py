@@ -70,7 +70,10 @@ def test_pages_docs_and_schema(client):
         r = client.get(path)
         assert r.status_code == 200 and 'id="gen-form"' in r.text and "/static/app.js" in r.text
     assert client.get("/static/app.js").status_code == 200
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs").text
+    assert "swagger" in docs.lower() and "/openapi.json" in docs
+    js = docs.split("<script src=")[1].split(">")[0].strip("'\"")  # served here: no network needed
+    assert js.startswith("/docs-static/") and client.get(js).status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     for p in ("/api/generate", "/api/sweeps", "/api/experiments", "/api/uploads", "/api/jobs/{job_id}/cancel",
               "/api/jobs/{job_id}/events", "/api/runs", "/api/runs/{name}", "/api/files/{path}", "/api/recipe"):
@@ -233,6 +236,24 @@ def test_cancel_a_running_job(config, tmp_path):
         assert not (tmp_path / "generated").exists() or not list((tmp_path / "generated").iterdir())
         # the worker goes on with the next job
         assert wait(c, c.post("/api/generate", json={"prompt": "next"}).json()["id"])["state"] == "done"
+
+
+def test_cancel_a_running_sweep_keeps_its_finished_cells(config, tmp_path):
+    app = create_app(config, tmp_path)
+    with TestClient(app) as c:
+        job = c.post("/api/sweeps", json={"prompt": PROMPT, "generation": {"steps": 60},
+                                          "axes": {"seed": [str(i) for i in range(8)]}, "name": "long"}).json()
+        end = time.monotonic() + 180
+        while c.get(f"/api/jobs/{job['id']}").json()["progress"]["cells_done"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        c.post(f"/api/jobs/{job['id']}/cancel")
+        job = wait(c, job["id"])
+        assert job["state"] == "cancelled"
+        d = c.get("/api/runs/long").json()
+        states = [cell["state"] for cell in d["cells"]]
+        assert "done" in states and "pending" in states and d["status"] == "incomplete"
+        assert d["report"] is not None  # the report of what finished is still written
+        assert not list((tmp_path / "long").rglob(".*.tmp"))
 
 
 def test_save_as_recipe_downloads_toml(client, upload):

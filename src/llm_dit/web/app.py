@@ -278,15 +278,35 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
         yield
         queue.stop()
 
-    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan,
+    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan, docs_url=None,
                   description="Zero-shot vision conditioning of Z-Image with Qwen3-VL: generate, sweep, run "
                               "experiments, browse run folders.")
     api.state.server = server
     _routes(api, server)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _docs(api)
     app = Guard(api, server)
     app.server, app.api = server, api
     return app
+
+
+def _docs(api: FastAPI) -> None:
+    """``/docs``: Swagger UI from the installed ``swagger-ui-bundle`` (no network needed), else from
+    FastAPI's default CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+
+        api.mount("/docs-static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+        assets = {"swagger_js_url": "/docs-static/swagger-ui-bundle.js",
+                  "swagger_css_url": "/docs-static/swagger-ui.css"}
+    except ImportError:
+        assets = {}
+
+    @api.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="llm-dit API", **assets)
 
 
 def _routes(api: FastAPI, server: Server) -> None:
