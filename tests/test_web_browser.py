@@ -101,9 +101,13 @@ def shot(driver, tmp_path: Path, name: str) -> Path:
 
 
 def until(driver, condition, timeout: float = 180, what: str = ""):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message=what)
+    # the page re-renders its lists as they change: an element found a moment ago may be gone
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(condition, message=what)
 
 
 def test_generate_page_makes_a_picture(server, browser, tmp_path, refs):
@@ -142,6 +146,26 @@ def test_generate_page_makes_a_picture(server, browser, tmp_path, refs):
     browser.find_element(By.ID, "f-steps").send_keys("0")
     browser.find_element(By.ID, "generate").click()
     until(browser, lambda d: "generation.steps" in d.find_element(By.ID, "form-error").text, 30, "the error")
+    # a long job is cancelled from the jobs list
+    steps = browser.find_element(By.ID, "f-steps")
+    steps.clear()
+    steps.send_keys("1000")
+    browser.find_element(By.ID, "generate").click()
+    until(browser, lambda d: d.execute_script(
+        "const b = document.querySelector('#jobs li button.cancel'); if (b) b.click(); return !!b;"), 60, "cancel")
+    until(browser, lambda d: "cancelled" in d.find_element(By.CSS_SELECTOR, "#jobs li").text.lower(), 60,
+          "the job is cancelled")
+    assert "cancelled" in browser.find_element(By.ID, "result").text.lower()
+    # "run as sweep": one control becomes a list, and the run page opens
+    steps.clear()
+    steps.send_keys("4")
+    Select(browser.find_element(By.ID, "sweep-field")).select_by_value("alpha")
+    browser.find_element(By.ID, "sweep-values").send_keys("0.2, 0.6")
+    browser.find_element(By.ID, "run-sweep").click()
+    until(browser, lambda d: "/runs/sweep-" in d.current_url, 30, "the sweep's run page")
+    until(browser, lambda d: "complete" in d.find_element(By.ID, "run-info").text.lower(), 120, "the sweep completes")
+    names = [c.get_attribute("data-cell") for c in browser.find_elements(By.CSS_SELECTOR, "#run-cells .cell")]
+    assert names == ["text_only", "alpha0.2", "alpha0.6"], names
 
 
 def test_runs_page_starts_an_experiment_and_shows_it(server, browser, tmp_path, refs):
