@@ -110,8 +110,7 @@ def recipe_controls(config: Config) -> list[dict[str, Any]]:
     for name, info in Recipe.model_fields.items():
         if name == "references":
             continue
-        default = info.default if info.default is not None else None
-        c = _control(name, info, default if not callable(getattr(info, "default_factory", None)) else None)
+        c = _control(name, info, info.default)
         c["group"] = where.get(name, "other")
         c["profile"] = resolved.get(name)
         out.append(c)
