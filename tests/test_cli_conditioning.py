@@ -127,6 +127,33 @@ def test_multi_reference_with_roles_and_weights(refdir, tmp_path, capsys):
     assert meta["style_shape"][1] == meta["vl_shape"][1]
 
 
+def test_caption_as_prompt(refdir, tmp_path, capsys):
+    """Seed 004's caption method: the prompt (and the VL chat's text) is Qwen3-VL's caption of the reference."""
+    from llm_dit.config import resolve_config
+    from llm_dit.experiments.captions import make_caption
+    from llm_dit.vl import VLEmbeddingExtractor
+
+    small = [a for a in BASE if a not in ("--prompt", "a red house")]
+    out = tmp_path / "cap.png"
+    rc = main(["generate", *small, "--image", str(refdir / "a.png"), "--caption-tokens", "16", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    meta = json.loads(out.with_suffix(".json").read_text())
+    cfg = resolve_config("tiny")
+    vl = VLEmbeddingExtractor.from_config(cfg)
+    from llm_dit.images import load_image
+
+    expected, _ = make_caption(vl, load_image(refdir / "a.png"), 16, cfg)  # the oracle: the caption on its own
+    assert meta["prompt"] == expected and meta["caption"]["tokens"] <= 16
+    assert meta["config"]["encoder"]["max_length"] == 1504
+    for args, words in ((["--prompt", "x", "--caption-tokens", "16", "--image", str(refdir / "a.png")],
+                         "give --prompt, or --caption-tokens"),
+                        (["--caption-tokens", "16"], "captions the first reference image")):
+        rc = main(["generate", *small, *args, "--out", str(tmp_path / "bad.png")])
+        err = capsys.readouterr().err
+        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad.png").exists()
+
+
 def test_alpha_zero_is_the_text_image_and_a_recipe_file_reproduces_a_run(refdir, text_only, tmp_path, capsys):
     out = tmp_path / "zero.png"
     assert main(["generate", *BASE, "--image", str(refdir / "a.png"), "--vl-alpha", "0", "--out", str(out),
