@@ -137,6 +137,7 @@ def test_caption_as_prompt(refdir, tmp_path, capsys):
     out = tmp_path / "cap.png"
     rc = main(["generate", *small, "--image", str(refdir / "a.png"), "--caption-tokens", "16", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
     meta = json.loads(out.with_suffix(".json").read_text())
     cfg = resolve_config("tiny")
     vl = VLEmbeddingExtractor.from_config(cfg)
