@@ -321,23 +321,37 @@ def test_sweep_and_experiment_fill_run_folders(client, upload):
      "recipe.references.0.image", "no uploaded image"),
     ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "adapter": "../../etc/passwd"}},
      "recipe.adapter", "inside the runs folder"),
-    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "hidden_layer": 40}}, "recipe", "out of range"),
-    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "schedule": "list:0.1,0.2"}}, "recipe",
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "hidden_layer": 40}}, "recipe.hidden_layer",
+     "out of range"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "schedule": "list:0.1,0.2"}}, "recipe.schedule",
      "steps"),
+    ("/api/generate", {"prompt": PROMPT, "recipe": {"backend": "vl", "schedule": "bogus:1"}}, "recipe.schedule", None),
+    ("/api/generate", {"caption_tokens": 0, "recipe": {"references": [{"image": "UPLOAD"}]}}, "caption_tokens",
+     "1..1504"),
     ("/api/generate", {"caption_tokens": 32}, "caption_tokens", "reference"),
     ("/api/sweeps", {"prompt": PROMPT, "axes": {}}, "axes", "nothing to sweep"),
     ("/api/sweeps", {"prompt": PROMPT, "axes": {"colour": ["1", "2"]}}, "axes.colour", "cannot sweep"),
     ("/api/sweeps", {"prompt": PROMPT, "axes": {"alpha": ["0.3", "1.5"]}}, "axes.alpha", "less than or equal"),
     ("/api/sweeps", {"prompt": PROMPT, "axes": {"seed": ["1"]}, "recipe": {"pool": 0}}, "recipe.pool", "greater"),
     ("/api/sweeps", {"prompt": PROMPT, "axes": {"seed": ["1"]}, "name": "../x"}, "name", None),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"steps": [[1]]}}, "axes.steps", "whole number"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"method": [[1]]}, "caption_tokens": 8}, "caption_tokens", None),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"schedule": ["bogus:1", "linear:1:0"]}}, "axes.schedule", None),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"seed": [str(i) for i in range(100)],
+                                                "alpha": [str(i / 100) for i in range(100)]}}, "axes", "limit"),
+    ("/api/sweeps", {"prompt": PROMPT, "axes": {"references": [[{"image": "/etc/passwd"}]]}}, "axes.references",
+     None),
+    ("/api/sweeps", {"prompt": PROMPT, "recipe": {"backend": "vl"}, "axes": {"adapter": ["/etc/hostname", "x"]}},
+     "axes.adapter", "inside the runs folder"),
     ("/api/experiments", {"experiment": "alpha_swep", "prompt": PROMPT}, "experiment", "did you mean alpha_sweep"),
     ("/api/experiments", {"experiment": "alpha_sweep", "images": []}, "prompt", "needs a prompt"),
-    ("/api/experiments", {"experiment": "multi_reference", "prompt": PROMPT}, "experiment", "2 reference images"),
+    ("/api/experiments", {"experiment": "multi_reference", "prompt": PROMPT}, "images", "2 reference images"),
     ("/api/experiments", {"experiment": "alpha_sweep", "prompt": PROMPT, "images": ["abc"]}, "images.0", "upload"),
     ("/api/recipe", {"recipe": {"svd_k": 0}}, "recipe.svd_k", "greater"),
 ])
 def test_bad_requests_get_422_with_the_field_named(client, upload, path, body, field, words):
     before = len(client.get("/api/jobs").json())
+    body = json.loads(json.dumps(body).replace("UPLOAD", upload["id"]))
     r = client.post(path, json=body)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field, r.json()
@@ -380,6 +394,31 @@ def test_token_is_required_on_every_request(config, tmp_path):
         assert c.get("/api/health").status_code == 401
 
 
+def test_local_server_answers_only_its_own_names_and_pages(config, tmp_path):
+    """Bound to this machine without a token: a page elsewhere (DNS rebinding, another site) is refused."""
+    app = create_app(config, tmp_path, hosts={"localhost", "127.0.0.1", "::1"})
+    with TestClient(app, base_url="http://localhost:7860") as c:
+        assert c.get("/api/health").status_code == 200
+        assert c.get("/api/health", headers={"host": "[::1]:7860"}).status_code == 200
+        assert c.get("/api/health", headers={"host": "evil.example:7860"}).status_code == 403
+        files = {"file": ("a.png", png_bytes(), "image/png")}
+        assert c.post("/api/uploads", files=files, headers={"origin": "http://evil.example"}).status_code == 403
+        assert c.post("/api/uploads", files=files, headers={"origin": "http://localhost:7860"}).status_code == 201
+
+
+def test_a_run_name_is_given_once(client):
+    server = client.app.server
+    with server.new_run("taken", "sweep") as (run, out):
+        assert run == "taken" and not out.exists()
+        with pytest.raises(Exception, match="exists already"):
+            with server.new_run("taken", "sweep"):
+                pass
+        with server.new_run(None, "sweep") as (a, _), server.new_run(None, "sweep") as (b, _):
+            assert a != b  # two automatic names in the same second differ
+    with server.new_run("taken", "sweep") as (run, _):  # refused or done: the name is free again
+        assert run == "taken"
+
+
 def test_serve_refuses_a_public_host_without_token(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("LLM_DIT_TOKEN", raising=False)
     assert main(["serve", "--profile", "tiny", "--host", "0.0.0.0", "--runs", str(tmp_path / "r")]) == 2
@@ -387,6 +426,8 @@ def test_serve_refuses_a_public_host_without_token(capsys, tmp_path, monkeypatch
     assert "give --token" in err and len(err.strip().splitlines()) == 1
     assert main(["serve", "--profile", "tiny", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+    assert main(["serve", "--profile", "tiny", "--host", "0.0.0.0", "--token", "a+b;c/d=="]) == 2
+    assert "the token takes letters" in capsys.readouterr().err
 
 
 def test_model_pool_keeps_one_model_when_told(tiny_config):

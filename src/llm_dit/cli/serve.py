@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def cmd_serve(args) -> int:
     if not is_local(args.host) and not token:
         raise InputError(f"--host {args.host} exposes the server beyond this machine: give --token "
                          f"(or set {TOKEN_ENV})")
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", token):
+        raise InputError("the token takes letters, digits and ._~- only, at least 8 of them (it travels in links)")
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be in 1..65535 (got {args.port})")
     if args.max_upload_mb <= 0:
@@ -65,7 +68,10 @@ def cmd_serve(args) -> int:
             s.bind((args.host, args.port))
         except OSError as e:
             raise InputError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
-    app = create_app(cfg, runs, token=token, max_upload=int(args.max_upload_mb * 2**20), idle_unload=args.idle_unload)
+    # bound to this machine without a token: only pages of this machine's own names may talk to it
+    hosts = {"localhost", "127.0.0.1", "::1", args.host} if is_local(args.host) and not token else None
+    app = create_app(cfg, runs, token=token, max_upload=int(args.max_upload_mb * 2**20), idle_unload=args.idle_unload,
+                     hosts=hosts)
     shown = "localhost" if is_local(args.host) else args.host
     print(f"llm-dit serve: http://{shown}:{args.port}/{'?token=' + token if token else ''} "
           f"(profile {cfg.profile}, runs {runs.absolute()}); API at /docs; Ctrl-C stops", flush=True)

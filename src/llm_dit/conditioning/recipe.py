@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, LlmDitError
 from ..vl.normalize import NORMALIZATION_MODES
 from .blend import BLEND_MODES, STYLE_MODES
 from .schedule import Schedule, parse_schedule
@@ -142,7 +142,11 @@ class Recipe(_Strict):
             raise ConfigError("a recipe must be a table of fields")
         data = dict(data)
         if isinstance(data.get("schedule"), str):
-            data["schedule"] = parse_schedule(data["schedule"]).model_dump()
+            try:
+                data["schedule"] = parse_schedule(data["schedule"]).model_dump()
+            except LlmDitError as e:
+                e.field = "schedule"
+                raise
         return validate_model(cls, data, "recipe field")
 
     def to_toml(self) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..config import MAX_CAPTION_TOKENS, Config
-from ..errors import InputError
+from ..errors import InputError, LlmDitError
 from ..images import load_image
 from ..vl.normalize import ReferenceStats
 from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
@@ -143,16 +143,28 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
     from ..vl.normalize import check_layer_match
     from .build import recipe_layers
 
-    check_prompt(prompt)
+    try:
+        check_prompt(prompt)
+    except InputError as e:
+        e.field = "prompt"
+        raise
     if recipe.schedule is not None:
-        recipe.schedule.check_steps(config.generation.steps)
+        try:
+            recipe.schedule.check_steps(config.generation.steps)
+        except InputError as e:
+            e.field = "schedule"
+            raise
     requests = plan_extractions(recipe, prompt)
     if not requests:
         return requests
     n = _num_layers(config, recipe.backend)
     if n is not None:
         for k in recipe_layers(recipe):
-            canonical_layer(k, n, f"{recipe.backend} model")
+            try:
+                canonical_layer(k, n, f"{recipe.backend} model")
+            except LlmDitError as e:  # the field that asked for the layer
+                e.field = next((f for f in ("image_layer", "text_layer") if getattr(recipe, f) == k), "hidden_layer")
+                raise
     if recipe.adapter:
         from ..vl.adapter import LinearAdapter
 

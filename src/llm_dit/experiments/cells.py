@@ -31,6 +31,8 @@ SHORT = {"alpha": "alpha", "hidden_layer": "layer", "layer": "layer", "steps": "
          "outlier_mask": "mask-", "vl_intra_blend_ratio": "intra", "token_budget": "budget", "schedule": "",
          "target_std": "std", "method": ""}
 TEXT_ONLY = "text_only"
+#: The most cells one sweep may have (a typo in a list should not plan a million pictures).
+MAX_SWEEP_CELLS = 5000
 #: Seed 004's methods: the VL chat's text is the caption itself (aligned) or a generic request.
 METHODS = {"caption": "{prompt}", "generic": "Describe this image."}
 
@@ -189,6 +191,10 @@ def coerce(key: str, value: Any) -> Any:
     return text
 
 
+def _kind_name(kind) -> str:
+    return {str: "text", int: "whole number"}.get(kind, "number")
+
+
 def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int | None = None) -> list[Cell]:
     """The cartesian product of ``axes`` over the ``base`` recipe fields, plus pure-text baselines.
 
@@ -205,6 +211,18 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
             raise InputError(f"the sweep list for {key!r} is empty", field=f"axes.{key}")
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
             raise InputError(f"the sweep list for {key!r} repeats a value ({values})", field=f"axes.{key}")
+        if key in GENERATION_AXES or key == "method":
+            kind = str if key == "method" else (int if key in ("steps", "seed") else (int, float))
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, kind):
+                    raise InputError(f"the sweep list for {key!r} holds {v!r}, not a {_kind_name(kind)}",
+                                     field=f"axes.{key}")
+    total = 1
+    for values in axes.values():
+        total *= len(values)
+    if total > MAX_SWEEP_CELLS:
+        raise InputError(f"the sweep has {total} cells, over the limit of {MAX_SWEEP_CELLS}; split it into several runs",
+                         field="axes")
     keys = list(axes)
     cells = []
     for combo in itertools.product(*(axes[k] for k in keys)):

@@ -31,7 +31,11 @@ def experiment_spec(name: str, images: list[str], prompt: str | None, config: Co
         raise InputError("the caption is empty", field="caption")
     if exp.config:
         config = config.replace(**exp.config)
-    cells = exp.cells(Inputs(images, quick))
+    try:
+        cells = exp.cells(Inputs(images, quick))
+    except InputError as e:
+        e.field = e.field or "images"
+        raise
     grids = exp.grids(cells) if exp.grids else []
     spec = RunSpec(exp.name, images, prompt, cells, grids, quick=quick, caption=caption,
                    save_embeddings=save_embeddings)

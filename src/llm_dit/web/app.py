@@ -30,11 +30,12 @@ import contextlib
 import hmac
 import json
 import re
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -42,7 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Config
+from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError, LlmDitError
 from . import files
 from .form import FILE_FIELDS, GENERATION_FIELDS, PRESETS, generation_controls, recipe_controls
@@ -94,8 +95,12 @@ class RecipeBody(_Body):
 class Server:
     """What the routes share: the configuration, the runs folder, the job queue and its models."""
 
-    def __init__(self, config: Config, runs: Path, token: str | None, max_upload: int, queue: JobQueue):
+    def __init__(self, config: Config, runs: Path, token: str | None, max_upload: int, queue: JobQueue,
+                 hosts: set[str] | None = None):
         self.config, self.runs, self.token, self.max_upload, self.queue = config, runs, token, max_upload, queue
+        self.hosts = hosts  # the Host names a request may carry (None: any)
+        self._names = threading.Lock()
+        self._reserved: set[str] = set()  # run names taken by requests still being checked
 
     def job(self, job_id: str) -> Job:
         job = self.queue.jobs.get(job_id)
@@ -132,35 +137,49 @@ class Server:
         if data.get("backend") is None and not mapped:
             data["backend"] = "text"  # as the CLI: no reference, no vision conditioning
         for key in FILE_FIELDS:
-            value = data.get(key)
-            if value:
-                path = files.inside(self.runs, value) if isinstance(value, str) else None
-                if path is None or not path.is_file():
-                    raise InputError(f"recipe.{key} must name a file inside the runs folder (got {value!r})",
-                                     field=f"recipe.{key}")
-                data[key] = str(path.resolve())
+            if data.get(key):
+                data[key] = self.runs_file(data[key], f"recipe.{key}")
         with _field("recipe", prefix=True):
             return Recipe.from_dict(data)
 
-    def new_run(self, name: str | None, kind: str) -> tuple[str, Path]:
-        if name is not None:
-            run = name.strip()
-            if not RUN_NAME.fullmatch(run):
-                raise InputError(f"a run name takes letters, digits and ._+- only (got {name!r})", field="name")
-        else:
-            run = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-            n = 2
-            while (self.runs / run).exists() or run in self.queue.active_runs():
-                run = f"{kind}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{n}"
-                n += 1
-        if run in (files.UPLOADS, files.GENERATED) or (self.runs / run).exists() or run in self.queue.active_runs():
-            raise InputError(f"a run folder named {run!r} exists already; pick another name", field="name")
-        return run, self.runs / run
+    def runs_file(self, value: object, field: str) -> str:
+        """A file a request names (an adapter, statistics): a path inside the runs folder, made absolute."""
+        path = files.inside(self.runs, value) if isinstance(value, str) else None
+        if path is None or not path.is_file():
+            raise InputError(f"{field} must name a file inside the runs folder (got {value!r})", field=field)
+        return str(path.resolve())
+
+    def _taken(self, run: str) -> bool:
+        return run in (files.UPLOADS, files.GENERATED) or (self.runs / run).exists() or \
+            run in self.queue.active_runs() or run in self._reserved
+
+    @contextlib.contextmanager
+    def new_run(self, name: str | None, kind: str):
+        """``(name, folder)`` of a new run, reserved while the request is checked and submitted (two
+        requests never get one folder)."""
+        if name is not None and not RUN_NAME.fullmatch(name.strip()):
+            raise InputError(f"a run name takes letters, digits and ._+- only (got {name!r})", field="name")
+        with self._names:
+            if name is not None:
+                run = name.strip()
+                if self._taken(run):
+                    raise InputError(f"a run folder named {run!r} exists already; pick another name", field="name")
+            else:
+                stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
+                run, n = f"{kind}-{stamp}", 2
+                while self._taken(run):
+                    run, n = f"{kind}-{stamp}-{n}", n + 1
+            self._reserved.add(run)
+        try:
+            yield run, self.runs / run
+        finally:  # submitted: its job now holds the name; refused: free again
+            with self._names:
+                self._reserved.discard(run)
 
     def run_job(self, kind: str, title: str, spec, config: Config, run: str, out: Path) -> Job:
         from ..experiments.runner import Runner, run as run_spec
 
-        with _field("recipe"):
+        with _field("recipe", prefix=True):
             Runner(spec, config, out).check()  # refused now (422), not as a failed job
         pool, runs = self.queue.pool, self.runs
 
@@ -175,15 +194,20 @@ class Server:
         return self.queue.submit(job)
 
 
+#: Fields of the request bodies themselves (an error naming one is not inside the recipe).
+TOP_LEVEL = ("prompt", "caption_tokens", "axes", "images", "experiment", "name", "generation", "recipe")
+
+
 @contextlib.contextmanager
 def _field(name: str, prefix: bool = False):
-    """Errors raised inside name ``name`` as their field (``prefix``: the field is inside ``name``)."""
+    """Errors raised inside name ``name`` as their field (``prefix``: a field they name is one of
+    ``name``'s, e.g. ``alpha`` -> ``recipe.alpha``)."""
     try:
         yield
     except LlmDitError as e:
         if e.field is None:
             e.field = name
-        elif prefix and not e.field.startswith(name + "."):
+        elif prefix and e.field.split(".")[0] not in TOP_LEVEL:
             e.field = f"{name}.{e.field}"
         raise
 
@@ -201,6 +225,13 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        if self.server.hosts is not None and _hostname(host) not in self.server.hosts:
+            # a page elsewhere that resolves its own name to 127.0.0.1 (DNS rebinding) is not this server's page
+            return await _send_json(send, 403, {"detail": f"host {host!r} is not this server's; open it as localhost"})
+        origin = headers.get("origin")
+        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
+            return await _send_json(send, 403, {"detail": f"requests from {origin} are refused (another site)"})
         set_cookie = False
         if self.server.token:
             given, source = _token_of(scope, headers)
@@ -247,6 +278,13 @@ def _token_of(scope, headers: dict[str, str]) -> tuple[str | None, str]:
     return query.get("token", [None])[0], "query"
 
 
+def _hostname(host: str) -> str:
+    """``localhost:7860`` -> ``localhost``; ``[::1]:7860`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def _too_large(limit: int) -> str:
     return f"the request is larger than the upload limit of {limit / 2**20:g} MB (serve --max-upload-mb)"
 
@@ -262,14 +300,21 @@ async def _send_json(send, status: int, body: dict) -> None:
 
 
 def create_app(config: Config, runs: str | Path, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               idle_unload: float = 900.0, start_worker: bool = True):
-    """The ASGI app (FastAPI behind the token and size guard); its :class:`Server` is ``app.server``."""
+               idle_unload: float = 900.0, start_worker: bool = True, hosts: set[str] | None = None):
+    """The ASGI app (FastAPI behind the guard); its :class:`Server` is ``app.server``.
+
+    ``hosts``: the Host names requests may carry (``llm-dit serve`` on a local address without a
+    token: ``localhost``, ``127.0.0.1``, ``::1``); None accepts any."""
+    import transformers  # noqa: F401  imported once here: lazy imports race across request threads
+    from transformers import AutoConfig  # noqa: F401
+
+    from ..conditioning import run  # noqa: F401
     from ..models.pool import ModelPool
 
     runs = Path(runs).absolute()
     runs.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(ModelPool(), idle_unload=idle_unload)
-    server = Server(config, runs, token, max_upload, queue)
+    server = Server(config, runs, token, max_upload, queue, hosts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -278,7 +323,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
         yield
         queue.stop()
 
-    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan, docs_url=None,
+    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Zero-shot vision conditioning of Z-Image with Qwen3-VL: generate, sweep, run "
                               "experiments, browse run folders.")
     api.state.server = server
@@ -377,10 +422,13 @@ def _routes(api: FastAPI, server: Server) -> None:
             raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
         if prompt is not None and body.caption_tokens is not None:
             raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
-        with _field("prompt" if prompt is not None else "caption_tokens"):
-            if body.caption_tokens is not None and not recipe.references:
-                raise InputError("caption_tokens captions the first reference image: give one")
-        with _field("recipe"):
+        if body.caption_tokens is not None:
+            if not recipe.references:
+                raise InputError("caption_tokens captions the first reference image: give one", field="caption_tokens")
+            if not 1 <= body.caption_tokens <= MAX_CAPTION_TOKENS:
+                raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {body.caption_tokens})",
+                                 field="caption_tokens")
+        with _field("recipe", prefix=True):
             check_recipe_run(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
             load_references(recipe)
         pool = server.queue.pool
@@ -406,19 +454,19 @@ def _routes(api: FastAPI, server: Server) -> None:
         axes = {}
         for key, values in body.axes.items():
             key = key.removeprefix("generation.")
+            if key == "references":
+                raise InputError("references cannot be swept here: run one sweep per reference", field="axes.references")
             axes[key] = [coerce(key, v) for v in values]
+            if key in FILE_FIELDS:
+                axes[key] = [v if v is None else server.runs_file(v, f"axes.{key}") for v in axes[key]]
         base = recipe.to_dict()
         references = base.pop("references")
         prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
-        try:
+        with _field("recipe", prefix=True):  # a field of the fixed part is a recipe field
             spec, config = sweep_spec(references, prompt, base, axes, config, caption_tokens=body.caption_tokens)
-        except LlmDitError as e:  # a field of the fixed part is a recipe field; the rest name themselves
-            if e.field and not e.field.startswith(("axes", "prompt", "caption_tokens", "recipe")):
-                e.field = "recipe." + e.field
-            raise
-        run, out = server.new_run(body.name, "sweep")
         title = f"sweep of {', '.join(axes)}: {len(spec.cells)} cells"
-        return server.job_dict(server.run_job("sweep", title, spec, config, run, out))
+        with server.new_run(body.name, "sweep") as (run, out):
+            return server.job_dict(server.run_job("sweep", title, spec, config, run, out))
 
     @api.post("/api/experiments", status_code=202)
     def experiment(body: ExperimentBody):
@@ -429,9 +477,9 @@ def _routes(api: FastAPI, server: Server) -> None:
         with _field("experiment"):
             spec, config = experiment_spec(body.experiment, images, body.prompt, config, quick=body.quick,
                                            caption=body.caption)
-        run, out = server.new_run(body.name, spec.name)
         title = f"{spec.name}{' (quick)' if body.quick else ''}: {len(spec.cells)} cells"
-        return server.job_dict(server.run_job("experiment", title, spec, config, run, out))
+        with server.new_run(body.name, spec.name) as (run, out):
+            return server.job_dict(server.run_job("experiment", title, spec, config, run, out))
 
     @api.post("/api/recipe", response_class=Response,
               responses={200: {"content": {"application/toml": {}}, "description": "the recipe as TOML"}})

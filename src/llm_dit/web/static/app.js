@@ -400,5 +400,7 @@ function renderRun(d) {
   }
 }
 
+// opened from the server's link with ?token=: the cookie holds it now; keep it out of the history
+if (new URLSearchParams(location.search).has("token")) history.replaceState({}, "", location.pathname);
 route();
 health();
