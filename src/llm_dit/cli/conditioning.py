@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..conditioning.recipe import FILE_FIELDS
 from ..errors import InputError
 
 RECIPE = "recipe."
@@ -82,10 +83,6 @@ def _target_std(text: str):
 def absolute(path: str) -> str:
     """Paths are stored absolute: a recipe, a sidecar or a run folder then reruns from any folder."""
     return str(Path(path).expanduser().absolute())
-
-
-#: Recipe fields that name files.
-FILE_FIELDS = ("adapter", "reference_stats")
 
 
 def references_from_args(args: argparse.Namespace) -> list[dict]:

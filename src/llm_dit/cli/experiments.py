@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from .common import add_config_flags, add_generation_flags, config
-from .conditioning import FILE_FIELDS, absolute, references_from_args
+from ..conditioning.recipe import FILE_FIELDS
+from .conditioning import absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {

@@ -32,6 +32,8 @@ Backend = Literal["text", "vl", "splice"]
 TokenSelection = Literal["full", "text_only", "user_text", "image_only", "image_no_markers"]
 BlendMode = Literal[tuple(BLEND_MODES)]
 StyleMode = Literal[STYLE_MODES]
+#: Recipe fields that name files (besides the references' images).
+FILE_FIELDS = ("adapter", "reference_stats")
 #: Weights whose sum is closer to zero than this are refused.
 _MIN_WEIGHT_SUM = 1e-8
 
@@ -181,7 +183,7 @@ class Recipe(_Strict):
         for ref in refs if isinstance(refs, list) else []:  # anything else: validation says what is wrong
             if isinstance(ref, dict) and isinstance(ref.get("image"), str) and not Path(ref["image"]).is_absolute():
                 ref["image"] = str(path.parent / ref["image"])
-        for key in ("adapter", "reference_stats"):
+        for key in FILE_FIELDS:
             value = data.get(key) if isinstance(data, dict) else None
             if isinstance(value, str) and value and not Path(value).is_absolute():
                 data[key] = str(path.parent / value)

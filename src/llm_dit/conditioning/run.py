@@ -236,6 +236,8 @@ def generate_from_recipe(
         text = model.encode(prompt)
         if requests and recipe.backend == "splice":
             extractions = run_extractions(pool.splice(config), requests, images, log)
+            if own:
+                pool.release("splice")  # its vision tower is not needed to generate
         stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log)
         cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats)
         g = config.generation

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..conditioning.build import ExtractionRequest, plan_extractions
-from ..conditioning.recipe import Recipe
+from ..conditioning.recipe import FILE_FIELDS, Recipe
 from ..conditioning.run import check_recipe_run
 from .cells import Cell, digest, effective_recipe, generation_key
 from .presets import GridSpec
@@ -80,7 +80,7 @@ def run_key(spec: RunSpec, config: Config) -> str:
 
 def recipe_files(recipe: Recipe) -> list[str]:
     """The files a recipe reads: its reference images, its adapter, its statistics."""
-    paths = [r.image for r in recipe.references] + [recipe.adapter, recipe.reference_stats]
+    paths = [r.image for r in recipe.references] + [getattr(recipe, k) for k in FILE_FIELDS]
     return [p for p in paths if p]
 
 

@@ -49,7 +49,12 @@ class Runner:
         self.spec, self.config, self.out = spec, config, Path(out)
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.progress = progress
-        self.pool, self.on_step, self.on_cell = models, on_step, on_cell
+        from ..models.pool import ModelPool
+
+        # a run of its own stages its models itself (VL unloaded after extraction unless it scores)
+        self.own = models is None
+        self.pool = ModelPool(keep="all") if models is None else models
+        self.on_step, self.on_cell = on_step, on_cell
         self.cells_done = 0
         self.key = ""
         self.keys: dict[str, str] = {}  # cell name -> cell key
@@ -144,15 +149,13 @@ class Runner:
             aliases.setdefault(rec.get("generation_key"), rec)
         extractions = self._extract([j for j in jobs if j.recipe.backend == "vl" and j.key not in aliases], "vl")
         if not vqa and self.vl is not None:
-            if self.pool is None:
-                self.vl.unload()
-            self.vl = None  # a pool keeps it or not, by the profile's keep_models
+            if self.own:
+                self.pool.release("vl")
+            self.vl = None  # a shared pool keeps it or not, by the profile's keep_models
 
         # 3. Z-Image
-        from ..generate import ZImage
-
         t0 = time.perf_counter()
-        self.model = self.pool.z_image(self.config) if self.pool is not None else ZImage.load(self.config)
+        self.model = self.pool.z_image(self.config)
         self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
         self._time("load_z_image", t0)
         from ..analysis.hub_metrics import load_scorers
@@ -169,12 +172,9 @@ class Runner:
     # -- stages --------------------------------------------------------------------------------
 
     def _load_vl(self) -> None:
-        from ..vl import VLEmbeddingExtractor
-
         t0 = time.perf_counter()
         self.echo(f"loading Qwen3-VL ({self.config.models.vl})")
-        self.vl = self.pool.vl(self.config) if self.pool is not None else \
-            VLEmbeddingExtractor.from_config(self.config, backend="vl")
+        self.vl = self.pool.vl(self.config)
         self._time("load_vl", t0)
 
     def _captions(self, lengths: list[int]) -> dict[int, str]:
@@ -202,27 +202,18 @@ class Runner:
         requests = [r for j in jobs for r in j.requests]
         if not requests:
             return {}
-        from ..vl import VLEmbeddingExtractor
-
         merged = merge_requests(requests)
         unique = list(dict.fromkeys(merged.values()))
-        # splice: the vision tower of a Qwen3-VL still loaded (it scores pictures) is not loaded twice
-        loaded = self.vl.model.model.visual if self.vl is not None and self.vl.model is not None else None
-        if backend == "vl":
-            extractor = self.vl
-        elif self.pool is not None:
-            extractor = self.pool.splice(self.config)
-        else:
-            extractor = VLEmbeddingExtractor.from_config(
-                self.config, backend="splice", text_encoder=self.model.pipe.text_encoder, vision=loaded)
+        # splice: the pool borrows the vision tower of a Qwen3-VL still loaded (it scores pictures)
+        extractor = self.vl if backend == "vl" else self.pool.splice(self.config)
         images = dict(zip(self.spec.images, self.references))
         self.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
         seconds: dict = {}
         t0 = time.perf_counter()
         results = run_extractions(extractor, unique, images, seconds=seconds)
         self._time(f"extract_{backend}", t0)
-        if backend == "splice" and self.pool is None:
-            extractor.unload()
+        if backend == "splice" and self.own:
+            self.pool.release("splice")
         for j in jobs:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
         return {r: results[m] for r, m in merged.items()}
@@ -398,9 +389,8 @@ class Runner:
         return ", ".join(parts)
 
     def unload(self) -> None:
-        for m in (self.vl, self.model):  # each unload frees its memory (and the CUDA cache)
-            if m is not None and self.pool is None:  # a pool's models stay with the pool
-                m.unload()
+        if self.own:  # a shared pool's models stay with it
+            self.pool.release()
         self.vl = self.model = None
         self.scorers = []
 

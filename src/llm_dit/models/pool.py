@@ -29,7 +29,10 @@ def _vl_key(config: Config) -> tuple:
 class ModelPool:
     """Loaded models by loading key; see the module docstring for the memory policy."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: str | None = None) -> None:
+        """``keep``: ``all`` or ``one`` whatever the configuration says (a one-shot command that stages
+        its models itself); None: each call's ``runtime.keep_models``."""
+        self.keep = keep
         self._z = None  # (key, ZImage)
         self._vl = None  # (key, VLEmbeddingExtractor with its language model)
         self._splice = None  # (key, VLEmbeddingExtractor borrowing Z-Image's text encoder)
@@ -50,7 +53,7 @@ class ModelPool:
         key = _z_key(config)
         if self._z is None or self._z[0] != key:
             self.release("z_image")
-            if config.runtime.keep_models == "one":
+            if (self.keep or config.runtime.keep_models) == "one":
                 self.release("vl")
             self._z = (key, ZImage.load(config))
         model = self._z[1]
@@ -64,7 +67,7 @@ class ModelPool:
         key = _vl_key(config)
         if self._vl is None or self._vl[0] != key:
             self.release("vl")
-            if config.runtime.keep_models == "one":
+            if (self.keep or config.runtime.keep_models) == "one":
                 self.release("z_image")
             self._vl = (key, VLEmbeddingExtractor.from_config(config, backend="vl"))
         return self._vl[1]
@@ -87,7 +90,10 @@ class ModelPool:
     # -- letting go --------------------------------------------------------------------------
 
     def release(self, which: str | None = None) -> None:
-        """Unload ``which`` (``z_image``, ``vl``) or everything; frees the CUDA cache."""
+        """Unload ``which`` (``z_image``, ``vl``, ``splice``: its vision tower) or everything; frees the
+        CUDA cache."""
+        if which == "splice":
+            self._drop_splice()
         if which in (None, "z_image") and self._z is not None:
             self._drop_splice()
             self._z[1].unload()

@@ -23,277 +23,32 @@ Errors: a request the CLI would refuse gets 422 and ``{"detail": sentence, "fiel
 a body above the upload limit 413; a path outside the runs folder 404; a missing or wrong token 401.
 """
 
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import re
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 
+from ..conditioning.recipe import FILE_FIELDS
 from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError, LlmDitError
 from . import files
-from .form import FILE_FIELDS, GENERATION_FIELDS, PRESETS, generation_controls, recipe_controls
+from .form import PRESETS, generation_controls, recipe_controls
+from .guard import Guard
 from .jobs import TERMINAL, Job, JobQueue
+from .server import ExperimentBody, GenerateBody, RecipeBody, Server, SweepBody, field
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD = 25 * 2**20
-TOKEN_COOKIE = "llm_dit_token"
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
-
-
-# -- request bodies ---------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GenerateBody(_Body):
-    prompt: str | None = Field(None, description="the prompt (or caption_tokens)")
-    recipe: dict[str, Any] = Field(default_factory=dict, description="Recipe fields; references name upload ids")
-    generation: dict[str, Any] = Field(default_factory=dict, description="steps, seed, width, height, shift, "
-                                                                          "guidance_scale")
-    caption_tokens: int | None = Field(None, description="the prompt is Qwen3-VL's caption of the first reference")
-
-
-class SweepBody(GenerateBody):
-    axes: dict[str, list[Any]] = Field(description="field -> values (text values are typed as the field takes them)")
-    name: str | None = Field(None, description="the run folder's name (default: sweep-DATE-TIME)")
-
-
-class ExperimentBody(_Body):
-    experiment: str
-    images: list[str] = Field(default_factory=list, description="upload ids of the reference image(s)")
-    prompt: str | None = None
-    quick: bool = True
-    caption: str | None = Field(None, description="a caption for caption experiments instead of generating one")
-    generation: dict[str, Any] = Field(default_factory=dict)
-    name: str | None = None
-
-
-class RecipeBody(_Body):
-    recipe: dict[str, Any]
-
-
-# -- the server -------------------------------------------------------------------------------
-
-
-class Server:
-    """What the routes share: the configuration, the runs folder, the job queue and its models."""
-
-    def __init__(self, config: Config, runs: Path, token: str | None, max_upload: int, queue: JobQueue,
-                 hosts: set[str] | None = None):
-        self.config, self.runs, self.token, self.max_upload, self.queue = config, runs, token, max_upload, queue
-        self.hosts = hosts  # the Host names a request may carry (None: any)
-        self._names = threading.Lock()
-        self._reserved: set[str] = set()  # run names taken by requests still being checked
-
-    def job(self, job_id: str) -> Job:
-        job = self.queue.jobs.get(job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id}")
-        return job
-
-    def job_dict(self, job: Job) -> dict:
-        return job.to_dict(self.queue.position(job))
-
-    # -- requests into library objects, refused as the CLI refuses them --------------------
-
-    def generation_config(self, generation: dict[str, Any]) -> Config:
-        for key in generation:
-            if key not in GENERATION_FIELDS:
-                raise InputError(f"unknown generation setting '{key}'; allowed: {', '.join(GENERATION_FIELDS)}",
-                                 field=f"generation.{key}")
-        return self.config.replace(**{f"generation.{k}": v for k, v in generation.items()})
-
-    def recipe(self, data: dict[str, Any]):
-        from ..conditioning import Recipe
-
-        data = dict(data)
-        refs = data.get("references", [])
-        if not isinstance(refs, list):
-            raise InputError("recipe.references must be a list", field="recipe.references")
-        mapped = []
-        for i, ref in enumerate(refs):
-            if not isinstance(ref, dict):
-                raise InputError(f"recipe.references.{i} must be a table with 'image'", field=f"recipe.references.{i}")
-            mapped.append({**ref, "image": files.upload_path(self.runs, ref.get("image"), f"recipe.references.{i}.image")})
-        if mapped:
-            data["references"] = mapped
-        if data.get("backend") is None and not mapped:
-            data["backend"] = "text"  # as the CLI: no reference, no vision conditioning
-        for key in FILE_FIELDS:
-            if data.get(key):
-                data[key] = self.runs_file(data[key], f"recipe.{key}")
-        with _field("recipe", prefix=True):
-            return Recipe.from_dict(data)
-
-    def runs_file(self, value: object, field: str) -> str:
-        """A file a request names (an adapter, statistics): a path inside the runs folder, made absolute."""
-        path = files.inside(self.runs, value) if isinstance(value, str) else None
-        if path is None or not path.is_file():
-            raise InputError(f"{field} must name a file inside the runs folder (got {value!r})", field=field)
-        return str(path.resolve())
-
-    def _taken(self, run: str) -> bool:
-        return run in (files.UPLOADS, files.GENERATED) or (self.runs / run).exists() or \
-            run in self.queue.active_runs() or run in self._reserved
-
-    @contextlib.contextmanager
-    def new_run(self, name: str | None, kind: str):
-        """``(name, folder)`` of a new run, reserved while the request is checked and submitted (two
-        requests never get one folder)."""
-        if name is not None and not RUN_NAME.fullmatch(name.strip()):
-            raise InputError(f"a run name takes letters, digits and ._+- only (got {name!r})", field="name")
-        with self._names:
-            if name is not None:
-                run = name.strip()
-                if self._taken(run):
-                    raise InputError(f"a run folder named {run!r} exists already; pick another name", field="name")
-            else:
-                stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
-                run, n = f"{kind}-{stamp}", 2
-                while self._taken(run):
-                    run, n = f"{kind}-{stamp}-{n}", n + 1
-            self._reserved.add(run)
-        try:
-            yield run, self.runs / run
-        finally:  # submitted: its job now holds the name; refused: free again
-            with self._names:
-                self._reserved.discard(run)
-
-    def run_job(self, kind: str, title: str, spec, config: Config, run: str, out: Path) -> Job:
-        from ..experiments.runner import Runner, run as run_spec
-
-        with _field("recipe", prefix=True):
-            Runner(spec, config, out).check()  # refused now (422), not as a failed job
-        pool, runs = self.queue.pool, self.runs
-
-        def work(job: Job) -> dict:
-            s = run_spec(spec, config, out, echo=job.log, progress=False, models=pool, on_step=job.on_step,
-                         on_cell=job.on_cell)
-            return {"run": run, "report": files.url(runs, out / "report.html"), "total": s.total,
-                    "generated": s.generated, "failed": s.failed}
-
-        job = Job(kind, title, work, run=run)
-        job.progress["cells"] = len(spec.cells)
-        return self.queue.submit(job)
-
-
-#: Fields of the request bodies themselves (an error naming one is not inside the recipe).
-TOP_LEVEL = ("prompt", "caption_tokens", "axes", "images", "experiment", "name", "generation", "recipe")
-
-
-@contextlib.contextmanager
-def _field(name: str, prefix: bool = False):
-    """Errors raised inside name ``name`` as their field (``prefix``: a field they name is one of
-    ``name``'s, e.g. ``alpha`` -> ``recipe.alpha``)."""
-    try:
-        yield
-    except LlmDitError as e:
-        if e.field is None:
-            e.field = name
-        elif prefix and e.field.split(".")[0] not in TOP_LEVEL:
-            e.field = f"{name}.{e.field}"
-        raise
-
-
-# -- token and size guard ---------------------------------------------------------------------
-
-
-class Guard:
-    """ASGI middleware: the token on every request (when one is set), and the body-size limit."""
-
-    def __init__(self, app, server: Server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        host = headers.get("host", "")
-        if self.server.hosts is not None and _hostname(host) not in self.server.hosts:
-            # a page elsewhere that resolves its own name to 127.0.0.1 (DNS rebinding) is not this server's page
-            return await _send_json(send, 403, {"detail": f"host {host!r} is not this server's; open it as localhost"})
-        origin = headers.get("origin")
-        if scope["method"] not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
-            return await _send_json(send, 403, {"detail": f"requests from {origin} are refused (another site)"})
-        set_cookie = False
-        if self.server.token:
-            given, source = _token_of(scope, headers)
-            if given is None or not hmac.compare_digest(given.encode(), self.server.token.encode()):
-                return await _send_json(send, 401, {"detail": "this server needs its token: open the page as "
-                                                              "/?token=TOKEN or send 'Authorization: Bearer TOKEN'"})
-            set_cookie = source == "query"  # a page opened from its link: the page's own requests then carry it
-        limit = self.server.max_upload
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await _send_json(send, 413, {"detail": _too_large(limit)})
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:  # a body without a length header, or one that lied
-                    raise HTTPException(413, _too_large(limit))
-            return message
-
-        async def send_with_cookie(message):
-            if set_cookie and message["type"] == "http.response.start":
-                cookie = f"{TOKEN_COOKIE}={self.server.token}; Path=/; HttpOnly; SameSite=Strict"
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
-            await send(message)
-
-        await self.app(scope, limited_receive, send_with_cookie)
-
-
-def _token_of(scope, headers: dict[str, str]) -> tuple[str | None, str]:
-    """The token a request carries and where: a bearer header, ``X-LLM-DIT-Token``, the cookie, ``?token=``."""
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip(), "header"
-    if "x-llm-dit-token" in headers:
-        return headers["x-llm-dit-token"], "header"
-    for part in headers.get("cookie", "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == TOKEN_COOKIE:
-            return value, "cookie"
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return query.get("token", [None])[0], "query"
-
-
-def _hostname(host: str) -> str:
-    """``localhost:7860`` -> ``localhost``; ``[::1]:7860`` -> ``::1``."""
-    if host.startswith("["):
-        return host[1:].split("]")[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _too_large(limit: int) -> str:
-    return f"the request is larger than the upload limit of {limit / 2**20:g} MB (serve --max-upload-mb)"
-
-
-async def _send_json(send, status: int, body: dict) -> None:
-    data = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
-    await send({"type": "http.response.body", "body": data})
 
 
 # -- the app ----------------------------------------------------------------------------------
@@ -428,7 +183,7 @@ def _routes(api: FastAPI, server: Server) -> None:
             if not 1 <= body.caption_tokens <= MAX_CAPTION_TOKENS:
                 raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {body.caption_tokens})",
                                  field="caption_tokens")
-        with _field("recipe", prefix=True):
+        with field("recipe", prefix=True):
             check_recipe_run(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
             load_references(recipe)
         pool = server.queue.pool
@@ -462,7 +217,7 @@ def _routes(api: FastAPI, server: Server) -> None:
         base = recipe.to_dict()
         references = base.pop("references")
         prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
-        with _field("recipe", prefix=True):  # a field of the fixed part is a recipe field
+        with field("recipe", prefix=True):  # a field of the fixed part is a recipe field
             spec, config = sweep_spec(references, prompt, base, axes, config, caption_tokens=body.caption_tokens)
         title = f"sweep of {', '.join(axes)}: {len(spec.cells)} cells"
         with server.new_run(body.name, "sweep") as (run, out):
@@ -474,7 +229,7 @@ def _routes(api: FastAPI, server: Server) -> None:
 
         config = server.generation_config(body.generation)
         images = [files.upload_path(runs, im, f"images.{i}") for i, im in enumerate(body.images)]
-        with _field("experiment"):
+        with field("experiment"):
             spec, config = experiment_spec(body.experiment, images, body.prompt, config, quick=body.quick,
                                            caption=body.caption)
         title = f"{spec.name}{' (quick)' if body.quick else ''}: {len(spec.cells)} cells"

@@ -12,7 +12,7 @@ import typing
 from typing import Any, Literal
 
 from ..config import Config, GenerationConfig
-from ..conditioning.recipe import Recipe
+from ..conditioning.recipe import FILE_FIELDS, Recipe
 from ..conditioning.schedule import Schedule
 
 #: Sections of the form, in the order of the recipe's own comments (fields not named: "other").
@@ -25,8 +25,6 @@ GROUPS = {
     "length": ["token_budget", "budget_mode"],
     "blend": ["blend", "alpha", "schedule", "resample", "magnitude", "style_blend", "style_alpha", "gem_p", "svd_k"],
 }
-#: Files on the server: given as paths inside the runs folder.
-FILE_FIELDS = ("adapter", "reference_stats")
 HELP = {
     "backend": "text: Z-Image as shipped; vl: Qwen3-VL's own states; splice: its vision tower into Qwen3-4B",
     "vl_text": "the VL chat's text; {prompt} stands for the prompt; empty: image only",
