@@ -46,18 +46,35 @@ class ModelsConfig(_Section):
     vl: str = Field("Qwen/Qwen3-VL-4B-Instruct", min_length=1)
 
 
+#: diffusers attention backends llm-dit offers (``set_attention_backend``): PyTorch's SDPA choosing its
+#: kernel (``native``), or SDPA held to one kernel. Others need extra packages (flash-attn, sageattention).
+ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math",
+                      "flash", "_flash_3", "sage", "xformers")
+
+
 class RuntimeConfig(_Section):
-    """Device, precision and the memory policy for the DiT.
+    """Device, precision, the memory policy and the speed options.
 
     ``device = "auto"`` picks ``cuda`` when a GPU is present, else ``cpu``; ``dtype = "auto"`` picks
-    bfloat16 on cuda and float32 on cpu. ``offload`` (cuda only): ``model`` is diffusers'
-    ``enable_model_cpu_offload`` (whole components move per stage), ``group_block`` /
-    ``group_leaf`` are diffusers' group offloading at block or leaf level with CUDA streams.
+    bfloat16 on cuda and float32 on cpu. ``offload`` (cuda only): ``encoder`` keeps the two language
+    models (Qwen3-4B, Qwen3-VL) on the CPU and moves each to the GPU only while it runs, the DiT and
+    VAE stay resident; ``model`` is diffusers' ``enable_model_cpu_offload`` (whole components move per
+    pipeline call); ``group_block`` / ``group_leaf`` are diffusers' group offloading at block or leaf
+    level with CUDA streams, applied to the DiT, the VAE and both language models.
+
+    Speed (none of these change what a picture is meant to be; bf16 results differ in the last bits):
+    ``compile`` wraps the DiT's repeated blocks and the VAE decoder in ``torch.compile`` (the first
+    picture of each size pays the compilation); ``attention`` is diffusers' attention backend;
+    ``batch_size`` generates up to that many cells of an experiment that share their settings in one
+    pipeline call (falls back to one at a time when a batch runs out of memory).
     """
 
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    offload: Literal["none", "model", "group_block", "group_leaf"] = "none"
+    offload: Literal["none", "encoder", "model", "group_block", "group_leaf"] = "none"
+    compile: bool = False
+    attention: Literal[ATTENTION_BACKENDS] = "native"
+    batch_size: int = Field(1, ge=1, le=64)
     #: Models kept loaded between jobs of a long-lived process (``llm-dit serve``): ``all`` keeps
     #: Z-Image and Qwen3-VL side by side; ``one`` keeps one at a time (loading one unloads the other).
     keep_models: Literal["all", "one"] = "all"

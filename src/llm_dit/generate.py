@@ -1,8 +1,8 @@
 """Image generation from caption embeddings, through diffusers' own Z-Image pipelines.
 
 No denoising loop lives here: :class:`ZImage` holds one loaded ``ZImagePipeline`` (and an
-``ZImageImg2ImgPipeline`` sharing its components) and calls it with ``prompt_embeds``, a list of one
-``[L, D]`` tensor with ``1 <= L <= 1504``. Seeds go through a CPU ``torch.Generator`` so the same
+``ZImageImg2ImgPipeline`` sharing its components) and calls it with ``prompt_embeds``, a list of
+``[L, D]`` tensors (one per image of a batch) with ``1 <= L <= 1504``. Seeds go through a CPU ``torch.Generator`` so the same
 seed gives the same starting noise on any device. The scheduler's shift is set explicitly on every
 call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` over
 ``linspace(1, 1/N, N)``).
@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 
 from .config import MAX_CAPTION_TOKENS, Config, GenerationConfig
 from .embeddings import check_embedding
-from .models.loading import Placement, load_z_image_pipeline, resolve_placement
+from .models.loading import Placement, load_z_image_pipeline, offload_text_encoder, resolve_placement
 from .text import TextEncoding, encode_prompt
 
 StepEmbeds = Callable[[int, int], torch.Tensor]
@@ -105,7 +105,6 @@ class ZImage:
             self._img2img.set_progress_bar_config(leave=False)
         return self._img2img
 
-    @torch.no_grad()
     def generate(
         self,
         conditioning: torch.Tensor | StepEmbeds,
@@ -120,34 +119,58 @@ class ZImage:
         ``(i, n) -> [L, D]`` giving the embedding for step ``i`` of the ``n`` steps that run.
         ``on_step(done, n)``: progress, before the first step and after each step.
         """
+        return self.generate_batch([conditioning], generation, init_image, negative_embeds, on_step)[0]
+
+    @torch.no_grad()
+    def generate_batch(
+        self,
+        conditionings: list[torch.Tensor | StepEmbeds],
+        generation: GenerationConfig | None = None,
+        init_image: Image.Image | None = None,
+        negative_embeds: torch.Tensor | None = None,
+        on_step: OnStep | None = None,
+    ) -> list[Image.Image]:
+        """One image per conditioning, all in one pipeline call (a batch of ``B``; ``B = 1`` is
+        :meth:`generate`). Same settings and seed for each: every image starts from the noise the
+        seed gives alone (one CPU generator per image), and the DiT masks the padding between
+        captions of different lengths, so each image is the one :meth:`generate` would make (up to
+        the rounding of batched kernels)."""
+        if not conditionings:
+            return []
         g = generation or self.config.generation
         self._set_shift(g.shift)
         if init_image is None:
             pipe, n_steps, extra = self.pipe, g.steps, {}
+        elif len(conditionings) > 1:
+            raise ValueError("img2img generates one image at a time")
         else:
             pipe, n_steps = self.img2img_pipeline(), img2img_steps(g.steps, g.strength)
             extra = dict(image=fit_init_image(init_image, g.width, g.height), strength=g.strength)
-        first = conditioning(0, n_steps) if callable(conditioning) else conditioning
-        if callable(conditioning) or on_step is not None:
-            extra.update(callback_on_step_end=self._step_callback(conditioning if callable(conditioning) else None,
+        firsts = [c(0, n_steps) if callable(c) else c for c in conditionings]
+        per_step = [c if callable(c) else None for c in conditionings]
+        if any(per_step) or on_step is not None:
+            extra.update(callback_on_step_end=self._step_callback(per_step if any(per_step) else None, firsts,
                                                                   on_step),
                          callback_on_step_end_tensor_inputs=[])
-        if on_step is not None:
-            on_step(0, n_steps)
         if g.guidance_scale > 0:
             if negative_embeds is None:  # diffusers' negative prompt default: the empty prompt
                 negative_embeds = self.encode_negative()
-            extra["negative_prompt_embeds"] = [self._to_dit(negative_embeds)]
+            extra["negative_prompt_embeds"] = [self._to_dit(negative_embeds)] * len(conditionings)
+        prompt_embeds = [self._to_dit(e) for e in firsts]
+        offload_text_encoder(self.pipe)  # offload = "encoder": its memory is the DiT's while it runs
+        if on_step is not None:
+            on_step(0, n_steps)
+        generators = [torch.Generator("cpu").manual_seed(g.seed) for _ in conditionings]
         return pipe(
-            prompt_embeds=[self._to_dit(first)],
+            prompt_embeds=prompt_embeds,
             height=g.height,
             width=g.width,
             num_inference_steps=g.steps,
             guidance_scale=g.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(g.seed),
+            generator=generators[0] if len(generators) == 1 else generators,
             output_type="pil",
             **extra,
-        ).images[0]
+        ).images
 
     def encode_negative(self) -> torch.Tensor:
         """The empty prompt, which diffusers uses as the negative prompt for guidance."""
@@ -156,14 +179,18 @@ class ZImage:
             self.pipe.tokenizer, self.pipe.text_encoder, "", enc.hidden_layer, enc.max_length, allow_empty=True
         ).embeddings
 
-    def _step_callback(self, step_embeds: StepEmbeds | None, on_step: OnStep | None):
+    def _step_callback(self, step_embeds: list[StepEmbeds | None] | None, firsts: list[torch.Tensor],
+                       on_step: OnStep | None):
+        """diffusers' ``callback_on_step_end``: progress, and the next step's embeddings of the images
+        whose conditioning changes per step (the others keep theirs)."""
         def on_step_end(pipe, i, t, callback_kwargs):
             n = pipe.num_timesteps
             if on_step is not None:
                 on_step(i + 1, n)
             if step_embeds is None or i + 1 >= n:
                 return {}
-            return {"prompt_embeds": [self._to_dit(step_embeds(i + 1, n))]}
+            return {"prompt_embeds": [self._to_dit(f(i + 1, n) if f is not None else e)
+                                      for f, e in zip(step_embeds, firsts)]}
 
         return on_step_end
 

@@ -38,6 +38,13 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", help="a TOML file that defines or extends profiles")
     g.add_argument("--device", dest="runtime.device", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", dest="runtime.dtype", help="auto | float32 | bfloat16 | float16")
+    g.add_argument("--offload", dest="runtime.offload", help="none | encoder | model | group_block | group_leaf")
+    g.add_argument("--compile", dest="runtime.compile", action="store_const", const=True,
+                   help="torch.compile the DiT blocks and the VAE decoder (the first picture pays the compilation)")
+    g.add_argument("--attention", dest="runtime.attention",
+                   help="diffusers attention backend: native | _native_cudnn | _native_flash | flash | ...")
+    g.add_argument("--batch-size", dest="runtime.batch_size", type=int,
+                   help="experiments: cells with the same settings generated together (default 1)")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
 
 

@@ -111,6 +111,8 @@ def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
     summary = run(spec, cfg, args.out, progress=not args.no_progress)
+    if not summary.main:  # another process of a multi-process run: the first one reports
+        return 1 if summary.failed else 0
     report = summary.out / "report.html"
     print(f"{summary.total} cells: {summary.skipped} already done, {summary.generated} picture(s) generated, "
           f"{len(summary.failed)} failed")

@@ -52,6 +52,7 @@ class Summary:
     skipped: int
     generated: int
     failed: list[str]
+    main: bool = True  # False in the other processes of a multi-process run (they print nothing)
 
 
 @functools.lru_cache(maxsize=256)
@@ -64,13 +65,19 @@ def _file_digest(path: str) -> str:
     return _digest_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
+#: Runtime settings that decide how fast or in how much memory a picture is made, not the picture.
+RUNTIME_NOT_IN_KEY = ("offload", "keep_models", "compile", "attention", "batch_size")
+
+
 def run_key(spec: RunSpec, config: Config) -> str:
-    """Equal for the same command: what decides the pictures (not metrics, offloading, caching or which
-    models stay loaded)."""
+    """Equal for the same command: what decides the pictures (not metrics, memory and speed settings,
+    caching or which GPU)."""
     cfg = config.to_dict()
     cfg.pop("metrics", None)
-    cfg["runtime"].pop("offload", None)
-    cfg["runtime"].pop("keep_models", None)
+    for key in RUNTIME_NOT_IN_KEY:
+        cfg["runtime"].pop(key, None)
+    # which GPU of the machine ran a cell does not decide its picture (multi-GPU runs, resumes)
+    cfg["runtime"]["device"] = cfg["runtime"]["device"].split(":")[0]
     cfg["vl"].pop("cache_gb", None)
     plan = spec.plan(config)
     plan.pop("config")

@@ -29,7 +29,7 @@ from ..conditioning.run import (CAPTION_STANDIN, check_recipe_run, conditioning_
                                 run_extractions)
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
-from . import folder
+from . import folder, records
 from .cells import Cell, check_unique, effective_recipe
 from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key, text_key
 
@@ -63,6 +63,9 @@ class Runner:
         self.vl = None  # the Qwen3-VL extractor while loaded
         self.model = None  # ZImage while loaded
         self.scorers: list = []  # optional CLIP / SigLIP scorers from local folders
+        self.texts: dict = {}  # prompt -> its text encoding
+        self.baselines: dict = {}  # generation key of a pure-text picture -> the picture (or its file)
+        self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
         self.notes: list[str] = []
 
     # -- 0. checks ---------------------------------------------------------------------------
@@ -96,78 +99,140 @@ class Runner:
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> Summary:
-        from .report import write_report
+        from .processes import Processes
 
         self.check()
+        procs = self.procs = Processes()
+        if procs.count > 1 and procs.cuda_device():
+            import torch
+
+            # every process loads its own models onto its own GPU ("auto"/"cuda" mean the current one)
+            torch.cuda.set_device(procs.cuda_device())
+            if ":" in self.config.runtime.device:
+                self.config = self.config.replace(**{"runtime.device": "cuda"})
         self.key = run_key(self.spec, self.config)
         started = time.perf_counter()
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        run_file = folder.prepare(self.out, self.key, self.spec.plan(self.config))
-        for i, im in enumerate(self.references):
-            if not (self.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
-                save_png(im, self.out / folder.reference_name(i))
+        run_file = None
+        if procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
+            run_file = folder.prepare(self.out, self.key, self.spec.plan(self.config))
+            for i, im in enumerate(self.references):
+                if not (self.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
+                    save_png(im, self.out / folder.reference_name(i))
+        procs.wait()
         self.keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
-        done = {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, self.keys[c.name]))
-                and (not self.spec.save_embeddings or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
+        done = self._finished()
         pending = [c for c in self.spec.cells if c.name not in done]
-        self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run")
+        if procs.main:
+            self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run"
+                      + (f" on {procs.count} processes" if procs.count > 1 else ""))
         failed: list[str] = []
         generated = 0
+        ok = False
         try:
             if pending:
                 generated, failed = self._run_pending(pending, done)
+            ok = True
         finally:
             self.unload()
-            from ..provenance import provenance
+            session = {"process": procs.index, "seconds": round(time.perf_counter() - started, 3),
+                       "cells_run": self.cells_done, "pictures_generated": generated, "failed": failed,
+                       "stages": self.timings}
+            if procs.count == 1 or ok:  # a process that failed alone: the launcher stops the others
+                sessions = procs.gather(session)
+                generated, failed = sum(x["pictures_generated"] for x in sessions), [f for x in sessions
+                                                                                     for f in x["failed"]]
+                if procs.main:
+                    self._close(run_file, started_at, sessions)
+        return Summary(self.out, len(self.spec.cells), len(done), generated, failed, main=procs.main)
 
-            session = {"started": started_at, **provenance(),
-                       "seconds": round(time.perf_counter() - started, 3), "cells_run": len(pending),
-                       "pictures_generated": generated, "failed": failed, "stages": self.timings,
-                       "metric_notes": self.notes}
-            run_file["sessions"].append(session)
-            folder.write_json(self.out / folder.RUN_FILE, run_file)
-            write_report(self.out)
-        return Summary(self.out, len(self.spec.cells), len(done), generated, failed)
+    def _finished(self) -> dict[str, dict]:
+        """Records of the cells finished under this run's keys (read from the folder)."""
+        return {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, self.keys[c.name]))
+                and (not self.spec.save_embeddings or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
+
+    def _close(self, run_file: dict, started_at: str, sessions: list[dict]) -> None:
+        """This session in run.json (one entry, with each process's part when there were several),
+        then metadata.json, the grids and report.html from every record."""
+        from ..provenance import provenance
+        from .report import write_report
+
+        session = {"started": started_at, **provenance(), "seconds": max(x["seconds"] for x in sessions),
+                   "cells_run": sum(x["cells_run"] for x in sessions),
+                   "pictures_generated": sum(x["pictures_generated"] for x in sessions),
+                   "failed": [f for x in sessions for f in x["failed"]], "stages": sessions[0]["stages"],
+                   "metric_notes": self.notes}
+        if len(sessions) > 1:
+            session["processes"] = sessions
+        run_file["sessions"].append(session)
+        folder.write_json(self.out / folder.RUN_FILE, run_file)
+        write_report(self.out)
 
     def _time(self, stage: str, t0: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
     def _run_pending(self, pending: list[Cell], done: dict[str, dict]) -> tuple[int, list[str]]:
+        procs = self.procs
         needs_captions = sorted({c.caption for c in pending if c.caption is not None})
         resolved = {c.name: c.recipe.resolve(c.config(self.config)) for c in pending}
-        needs_vl_model = bool(needs_captions and self.spec.caption is None) or any(
-            effective_recipe(r).backend == "vl" for r in resolved.values())
-        vqa = self.config.metrics.vqa == "on" or (self.config.metrics.vqa == "auto" and needs_vl_model)
+        makes_captions = bool(needs_captions) and self.spec.caption is None and any(
+            not (self.out / "captions" / f"caption{n}.txt").is_file() for n in needs_captions)
+        any_vl = any(effective_recipe(r).backend == "vl" for r in resolved.values())
+        # decided for the whole run, so every cell gets the same metrics whichever process makes it
+        vqa = self.config.metrics.vqa == "on" or (self.config.metrics.vqa == "auto" and (makes_captions or any_vl))
 
-        # 2. Qwen3-VL: captions, then extractions
-        if needs_vl_model or vqa:
+        # 2. Qwen3-VL: captions (one process makes them, the others read them), then extractions
+        if makes_captions and procs.main:
             self._load_vl()
-        captions = self._captions(needs_captions)
+        captions = self._captions(needs_captions) if procs.main else {}
+        procs.wait()
+        if not procs.main:
+            captions = self._captions(needs_captions)
         jobs = plan_jobs(pending, resolved, captions, self.spec.prompt, self.config)
         aliases = {}  # jobs already pictured by a finished cell: copy, do not generate
         for rec in done.values():
             aliases.setdefault(rec.get("generation_key"), rec)
-        extractions = self._extract([j for j in jobs if j.recipe.backend == "vl" and j.key not in aliases], "vl")
+        # this process's share: baselines (pure text) and then the rest, each split evenly
+        baselines = procs.share([j for j in jobs if j.is_text])
+        others = procs.share([j for j in jobs if not j.is_text])
+        mine = baselines + others
+        to_extract = [j for j in mine if j.recipe.backend == "vl" and j.key not in aliases]
+        if self.vl is None and (to_extract or (vqa and mine)):
+            self._load_vl()
+        extractions = self._extract(to_extract, "vl")
         if not vqa and self.vl is not None:
             if self.own:
                 self.pool.release("vl")
             self.vl = None  # a shared pool keeps it or not, by the profile's keep_models
 
         # 3. Z-Image
-        t0 = time.perf_counter()
-        self.model = self.pool.z_image(self.config)
-        self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
-        self._time("load_z_image", t0)
-        from ..analysis.hub_metrics import load_scorers
+        if mine:
+            t0 = time.perf_counter()
+            self.model = self.pool.z_image(self.config)
+            self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
+            self._time("load_z_image", t0)
+            from ..analysis.hub_metrics import load_scorers
 
-        self.scorers, self.notes = load_scorers(self.config, self.model.placement.device)
-        for note in self.notes:
-            self.echo("metric " + note)
-        extractions.update(self._extract([j for j in jobs if j.recipe.backend == "splice" and j.key not in aliases],
-                                         "splice"))
+            self.scorers, self.notes = load_scorers(self.config, self.model.placement.device)
+            for note in self.notes:
+                self.echo("metric " + note)
+            extractions.update(self._extract([j for j in mine if j.recipe.backend == "splice"
+                                              and j.key not in aliases], "splice"))
 
-        # 4. pictures
-        return self._generate(jobs, extractions, aliases, done)
+        # 4. pictures: baselines first (every other picture is compared with its baseline)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(j.cells) for j in mine), desc="cells", unit="cell", file=sys.stderr,
+                   disable=not self.progress or not procs.main, dynamic_ncols=True)
+        try:
+            generated, failed = self._generate(baselines, extractions, aliases, done, bar)
+            if procs.count > 1:
+                procs.wait()  # every baseline is on disk before any other picture is scored against it
+                done = self._finished()
+            more, more_failed = self._generate(others, extractions, aliases, done, bar)
+        finally:
+            bar.close()
+        return generated + more, failed + more_failed
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -218,31 +283,29 @@ class Runner:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
         return {r: results[m] for r, m in merged.items()}
 
-    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict],
-                  done: dict[str, dict]) -> tuple[int, list[str]]:
-        from tqdm.auto import tqdm
-
+    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
+                  bar) -> tuple[int, list[str]]:
+        """Every picture of ``jobs`` (in batches of ``runtime.batch_size``), scored and written."""
         from ..analysis.metrics import image_metrics
 
-        texts: dict[str, object] = {}
-        stats_memo: dict[tuple, dict] = {}
-        # generation key of a pure-text picture -> the picture (finished in an earlier session, or now)
-        baselines: dict[str, object] = {rec["generation_key"]: self.out / rec["file"] for rec in done.values()
-                                        if rec.get("pure_text")}
+        baselines = self.baselines
+        for rec in done.values():  # finished in an earlier session or by another process: read when needed
+            if rec.get("pure_text"):
+                baselines.setdefault(rec["generation_key"], self.out / rec["file"])
         generated, failed = 0, []
-        total = sum(len(j.cells) for j in jobs)
-        bar = tqdm(total=total, desc="cells", unit="cell", disable=not self.progress, file=sys.stderr,
-                   dynamic_ncols=True)
-        try:
-            for job in jobs:
-                t0 = time.perf_counter()
+        for batch in self._batches(jobs, aliases):
+            t0 = time.perf_counter()
+            pictures = {} if batch[0].key in aliases else self._pictures(batch, extractions)
+            for job in batch:
                 try:
                     if job.key in aliases:  # pictured by a finished cell: reuse its picture
                         rec = aliases[job.key]
                         image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
                         cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
                     else:
-                        image, cond_record, timings = self._picture(job, extractions, texts, stats_memo)
+                        if isinstance(pictures[job.key], Exception):
+                            raise pictures[job.key]
+                        image, cond_record, timings = pictures[job.key]
                         generated += 1
                         t1 = time.perf_counter()
                         ref = self.references[0] if self.references else None
@@ -260,147 +323,129 @@ class Runner:
                         baselines[job.key] = image
                     owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
                     for cell in job.cells:
-                        self._write_cell(cell, job, image, cond_record, timings, metrics,
-                                         same_as=None if cell.name == owner else owner)
+                        records.write_cell(self.out, cell, job, image, cond_record, timings, metrics,
+                                           None if cell.name == owner else owner, self.keys[cell.name])
                         bar.update(1)
-                        bar.write(self._summary_line(cell, cond_record, metrics, time.perf_counter() - t0),
+                        bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0),
                                   file=sys.stderr)
-                        self._cell_done(total, cell.name)
+                        self._cell_done(bar.total, cell.name)
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # one cell's failure is recorded; the run goes on
                     msg = _one_line(e)
                     for cell in job.cells:
                         failed.append(cell.name)
-                        folder.write_record(self.out, cell.name, {
-                            "name": cell.name, "success": False, "error": msg, "params": cell.params,
-                            "cell_key": self.keys[cell.name], "recipe": cell.recipe.to_dict()})
+                        records.write_failure(self.out, cell, msg, self.keys[cell.name])
                         bar.update(1)
                         bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
-                        self._cell_done(total, cell.name)
-        finally:
-            bar.close()
+                        self._cell_done(bar.total, cell.name)
         return generated, failed
+
+    def _batches(self, jobs: list[Job], aliases: dict):
+        """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
+        (a job pictured by a finished cell stands alone)."""
+        size, batch = self.config.runtime.batch_size, []
+        for job in jobs:
+            if batch and (job.key in aliases or len(batch) >= size
+                          or batch[0].config.generation != job.config.generation):
+                yield batch
+                batch = []
+            if job.key in aliases:
+                yield [job]
+            else:
+                batch.append(job)
+        if batch:
+            yield batch
 
     def _cell_done(self, total: int, name: str) -> None:
         self.cells_done += 1
         if self.on_cell is not None:
             self.on_cell(self.cells_done, total, name)
 
-    def _picture(self, job: Job, extractions: dict, texts: dict, stats_memo: dict):
-        """Build the conditioning of ``job`` and generate its picture."""
+    def _pictures(self, batch: list[Job], extractions: dict) -> dict:
+        """``{job key: (image, conditioning record, timings)}`` for a batch, or the exception that
+        stopped a job (its conditioning, or its picture)."""
+        out: dict = {}
+        built = []
+        for job in batch:
+            try:
+                built.append((job, *self._conditioning(job, extractions)))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:
+                out[job.key] = e
+        if not built:
+            return out
+        t0 = time.perf_counter()
+        images = self._images([b[2] for b in built], built[0][0].config.generation)
+        share = round((time.perf_counter() - t0) / len(built), 3)
+        self._time("generate", t0)
+        for (job, cond, _, text, timings), image in zip(built, images):
+            if isinstance(image, Exception):
+                out[job.key] = image
+                continue
+            g = job.config.generation
+            timings.update(generate=share, batch=len(built))
+            alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
+            record = conditioning_record(cond, alphas, text.summary())
+            record["generation_time"] = share
+            records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
+            out[job.key] = (image, record, timings)
+        return out
+
+    def _images(self, steps: list, generation) -> list:
+        """The pictures of a batch in one pipeline call; if that fails (out of memory, say), one at a
+        time, each picture's failure its own."""
+        if len(steps) > 1:
+            try:
+                return self.model.generate_batch(steps, generation=generation, on_step=self.on_step)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:
+                self.echo(f"a batch of {len(steps)} failed ({_one_line(e)}); generating its pictures one at a time")
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        images: list = []
+        for step in steps:
+            try:
+                images.append(self.model.generate(step, generation=generation, on_step=self.on_step))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:
+                images.append(e)
+        return images
+
+    def _conditioning(self, job: Job, extractions: dict):
+        """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings)."""
         timings = {"extract": job.extract_seconds}
         t0 = time.perf_counter()
-        if job.prompt not in texts:
-            texts[job.prompt] = self.model.encode(job.prompt)
+        if job.prompt not in self.texts:
+            self.texts[job.prompt] = self.model.encode(job.prompt)
             self._time("encode", t0)
-        text = texts[job.prompt]
+        text = self.texts[job.prompt]
         timings["encode"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
         layers = tuple(reference_stats_layers(job.recipe))
         stats = None
         if layers:
             memo = (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten")
-            if memo not in stats_memo:
-                stats_memo[memo] = reference_stats_for(job.recipe, job.config, self.model.pipe.tokenizer,
-                                                       self.model.pipe.text_encoder, self.echo)
-            stats = stats_memo[memo]
+            if memo not in self.stats_memo:
+                self.stats_memo[memo] = reference_stats_for(job.recipe, job.config, self.model.pipe.tokenizer,
+                                                            self.model.pipe.text_encoder, self.echo)
+            stats = self.stats_memo[memo]
         cond = build_conditioning(job.recipe, job.prompt, text.embeddings,
                                   {r: extractions[r] for r in job.requests}, stats)
-        g = job.config.generation
-        step = cond.step_embeds(g.steps)
+        step = cond.step_embeds(job.config.generation.steps)
         timings["conditioning"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        image = self.model.generate(step, generation=g, on_step=self.on_step)
-        timings["generate"] = round(time.perf_counter() - t0, 3)
-        self._time("generate", t0)
-        alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
-        record = conditioning_record(cond, alphas, text.summary())
-        record["generation_time"] = timings["generate"]
-        self._save_stats(job, cond, alphas[0])
-        return image, record, timings
-
-    def _save_stats(self, job: Job, cond, alpha: float) -> None:
-        from ..io import save_tensors
-
-        y = cond.at(alpha)
-        tensors = {"text_std": cond.text.std(0, unbiased=False), "blended_std": y.std(0, unbiased=False)}
-        vl = cond.content if cond.content is not None else cond.style
-        if vl is not None:
-            tensors["vl_std"] = vl.std(0, unbiased=False)
-        for cell in job.cells:
-            save_tensors(self.out / "stats" / f"{cell.name}.safetensors", tensors, "llm_dit_cell_stats",
-                         {"cell": cell.name, "alpha": alpha})
-            if self.spec.save_embeddings:
-                emb = {"blended": y, "text": cond.text}
-                if cond.content is not None:
-                    emb["content"] = cond.content
-                if cond.style is not None:
-                    emb["style"] = cond.style
-                save_tensors(self.out / "embeddings" / f"{cell.name}.safetensors", emb, "llm_dit_cell_embeddings",
-                             {"cell": cell.name, "alpha": alpha, "recipe": job.recipe.to_dict()})
-
-    def _write_cell(self, cell: Cell, job: Job, image, cond_record: dict, timings: dict, metrics: dict,
-                    same_as: str | None) -> None:
-        """The PNG, then its record: a record on disk means the cell is finished."""
-        declared = cell.recipe.resolve(job.config)
-        file = f"{cell.name}.png"
-        g = job.config.generation
-        record = {
-            "name": cell.name,
-            "success": True,
-            "file": file,
-            "params": cell.params,
-            "prompt": job.prompt,
-            "caption_tokens": cell.caption,
-            # the seeds' fields (seed 000); the VL ones are null where no VL reached the DiT (pure text)
-            "vl_shape": cond_record.get("vl_shape"),
-            "vl_std": cond_record.get("vl_std"),
-            "token_selection": declared.token_selection if declared.uses_vl else None,
-            "normalization_mode": declared.normalization_mode if declared.uses_vl else None,
-            "blended_std": cond_record.get("blended_std"),
-            "generation_time": timings.get("generate", cond_record.get("generation_time")),
-            "alpha": _declared_alpha(declared, g.steps),
-            "hidden_layer": declared.hidden_layer if declared.uses_vl else None,
-            "backend": declared.backend,
-            "blend_mode": declared.blend if declared.uses_vl else None,
-            "same_picture_as": same_as,
-            "pure_text": job.is_text,
-            "generation": {k: getattr(g, k) for k in ("seed", "steps", "width", "height", "shift", "guidance_scale")},
-            "timings": timings,
-            "metrics": metrics,
-            "recipe": declared.to_dict(),
-            "conditioning": cond_record,
-            "generation_key": job.key,
-            "cell_key": self.keys[cell.name],
-        }
-        save_png(image, self.out / file, {"cell": cell.name, "prompt": job.prompt, "recipe": record["recipe"],
-                                          "seed": g.seed, "steps": g.steps})
-        folder.write_record(self.out, cell.name, record)
-
-    @staticmethod
-    def _summary_line(cell: Cell, cond: dict, metrics: dict, seconds: float) -> str:
-        parts = [f"{cell.name}: {seconds:.1f} s"]
-        if cond.get("blended_std") is not None:
-            parts.append(f"blended_std {cond['blended_std']:.4g}")
-        for k in ("ssim_ref", "ssim_text", "grid_artifact", "vqa_yes"):
-            if k in metrics:
-                parts.append(f"{k} {metrics[k]:.3g}")
-        return ", ".join(parts)
+        return cond, step, text, timings
 
     def unload(self) -> None:
         if self.own:  # a shared pool's models stay with it
             self.pool.release()
         self.vl = self.model = None
         self.scorers = []
-
-
-def _declared_alpha(recipe, steps: int):
-    """The alpha a cell asked for: 0 for pure text, one number, or one per step under a schedule."""
-    if not recipe.uses_vl:
-        return 0.0
-    alphas = [recipe.alpha_at(i, steps) for i in range(steps)]
-    return alphas[0] if len(set(alphas)) == 1 else alphas
 
 
 def _one_line(e: BaseException) -> str:

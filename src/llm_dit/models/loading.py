@@ -77,6 +77,9 @@ def resolve_placement(runtime: RuntimeConfig) -> Placement:
         dtype = getattr(torch, runtime.dtype)
     if runtime.offload != "none" and device.type != "cuda":
         raise ConfigError(f"runtime.offload = '{runtime.offload}' needs a CUDA device (device is {device})")
+    if runtime.compile and runtime.offload not in ("none", "encoder"):
+        # compiled blocks and offloading hooks that move weights under them do not mix
+        raise ConfigError(f"runtime.compile needs offload = \"none\" or \"encoder\" (it is \"{runtime.offload}\")")
     return Placement(device, dtype, runtime.offload)
 
 
@@ -99,23 +102,71 @@ def load_z_image_pipeline(config: Config, placement: Placement | None = None):
     except Exception as e:  # hub errors, missing files, corrupt weights: all one line
         raise ModelLoadError(f"could not load Z-Image from '{config.models.z_image}': {_first_line(e)}") from e
     place_pipeline(pipe, placement)
+    apply_speed(pipe, config.runtime)
     pipe.set_progress_bar_config(leave=False)
     return pipe
 
 
 def place_pipeline(pipe, placement: Placement) -> None:
-    """Move a diffusers pipeline to its device, or install the configured offloading."""
+    """Move a diffusers pipeline to its device, or install the configured offloading.
+
+    ``encoder``: the DiT and VAE go to the device; the text encoder stays on the CPU behind
+    accelerate's ``cpu_offload_with_hook`` (moved in by its first forward pass), and
+    :func:`offload_text_encoder` sends it back before the DiT runs.
+    """
     if placement.offload == "none":
         pipe.to(placement.device)
+    elif placement.offload == "encoder":
+        from accelerate import cpu_offload_with_hook
+
+        pipe.transformer.to(placement.device)
+        pipe.vae.to(placement.device)
+        _, pipe.llm_dit_encoder_hook = cpu_offload_with_hook(pipe.text_encoder, placement.device)
     elif placement.offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     else:
-        level = "block_level" if placement.offload == "group_block" else "leaf_level"
-        kwargs = {"num_blocks_per_group": 1} if level == "block_level" else {}
-        pipe.enable_group_offload(
-            onload_device=placement.device,
-            offload_device=torch.device("cpu"),
-            offload_type=level,
-            use_stream=True,
-            **kwargs,
-        )
+        pipe.enable_group_offload(**_group_offload_kwargs(placement))
+
+
+def offload_text_encoder(pipe) -> None:
+    """Under ``offload = "encoder"``: the text encoder back to the CPU (no-op otherwise)."""
+    hook = getattr(pipe, "llm_dit_encoder_hook", None)
+    if hook is not None:
+        hook.offload()
+
+
+def _group_offload_kwargs(placement: Placement) -> dict:
+    level = "block_level" if placement.offload == "group_block" else "leaf_level"
+    kwargs = {"num_blocks_per_group": 1} if level == "block_level" else {}
+    return dict(onload_device=placement.device, offload_device=torch.device("cpu"), offload_type=level,
+                use_stream=True, **kwargs)
+
+
+def place_language_model(model, placement: Placement, blocks: tuple[str, ...] = ()):
+    """A transformers model (Qwen3-VL) on its device, or group-offloaded under ``group_*``.
+
+    ``blocks``: names of the submodules to descend into, so the decoder layers and vision blocks
+    (``ModuleList``s below them) become the offload groups, not the whole model at once.
+    Under ``none``, ``encoder`` and ``model`` it is resident: a one-shot run frees it before
+    Z-Image loads, and ``keep_models = "one"`` does so in a server.
+    """
+    if placement.offload.startswith("group_"):
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(model, block_modules=list(blocks), **_group_offload_kwargs(placement))
+        return model
+    return model.to(placement.device)
+
+
+def apply_speed(pipe, runtime: RuntimeConfig) -> None:
+    """The speed options: diffusers' attention backend, and ``torch.compile`` of the DiT's repeated
+    blocks (diffusers' regional compilation: one block compiled, reused 30 times) and the VAE decoder."""
+    if runtime.attention != "native":
+        try:
+            pipe.transformer.set_attention_backend(runtime.attention)
+        except Exception as e:  # a backend whose package is missing, or that this GPU cannot run
+            raise ConfigError(f"runtime.attention = '{runtime.attention}' is not usable here: {_first_line(e)}") \
+                from None
+    if runtime.compile:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        pipe.vae.decoder.compile()

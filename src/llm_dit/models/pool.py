@@ -18,12 +18,12 @@ from ..config import Config
 
 def _z_key(config: Config) -> tuple:
     r = config.runtime
-    return config.models.z_image, r.device, r.dtype, r.offload
+    return config.models.z_image, r.device, r.dtype, r.offload, r.compile, r.attention
 
 
 def _vl_key(config: Config) -> tuple:
     r = config.runtime
-    return config.models.vl, r.device, r.dtype, config.vl.cache_gb
+    return config.models.vl, r.device, r.dtype, r.offload, config.vl.cache_gb
 
 
 class ModelPool:

@@ -124,13 +124,15 @@ class VLEmbeddingExtractor:
         z_image: str | None = None,
         cache: ExtractionCache | None = None,
         vision=None,
+        offload: str = "none",
     ) -> VLEmbeddingExtractor:
         """Load from a hub id or a local transformers folder (``tiny`` for the tiny model).
 
         ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
         loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder. A
         vision tower already loaded (``vision=``, e.g. a loaded Qwen3-VL's ``model.model.visual``) is
-        used instead of loading a second copy.
+        used instead of loading a second copy. ``offload``: ``runtime.offload``; under ``group_*`` the
+        Qwen3-VL decoder layers and vision blocks are offloaded one at a time (diffusers' group offloading).
         """
         if backend not in BACKENDS:
             raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -145,8 +147,11 @@ class VLEmbeddingExtractor:
         if backend == "vl":
             from transformers import Qwen3VLForConditionalGeneration
 
+            from ..models.loading import Placement, place_language_model
+
             try:
-                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).to(dev).eval()
+                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).eval()
+                model = place_language_model(model, Placement(dev, dt, offload), ("model", "visual", "language_model"))
             except Exception as e:
                 raise ModelLoadError(f"could not load Qwen3-VL from '{id_or_path}': {_first_line(e)}") from e
         else:
@@ -181,7 +186,7 @@ class VLEmbeddingExtractor:
         return cls.from_pretrained(
             config.models.vl, device=placement.device, dtype=placement.dtype, backend=backend or config.vl.backend,
             text_encoder=text_encoder, z_image=config.models.z_image, vision=vision,
-            cache=ExtractionCache(int(config.vl.cache_gb * 2**30)),
+            cache=ExtractionCache(int(config.vl.cache_gb * 2**30)), offload=placement.offload,
         )
 
     @property
