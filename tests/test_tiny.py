@@ -127,3 +127,24 @@ def test_build_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(InputError, match="not empty"):
         build_tiny_models(tmp_path)
+
+
+def test_the_full_size_dimensions_give_the_real_parameter_counts():
+    """The benchmarks' random models (built on a GPU) have the real models' sizes: checked here on
+    the meta device, where nothing is allocated."""
+    import torch
+
+    from llm_dit.models.tiny import FULL, qwen3_vl_model, z_image_pipeline
+
+    with torch.device("meta"):
+        pipe = z_image_pipeline(FULL)
+        vl, _ = qwen3_vl_model(FULL)
+
+    def billions(m):
+        return round(sum(p.numel() for p in m.parameters()) / 1e9, 2)
+
+    assert billions(pipe.transformer) == 6.15  # Z-Image-Turbo's DiT
+    assert billions(pipe.text_encoder) == 4.02  # Qwen3-4B
+    assert round(sum(p.numel() for p in pipe.vae.parameters()) / 1e6, 1) == 83.8  # the FLUX.1 autoencoder
+    assert billions(vl) == 4.44 and billions(vl.model.visual) == 0.42  # Qwen3-VL-4B, its vision tower
+    assert pipe.transformer.config.cap_feat_dim == vl.config.text_config.hidden_size == 2560

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -30,17 +31,74 @@ TINY_VERSION = "3"
 TINY_LAYERS = 16
 HIDDEN = 64  # plays 2560
 
-# Qwen3-4B and the Qwen3-VL-4B language model share one architecture (36 layers, 2560 wide, 32 query
-# heads, 8 KV heads, head_dim 128, tied embeddings); the tiny ones share these scaled-down values.
-_SHARED_TEXT_DIMS = dict(
-    hidden_size=HIDDEN,
-    intermediate_size=2 * HIDDEN,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes of one set of models. Qwen3-4B and the Qwen3-VL-4B language model share one
+    architecture (``text_*``); ``vocab = 0`` means the tokenizer's own size."""
+
+    text_hidden: int
+    text_layers: int
+    text_intermediate: int
+    text_heads: int
+    text_kv_heads: int
+    text_head_dim: int
+    vocab: int
+    text_positions: int
+    vl_positions: int
+    mrope_section: tuple[int, int, int]
+    dit_dim: int
+    dit_layers: int
+    dit_refiner_layers: int
+    dit_heads: int
+    dit_axes: tuple[int, int, int]
+    vae_channels: tuple[int, ...]
+    vae_layers: int
+    vae_groups: int
+    vision_depth: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_heads: int
+    vision_positions: int
+    deepstack: tuple[int, ...]
+    image_pixels: tuple[int, int]  # the processor's (shortest_edge, longest_edge) in pixels
+
+
+TINY = Dims(
+    text_hidden=HIDDEN, text_layers=TINY_LAYERS, text_intermediate=2 * HIDDEN, text_heads=4, text_kv_heads=2,
+    text_head_dim=16, vocab=0, text_positions=4096, vl_positions=8192,
+    mrope_section=(4, 2, 2),  # sums to head_dim / 2, as [24, 20, 20] does for 128
+    dit_dim=64, dit_layers=2, dit_refiner_layers=1, dit_heads=2, dit_axes=(8, 12, 12),
+    vae_channels=(16, 16, 16, 16), vae_layers=1, vae_groups=8,
+    vision_depth=4, vision_hidden=32, vision_intermediate=64, vision_heads=2,
+    vision_positions=64,  # a square grid (8 x 8); the real one is 48 x 48
+    deepstack=(1, 2, 3),
+    image_pixels=(32 * 32, 256 * 256),  # keeps test images small; the real ones are below
 )
+
+#: The real sizes (../shared/research/probe-tiny-models.md section 7): Z-Image-Turbo's 6.15B DiT and
+#: FLUX VAE, Qwen3-4B, Qwen3-VL-4B. Random weights at these sizes do the real arithmetic (benchmarks).
+FULL = Dims(
+    text_hidden=2560, text_layers=36, text_intermediate=9728, text_heads=32, text_kv_heads=8, text_head_dim=128,
+    vocab=151936, text_positions=40960, vl_positions=262144, mrope_section=(24, 20, 20),
+    dit_dim=3840, dit_layers=30, dit_refiner_layers=2, dit_heads=30, dit_axes=(32, 48, 48),
+    vae_channels=(128, 256, 512, 512), vae_layers=2, vae_groups=32,
+    vision_depth=24, vision_hidden=1024, vision_intermediate=4096, vision_heads=16, vision_positions=2304,
+    deepstack=(5, 11, 17), image_pixels=(65536, 16777216),
+)
+
+
+def _text_dims(d: Dims) -> dict:
+    return dict(
+        hidden_size=d.text_hidden,
+        intermediate_size=d.text_intermediate,
+        num_attention_heads=d.text_heads,
+        num_key_value_heads=d.text_kv_heads,
+        head_dim=d.text_head_dim,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+
 
 # The real Qwen2/Qwen3 added tokens, in id order (151643 + i in the real vocabulary), and whether
 # each is "special" (stripped by skip_special_tokens). <think> and </think> are not special.
@@ -144,7 +202,8 @@ def build_tokenizer(chat_template: str):
     return tok
 
 
-def _build_z_image(out: Path) -> None:
+def z_image_pipeline(d: Dims = TINY):
+    """A ``ZImagePipeline`` of random weights at the sizes ``d`` (on the current default device)."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -159,10 +218,10 @@ def _build_z_image(out: Path) -> None:
     torch.manual_seed(0)
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
-            vocab_size=len(tok),
-            num_hidden_layers=TINY_LAYERS,  # as the VL language model: both are 36 in the real models
-            max_position_embeddings=4096,
-            **_SHARED_TEXT_DIMS,
+            vocab_size=d.vocab or len(tok),
+            num_hidden_layers=d.text_layers,  # as the VL language model: both are 36 in the real models
+            max_position_embeddings=d.text_positions,
+            **_text_dims(d),
             rope_parameters={"rope_type": "default", "rope_theta": 1e6},
             eos_token_id=ids("<|im_end|>"),
             pad_token_id=ids("<|endoftext|>"),
@@ -173,16 +232,16 @@ def _build_z_image(out: Path) -> None:
         all_patch_size=(2,),
         all_f_patch_size=(1,),
         in_channels=16,
-        dim=64,
-        n_layers=2,
-        n_refiner_layers=1,
-        n_heads=2,
-        n_kv_heads=2,
+        dim=d.dit_dim,
+        n_layers=d.dit_layers,
+        n_refiner_layers=d.dit_refiner_layers,
+        n_heads=d.dit_heads,
+        n_kv_heads=d.dit_heads,
         qk_norm=True,
-        cap_feat_dim=HIDDEN,
+        cap_feat_dim=d.text_hidden,
         rope_theta=256.0,
         t_scale=1000.0,
-        axes_dims=[8, 12, 12],
+        axes_dims=list(d.dit_axes),
         axes_lens=[1536, 512, 512],  # the real value: caption limit 1504
     )
     torch.manual_seed(2)
@@ -192,9 +251,9 @@ def _build_z_image(out: Path) -> None:
         latent_channels=16,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[16] * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
+        block_out_channels=list(d.vae_channels),
+        layers_per_block=d.vae_layers,
+        norm_num_groups=d.vae_groups,
         scaling_factor=0.3611,
         shift_factor=0.1159,
         use_quant_conv=False,
@@ -203,10 +262,13 @@ def _build_z_image(out: Path) -> None:
         force_upcast=True,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
-    pipe = ZImagePipeline(
+    return ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer
     )
-    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def _build_z_image(out: Path, d: Dims = TINY) -> None:
+    z_image_pipeline(d).save_pretrained(out, safe_serialization=True)
     # The real repo declares the encoder as Qwen3Model over a Qwen3ForCausalLM checkpoint.
     index_path = out / "model_index.json"
     index = json.loads(index_path.read_text())
@@ -215,40 +277,40 @@ def _build_z_image(out: Path) -> None:
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def build_tiny_qwen3_vl(out: Path, thinking: bool = False) -> None:
-    """The tiny Qwen3-VL alone; ``thinking=True`` gives the Thinking variant's chat template."""
+def qwen3_vl_model(d: Dims = TINY, thinking: bool = False):
+    """``(Qwen3VLForConditionalGeneration, tokenizer)`` of random weights at the sizes ``d``."""
     import torch
-    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     tok = build_tokenizer(qwen3_vl_chat_template(thinking))
     ids = tok.convert_tokens_to_ids
     config = Qwen3VLConfig(
         text_config=dict(
-            vocab_size=len(tok),
-            num_hidden_layers=TINY_LAYERS,
-            max_position_embeddings=8192,
-            **_SHARED_TEXT_DIMS,
+            vocab_size=d.vocab or len(tok),
+            num_hidden_layers=d.text_layers,
+            max_position_embeddings=d.vl_positions,
+            **_text_dims(d),
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 5e6,
-                "mrope_section": [4, 2, 2],  # sums to head_dim / 2, as [24, 20, 20] does for 128
+                "mrope_section": list(d.mrope_section),
                 "mrope_interleaved": True,
             },
             eos_token_id=ids("<|im_end|>"),
             pad_token_id=ids("<|endoftext|>"),
         ),
         vision_config=dict(
-            depth=4,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
+            depth=d.vision_depth,
+            hidden_size=d.vision_hidden,
+            intermediate_size=d.vision_intermediate,
+            num_heads=d.vision_heads,
             in_channels=3,
             patch_size=16,
             temporal_patch_size=2,
             spatial_merge_size=2,
-            out_hidden_size=HIDDEN,  # == the text hidden size, as 2560 == 2560
-            num_position_embeddings=64,  # a square grid (8 x 8); the real one is 48 x 48
-            deepstack_visual_indexes=[1, 2, 3],
+            out_hidden_size=d.text_hidden,  # == the text hidden size, as 2560 == 2560
+            num_position_embeddings=d.vision_positions,
+            deepstack_visual_indexes=list(d.deepstack),
             hidden_act="gelu_pytorch_tanh",
         ),
         image_token_id=ids("<|image_pad|>"),
@@ -261,30 +323,44 @@ def build_tiny_qwen3_vl(out: Path, thinking: bool = False) -> None:
     model = Qwen3VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
     model.generation_config.pad_token_id = ids("<|endoftext|>")
+    return model, tok
+
+
+def build_tiny_qwen3_vl(out: Path, thinking: bool = False, d: Dims = TINY) -> None:
+    """The tiny Qwen3-VL alone (at the sizes ``d``); ``thinking=True`` gives the Thinking variant's
+    chat template."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    model, tok = qwen3_vl_model(d, thinking)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     (out / "chat_template.jinja").write_text(tok.chat_template)
     # Real values: shortest_edge 65536 (min pixels), longest_edge 16777216 (max pixels). The tiny
     # model keeps images small so tests stay fast.
+    low, high = d.image_pixels
     image_kwargs = dict(
         patch_size=16,
         temporal_patch_size=2,
         merge_size=2,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
-        size={"shortest_edge": 32 * 32, "longest_edge": 256 * 256},
+        size={"shortest_edge": low, "longest_edge": high},
     )
     Qwen2VLImageProcessorPil(**image_kwargs).save_pretrained(out)
     video = dict(image_kwargs, processor_class="Qwen3VLProcessor", video_processor_type="Qwen3VLVideoProcessor")
     (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
 
 
-def build_tiny_models(out: str | os.PathLike) -> Path:
+def build_tiny_models(out: str | os.PathLike, dims: Dims = TINY, device: str = "cpu") -> Path:
     """Write ``out/z-image`` and ``out/qwen3-vl``; returns ``out``.
 
+    ``dims = FULL`` (with ``device = "cuda"``, where random initialisation is quick) writes
+    random-weight models at the real sizes, in bfloat16: about 29 GB, for benchmarks.
     Built in a temporary folder beside ``out`` and renamed into place in one step, so ``out`` is
     either complete or absent. ``out`` must not exist, or be an empty folder.
     """
+    import torch
+
     from ..errors import InputError
 
     out = Path(out)
@@ -295,13 +371,18 @@ def build_tiny_models(out: str | os.PathLike) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    dtype = torch.get_default_dtype()
     try:
-        _build_z_image(tmp / "z-image")
-        build_tiny_qwen3_vl(tmp / "qwen3-vl")
+        if dims is not TINY:
+            torch.set_default_dtype(torch.bfloat16)  # the real checkpoints' dtype; half the bytes
+        with torch.device(device):
+            _build_z_image(tmp / "z-image", dims)
+            build_tiny_qwen3_vl(tmp / "qwen3-vl", d=dims)
         if out.is_dir():
             out.rmdir()
         os.rename(tmp, out)
     finally:
+        torch.set_default_dtype(dtype)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
