@@ -15,11 +15,26 @@ The sweep's 12 VL cells come with their pure-text baseline (a sweep adds it): 13
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
+from concurrent import futures
 import tempfile
 from pathlib import Path
 
 import common
+
+class Inline(futures.Executor):
+    """An executor that runs each task at once on the calling thread (the diagnostic variant)."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def submit(self, fn, *args, **kwargs):
+        f = futures.Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
+
 
 ALPHAS = [0.1, 0.25, 0.4, 0.55, 0.7, 0.85]
 LAYERS = [-2, -6]
@@ -51,18 +66,40 @@ def main() -> None:
         for _ in range(pictures):
             model.generate(emb)
 
-    def sweep():
+    stages: dict[str, dict] = {}
+
+    def sweep(variant: str = "threaded"):
         out = scratch / f"run{next(runs)}"
         summary = run(spec, cfg, out, echo=lambda m: None, progress=False, models=pool)
         assert summary.generated == pictures and not summary.failed
+        stages[variant] = json.loads((out / "run.json").read_text())["sessions"][-1]["stages"]
         shutil.rmtree(out)
+
+    def sweep_inline():  # diagnostic: cells finished on the generating thread, one after the other
+        real = futures.ThreadPoolExecutor
+        futures.ThreadPoolExecutor = Inline
+        try:
+            sweep("inline")
+        finally:
+            futures.ThreadPoolExecutor = real
+
+    def sweep_switch():  # diagnostic: the interpreter hands the GIL over every 1 ms instead of 5 ms
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)
+        try:
+            sweep("switch_1ms")
+        finally:
+            sys.setswitchinterval(before)
 
     def naive():
         for cell in spec.cells:
             generate_from_recipe(cfg, cell.recipe, common.PROMPT, models=pool, log=lambda m: None)
 
     args.warmup = min(args.warmup, 1)  # the models are warm already; each call is 13 pictures
-    t = common.medians({"bare": bare, "sweep": sweep, "naive": naive}, args)
+    fns = {"bare": bare, "sweep": sweep, "naive": naive}
+    if not args.tiny:
+        fns.update(sweep_inline=sweep_inline, sweep_switch=sweep_switch)
+    t = common.medians(fns, args)
     shutil.rmtree(scratch, ignore_errors=True)
     b = t["bare"]["median"]
     rows = [[f"{pictures} bare ZImage.generate calls", b, 1.0, "-"],
@@ -70,12 +107,19 @@ def main() -> None:
              f"{100 * (t['sweep']['median'] / b - 1):+.1f} %"],
             ["naive loop: extract + encode + generate per cell", t["naive"]["median"], t["naive"]["median"] / b,
              f"{100 * (t['naive']['median'] / b - 1):+.1f} %"]]
+    for k, label in (("sweep_inline", "diagnostic: sweep, cells finished inline (no thread)"),
+                     ("sweep_switch", "diagnostic: sweep, GIL switch interval 1 ms")):
+        if k in t:
+            rows.append([label, t[k]["median"], t[k]["median"] / b, f"{100 * (t[k]['median'] / b - 1):+.1f} %"])
     notes = (f"Cells: alpha {ALPHAS} x layer {LAYERS} at {cfg.generation.width}x{cfg.generation.height}, "
              f"{cfg.generation.steps} steps, caption of {emb.shape[0]} tokens; naive loop / llm-dit sweep = "
-             f"**{t['naive']['median'] / t['sweep']['median']:.2f}x**.")
+             f"**{t['naive']['median'] / t['sweep']['median']:.2f}x**. The runner's stages (seconds, last run): "
+             + "; ".join(f"{variant}: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items())
+                         for variant, st in stages.items())
+             + " (finish_cells: metrics, PNG and record of each cell, on a thread beside the GPU's work).")
     common.write(args, "experiment_overhead", "Benchmark 3: a 12-cell sweep (+ its baseline) against bare generations",
                  ["path", "seconds (median)", "ratio to bare", "overhead"], rows,
-                 {"times": t, "tokens": emb.shape[0]}, notes)
+                 {"times": t, "tokens": emb.shape[0], "runner_stages": stages}, notes)
 
 
 if __name__ == "__main__":

@@ -42,14 +42,16 @@ def _tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
-def ssim_psnr(image: Image.Image, other: Image.Image) -> tuple[float, float]:
-    """``(SSIM, PSNR in dB)`` of ``image`` against ``other``, at the metric size of ``image``.
+def ssim_psnr(image: Image.Image, other: Image.Image, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """``(SSIM, PSNR in dB)`` of ``image`` against ``other``, at the metric size of ``image``,
+    computed on ``device`` (a run on a GPU scores there: no CPU threads taken from the one that
+    keeps the GPU fed).
 
     PSNR of identical images is infinite (``inf``; the JSON records write it as null)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     size = _metric_size(image.size)
-    a, b = _tensor(image, size), _tensor(other, size)
+    a, b = _tensor(image, size).to(device), _tensor(other, size).to(device)
     ssim = float(structural_similarity_index_measure(a, b, data_range=1.0))
     mse = float(torch.mean((a - b) ** 2))
     psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=1.0))
@@ -106,14 +108,16 @@ def color_histogram_distance(image: Image.Image, other: Image.Image) -> float:
     return float(0.5 * np.sum((p[nz] - q[nz]) ** 2 / s[nz]))
 
 
-def image_metrics(image: Image.Image, reference: Image.Image | None, baseline: Image.Image | None) -> dict:
-    """The offline metrics of one cell (a missing reference or baseline leaves its entries out)."""
+def image_metrics(image: Image.Image, reference: Image.Image | None, baseline: Image.Image | None,
+                  device: str | torch.device = "cpu") -> dict:
+    """The offline metrics of one cell (a missing reference or baseline leaves its entries out);
+    SSIM and PSNR computed on ``device``."""
     out: dict[str, float] = {"grid_artifact": grid_artifact_score(image)}
     if reference is not None:
-        out["ssim_ref"], out["psnr_ref"] = ssim_psnr(image, reference)
+        out["ssim_ref"], out["psnr_ref"] = ssim_psnr(image, reference, device)
         out["color_hist_ref"] = color_histogram_distance(image, reference)
     if baseline is not None:
-        out["ssim_text"], out["psnr_text"] = ssim_psnr(image, baseline)
+        out["ssim_text"], out["psnr_text"] = ssim_psnr(image, baseline, device)
     return out
 
 

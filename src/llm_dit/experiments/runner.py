@@ -166,7 +166,10 @@ class Runner:
             session["processes"] = sessions
         run_file["sessions"].append(session)
         folder.write_json(self.out / folder.RUN_FILE, run_file)
+        t0 = time.perf_counter()
         write_report(self.out)
+        session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
+        folder.write_json(self.out / folder.RUN_FILE, run_file)  # with the report's time
 
     def _time(self, stage: str, t0: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
@@ -316,6 +319,7 @@ class Runner:
         that stopped it, or None for a job pictured by a finished cell); ``(generated, failed)``."""
         from ..analysis.metrics import image_metrics
 
+        started = time.perf_counter()
         try:
             if job.key in aliases:  # pictured by a finished cell: reuse its picture
                 rec = aliases[job.key]
@@ -330,7 +334,7 @@ class Runner:
                 base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
                 if isinstance(base, Path):
                     base = self.baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
-                metrics = image_metrics(image, ref, base)
+                metrics = image_metrics(image, ref, base, self.model.placement.device)
                 if self.vl is not None and self.vl.model is not None:
                     metrics["vqa_yes"] = self.vl.answer_probability(
                         image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
@@ -344,6 +348,7 @@ class Runner:
                 bar.update(1)
                 bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
                 self._cell_done(bar.total, cell.name)
+            self._time("finish_cells", started)  # on the finishing thread, beside the GPU's work
             return (0 if job.key in aliases else 1), []
         except (KeyboardInterrupt, MemoryError):
             raise
