@@ -30,8 +30,22 @@ def dit_inputs(model, emb, g):
     return [x], t, [emb.to(model.placement.device, model.pipe.transformer.dtype)]
 
 
+def recompile(pipe, mode: str) -> None:
+    """Undo earlier compilation, then compile the DiT blocks and the VAE decoder with ``mode``."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    for m in [*pipe.transformer.modules(), *pipe.vae.decoder.modules()]:
+        m._compiled_call_impl = None
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+    pipe.vae.decoder.compile(mode=mode)
+
+
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    p = common.parser(__doc__)
+    p.add_argument("--modes", nargs="*", default=[], metavar="MODE",
+                   help="also try these torch.compile modes (e.g. max-autotune-no-cudagraphs reduce-overhead)")
+    args = p.parse_args()
     from llm_dit.generate import ZImage
     from llm_dit.models.loading import apply_speed
 
@@ -80,22 +94,30 @@ def main() -> None:
         rel = float((out - eager_out).norm() / eager_out.norm())
         diff = float(np.abs(np.asarray(ours(), dtype=np.float32) - eager_image).mean())
         rows.append([name, t, t / base["stock"]["median"], round(diff, 3), f"{rel:.2e}"])
+        print("variant", rows[-1], flush=True)  # kept in the log even if a later variant runs out of time
         variants[name] = {"seconds": t, "pixel_diff": diff, "forward_rel_error": rel}
         return t
 
+    components: dict[str, dict] = {}
+
+    def parts(label):
+        """Median seconds of one DiT forward and one VAE decode in the pipeline's present state."""
+        t = common.medians({"dit_forward": forward, "vae_decode": lambda: pipe.vae.decode(latents)}, args)
+        components[label] = {k: v["median"] for k, v in t.items()}
+        print(f"parts {label}: {components[label]}", flush=True)
+
     if torch.cuda.is_available():
-        backends = {}
-        for backend in ("_native_cudnn", "_native_flash"):
-            backends[backend] = variant(f"attention {backend}, eager",
-                                        lambda b=backend: pipe.transformer.set_attention_backend(b))
-        best = min((b for b in backends if backends[b]), key=lambda b: backends[b], default="native")
-        pipe.transformer.set_attention_backend(best)
-        # the whole transformer compiled (then undone), against its repeated blocks (runtime.compile)
-        variant(f"torch.compile whole DiT + VAE decoder, attention {best}",
-                lambda: (pipe.transformer.compile(), pipe.vae.decoder.compile()))
-        pipe.transformer._compiled_call_impl = None  # back to eager for the next variant
-        variant(f"llm-dit --compile --attention {best} (regional: DiT blocks + VAE decoder)",
-                lambda: apply_speed(pipe, cfg.runtime.model_copy(update={"compile": True, "attention": best})))
+        parts("eager")
+        variant("attention _native_flash, eager", lambda: pipe.transformer.set_attention_backend("_native_flash"))
+        pipe.transformer.set_attention_backend("native")  # PyTorch's SDPA picks cuDNN's kernel on Hopper
+        variant("VAE in channels_last, eager", lambda: pipe.vae.to(memory_format=torch.channels_last))
+        parts("VAE channels_last")
+        variant("llm-dit --compile (regional: DiT blocks + VAE decoder)",
+                lambda: apply_speed(pipe, cfg.runtime.model_copy(update={"compile": True})))
+        parts("--compile")
+        for mode in args.modes:
+            variant(f"--compile, torch.compile mode {mode}", lambda m=mode: recompile(pipe, m))
+            parts(f"mode {mode}")
     else:  # --tiny on the CPU: the variant code runs (compiling would take minutes here)
         variant("attention _native_math, eager", lambda: pipe.transformer.set_attention_backend("_native_math"))
 
@@ -108,6 +130,7 @@ def main() -> None:
                  ["path", "seconds (median)", "ratio to stock", "mean abs pixel diff to eager", "rel. error of a "
                   "DiT forward"], rows,
                  {"stock": base["stock"], "ours": base["ours"], "same_pixels": same, "variants": variants,
+                  "components": components,
                   "dit_forward_flops": dit_flops, "vae_decode_flops": vae_flops, "matmul_flops_per_s": rate,
                   "floor_seconds": floor, "caption_tokens": emb.shape[0]}, notes)
 
