@@ -41,7 +41,9 @@ LAYERS = [-2, -6]
 
 
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    p = common.parser(__doc__)
+    p.add_argument("--profile", action="store_true", help="also print a cProfile of one sweep's main thread")
+    args = p.parse_args()
     from llm_dit.conditioning.recipe import Recipe
     from llm_dit.conditioning.run import generate_from_recipe
     from llm_dit.experiments.runner import run
@@ -95,6 +97,13 @@ def main() -> None:
         for cell in spec.cells:
             generate_from_recipe(cfg, cell.recipe, common.PROMPT, models=pool, log=lambda m: None)
 
+    if args.profile:  # where the main thread spends a sweep's time, beyond the pictures
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(sweep, "profiled")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(r"llm_dit|PIL|safetensors|matplotlib", 40)
     args.warmup = min(args.warmup, 1)  # the models are warm already; each call is 13 pictures
     fns = {"bare": bare, "sweep": sweep, "naive": naive}
     if not args.tiny:

@@ -92,10 +92,19 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text[:lo] + "…"
 
 
+#: The side of one picture in a grid.
+PANEL = 256
+
+
+def thumbnail(image: Image.Image, size: int = PANEL) -> Image.Image:
+    """The picture as a grid shows it: scaled up or down to fit ``size``, keeping the aspect ratio
+    (tiny runs make 64 px images). A thumbnail made once is shown unchanged."""
+    return ImageOps.contain(image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+
+
 def _thumb(panel: Panel | None, size: int, font) -> Image.Image:
     if panel is not None and panel.image is not None:
-        # contain: scale up or down to the panel, keeping the aspect ratio (tiny runs make 64 px images)
-        im = ImageOps.contain(panel.image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+        im = thumbnail(panel.image, size)
         out = Image.new("RGB", (size, size), BG)
         out.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
         return out
@@ -107,7 +116,7 @@ def _thumb(panel: Panel | None, size: int, font) -> Image.Image:
     return out
 
 
-def render(lay: Layout, size: int = 256) -> Image.Image:
+def render(lay: Layout, size: int = PANEL) -> Image.Image:
     """Draw a :class:`Layout` as one RGB image."""
     pad, label_h = 8, 22
     small, big = _font(14), _font(18)

@@ -101,12 +101,16 @@ def _title(meta: dict) -> str:
     return f"{meta['experiment']}: caption " + (next(iter(caps.values())) if caps else "(not written yet)")
 
 
-def write_grids(out: Path, meta: dict, specs: list[GridSpec]) -> list[Path]:
+def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict | None = None) -> list[Path]:
+    """``comparison_grid.png`` and one grid per spec; ``thumbnails``: ``{cell: grid.thumbnail(picture)}``
+    made while the run wrote its cells (the others are read from their PNGs)."""
     from PIL import Image
 
     from ..images import save_png
 
-    panels = {r["name"]: _panel(out, r) for r in meta["results"]}  # each picture read once, for every grid
+    thumbnails = thumbnails or {}
+    panels = {r["name"]: Panel(r["name"], thumbnails[r["name"]]) if r["status"] == "done" and r["name"] in thumbnails
+              else _panel(out, r) for r in meta["results"]}  # each picture read once, for every grid
     lead = []
     for i in range(len(meta["images"])):
         p = out / folder.reference_name(i)
@@ -191,7 +195,7 @@ def write_plots(out: Path, meta: dict) -> list[Path]:
             text = s["text_std"].clamp_min(1e-12)
             for ax, key in ((ax1, "vl_std"), (ax2, "blended_std")):
                 ratio = (s[key].clamp_min(1e-12) / text).log10()
-                ax.scatter(range(len(ratio)), ratio.tolist(), s=2, label=name)
+                ax.plot(range(len(ratio)), ratio.tolist(), ".", markersize=1.5, linestyle="none", label=name)
                 top = ratio.abs().argsort(descending=True)[:3].tolist()
                 for d in top:
                     ax.annotate(str(d), (d, float(ratio[d])), fontsize=7)
@@ -294,13 +298,14 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
     return write_text(out / "report.html", "\n".join(parts))
 
 
-def write_report(out: str | Path) -> Path:
-    """metadata.json, the grids, the plots and report.html of the run in ``out``."""
+def write_report(out: str | Path, thumbnails: dict | None = None) -> Path:
+    """metadata.json, the grids, the plots and report.html of the run in ``out`` (``thumbnails``: see
+    :func:`write_grids`)."""
     out = Path(out)
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta)
     run = folder.read_json(out / folder.RUN_FILE)
     specs = [GridSpec(**g) for g in run.get("grids", [])]
-    grids = write_grids(out, meta, specs)
+    grids = write_grids(out, meta, specs, thumbnails)
     plots = write_plots(out, meta)
     return write_html(out, meta, grids, plots)

@@ -65,6 +65,7 @@ class Runner:
         self.scorers: list = []  # optional CLIP / SigLIP scorers from local folders
         self.texts: dict = {}  # prompt -> its text encoding
         self.baselines: dict = {}  # generation key of a pure-text picture -> the picture (or its file)
+        self.thumbnails: dict = {}  # cell name -> its grid thumbnail (made while finishing the cell)
         self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
         self.notes: list[str] = []
 
@@ -167,7 +168,7 @@ class Runner:
         run_file["sessions"].append(session)
         folder.write_json(self.out / folder.RUN_FILE, run_file)
         t0 = time.perf_counter()
-        write_report(self.out)
+        write_report(self.out, self.thumbnails)
         session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
         folder.write_json(self.out / folder.RUN_FILE, run_file)  # with the report's time
 
@@ -315,9 +316,11 @@ class Runner:
         return sum(r[0] for r in results), [name for r in results for name in r[1]]
 
     def _finish(self, job: Job, picture, aliases: dict, bar, t0: float) -> tuple[int, list[str]]:
-        """Score and write the cells of ``job`` (``picture``: (image, record, timings), or the exception
-        that stopped it, or None for a job pictured by a finished cell); ``(generated, failed)``."""
+        """Record, score and write the cells of ``job`` (``picture``: what :meth:`_pictures` made, or
+        the exception that stopped it, or None for a job pictured by a finished cell);
+        ``(generated, failed)``."""
         from ..analysis.metrics import image_metrics
+        from .grid import thumbnail
 
         started = time.perf_counter()
         try:
@@ -328,8 +331,13 @@ class Runner:
             else:
                 if isinstance(picture, Exception):
                     raise picture
-                image, cond_record, timings = picture
+                image, cond, text, timings = picture
                 t1 = time.perf_counter()
+                g = job.config.generation
+                alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
+                cond_record = {**conditioning_record(cond, alphas, text.summary()),
+                               "generation_time": timings["generate"]}
+                records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
                 ref = self.references[0] if self.references else None
                 base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
                 if isinstance(base, Path):
@@ -342,7 +350,9 @@ class Runner:
                     metrics[scorer.name] = scorer.score(image, job.prompt)
                 timings["metrics"] = round(time.perf_counter() - t1, 3)
             owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
+            thumb = thumbnail(image)
             for cell in job.cells:
+                self.thumbnails[cell.name] = thumb
                 records.write_cell(self.out, cell, job, image, cond_record, timings, metrics,
                                    None if cell.name == owner else owner, self.keys[cell.name])
                 bar.update(1)
@@ -383,8 +393,8 @@ class Runner:
             self.on_cell(self.cells_done, total, name)
 
     def _pictures(self, batch: list[Job], extractions: dict) -> dict:
-        """``{job key: (image, conditioning record, timings)}`` for a batch, or the exception that
-        stopped a job (its conditioning, or its picture)."""
+        """``{job key: (image, conditioning, text encoding, timings)}`` for a batch, or the exception
+        that stopped a job (its conditioning, or its picture)."""
         out: dict = {}
         built = []
         for job in batch:
@@ -401,16 +411,8 @@ class Runner:
         share = round((time.perf_counter() - t0) / len(built), 3)
         self._time("generate", t0)
         for (job, cond, _, text, timings), image in zip(built, images):
-            if isinstance(image, Exception):
-                out[job.key] = image
-                continue
-            g = job.config.generation
             timings.update(generate=share, batch=len(built))
-            alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
-            record = conditioning_record(cond, alphas, text.summary())
-            record["generation_time"] = share
-            records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
-            out[job.key] = (image, record, timings)
+            out[job.key] = image if isinstance(image, Exception) else (image, cond, text, timings)
         return out
 
     def _images(self, steps: list, generation) -> list:

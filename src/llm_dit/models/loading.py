@@ -142,18 +142,21 @@ def _group_offload_kwargs(placement: Placement) -> dict:
                 use_stream=True, **kwargs)
 
 
-def place_language_model(model, placement: Placement, blocks: tuple[str, ...] = ()):
+def place_language_model(model, placement: Placement):
     """A transformers model (Qwen3-VL) on its device, or group-offloaded under ``group_*``.
 
-    ``blocks``: names of the submodules to descend into, so the decoder layers and vision blocks
-    (``ModuleList``s below them) become the offload groups, not the whole model at once.
-    Under ``none``, ``encoder`` and ``model`` it is resident: a one-shot run frees it before
-    Z-Image loads, and ``keep_models = "one"`` does so in a server.
+    Group offloading is applied at leaf level (each Linear, Embedding and norm moves in when it
+    runs, the next one prefetched on a CUDA stream) whatever the block/leaf choice: Qwen3-VL calls its
+    token embedding outside its language model's forward, which block groups would not see, and
+    diffusers' block grouping cannot descend into nested models with streams. Under ``none``,
+    ``encoder`` and ``model`` it is resident: a one-shot run frees it before Z-Image loads, and
+    ``keep_models = "one"`` does so in a server.
     """
     if placement.offload.startswith("group_"):
         from diffusers.hooks import apply_group_offloading
 
-        apply_group_offloading(model, block_modules=list(blocks), **_group_offload_kwargs(placement))
+        kwargs = _group_offload_kwargs(Placement(placement.device, placement.dtype, "group_leaf"))
+        apply_group_offloading(model, **kwargs)
         return model
     return model.to(placement.device)
 

@@ -131,8 +131,8 @@ class VLEmbeddingExtractor:
         ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
         loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder. A
         vision tower already loaded (``vision=``, e.g. a loaded Qwen3-VL's ``model.model.visual``) is
-        used instead of loading a second copy. ``offload``: ``runtime.offload``; under ``group_*`` the
-        Qwen3-VL decoder layers and vision blocks are offloaded one at a time (diffusers' group offloading).
+        used instead of loading a second copy. ``offload``: ``runtime.offload``; under ``group_*`` Qwen3-VL's
+        layers are moved to the GPU as they run (diffusers' group offloading at leaf level).
         """
         if backend not in BACKENDS:
             raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -151,7 +151,7 @@ class VLEmbeddingExtractor:
 
             try:
                 model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).eval()
-                model = place_language_model(model, Placement(dev, dt, offload), ("model", "visual", "language_model"))
+                model = place_language_model(model, Placement(dev, dt, offload))
             except Exception as e:
                 raise ModelLoadError(f"could not load Qwen3-VL from '{id_or_path}': {_first_line(e)}") from e
         else:
