@@ -66,6 +66,7 @@ def one(args, profile: str, overrides: dict) -> dict:
 
 def main() -> None:
     p = common.parser(__doc__)
+    p.add_argument("--cases", nargs="*", metavar="LABEL", help="measure only these rows (labels of CASES)")
     p.add_argument("--one", nargs=2, metavar=("PROFILE", "OVERRIDES_JSON"), help=argparse_hidden())
     args = p.parse_args()
     if args.one:
@@ -73,7 +74,8 @@ def main() -> None:
         return
     common.models(args)  # built once, before the child processes
     results = {}
-    for label, profile, overrides in CASES[:1] if args.tiny else CASES:
+    cases = CASES[:1] if args.tiny else [c for c in CASES if not args.cases or c[0] in args.cases]
+    for label, profile, overrides in cases:
         cmd = [sys.executable, *sys.argv, "--one", profile, json.dumps(overrides)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

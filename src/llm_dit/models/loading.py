@@ -146,7 +146,7 @@ def place_language_model(model, placement: Placement):
     """A transformers model (Qwen3-VL) on its device, or group-offloaded under ``group_*``.
 
     Group offloading is applied at leaf level (each Linear, Embedding and norm moves in when it
-    runs, the next one prefetched on a CUDA stream) whatever the block/leaf choice: Qwen3-VL calls its
+    runs) whatever the block/leaf choice: Qwen3-VL calls its
     token embedding outside its language model's forward, which block groups would not see, and
     diffusers' block grouping cannot descend into nested models with streams. Under ``none``,
     ``encoder`` and ``model`` it is resident: a one-shot run frees it before Z-Image loads, and
@@ -155,7 +155,10 @@ def place_language_model(model, placement: Placement):
     if placement.offload.startswith("group_"):
         from diffusers.hooks import apply_group_offloading
 
-        kwargs = _group_offload_kwargs(Placement(placement.device, placement.dtype, "group_leaf"))
+        # No CUDA-stream prefetching: it replays the order of the first forward pass, and caption
+        # generation (prefill, then one token at a time) runs the modules in another order.
+        kwargs = {**_group_offload_kwargs(Placement(placement.device, placement.dtype, "group_leaf")),
+                  "use_stream": False}
         apply_group_offloading(model, **kwargs)
         return model
     return model.to(placement.device)
