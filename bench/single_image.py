@@ -45,6 +45,8 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--modes", nargs="*", default=[], metavar="MODE",
                    help="also try these torch.compile modes (e.g. max-autotune-no-cudagraphs reduce-overhead)")
+    p.add_argument("--attention", nargs="*", default=["_native_cudnn", "_native_flash"], metavar="BACKEND",
+                   help="attention backends to try, eager")
     args = p.parse_args()
     from llm_dit.generate import ZImage
     from llm_dit.models.loading import apply_speed
@@ -108,7 +110,8 @@ def main() -> None:
 
     if torch.cuda.is_available():
         parts("eager")
-        variant("attention _native_flash, eager", lambda: pipe.transformer.set_attention_backend("_native_flash"))
+        for backend in args.attention:
+            variant(f"attention {backend}, eager", lambda b=backend: pipe.transformer.set_attention_backend(b))
         pipe.transformer.set_attention_backend("native")  # PyTorch's SDPA picks cuDNN's kernel on Hopper
         variant("VAE in channels_last, eager", lambda: pipe.vae.to(memory_format=torch.channels_last))
         parts("VAE channels_last")

@@ -313,3 +313,18 @@ def test_splice_every_layer_and_token_mode_equals_a_plain_forward(splice_extract
     mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
     for k in layers:
         torch.testing.assert_close(r.embeddings[k], hs[k][0][mask], atol=1e-5, rtol=1e-5)
+
+
+def test_generation_under_group_offloading_is_refused_in_one_line(extractor, red_image):
+    """Group offloading keeps extraction small but cannot run generate() or the LM head: refused
+    with what to do instead, not a device-mismatch traceback."""
+    from llm_dit.errors import InputError
+
+    extractor.offload = "group_block"
+    try:
+        with pytest.raises(InputError, match="needs Qwen3-VL resident.*--profile rtx4090"):
+            extractor.generate("Describe it.", red_image, max_new_tokens=4)
+        with pytest.raises(InputError, match="VQA scoring needs Qwen3-VL resident"):
+            extractor.answer_probability(red_image, "Is it red?")
+    finally:
+        extractor.offload = "none"

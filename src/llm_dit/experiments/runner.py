@@ -82,6 +82,12 @@ class Runner:
         resolve_model_path(self.config.models.z_image, "z_image")
         if any(c.recipe.backend != "text" or c.caption is not None for c in self.spec.cells):
             resolve_model_path(self.config.models.vl, "vl")
+        offloaded = self.config.runtime.offload.startswith("group_")
+        if offloaded and (self.config.metrics.vqa == "on" or any(
+                c.caption is not None for c in self.spec.cells) and self.spec.caption is None):
+            raise InputError(f"runtime.offload = '{self.config.runtime.offload}' keeps Qwen3-VL offloaded, so it cannot "
+                             "write captions or score VQA; use a profile without group offloading (e.g. --profile "
+                             "rtx4090), give the caption (--caption), or --vqa off")
         check_unique(self.spec.cells)
         folder.check_cell_names([c.name for c in self.spec.cells])
         self.references = []
@@ -183,7 +189,8 @@ class Runner:
             not (self.out / "captions" / f"caption{n}.txt").is_file() for n in needs_captions)
         any_vl = any(effective_recipe(r).backend == "vl" for r in resolved.values())
         # decided for the whole run, so every cell gets the same metrics whichever process makes it
-        vqa = self.config.metrics.vqa == "on" or (self.config.metrics.vqa == "auto" and (makes_captions or any_vl))
+        vqa = self.config.metrics.vqa == "on" or (self.config.metrics.vqa == "auto" and (makes_captions or any_vl)
+                                                   and not self.config.runtime.offload.startswith("group_"))
 
         # 2. Qwen3-VL: captions (one process makes them, the others read them), then extractions
         if makes_captions and procs.main:

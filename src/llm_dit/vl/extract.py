@@ -110,6 +110,7 @@ class VLEmbeddingExtractor:
         self.text_encoder = text_encoder  # Qwen3Model (splice backend)
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         self.cache = cache or ExtractionCache(0)
+        self.offload = "none"  # runtime.offload it was placed under (from_pretrained)
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -171,7 +172,9 @@ class VLEmbeddingExtractor:
                     f"the vision tower emits {vision.config.out_hidden_size}-d features but the text encoder is "
                     f"{text_encoder.config.hidden_size}-d"
                 )
-        return cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
+        extractor = cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
+        extractor.offload = offload
+        return extractor
 
     @classmethod
     def from_config(cls, config, backend: str | None = None, text_encoder=None, vision=None) -> VLEmbeddingExtractor:
@@ -346,6 +349,7 @@ class VLEmbeddingExtractor:
         special tokens removed but ``<think>``/``</think>`` kept (they are not special)."""
         if self.model is None:
             raise InputError("text generation needs the full Qwen3-VL model (backend 'vl')")
+        self._check_resident("caption generation")
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         if temperature < 0:
@@ -377,12 +381,22 @@ class VLEmbeddingExtractor:
         if self.model is None:
             raise InputError("answer probabilities need the full Qwen3-VL model (backend 'vl')")
         images = self._images(image)
+        self._check_resident("VQA scoring")
         prefix = "\n</think>\n\n" if self.variant == "thinking" else ""
         batch = self._batch(run_processor(self.processor, build_messages(images, question, None), images,
                                           max_pixels, answer_prefix=prefix))
         logits = self.model(**batch, use_cache=False, logits_to_keep=1).logits[0, -1]
         token = self.tokenizer(answer, add_special_tokens=False).input_ids[0]
         return float(logits.float().softmax(-1)[token])
+
+    def _check_resident(self, what: str) -> None:
+        """Generation and the LM head need Qwen3-VL resident: diffusers' group offloading (which keeps
+        extraction under 1 GiB) does not follow ``generate``'s module order and device handling."""
+        if self.offload.startswith("group_"):
+            raise InputError(
+                f"{what} needs Qwen3-VL resident on the GPU (about 9 GB), but runtime.offload = "
+                f"'{self.offload}' offloads it; use a profile without group offloading (e.g. --profile rtx4090), "
+                "give the caption yourself (--caption), or turn VQA off (--vqa off)")
 
     def unload(self) -> None:
         """Free the models; the extractor cannot be used afterwards."""
