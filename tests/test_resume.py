@@ -34,7 +34,7 @@ def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, 
 
 
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(refs, tmp_path, capsys, monkeypatch):
-    import llm_dit.experiments.runner as R
+    import llm_dit.experiments.pictures as R
 
     real = R.build_conditioning
 

@@ -59,6 +59,16 @@ class Processes:
         if self.state is not None:
             self.state.wait_for_everyone()
 
+    def close(self) -> None:
+        """Leave the process group (its threads must end before the interpreter does: torch aborts a
+        process whose gloo threads are still running at exit)."""
+        if self.state is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.state = None
+
     def gather(self, obj) -> list:
         """``[obj of process 0, obj of process 1, ...]`` in every process."""
         if self.state is None:

@@ -8,11 +8,16 @@ Stages (the same functions ``llm-dit generate`` uses, given the requests of many
        that differ only in their layers share one forward pass; unloaded unless it scores images
     3. Z-Image: every unique prompt encoded once; splice extractions borrow its text encoder;
        reference statistics once per layer set
-    4. one generation per unique picture (baselines first): cells that must give the same picture
-       (a pure-text cell and every alpha-0 cell of its group) share it; each cell's PNG, then its record
+    4. one generation per unique picture (baselines first; :mod:`pictures`): cells that must give
+       the same picture (a pure-text cell and every alpha-0 cell of its group) share it; batches of
+       ``runtime.batch_size``; each cell's PNG, then its record, written on a thread beside the GPU
     5. metadata.json, grids and report.html from the records
 
 Same seed for every cell (a CPU generator), so cells differ only by what the experiment varies.
+Under a launcher (``accelerate launch``, ``torchrun``; :mod:`processes`) every process plans the same
+cells, takes its share of the pictures (baselines, then the rest, each split evenly; a barrier
+between the two so that every picture is scored against its baseline), and the first process
+writes run.json's session and the report once all are done.
 """
 
 from __future__ import annotations
@@ -24,20 +29,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..config import Config
-from ..conditioning.build import build_conditioning, reference_stats_layers
-from ..conditioning.run import (CAPTION_STANDIN, check_recipe_run, conditioning_record, reference_stats_for,
-                                run_extractions)
+from ..conditioning.run import CAPTION_STANDIN, check_recipe_run, run_extractions
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
-from . import folder, records
+from . import folder
 from .cells import Cell, check_unique, effective_recipe
-from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key, text_key
+from .pictures import Pictures
+from .plan import Job, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
 
 Echo = Callable[[str], None]
 OnCell = Callable[[int, int, str], None]
 
 
-class Runner:
+class Runner(Pictures):
     """One run of a :class:`RunSpec` into a folder (see the module docstring)."""
 
     def __init__(self, spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None,
@@ -151,6 +155,7 @@ class Runner:
                                                                                      for f in x["failed"]]
                 if procs.main:
                     self._close(run_file, started_at, sessions)
+                procs.close()
         return Summary(self.out, len(self.spec.cells), len(done), generated, failed, main=procs.main)
 
     def _finished(self) -> dict[str, dict]:
@@ -294,193 +299,11 @@ class Runner:
             j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
         return {r: results[m] for r, m in merged.items()}
 
-    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
-                  bar) -> tuple[int, list[str]]:
-        """Every picture of ``jobs`` (in batches of ``runtime.batch_size``), scored and written.
-
-        The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
-        record, statistics: CPU work that would otherwise add a third to each picture's time at
-        1024 x 1024); cells are finished in order, and all of them before this returns."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        for rec in done.values():  # finished in an earlier session or by another process: read when needed
-            if rec.get("pure_text"):
-                self.baselines.setdefault(rec["generation_key"], self.out / rec["file"])
-        finishing = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
-            for batch in self._batches(jobs, aliases):
-                t0 = time.perf_counter()
-                pictures = {} if batch[0].key in aliases else self._pictures(batch, extractions)
-                for job in batch:
-                    picture = pictures.get(job.key)
-                    if job.is_text and isinstance(picture, tuple):
-                        self.baselines[job.key] = picture[0]  # before any later cell is scored against it
-                    finishing.append(finisher.submit(self._finish, job, picture, aliases, bar, t0))
-                for f in finishing:
-                    if f.done():
-                        f.result()  # a cancel or an interrupt raised while finishing stops the run now
-        results = [f.result() for f in finishing]
-        return sum(r[0] for r in results), [name for r in results for name in r[1]]
-
-    def _finish(self, job: Job, picture, aliases: dict, bar, t0: float) -> tuple[int, list[str]]:
-        """Record, score and write the cells of ``job`` (``picture``: what :meth:`_pictures` made, or
-        the exception that stopped it, or None for a job pictured by a finished cell);
-        ``(generated, failed)``."""
-        from ..analysis.metrics import image_metrics
-        from .grid import thumbnail
-
-        started = time.perf_counter()
-        try:
-            if job.key in aliases:  # pictured by a finished cell: reuse its picture
-                rec = aliases[job.key]
-                image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
-                cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
-            else:
-                if isinstance(picture, Exception):
-                    raise picture
-                image, cond, text, timings = picture
-                t1 = time.perf_counter()
-                g = job.config.generation
-                alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
-                cond_record = {**conditioning_record(cond, alphas, text.summary()),
-                               "generation_time": timings["generate"]}
-                records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
-                ref = self.references[0] if self.references else None
-                base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
-                if isinstance(base, Path):
-                    base = self.baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
-                metrics = image_metrics(image, ref, base, self.model.placement.device)
-                if self.vl is not None and self.vl.model is not None:
-                    metrics["vqa_yes"] = self.vl.answer_probability(
-                        image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
-                for scorer in self.scorers:
-                    metrics[scorer.name] = scorer.score(image, job.prompt)
-                timings["metrics"] = round(time.perf_counter() - t1, 3)
-            owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
-            thumb = thumbnail(image)
-            for cell in job.cells:
-                self.thumbnails[cell.name] = thumb
-                records.write_cell(self.out, cell, job, image, cond_record, timings, metrics,
-                                   None if cell.name == owner else owner, self.keys[cell.name])
-                bar.update(1)
-                bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
-                self._cell_done(bar.total, cell.name)
-            self._time("finish_cells", started)  # on the finishing thread, beside the GPU's work
-            return (0 if job.key in aliases else 1), []
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as e:  # one cell's failure is recorded; the run goes on
-            msg = _one_line(e)
-            for cell in job.cells:
-                records.write_failure(self.out, cell, msg, self.keys[cell.name])
-                bar.update(1)
-                bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
-                self._cell_done(bar.total, cell.name)
-            return 0, [c.name for c in job.cells]
-
-    def _batches(self, jobs: list[Job], aliases: dict):
-        """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
-        (a job pictured by a finished cell stands alone)."""
-        size, batch = self.config.runtime.batch_size, []
-        for job in jobs:
-            if batch and (job.key in aliases or len(batch) >= size
-                          or batch[0].config.generation != job.config.generation):
-                yield batch
-                batch = []
-            if job.key in aliases:
-                yield [job]
-            else:
-                batch.append(job)
-        if batch:
-            yield batch
-
-    def _cell_done(self, total: int, name: str) -> None:
-        self.cells_done += 1
-        if self.on_cell is not None:
-            self.on_cell(self.cells_done, total, name)
-
-    def _pictures(self, batch: list[Job], extractions: dict) -> dict:
-        """``{job key: (image, conditioning, text encoding, timings)}`` for a batch, or the exception
-        that stopped a job (its conditioning, or its picture)."""
-        out: dict = {}
-        built = []
-        for job in batch:
-            try:
-                built.append((job, *self._conditioning(job, extractions)))
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:
-                out[job.key] = e
-        if not built:
-            return out
-        t0 = time.perf_counter()
-        images = self._images([b[2] for b in built], built[0][0].config.generation)
-        share = round((time.perf_counter() - t0) / len(built), 3)
-        self._time("generate", t0)
-        for (job, cond, _, text, timings), image in zip(built, images):
-            timings.update(generate=share, batch=len(built))
-            out[job.key] = image if isinstance(image, Exception) else (image, cond, text, timings)
-        return out
-
-    def _images(self, steps: list, generation) -> list:
-        """The pictures of a batch in one pipeline call; if that fails (out of memory, say), one at a
-        time, each picture's failure its own."""
-        if len(steps) > 1:
-            try:
-                return self.model.generate_batch(steps, generation=generation, on_step=self.on_step)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:
-                self.echo(f"a batch of {len(steps)} failed ({_one_line(e)}); generating its pictures one at a time")
-                import torch
-
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-        images: list = []
-        for step in steps:
-            try:
-                images.append(self.model.generate(step, generation=generation, on_step=self.on_step))
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:
-                images.append(e)
-        return images
-
-    def _conditioning(self, job: Job, extractions: dict):
-        """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings)."""
-        timings = {"extract": job.extract_seconds}
-        t0 = time.perf_counter()
-        if job.prompt not in self.texts:
-            self.texts[job.prompt] = self.model.encode(job.prompt)
-            self._time("encode", t0)
-        text = self.texts[job.prompt]
-        timings["encode"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        layers = tuple(reference_stats_layers(job.recipe))
-        stats = None
-        if layers:
-            memo = (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten")
-            if memo not in self.stats_memo:
-                self.stats_memo[memo] = reference_stats_for(job.recipe, job.config, self.model.pipe.tokenizer,
-                                                            self.model.pipe.text_encoder, self.echo)
-            stats = self.stats_memo[memo]
-        cond = build_conditioning(job.recipe, job.prompt, text.embeddings,
-                                  {r: extractions[r] for r in job.requests}, stats)
-        step = cond.step_embeds(job.config.generation.steps)
-        timings["conditioning"] = round(time.perf_counter() - t0, 3)
-        return cond, step, text, timings
-
     def unload(self) -> None:
         if self.own:  # a shared pool's models stay with it
             self.pool.release()
         self.vl = self.model = None
         self.scorers = []
-
-
-def _one_line(e: BaseException) -> str:
-    from ..models.loading import _first_line
-
-    return _first_line(e) if isinstance(e, LlmDitError) else f"{type(e).__name__}: {_first_line(e)}"
 
 
 def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True,
