@@ -40,7 +40,7 @@ class Pictures:
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
             if rec.get("pure_text"):
                 self.baselines.setdefault(rec["generation_key"], self.out / rec["file"])
-        finishing = []
+        finishing, checked = [], 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
             for batch in self._batches(jobs, aliases):
                 t0 = time.perf_counter()
@@ -50,9 +50,9 @@ class Pictures:
                     if job.is_text and isinstance(picture, tuple):
                         self.baselines[job.key] = picture[0]  # before any later cell is scored against it
                     finishing.append(finisher.submit(self._finish, job, picture, aliases, bar, t0))
-                for f in finishing:
-                    if f.done():
-                        f.result()  # a cancel or an interrupt raised while finishing stops the run now
+                while checked < len(finishing) and finishing[checked].done():  # finished in order
+                    finishing[checked].result()  # a cancel or an interrupt raised while finishing stops the run now
+                    checked += 1
         results = [f.result() for f in finishing]
         return sum(r[0] for r in results), [name for r in results for name in r[1]]
 
