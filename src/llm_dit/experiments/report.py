@@ -143,6 +143,14 @@ def _stats(out: Path, name: str) -> dict | None:
         return None
 
 
+def _margins(fig, names: list[str], hspace: float = 0.45) -> None:
+    """Room for the axis labels and for ``names`` as x tick labels turned 60 degrees (fixed arithmetic
+    instead of ``tight_layout``, which measures every text and took a third of the report's time)."""
+    w, h = fig.get_size_inches()
+    below = 0.45 + 0.058 * max((len(n) for n in names), default=0)  # inches: 8-pt characters at 60 degrees
+    fig.subplots_adjust(left=0.9 / w, right=1 - 0.2 / w, top=1 - 0.45 / h, bottom=min(0.6, below / h), hspace=hspace)
+
+
 def write_plots(out: Path, meta: dict) -> list[Path]:
     from ..analysis.metrics import METRIC_INFO
     from ..analysis.plots import pyplot, save_figure
@@ -170,7 +178,7 @@ def write_plots(out: Path, meta: dict) -> list[Path]:
     ax.set_ylabel("std over all elements")
     ax.set_title("embedding std per cell")
     ax.legend()
-    fig.tight_layout()
+    _margins(fig, names)
     written.append(save_figure(fig, plots / "std_per_cell.png"))
 
     # metrics
@@ -184,7 +192,7 @@ def write_plots(out: Path, meta: dict) -> list[Path]:
             ax.set_ylabel(k, fontsize=8)
             ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
         axes[-1, 0].set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
-        fig.tight_layout()
+        _margins(fig, names)
         written.append(save_figure(fig, plots / "metrics.png"))
 
     # per-dimension ratios
@@ -204,7 +212,7 @@ def write_plots(out: Path, meta: dict) -> list[Path]:
         ax2.set_xlabel("hidden dimension")
         ax1.set_title("per-dimension std ratios (the 3 largest of each cell labelled)")
         ax1.legend(markerscale=5, fontsize=7, ncol=3)
-        fig.tight_layout()
+        _margins(fig, [], hspace=0.12)
         written.append(save_figure(fig, plots / "per_dim_ratio.png"))
     return written
 
