@@ -78,6 +78,7 @@ def pictures(out: Path) -> dict:
 
 
 def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,9 @@ from PIL import Image
 
 from llm_dit.cli import main
 from run_args import PROMPT, SMALL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from multi_gpu import kill_tree  # noqa: E402  (SIGKILL a launcher and every worker below it)
 
 
 def sweep_args(refs, out: Path, alphas: str = "0,0.3,0.6") -> list[str]:
@@ -110,27 +112,6 @@ def test_two_processes_share_the_cells_and_write_one_run_folder(refs, one_at_a_t
     # scored against the baseline the other process made, as in a single process
     assert all("ssim_text" in r["metrics"] for r in meta["results"] if not r["pure_text"])
     assert (out / "report.html").is_file() and (out / "comparison_grid.png").is_file()
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    todo, tree = [pid], []
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += children.get(p, [])
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_a_killed_multi_process_run_resumes_under_another_process_count(refs, tmp_path):

@@ -2,9 +2,9 @@
 
 No denoising loop lives here: :class:`ZImage` holds one loaded ``ZImagePipeline`` (and an
 ``ZImageImg2ImgPipeline`` sharing its components) and calls it with ``prompt_embeds``, a list of
-``[L, D]`` tensors (one per image of a batch) with ``1 <= L <= 1504``. Seeds go through a CPU ``torch.Generator`` so the same
-seed gives the same starting noise on any device. The scheduler's shift is set explicitly on every
-call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` over
+``[L, D]`` tensors (one per image of a batch) with ``1 <= L <= 1504``. Seeds go through a CPU
+``torch.Generator`` so the same seed gives the same starting noise on any device. The scheduler's
+shift is set explicitly on every call (Z-Image-Turbo: 3.0, static; sigmas ``s' = shift*s / (1 + (shift-1)*s)`` over
 ``linspace(1, 1/N, N)``).
 
 Per-step conditioning: pass a function ``(i, n) -> [L, D]`` instead of a tensor; it gives the

@@ -154,7 +154,7 @@ class Runner(Pictures):
                 generated, failed = sum(x["pictures_generated"] for x in sessions), [f for x in sessions
                                                                                      for f in x["failed"]]
                 if procs.main:
-                    self._close(run_file, started_at, sessions)
+                    self._close(run_file, started_at, sessions, generated, failed)
                 procs.close()
         return Summary(self.out, len(self.spec.cells), len(done), generated, failed, main=procs.main)
 
@@ -163,7 +163,8 @@ class Runner(Pictures):
         return {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, self.keys[c.name]))
                 and (not self.spec.save_embeddings or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
 
-    def _close(self, run_file: dict, started_at: str, sessions: list[dict]) -> None:
+    def _close(self, run_file: dict, started_at: str, sessions: list[dict], generated: int,
+               failed: list[str]) -> None:
         """This session in run.json (one entry, with each process's part when there were several),
         then metadata.json, the grids and report.html from every record."""
         from ..provenance import provenance
@@ -171,8 +172,7 @@ class Runner(Pictures):
 
         session = {"started": started_at, **provenance(), "seconds": max(x["seconds"] for x in sessions),
                    "cells_run": sum(x["cells_run"] for x in sessions),
-                   "pictures_generated": sum(x["pictures_generated"] for x in sessions),
-                   "failed": [f for x in sessions for f in x["failed"]], "stages": sessions[0]["stages"],
+                   "pictures_generated": generated, "failed": failed, "stages": sessions[0]["stages"],
                    "metric_notes": self.notes}
         if len(sessions) > 1:
             session["processes"] = sessions

@@ -157,9 +157,8 @@ def place_language_model(model, placement: Placement):
 
         # No CUDA-stream prefetching: it replays the order of the first forward pass, and caption
         # generation (prefill, then one token at a time) runs the modules in another order.
-        kwargs = {**_group_offload_kwargs(Placement(placement.device, placement.dtype, "group_leaf")),
-                  "use_stream": False}
-        apply_group_offloading(model, **kwargs)
+        apply_group_offloading(model, onload_device=placement.device, offload_device=torch.device("cpu"),
+                               offload_type="leaf_level", use_stream=False)
         return model
     return model.to(placement.device)
 
