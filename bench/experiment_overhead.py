@@ -43,6 +43,8 @@ LAYERS = [-2, -6]
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--profile", action="store_true", help="also print a cProfile of one sweep's main thread")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="also time the sweep with cells finished inline, and with a 1 ms GIL switch interval")
     args = p.parse_args()
     from llm_dit.conditioning.recipe import Recipe
     from llm_dit.conditioning.run import generate_from_recipe
@@ -106,7 +108,7 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(r"llm_dit|PIL|safetensors|matplotlib", 40)
     args.warmup = min(args.warmup, 1)  # the models are warm already; each call is 13 pictures
     fns = {"bare": bare, "sweep": sweep, "naive": naive}
-    if not args.tiny:
+    if args.diagnostics:
         fns.update(sweep_inline=sweep_inline, sweep_switch=sweep_switch)
     t = common.medians(fns, args)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -15,6 +15,8 @@ measured bf16 matrix-product rate of the same GPU.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -30,23 +32,69 @@ def dit_inputs(model, emb, g):
     return [x], t, [emb.to(model.placement.device, model.pipe.transformer.dtype)]
 
 
-def recompile(pipe, mode: str) -> None:
-    """Undo earlier compilation, then compile the DiT blocks and the VAE decoder with ``mode``."""
+def uncompile(pipe) -> None:
+    """Undo earlier compilation of the DiT and the VAE decoder (the processors stay as they are)."""
     import torch._dynamo
 
     torch._dynamo.reset()
     for m in [*pipe.transformer.modules(), *pipe.vae.decoder.modules()]:
         m._compiled_call_impl = None
-    pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+
+
+def compiled(pipe, mode: str | None = None, whole: bool = False, **inductor) -> None:
+    """Compile the DiT (its repeated blocks, or ``whole``) and the VAE decoder afresh, with torch.compile
+    ``mode`` and TorchInductor settings ``inductor`` (e.g. ``coordinate_descent_tuning=True``)."""
+    import torch._inductor.config as ic
+
+    uncompile(pipe)
+    for k, v in inductor.items():
+        setattr(ic, k, v)
+    if whole:
+        pipe.transformer.compile(mode=mode)
+    else:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
     pipe.vae.decoder.compile(mode=mode)
+
+
+def kernel_profile(fn, top: int = 12) -> dict:
+    """GPU time of one call of ``fn`` by kind of kernel (matrix products, attention, fused Triton code,
+    other) and the ``top`` kernels, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+               if e.self_device_time_total > 0]
+    kernels.sort(key=lambda k: -k[1])
+
+    def kind(name: str) -> str:
+        n = name.lower()
+        if any(w in n for w in ("flash", "fmha", "attention", "cudnn", "sdpa")):
+            return "attention"
+        if any(w in n for w in ("gemm", "cutlass", "nvjet", "sm90_xmma", "matmul", "cublas")):
+            return "matrix products"
+        if n.startswith("triton"):
+            return "fused (Triton)"
+        return "other"
+
+    kinds: dict[str, float] = {}
+    for name, ms, _ in kernels:
+        kinds[kind(name)] = round(kinds.get(kind(name), 0.0) + ms, 2)
+    return {"total_ms": round(sum(k[1] for k in kernels), 2), "by_kind_ms": kinds,
+            "top": [{"kernel": n[:120], "ms": round(ms, 3), "calls": c} for n, ms, c in kernels[:top]]}
 
 
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--modes", nargs="*", default=[], metavar="MODE",
-                   help="also try these torch.compile modes (e.g. max-autotune-no-cudagraphs reduce-overhead)")
-    p.add_argument("--attention", nargs="*", default=["_native_cudnn", "_native_flash"], metavar="BACKEND",
-                   help="attention backends to try, eager")
+                   help="also try these torch.compile modes on the whole DiT (e.g. reduce-overhead)")
+    p.add_argument("--attention", nargs="*", default=[], metavar="BACKEND",
+                   help="attention backends to try, eager (e.g. _native_cudnn _native_flash)")
+    p.add_argument("--tuning", action="store_true",
+                   help="also try TorchInductor's coordinate-descent tuning of the fused kernels")
     args = p.parse_args()
     from llm_dit.generate import ZImage
     from llm_dit.models.loading import apply_speed
@@ -108,19 +156,37 @@ def main() -> None:
         components[label] = {k: v["median"] for k, v in t.items()}
         print(f"parts {label}: {components[label]}", flush=True)
 
+    profiles: dict[str, dict] = {}
+
+    def kernels(label):
+        profiles[label] = kernel_profile(forward)
+        print(f"kernels {label}: {json.dumps(profiles[label])}", flush=True)
+
     if torch.cuda.is_available():
+        from llm_dit.models.rope import use_real_rope
+
         parts("eager")
+        kernels("eager")
         for backend in args.attention:
             variant(f"attention {backend}, eager", lambda b=backend: pipe.transformer.set_attention_backend(b))
         pipe.transformer.set_attention_backend("native")  # PyTorch's SDPA picks cuDNN's kernel on Hopper
-        variant("VAE in channels_last, eager", lambda: pipe.vae.to(memory_format=torch.channels_last))
-        parts("VAE channels_last")
-        variant("llm-dit --compile (regional: DiT blocks + VAE decoder)",
-                lambda: apply_speed(pipe, cfg.runtime.model_copy(update={"compile": True})))
+        # the shipped --compile, built up one step at a time
+        variant("regional compile (DiT blocks + VAE decoder), stock attention processor", lambda: compiled(pipe))
+        parts("regional compile, stock processor")
+        kernels("regional compile, stock processor")
+        variant("+ RoPE in real arithmetic (rope.py)", lambda: (use_real_rope(pipe.transformer), compiled(pipe)))
+        parts("+ real RoPE")
+        variant("**llm-dit --compile** (+ q, k, v in one matrix product)",
+                lambda: (uncompile(pipe), apply_speed(pipe, cfg.runtime.model_copy(update={"compile": True}))))
         parts("--compile")
+        kernels("--compile")
         for mode in args.modes:
-            variant(f"--compile, torch.compile mode {mode}", lambda m=mode: recompile(pipe, m))
-            parts(f"mode {mode}")
+            variant(f"--compile's processors, whole DiT compiled, mode {mode}",
+                    lambda m=mode: compiled(pipe, m, whole=True))
+            parts(f"whole DiT, mode {mode}")
+        if args.tuning:
+            variant("--compile + coordinate-descent tuning", lambda: compiled(pipe, coordinate_descent_tuning=True))
+            parts("--compile + coordinate-descent tuning")
     else:  # --tiny on the CPU: the variant code runs (compiling would take minutes here)
         variant("attention _native_math, eager", lambda: pipe.transformer.set_attention_backend("_native_math"))
 
@@ -133,7 +199,7 @@ def main() -> None:
                  ["path", "seconds (median)", "ratio to stock", "mean abs pixel diff to eager", "rel. error of a "
                   "DiT forward"], rows,
                  {"stock": base["stock"], "ours": base["ours"], "same_pixels": same, "variants": variants,
-                  "components": components,
+                  "components": components, "kernel_profiles": profiles,
                   "dit_forward_flops": dit_flops, "vae_decode_flops": vae_flops, "matmul_flops_per_s": rate,
                   "floor_seconds": floor, "caption_tokens": emb.shape[0]}, notes)
 

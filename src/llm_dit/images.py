@@ -108,8 +108,10 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".png") -> Path:
     return p
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None) -> Path:
-    """Write ``image`` to ``path`` atomically, with ``parameters`` as JSON in a PNG text chunk."""
+def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None,
+             compress_level: int = 6) -> Path:
+    """Write ``image`` to ``path`` atomically, with ``parameters`` as JSON in a PNG text chunk
+    (``compress_level`` 1 writes about twice as fast as zlib's default 6, in files ~15 % larger)."""
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=png_info(parameters or {}))
+        image.save(tmp, format="PNG", pnginfo=png_info(parameters or {}), compress_level=compress_level)
     return Path(path)

@@ -5,10 +5,11 @@ It reads the runner's ``out``, ``spec``, ``config``, ``keys``, ``references``, `
 ``vl`` and ``scorers`` (metrics), ``texts`` / ``stats_memo`` (memos), ``baselines``, ``thumbnails``,
 ``on_step``, ``echo`` and its ``_time`` / ``_cell_done``.
 
-Per batch of jobs with the same generation settings (``runtime.batch_size``): the conditioning of
-each job on the main thread, one pipeline call for the batch (one call per picture again if the
-batch fails), then each job handed to one background thread that writes its record, metrics, PNG
-and statistics while the GPU makes the next batch.
+First the text encodings and reference statistics (models, on the main thread). Then per batch of
+jobs with the same generation settings (``runtime.batch_size``): one pipeline call for the batch
+(one call per picture again if the batch fails). One background thread works beside the GPU: it
+blends the conditioning of the next batch before the GPU needs it, and finishes each job of the
+last (record, metrics, PNG, statistics), in that order.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..analysis.plots import warm
 from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import conditioning_record, reference_stats_for
 from ..errors import LlmDitError
@@ -40,11 +42,24 @@ class Pictures:
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
             if rec.get("pure_text"):
                 self.baselines.setdefault(rec["generation_key"], self.out / rec["file"])
+        batches = list(self._batches(jobs, aliases))
+        self._inputs([j for b in batches for j in b if j.key not in aliases])
         finishing, checked = [], 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
-            for batch in self._batches(jobs, aliases):
+            prepared: list = [None] * (len(batches) + 1)
+
+            def prepare(i: int) -> None:  # the blends of batch i, on the thread (plain CPU tensor work)
+                if i < len(batches) and batches[i][0].key not in aliases:
+                    prepared[i] = finisher.submit(self._prepare, batches[i], extractions)
+
+            prepare(0)
+            for i, batch in enumerate(batches):
                 t0 = time.perf_counter()
-                pictures = {} if batch[0].key in aliases else self._pictures(batch, extractions)
+                prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
+                if i == 0:
+                    finisher.submit(warm)  # the report's plots, later, skip matplotlib's start-up
+                pictures = self._pictures(*prepared[i].result()) if prepared[i] else {}
+                prepared[i] = None
                 for job in batch:
                     picture = pictures.get(job.key)
                     if job.is_text and isinstance(picture, tuple):
@@ -133,18 +148,23 @@ class Pictures:
         if self.on_cell is not None:
             self.on_cell(self.cells_done, total, name)
 
-    def _pictures(self, batch: list[Job], extractions: dict) -> dict:
-        """``{job key: (image, conditioning, text encoding, timings)}`` for a batch, or the exception
-        that stopped a job (its conditioning, or its picture)."""
-        out: dict = {}
-        built = []
+    def _prepare(self, batch: list[Job], extractions: dict) -> tuple[list, dict]:
+        """The conditioning of each job of ``batch``: ``([(job, conditioning, per-step embeddings, text
+        encoding, timings)], {job key: the exception that stopped its conditioning})``."""
+        built, failed = [], {}
         for job in batch:
             try:
                 built.append((job, *self._conditioning(job, extractions)))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
-                out[job.key] = e
+                failed[job.key] = e
+        return built, failed
+
+    def _pictures(self, built: list, failed: dict) -> dict:
+        """``{job key: (image, conditioning, text encoding, timings)}`` for a batch :meth:`_prepare`
+        built, or the exception that stopped a job (its conditioning, or its picture)."""
+        out = dict(failed)
         if not built:
             return out
         t0 = time.perf_counter()
@@ -180,29 +200,51 @@ class Pictures:
                 images.append(e)
         return images
 
+    def _inputs(self, jobs: list[Job]) -> None:
+        """The text encodings and reference statistics of ``jobs``, made here on the main thread (they
+        run models) before any blend; one that fails is kept, and fails the jobs that need it."""
+        for job in jobs:
+            t0 = time.perf_counter()
+            if job.prompt not in self.texts:
+                self.texts[job.prompt] = _attempt(lambda: self.model.encode(job.prompt))
+                self.encode_seconds[job.prompt] = round(time.perf_counter() - t0, 3)
+                self._time("encode", t0)
+            memo = _stats_memo(job)
+            if memo and memo not in self.stats_memo:
+                self.stats_memo[memo] = _attempt(lambda: reference_stats_for(
+                    job.recipe, job.config, self.model.pipe.tokenizer, self.model.pipe.text_encoder, self.echo))
+
     def _conditioning(self, job: Job, extractions: dict):
-        """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings)."""
-        timings = {"extract": job.extract_seconds}
+        """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings);
+        pure tensor work on the inputs :meth:`_inputs` made."""
+        timings = {"extract": job.extract_seconds, "encode": self.encode_seconds.pop(job.prompt, 0.0)}
         t0 = time.perf_counter()
-        if job.prompt not in self.texts:
-            self.texts[job.prompt] = self.model.encode(job.prompt)
-            self._time("encode", t0)
-        text = self.texts[job.prompt]
-        timings["encode"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        layers = tuple(reference_stats_layers(job.recipe))
-        stats = None
-        if layers:
-            memo = (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten")
-            if memo not in self.stats_memo:
-                self.stats_memo[memo] = reference_stats_for(job.recipe, job.config, self.model.pipe.tokenizer,
-                                                            self.model.pipe.text_encoder, self.echo)
-            stats = self.stats_memo[memo]
+        memo = _stats_memo(job)
+        text, stats = self.texts[job.prompt], self.stats_memo[memo] if memo else None
+        for made in (text, stats):
+            if isinstance(made, Exception):
+                raise made
         cond = build_conditioning(job.recipe, job.prompt, text.embeddings,
                                   {r: extractions[r] for r in job.requests}, stats)
         step = cond.step_embeds(job.config.generation.steps)
         timings["conditioning"] = round(time.perf_counter() - t0, 3)
         return cond, step, text, timings
+
+
+def _stats_memo(job: Job) -> tuple | None:
+    """The key of the reference statistics ``job`` normalizes with, or None when it needs none."""
+    layers = tuple(reference_stats_layers(job.recipe))
+    return (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten") if layers else None
+
+
+def _attempt(make):
+    """``make()``, or the exception it raised (kept for the jobs that need what it makes)."""
+    try:
+        return make()
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        return e
 
 
 def _one_line(e: BaseException) -> str:

@@ -124,7 +124,7 @@ def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict |
             continue
         title = _title(meta) + (f"  [{spec.title}]" if spec.title else "")
         grid = render(layout(title, lead, cells, spec.rows, spec.cols))
-        written.append(save_png(grid, out / spec.file))
+        written.append(save_png(grid, out / spec.file, compress_level=1))  # written last, at every run's end
     return written
 
 

@@ -67,7 +67,8 @@ class Runner(Pictures):
         self.vl = None  # the Qwen3-VL extractor while loaded
         self.model = None  # ZImage while loaded
         self.scorers: list = []  # optional CLIP / SigLIP scorers from local folders
-        self.texts: dict = {}  # prompt -> its text encoding
+        self.texts: dict = {}  # prompt -> its text encoding (or the exception that stopped it)
+        self.encode_seconds: dict = {}  # prompt -> seconds its encoding took (told by the first cell using it)
         self.baselines: dict = {}  # generation key of a pure-text picture -> the picture (or its file)
         self.thumbnails: dict = {}  # cell name -> its grid thumbnail (made while finishing the cell)
         self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)

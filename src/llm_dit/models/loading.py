@@ -165,7 +165,9 @@ def place_language_model(model, placement: Placement):
 
 def apply_speed(pipe, runtime: RuntimeConfig) -> None:
     """The speed options: diffusers' attention backend, and ``torch.compile`` of the DiT's repeated
-    blocks (diffusers' regional compilation: one block compiled, reused 30 times) and the VAE decoder."""
+    blocks (diffusers' regional compilation: one block compiled, reused 30 times) and the VAE decoder.
+    Compiled, attention rotates q and k in real arithmetic and projects q, k, v in one matrix product
+    (``rope.py``: Inductor cannot fuse the stock complex multiply)."""
     if runtime.attention != "native":
         try:
             pipe.transformer.set_attention_backend(runtime.attention)
@@ -173,5 +175,9 @@ def apply_speed(pipe, runtime: RuntimeConfig) -> None:
             raise ConfigError(f"runtime.attention = '{runtime.attention}' is not usable here: {_first_line(e)}") \
                 from None
     if runtime.compile:
+        from .rope import fuse_qkv, use_real_rope
+
+        use_real_rope(pipe.transformer)
+        fuse_qkv(pipe.transformer)
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
         pipe.vae.decoder.compile()
