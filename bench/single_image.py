@@ -5,7 +5,7 @@
 * **ours**: ``ZImage.generate`` (what ``llm-dit generate`` runs once the embeddings exist), the same
   pipeline object, the same seed: same pixels expected, ratio to stock <= 1.02 targeted;
 * **fast modes** (opt-in): attention backends (``runtime.attention``), ``torch.compile`` of the DiT
-  (the whole transformer, or its repeated blocks as ``runtime.compile`` does) and the VAE decoder.
+  (its repeated blocks, as ``runtime.compile`` does, in torch.compile modes) and the VAE decoder.
   Each is checked against the eager result: the relative error of one DiT forward on the same
   inputs (bf16 arithmetic: 1e-3 .. 1e-2 expected) and the mean absolute pixel difference.
 
@@ -41,19 +41,32 @@ def uncompile(pipe) -> None:
         m._compiled_call_impl = None
 
 
-def compiled(pipe, mode: str | None = None, whole: bool = False, **inductor) -> None:
-    """Compile the DiT (its repeated blocks, or ``whole``) and the VAE decoder afresh, with torch.compile
-    ``mode`` and TorchInductor settings ``inductor`` (e.g. ``coordinate_descent_tuning=True``)."""
+def compiled(pipe, mode: str | None = None, **inductor) -> None:
+    """Compile the DiT's repeated blocks and the VAE decoder afresh, with torch.compile ``mode`` and
+    TorchInductor settings ``inductor`` (e.g. ``coordinate_descent_tuning=True``)."""
     import torch._inductor.config as ic
 
     uncompile(pipe)
     for k, v in inductor.items():
         setattr(ic, k, v)
-    if whole:
-        pipe.transformer.compile(mode=mode)
-    else:
-        pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
+    pipe.transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
     pipe.vae.decoder.compile(mode=mode)
+
+
+def host_seconds(fn, repeats: int = 5) -> float:
+    """Median host seconds for ``fn`` to return, with the GPU idle at the start: how long the CPU
+    takes to queue the work. Near the GPU time, the GPU waits for the CPU (launch-bound)."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def kernel_profile(fn, top: int = 12) -> dict:
@@ -90,7 +103,9 @@ def kernel_profile(fn, top: int = 12) -> dict:
 def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--modes", nargs="*", default=[], metavar="MODE",
-                   help="also try these torch.compile modes on the whole DiT (e.g. reduce-overhead)")
+                   help="also try --compile with these torch.compile modes (e.g. reduce-overhead: CUDA graphs)")
+    p.add_argument("--no-steps", action="store_true",
+                   help="skip the variants that build --compile up one step at a time")
     p.add_argument("--attention", nargs="*", default=[], metavar="BACKEND",
                    help="attention backends to try, eager (e.g. _native_cudnn _native_flash)")
     p.add_argument("--tuning", action="store_true",
@@ -154,6 +169,8 @@ def main() -> None:
         """Median seconds of one DiT forward and one VAE decode in the pipeline's present state."""
         t = common.medians({"dit_forward": forward, "vae_decode": lambda: pipe.vae.decode(latents)}, args)
         components[label] = {k: v["median"] for k, v in t.items()}
+        components[label]["dit_forward_host"] = host_seconds(lambda: pipe.transformer(*dit_inputs(model, emb, g),
+                                                                                       return_dict=False))
         print(f"parts {label}: {components[label]}", flush=True)
 
     profiles: dict[str, dict] = {}
@@ -171,19 +188,20 @@ def main() -> None:
             variant(f"attention {backend}, eager", lambda b=backend: pipe.transformer.set_attention_backend(b))
         pipe.transformer.set_attention_backend("native")  # PyTorch's SDPA picks cuDNN's kernel on Hopper
         # the shipped --compile, built up one step at a time
-        variant("regional compile (DiT blocks + VAE decoder), stock attention processor", lambda: compiled(pipe))
-        parts("regional compile, stock processor")
-        kernels("regional compile, stock processor")
-        variant("+ RoPE in real arithmetic (rope.py)", lambda: (use_real_rope(pipe.transformer), compiled(pipe)))
-        parts("+ real RoPE")
+        if not args.no_steps:
+            variant("regional compile (DiT blocks + VAE decoder), stock attention processor", lambda: compiled(pipe))
+            parts("regional compile, stock processor")
+            kernels("regional compile, stock processor")
+            variant("+ RoPE in real arithmetic (rope.py)", lambda: (use_real_rope(pipe.transformer), compiled(pipe)))
+            parts("+ real RoPE")
         variant("**llm-dit --compile** (+ q, k, v in one matrix product)",
                 lambda: (uncompile(pipe), apply_speed(pipe, cfg.runtime.model_copy(update={"compile": True}))))
         parts("--compile")
         kernels("--compile")
         for mode in args.modes:
-            variant(f"--compile's processors, whole DiT compiled, mode {mode}",
-                    lambda m=mode: compiled(pipe, m, whole=True))
-            parts(f"whole DiT, mode {mode}")
+            variant(f"--compile, torch.compile mode {mode}", lambda m=mode: compiled(pipe, m))
+            parts(f"--compile, mode {mode}")
+            kernels(f"--compile, mode {mode}")
         if args.tuning:
             variant("--compile + coordinate-descent tuning", lambda: compiled(pipe, coordinate_descent_tuning=True))
             parts("--compile + coordinate-descent tuning")
