@@ -61,7 +61,10 @@ class Pictures:
                 prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
                 if i == 0:
                     finisher.submit(warm)  # the report's plots, later, skip matplotlib's start-up
-                pictures = self._pictures(*prepared[i].result()) if prepared[i] else {}
+                waited = time.perf_counter()
+                built = prepared[i].result() if prepared[i] else None
+                self._time("wait_thread", waited)  # the GPU idles while the thread is behind
+                pictures = self._pictures(*built) if built else {}
                 prepared[i] = None
                 for job in batch:
                     picture = pictures.get(job.key)
@@ -71,7 +74,9 @@ class Pictures:
                 while checked < len(finishing) and finishing[checked].done():  # finished in order
                     finishing[checked].result()  # a cancel or an interrupt raised while finishing stops the run now
                     checked += 1
+        waited = time.perf_counter()
         results = [f.result() for f in finishing]
+        self._time("wait_thread", waited)
         return sum(r[0] for r in results), [name for r in results for name in r[1]]
 
     def _finish(self, job: Job, picture, aliases: dict, bar, t0: float) -> tuple[int, list[str]]:
