@@ -31,13 +31,12 @@ class Pictures:
     """The picture stage (see the module docstring)."""
 
     def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
-                  bar, predraw: bool = False) -> tuple[int, list[str]]:
+                  bar) -> tuple[int, list[str]]:
         """Every picture of ``jobs`` (in batches of ``runtime.batch_size``), scored and written.
 
         The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
         record, statistics: CPU work that would otherwise add a third to each picture's time at
-        1024 x 1024); cells are finished in order, and all of them before this returns. ``predraw``: these are
-        the run's last pictures; the report's conditioning plots are drawn while the GPU makes them."""
+        1024 x 1024); cells are finished in order, and all of them before this returns."""
         from concurrent.futures import ThreadPoolExecutor
 
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
@@ -52,8 +51,6 @@ class Pictures:
             def prepare(i: int) -> None:  # the blends of batch i, on the thread (plain CPU tensor work)
                 if i < len(batches) and batches[i][0].key not in aliases:
                     prepared[i] = finisher.submit(self._prepare, batches[i], extractions)
-                if predraw and i == len(batches) - 1:  # every conditioning known: its plots, before the end
-                    finisher.submit(self._predraw, jobs, aliases)
 
             prepare(0)
             for i, batch in enumerate(batches):
@@ -95,9 +92,13 @@ class Pictures:
             else:
                 if isinstance(picture, Exception):
                     raise picture
-                image, cond_record, timings = picture
+                image, cond, text, timings = picture
                 t1 = time.perf_counter()
-                cond_record = {**cond_record, "generation_time": timings["generate"]}
+                g = job.config.generation
+                alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
+                cond_record = {**conditioning_record(cond, alphas, text.summary()),
+                               "generation_time": timings["generate"]}
+                records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
                 ref = self.references[0] if self.references else None
                 base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
                 if isinstance(base, Path):
@@ -131,25 +132,6 @@ class Pictures:
                 self._cell_done(bar.total, cell.name)
             return 0, [c.name for c in job.cells]
 
-    def _predraw(self, jobs: list[Job], aliases: dict) -> None:
-        """The report's plots of the conditioning (not of the pictures), drawn from the records on disk
-        and the conditioning records of ``jobs`` not finished yet, as if every one will succeed. The
-        report redraws them if what it finds at the end differs."""
-        from .report import build_metadata, predraw_conditioning_plots
-
-        try:
-            coming = {}
-            for job in jobs:
-                c = aliases[job.key]["conditioning"] if job.key in aliases else self.cond_records.get(job.key)
-                for cell in job.cells if c is not None else []:
-                    coming[cell.name] = {"name": cell.name, "status": "done", "conditioning": c,
-                                         "vl_std": c.get("vl_std"), "blended_std": c.get("blended_std")}
-            results = [coming.get(r["name"], r) if r["status"] == "pending" else r
-                       for r in build_metadata(self.out)["results"]]
-            self.predrawn = predraw_conditioning_plots(self.out, results)
-        except Exception:  # a guess that failed: the report draws them at the end
-            self.predrawn = None
-
     def _batches(self, jobs: list[Job], aliases: dict):
         """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
         (a job pictured by a finished cell stands alone)."""
@@ -172,18 +154,12 @@ class Pictures:
             self.on_cell(self.cells_done, total, name)
 
     def _prepare(self, batch: list[Job], extractions: dict) -> tuple[list, dict]:
-        """The conditioning of each job of ``batch``, its record and its statistics file:
-        ``([(job, conditioning record, per-step embeddings, timings)], {job key: the exception that
-        stopped its conditioning})``."""
+        """The conditioning of each job of ``batch``: ``([(job, conditioning, per-step embeddings, text
+        encoding, timings)], {job key: the exception that stopped its conditioning})``."""
         built, failed = [], {}
         for job in batch:
             try:
-                cond, step, text, timings = self._conditioning(job, extractions)
-                g = job.config.generation
-                alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
-                self.cond_records[job.key] = conditioning_record(cond, alphas, text.summary())
-                records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
-                built.append((job, self.cond_records[job.key], step, timings))
+                built.append((job, *self._conditioning(job, extractions)))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
@@ -191,8 +167,8 @@ class Pictures:
         return built, failed
 
     def _pictures(self, built: list, failed: dict) -> dict:
-        """``{job key: (image, conditioning record, timings)}`` for a batch :meth:`_prepare` built, or
-        the exception that stopped a job (its conditioning, or its picture)."""
+        """``{job key: (image, conditioning, text encoding, timings)}`` for a batch :meth:`_prepare`
+        built, or the exception that stopped a job (its conditioning, or its picture)."""
         out = dict(failed)
         if not built:
             return out
@@ -200,9 +176,9 @@ class Pictures:
         images = self._images([b[2] for b in built], built[0][0].config.generation)
         share = round((time.perf_counter() - t0) / len(built), 3)
         self._time("generate", t0)
-        for (job, cond_record, _, timings), image in zip(built, images):
+        for (job, cond, _, text, timings), image in zip(built, images):
             timings.update(generate=share, batch=len(built))
-            out[job.key] = image if isinstance(image, Exception) else (image, cond_record, timings)
+            out[job.key] = image if isinstance(image, Exception) else (image, cond, text, timings)
         return out
 
     def _images(self, steps: list, generation) -> list:

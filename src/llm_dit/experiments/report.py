@@ -151,60 +151,55 @@ def _margins(fig, names: list[str], hspace: float = 0.45) -> None:
     fig.subplots_adjust(left=0.9 / w, right=1 - 0.2 / w, top=1 - 0.45 / h, bottom=min(0.6, below / h), hspace=hspace)
 
 
-def _conditioning_inputs(out: Path, results: list[dict]) -> tuple[list, dict]:
-    """What the conditioning plots show of the cells in ``results`` that are done: each one's
-    (name, text std, VL std, blended std), and the per-dimension statistics of the first 12 with VL."""
-    done = [r for r in results if r["status"] == "done"]
-    rows = [(r["name"], r["conditioning"].get("text_std"), r.get("vl_std"), r.get("blended_std")) for r in done]
-    stats = {}
-    for r in done:
-        if len(stats) < 12 and (s := _stats(out, r["name"])) is not None and "vl_std" in s:
-            stats[r["name"]] = s
-    return rows, stats
-
-
-def _same_inputs(a: tuple[list, dict], b: tuple[list, dict]) -> bool:
-    import torch
-
-    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(
-        a[1][n].keys() == b[1][n].keys() and all(torch.equal(a[1][n][k], b[1][n][k]) for k in a[1][n])
-        for n in a[1])
-
-
-def predraw_conditioning_plots(out: Path, results: list[dict]) -> tuple[tuple, dict[str, Path]]:
-    """Draw the conditioning plots for ``results`` as a run expects them to end (before its last
-    pictures exist); :func:`write_report` keeps them if the run ends as expected."""
-    inputs = _conditioning_inputs(out, results)
-    return inputs, _draw_conditioning(out, inputs)
-
-
-def _draw_conditioning(out: Path, inputs: tuple[list, dict]) -> dict[str, Path]:
-    """``std_per_cell.png`` (embedding std per cell) and ``per_dim_ratio.png`` (per-dimension std of
-    VL and blend over text's), as far as ``inputs`` has them."""
+def write_plots(out: Path, meta: dict) -> list[Path]:
+    from ..analysis.metrics import METRIC_INFO
     from ..analysis.plots import pyplot, save_figure
 
     plt = pyplot()
-    rows, stats = inputs
-    written = {}
-    if rows:
-        names = [r[0] for r in rows]
-        fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(rows) + 2), 4.5))
-        series = {label: [r[i] for r in rows] for i, label in enumerate(("text_std", "vl_std", "blended_std"), 1)}
-        for i, (label, vals) in enumerate(series.items()):
-            ax.bar([j + (i - 1) * 0.27 for j in range(len(rows))], [v or 0.0 for v in vals], width=0.27,
-                   label=label)
-        finite = [v for vals in series.values() for v in vals if v]
-        if finite and max(finite) / max(min(finite), 1e-12) > 50:
-            ax.set_yscale("log")
-        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("std over all elements")
-        ax.set_title("embedding std per cell")
-        ax.legend()
+    done = [r for r in meta["results"] if r["status"] == "done"]
+    if not done:
+        return []
+    plots = out / "plots"
+    written = []
+    names = [r["name"] for r in done]
+    width = max(7.0, 0.45 * len(done) + 2)
+
+    # embedding std per cell
+    fig, ax = plt.subplots(figsize=(width, 4.5))
+    series = {"text_std": [r["conditioning"].get("text_std") for r in done],
+              "vl_std": [r.get("vl_std") for r in done], "blended_std": [r.get("blended_std") for r in done]}
+    for i, (label, vals) in enumerate(series.items()):
+        ax.bar([j + (i - 1) * 0.27 for j in range(len(done))], [v or 0.0 for v in vals], width=0.27,
+               label=label)
+    finite = [v for vals in series.values() for v in vals if v]
+    if finite and max(finite) / max(min(finite), 1e-12) > 50:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("std over all elements")
+    ax.set_title("embedding std per cell")
+    ax.legend()
+    _margins(fig, names)
+    written.append(save_figure(fig, plots / "std_per_cell.png"))
+
+    # metrics
+    keys = [k for k in METRIC_INFO if any(k in r.get("metrics", {}) for r in done)]
+    if keys:
+        fig, axes = plt.subplots(len(keys), 1, figsize=(width, 2.3 * len(keys) + 1), sharex=True, squeeze=False)
+        for ax, k in zip(axes[:, 0], keys):
+            vals = [r.get("metrics", {}).get(k) for r in done]
+            ax.bar(range(len(done)), [v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals])
+            label, higher = METRIC_INFO[k]
+            ax.set_ylabel(k, fontsize=8)
+            ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
+        axes[-1, 0].set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
         _margins(fig, names)
-        written["std_per_cell"] = save_figure(fig, out / "plots" / "std_per_cell.png")
+        written.append(save_figure(fig, plots / "metrics.png"))
+
+    # per-dimension ratios
+    stats = {r["name"]: s for r in done if (s := _stats(out, r["name"])) is not None and "vl_std" in s}
     if stats:
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-        for name, s in stats.items():
+        for name, s in list(stats.items())[:12]:
             text = s["text_std"].clamp_min(1e-12)
             for ax, key in ((ax1, "vl_std"), (ax2, "blended_std")):
                 ratio = (s[key].clamp_min(1e-12) / text).log10()
@@ -218,42 +213,7 @@ def _draw_conditioning(out: Path, inputs: tuple[list, dict]) -> dict[str, Path]:
         ax1.set_title("per-dimension std ratios (the 3 largest of each cell labelled)")
         ax1.legend(markerscale=5, fontsize=7, ncol=3)
         _margins(fig, [], hspace=0.12)
-        written["per_dim_ratio"] = save_figure(fig, out / "plots" / "per_dim_ratio.png")
-    return written
-
-
-def write_plots(out: Path, meta: dict, predrawn: tuple | None = None) -> list[Path]:
-    """The conditioning plots (those of ``predrawn`` when drawn from what the run holds now) and
-    ``metrics.png`` (each metric per cell)."""
-    from ..analysis.metrics import METRIC_INFO
-    from ..analysis.plots import pyplot, save_figure
-
-    done = [r for r in meta["results"] if r["status"] == "done"]
-    if not done:
-        return []
-    inputs = _conditioning_inputs(out, meta["results"])
-    if predrawn is not None and _same_inputs(predrawn[0], inputs) and all(p.is_file() for p in predrawn[1].values()):
-        drawn = predrawn[1]
-    else:
-        drawn = _draw_conditioning(out, inputs)
-    written = [drawn["std_per_cell"]] if "std_per_cell" in drawn else []
-    names = [r["name"] for r in done]
-    keys = [k for k in METRIC_INFO if any(k in r.get("metrics", {}) for r in done)]
-    if keys:
-        plt = pyplot()
-        fig, axes = plt.subplots(len(keys), 1, figsize=(max(7.0, 0.45 * len(done) + 2), 2.3 * len(keys) + 1),
-                                 sharex=True, squeeze=False)
-        for ax, k in zip(axes[:, 0], keys):
-            vals = [r.get("metrics", {}).get(k) for r in done]
-            ax.bar(range(len(done)), [v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals])
-            label, higher = METRIC_INFO[k]
-            ax.set_ylabel(k, fontsize=8)
-            ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
-        axes[-1, 0].set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
-        _margins(fig, names)
-        written.append(save_figure(fig, out / "plots" / "metrics.png"))
-    if "per_dim_ratio" in drawn:
-        written.append(drawn["per_dim_ratio"])
+        written.append(save_figure(fig, plots / "per_dim_ratio.png"))
     return written
 
 
@@ -346,14 +306,14 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
     return write_text(out / "report.html", "\n".join(parts))
 
 
-def write_report(out: str | Path, thumbnails: dict | None = None, predrawn: tuple | None = None) -> Path:
+def write_report(out: str | Path, thumbnails: dict | None = None) -> Path:
     """metadata.json, the grids, the plots and report.html of the run in ``out`` (``thumbnails``: see
-    :func:`write_grids`; ``predrawn``: see :func:`predraw_conditioning_plots`)."""
+    :func:`write_grids`)."""
     out = Path(out)
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta)
     run = folder.read_json(out / folder.RUN_FILE)
     specs = [GridSpec(**g) for g in run.get("grids", [])]
     grids = write_grids(out, meta, specs, thumbnails)
-    plots = write_plots(out, meta, predrawn)
+    plots = write_plots(out, meta)
     return write_html(out, meta, grids, plots)

@@ -72,8 +72,6 @@ class Runner(Pictures):
         self.baselines: dict = {}  # generation key of a pure-text picture -> the picture (or its file)
         self.thumbnails: dict = {}  # cell name -> its grid thumbnail (made while finishing the cell)
         self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
-        self.cond_records: dict = {}  # generation key -> the record of its conditioning
-        self.predrawn = None  # the report's conditioning plots drawn before the last picture (report.py)
         self.notes: list[str] = []
 
     # -- 0. checks ---------------------------------------------------------------------------
@@ -182,7 +180,7 @@ class Runner(Pictures):
         run_file["sessions"].append(session)
         folder.write_json(self.out / folder.RUN_FILE, run_file)
         t0 = time.perf_counter()
-        write_report(self.out, self.thumbnails, self.predrawn)
+        write_report(self.out, self.thumbnails)
         session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
         folder.write_json(self.out / folder.RUN_FILE, run_file)  # with the report's time
 
@@ -248,8 +246,7 @@ class Runner(Pictures):
             if procs.count > 1:
                 procs.wait()  # every baseline is on disk before any other picture is scored against it
                 done = self._finished()
-            more, more_failed = self._generate(others, extractions, aliases, done, bar,
-                                               predraw=procs.count == 1)  # one process knows every cell
+            more, more_failed = self._generate(others, extractions, aliases, done, bar)
         finally:
             bar.close()
         return generated + more, failed + more_failed
