@@ -95,16 +95,6 @@ def main() -> None:
         finally:
             sys.setswitchinterval(before)
 
-    def sweep_eager_report():  # diagnostic: no plots drawn beside the GPU (matplotlib warm-up, predraw)
-        from llm_dit.experiments import pictures
-
-        real = pictures.Pictures._predraw, pictures.warm
-        pictures.Pictures._predraw, pictures.warm = (lambda *a: None), (lambda: None)
-        try:
-            sweep("report_at_end")
-        finally:
-            pictures.Pictures._predraw, pictures.warm = real
-
     def naive():
         for cell in spec.cells:
             generate_from_recipe(cfg, cell.recipe, common.PROMPT, models=pool, log=lambda m: None)
@@ -119,7 +109,7 @@ def main() -> None:
     args.warmup = min(args.warmup, 1)  # the models are warm already; each call is 13 pictures
     fns = {"bare": bare, "sweep": sweep, "naive": naive}
     if args.diagnostics:
-        fns.update(sweep_inline=sweep_inline, sweep_switch=sweep_switch, sweep_report_at_end=sweep_eager_report)
+        fns.update(sweep_inline=sweep_inline, sweep_switch=sweep_switch)
     t = common.medians(fns, args)
     shutil.rmtree(scratch, ignore_errors=True)
     b = t["bare"]["median"]
@@ -129,8 +119,7 @@ def main() -> None:
             ["naive loop: extract + encode + generate per cell", t["naive"]["median"], t["naive"]["median"] / b,
              f"{100 * (t['naive']['median'] / b - 1):+.1f} %"]]
     for k, label in (("sweep_inline", "diagnostic: sweep, cells finished inline (no thread)"),
-                     ("sweep_switch", "diagnostic: sweep, GIL switch interval 1 ms"),
-                     ("sweep_report_at_end", "diagnostic: sweep, no plots drawn beside the GPU")):
+                     ("sweep_switch", "diagnostic: sweep, GIL switch interval 1 ms"),):
         if k in t:
             rows.append([label, t[k]["median"], t[k]["median"] / b, f"{100 * (t[k]['median'] / b - 1):+.1f} %"])
     notes = (f"Cells: alpha {ALPHAS} x layer {LAYERS} at {cfg.generation.width}x{cfg.generation.height}, "

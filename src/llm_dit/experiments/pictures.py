@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..analysis.plots import warm
 from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import conditioning_record, reference_stats_for
 from ..errors import LlmDitError
@@ -56,8 +55,6 @@ class Pictures:
             for i, batch in enumerate(batches):
                 t0 = time.perf_counter()
                 prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
-                if i == 0:
-                    finisher.submit(warm)  # the report's plots, later, skip matplotlib's start-up
                 waited = time.perf_counter()
                 built = prepared[i].result() if prepared[i] else None
                 self._time("wait_thread", waited)  # the GPU idles while the thread is behind
