@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 run() { local name=$1; shift; echo "== $name $(date +%T)"; python3 "$here/$name.py" --out "$out" "$@" \
           > "$out/$name.log" 2>&1; local rc=$?; tail -n 25 "$out/$name.log"; echo "== $name rc=$rc $(date +%T)"; }
 case $group in
-  single)   run single_image --modes reduce-overhead ;;
+  single)   run single_image ;;
   pipeline) run vl_extraction; run experiment_overhead --warmup 0 --repeats 2; run batch_throughput --repeats 3 ;;
   memory)   run memory_profiles
             echo "== low_vram caption smoke (tiny models)"

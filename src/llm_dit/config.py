@@ -64,7 +64,8 @@ class RuntimeConfig(_Section):
 
     Speed (none of these change what a picture is meant to be; bf16 results differ in the last bits):
     ``compile`` wraps the DiT's repeated blocks and the VAE decoder in ``torch.compile`` (the first
-    picture of each size pays the compilation); ``attention`` is diffusers' attention backend;
+    picture of each size pays the compilation), with an attention processor the compiler can fuse
+    (``models/rope.py``); ``attention`` is diffusers' attention backend;
     ``batch_size`` generates up to that many cells of an experiment that share their settings in one
     pipeline call (falls back to one at a time when a batch runs out of memory).
     """
