@@ -143,78 +143,34 @@ def _stats(out: Path, name: str) -> dict | None:
         return None
 
 
-def _margins(fig, names: list[str], hspace: float = 0.45) -> None:
-    """Room for the axis labels and for ``names`` as x tick labels turned 60 degrees (fixed arithmetic
-    instead of ``tight_layout``, which measures every text and took a third of the report's time)."""
-    w, h = fig.get_size_inches()
-    below = 0.45 + 0.058 * max((len(n) for n in names), default=0)  # inches: 8-pt characters at 60 degrees
-    fig.subplots_adjust(left=0.9 / w, right=1 - 0.2 / w, top=1 - 0.45 / h, bottom=min(0.6, below / h), hspace=hspace)
+def draw_plots(out: Path, meta: dict, workers=None) -> list[Path]:
+    """The report's plots (see :mod:`report_plots`), by ``workers`` (:class:`report_plots.PlotWorkers`)
+    when given, else here; a plot a worker fails to draw is drawn here."""
+    return _collect(_start_plots(out, meta, workers))
 
 
-def write_plots(out: Path, meta: dict) -> list[Path]:
-    from ..analysis.metrics import METRIC_INFO
-    from ..analysis.plots import pyplot, save_figure
+def _start_plots(out: Path, meta: dict, workers) -> tuple[list, list]:
+    from .report_plots import plot_jobs
 
-    plt = pyplot()
-    done = [r for r in meta["results"] if r["status"] == "done"]
-    if not done:
-        return []
-    plots = out / "plots"
-    written = []
-    names = [r["name"] for r in done]
-    width = max(7.0, 0.45 * len(done) + 2)
+    stats = {r["name"]: s for r in meta["results"] if r["status"] == "done" and (s := _stats(out, r["name"]))}
+    jobs = plot_jobs(out, meta["results"], stats)
+    try:
+        return jobs, workers.submit(jobs) if workers is not None else []
+    except Exception:  # workers shut down or broken: drawn here
+        return jobs, []
 
-    # embedding std per cell
-    fig, ax = plt.subplots(figsize=(width, 4.5))
-    series = {"text_std": [r["conditioning"].get("text_std") for r in done],
-              "vl_std": [r.get("vl_std") for r in done], "blended_std": [r.get("blended_std") for r in done]}
-    for i, (label, vals) in enumerate(series.items()):
-        ax.bar([j + (i - 1) * 0.27 for j in range(len(done))], [v or 0.0 for v in vals], width=0.27,
-               label=label)
-    finite = [v for vals in series.values() for v in vals if v]
-    if finite and max(finite) / max(min(finite), 1e-12) > 50:
-        ax.set_yscale("log")
-    ax.set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("std over all elements")
-    ax.set_title("embedding std per cell")
-    ax.legend()
-    _margins(fig, names)
-    written.append(save_figure(fig, plots / "std_per_cell.png"))
 
-    # metrics
-    keys = [k for k in METRIC_INFO if any(k in r.get("metrics", {}) for r in done)]
-    if keys:
-        fig, axes = plt.subplots(len(keys), 1, figsize=(width, 2.3 * len(keys) + 1), sharex=True, squeeze=False)
-        for ax, k in zip(axes[:, 0], keys):
-            vals = [r.get("metrics", {}).get(k) for r in done]
-            ax.bar(range(len(done)), [v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0 for v in vals])
-            label, higher = METRIC_INFO[k]
-            ax.set_ylabel(k, fontsize=8)
-            ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
-        axes[-1, 0].set_xticks(range(len(done)), names, rotation=60, ha="right", fontsize=8)
-        _margins(fig, names)
-        written.append(save_figure(fig, plots / "metrics.png"))
+def _collect(started: tuple[list, list]) -> list[Path]:
+    from .report_plots import draw
 
-    # per-dimension ratios
-    stats = {r["name"]: s for r in done if (s := _stats(out, r["name"])) is not None and "vl_std" in s}
-    if stats:
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-        for name, s in list(stats.items())[:12]:
-            text = s["text_std"].clamp_min(1e-12)
-            for ax, key in ((ax1, "vl_std"), (ax2, "blended_std")):
-                ratio = (s[key].clamp_min(1e-12) / text).log10()
-                ax.plot(range(len(ratio)), ratio.tolist(), ".", markersize=1.5, linestyle="none", label=name)
-                top = ratio.abs().argsort(descending=True)[:3].tolist()
-                for d in top:
-                    ax.annotate(str(d), (d, float(ratio[d])), fontsize=7)
-        ax1.set_ylabel("log10(std VL / std text)")
-        ax2.set_ylabel("log10(std blended / std text)")
-        ax2.set_xlabel("hidden dimension")
-        ax1.set_title("per-dimension std ratios (the 3 largest of each cell labelled)")
-        ax1.legend(markerscale=5, fontsize=7, ncol=3)
-        _margins(fig, [], hspace=0.12)
-        written.append(save_figure(fig, plots / "per_dim_ratio.png"))
-    return written
+    jobs, futures = started
+    paths = []
+    for i, job in enumerate(jobs):
+        try:
+            paths.append(Path(futures[i].result()))
+        except Exception:  # no worker, or one that failed or died: drawn here
+            paths.append(Path(draw(*job)))
+    return paths
 
 
 # -- html -------------------------------------------------------------------------------------------
@@ -306,14 +262,15 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
     return write_text(out / "report.html", "\n".join(parts))
 
 
-def write_report(out: str | Path, thumbnails: dict | None = None) -> Path:
+def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) -> Path:
     """metadata.json, the grids, the plots and report.html of the run in ``out`` (``thumbnails``: see
-    :func:`write_grids`)."""
+    :func:`write_grids`; ``workers``: see :func:`draw_plots`; they draw while the grids are written)."""
     out = Path(out)
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta)
     run = folder.read_json(out / folder.RUN_FILE)
     specs = [GridSpec(**g) for g in run.get("grids", [])]
+    plots = _start_plots(out, meta, workers)
     grids = write_grids(out, meta, specs, thumbnails)
-    plots = write_plots(out, meta)
+    plots = _collect(plots)
     return write_html(out, meta, grids, plots)

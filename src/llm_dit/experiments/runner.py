@@ -73,6 +73,7 @@ class Runner(Pictures):
         self.thumbnails: dict = {}  # cell name -> its grid thumbnail (made while finishing the cell)
         self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
         self.notes: list[str] = []
+        self.plot_workers = None  # processes that draw the report's plots (GPU runs, first process)
 
     # -- 0. checks ---------------------------------------------------------------------------
 
@@ -157,6 +158,8 @@ class Runner(Pictures):
                 if procs.main:
                     self._close(run_file, started_at, sessions, generated, failed)
                 procs.close()
+            if self.plot_workers is not None:
+                self.plot_workers.close()
         return Summary(self.out, len(self.spec.cells), len(done), generated, failed, main=procs.main)
 
     def _finished(self) -> dict[str, dict]:
@@ -180,7 +183,7 @@ class Runner(Pictures):
         run_file["sessions"].append(session)
         folder.write_json(self.out / folder.RUN_FILE, run_file)
         t0 = time.perf_counter()
-        write_report(self.out, self.thumbnails)
+        write_report(self.out, self.thumbnails, self.plot_workers)
         session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
         folder.write_json(self.out / folder.RUN_FILE, run_file)  # with the report's time
 
@@ -228,6 +231,10 @@ class Runner(Pictures):
             self.model = self.pool.z_image(self.config)
             self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
             self._time("load_z_image", t0)
+            if procs.main and self.model.placement.device.type == "cuda":  # see report_plots: beside the GPU
+                from .report_plots import PlotWorkers
+
+                self.plot_workers = PlotWorkers()
             from ..analysis.hub_metrics import load_scorers
 
             self.scorers, self.notes = load_scorers(self.config, self.model.placement.device)

@@ -1,0 +1,62 @@
+"""The report's plots drawn by worker processes (what a GPU run does) equal those drawn in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_dit.cli import main
+from llm_dit.experiments import report, report_plots
+from run_args import compare_args
+
+PLOTS = ("std_per_cell", "metrics", "per_dim_ratio")
+
+
+@pytest.fixture(scope="module")
+def run_dir(refs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plots") / "r"
+    assert main(compare_args("alpha_sweep", refs, out)) == 0
+    return out
+
+
+def pixels(out) -> dict[str, np.ndarray]:
+    return {n: np.asarray(Image.open(out / "plots" / f"{n}.png").convert("RGB")) for n in PLOTS}
+
+
+def test_workers_draw_the_same_plots(run_dir, monkeypatch):
+    here = pixels(run_dir)
+    for p in (run_dir / "plots").glob("*.png"):
+        p.unlink()
+    workers = report_plots.PlotWorkers(2)
+
+    def not_here(*a):
+        raise AssertionError("drawn in the parent process")
+
+    monkeypatch.setattr(report_plots, "draw", not_here)  # the workers' own module is not patched
+    try:
+        report.write_report(run_dir, workers=workers)
+    finally:
+        workers.close()
+    there = pixels(run_dir)
+    assert all(np.array_equal(here[n], there[n]) for n in PLOTS)
+    html = (run_dir / "report.html").read_text()
+    assert html.index("std_per_cell.png") < html.index("metrics.png") < html.index("per_dim_ratio.png")
+
+
+def test_closed_workers_fall_back_to_drawing_here(run_dir):
+    for p in (run_dir / "plots").glob("*.png"):
+        p.unlink()
+    workers = report_plots.PlotWorkers(1)
+    workers.close()
+    report.write_report(run_dir, workers=workers)
+    assert all((run_dir / "plots" / f"{n}.png").is_file() for n in PLOTS)
+
+
+def test_plot_data_follow_the_records(run_dir):
+    meta = report.build_metadata(run_dir)
+    jobs = {kind: data for kind, _, data in report_plots.plot_jobs(run_dir, meta["results"], {})}
+    done = [r for r in meta["results"] if r["status"] == "done"]
+    assert jobs["std_per_cell"]["names"] == [r["name"] for r in done]
+    assert jobs["std_per_cell"]["series"]["blended_std"] == [r["blended_std"] for r in done]
+    assert "per_dim_ratio" not in jobs  # no statistics given
