@@ -114,6 +114,7 @@ class Runner(Pictures):
     def run(self) -> Summary:
         from .processes import Processes
 
+        started = time.perf_counter()
         self.check()
         procs = self.procs = Processes()
         if procs.count > 1 and procs.cuda_device():
@@ -124,7 +125,6 @@ class Runner(Pictures):
             if ":" in self.config.runtime.device:
                 self.config = self.config.replace(**{"runtime.device": "cuda"})
         self.key = run_key(self.spec, self.config)
-        started = time.perf_counter()
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         run_file = None
         if procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
@@ -135,6 +135,7 @@ class Runner(Pictures):
         procs.wait()
         self.keys = {c.name: cell_key(self.key, c) for c in self.spec.cells}
         done = self._finished()
+        self._time("setup", started)  # checks, processes, the folder, the references written
         pending = [c for c in self.spec.cells if c.name not in done]
         if procs.main:
             self.echo(f"{len(self.spec.cells)} cells: {len(done)} already done, {len(pending)} to run"
@@ -234,7 +235,9 @@ class Runner(Pictures):
             if procs.main and self.model.placement.device.type == "cuda":  # see report_plots: beside the GPU
                 from .report_plots import PlotWorkers
 
+                t0 = time.perf_counter()
                 self.plot_workers = PlotWorkers()
+                self._time("plot_workers", t0)
             from ..analysis.hub_metrics import load_scorers
 
             self.scorers, self.notes = load_scorers(self.config, self.model.placement.device)
