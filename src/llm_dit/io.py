@@ -22,10 +22,13 @@ def cache_root() -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path`` in one step.
 
     A crash or exception leaves the old file (or nothing) at ``path`` and no temporary behind.
+    ``durable``: flushed to the disk before the rename (``fsync``: tens of ms on some disks), so that
+    even a power cut leaves the old file or the whole new one; files that can be made again from the
+    others (a run's report) skip it, and are still whole after a killed process.
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +36,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
         os.replace(tmp, p)
     except BaseException:
@@ -43,8 +47,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
+    with atomic_path(path, durable) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
@@ -59,10 +63,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, data: Any) -> Path:
+def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> Path:
     """Standard JSON (NaN and infinities become null, which every reader accepts), in insertion
     order: records read in the order they were written (name first, the recipe last)."""
-    return write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
+    return write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n", durable)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict) -> Path:

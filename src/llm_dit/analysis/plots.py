@@ -14,11 +14,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 110, durable: bool = True) -> Path:
     from ..io import atomic_path
 
     plt = pyplot()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     plt.close(fig)
     return Path(path)

@@ -29,49 +29,63 @@ from .plan import Job, text_key
 class Pictures:
     """The picture stage (see the module docstring)."""
 
-    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
-                  bar) -> tuple[int, list[str]]:
-        """Every picture of ``jobs`` (in batches of ``runtime.batch_size``), scored and written.
+    def _picture_stage(self, baselines: list[Job], others: list[Job], extractions: dict, aliases: dict[str, dict],
+                       done: dict[str, dict], bar) -> tuple[int, list[str]]:
+        """The pictures of ``baselines`` (pure text), then of ``others``; ``(generated, failed)``.
 
         The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
         record, statistics: CPU work that would otherwise add a third to each picture's time at
-        1024 x 1024); cells are finished in order, and all of them before this returns."""
+        1024 x 1024). Cells are finished in order, all of them before this returns. Under several
+        processes every process's baselines are on disk before any other picture is scored."""
         from concurrent.futures import ThreadPoolExecutor
 
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
+            finishing = self._generate(baselines, extractions, aliases, done, bar, finisher)
+            if self.procs.count > 1:
+                for f in finishing:
+                    f.result()
+                self.procs.wait()
+                done = self._finished()
+            finishing += self._generate(others, extractions, aliases, done, bar, finisher)
+            waited = time.perf_counter()
+            results = [f.result() for f in finishing]
+            self._time("wait_thread", waited)  # the last cells' finishing, after the last picture
+        return sum(r[0] for r in results), [name for r in results for name in r[1]]
+
+    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
+                  bar, finisher) -> list:
+        """Every picture of ``jobs`` (in batches of ``runtime.batch_size``); the futures of their
+        finishing on ``finisher``."""
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
             if rec.get("pure_text"):
                 self.baselines.setdefault(rec["generation_key"], self.out / rec["file"])
         batches = list(self._batches(jobs, aliases))
         self._inputs([j for b in batches for j in b if j.key not in aliases])
         finishing, checked = [], 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
-            prepared: list = [None] * (len(batches) + 1)
+        prepared: list = [None] * (len(batches) + 1)
 
-            def prepare(i: int) -> None:  # the blends of batch i, on the thread (plain CPU tensor work)
-                if i < len(batches) and batches[i][0].key not in aliases:
-                    prepared[i] = finisher.submit(self._prepare, batches[i], extractions)
+        def prepare(i: int) -> None:  # the blends of batch i, on the thread (plain CPU tensor work)
+            if i < len(batches) and batches[i][0].key not in aliases:
+                prepared[i] = finisher.submit(self._prepare, batches[i], extractions)
 
-            prepare(0)
-            for i, batch in enumerate(batches):
-                t0 = time.perf_counter()
-                prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
-                waited = time.perf_counter()
-                built = prepared[i].result() if prepared[i] else None
-                self._time("wait_thread", waited)  # the GPU idles while the thread is behind
-                pictures = self._pictures(*built) if built else {}
-                prepared[i] = None
-                for job in batch:
-                    picture = pictures.get(job.key)
-                    if job.is_text and isinstance(picture, tuple):
-                        self.baselines[job.key] = picture[0]  # before any later cell is scored against it
-                    finishing.append(finisher.submit(self._finish, job, picture, aliases, bar, t0))
-                while checked < len(finishing) and finishing[checked].done():  # finished in order
-                    finishing[checked].result()  # a cancel or an interrupt raised while finishing stops the run now
-                    checked += 1
-        waited = time.perf_counter()
-        results = [f.result() for f in finishing]
-        self._time("wait_thread", waited)
-        return sum(r[0] for r in results), [name for r in results for name in r[1]]
+        prepare(0)
+        for i, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
+            waited = time.perf_counter()
+            built = prepared[i].result() if prepared[i] else None
+            self._time("wait_thread", waited)  # the GPU idles while the thread is behind
+            pictures = self._pictures(*built) if built else {}
+            prepared[i] = None
+            for job in batch:
+                picture = pictures.get(job.key)
+                if job.is_text and isinstance(picture, tuple):
+                    self.baselines[job.key] = picture[0]  # before any later cell is scored against it
+                finishing.append(finisher.submit(self._finish, job, picture, aliases, bar, t0))
+            while checked < len(finishing) and finishing[checked].done():  # finished in order
+                finishing[checked].result()  # a cancel or an interrupt raised while finishing stops the run now
+                checked += 1
+        return finishing
 
     def _finish(self, job: Job, picture, aliases: dict, bar, t0: float) -> tuple[int, list[str]]:
         """Record, score and write the cells of ``job`` (``picture``: what :meth:`_pictures` made, or

@@ -124,7 +124,8 @@ def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict |
             continue
         title = _title(meta) + (f"  [{spec.title}]" if spec.title else "")
         grid = render(layout(title, lead, cells, spec.rows, spec.cols))
-        written.append(save_png(grid, out / spec.file, compress_level=1))  # written last, at every run's end
+        # written last, at every run's end; like every report file, made again by `llm-dit report DIR`
+        written.append(save_png(grid, out / spec.file, compress_level=1, durable=False))
     return written
 
 
@@ -259,7 +260,7 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
         rel = p.relative_to(out).as_posix()
         parts.append(f'<h2>{e(p.stem.replace("_", " "))}</h2><img class=grid src="{e(rel)}">')
     parts.append(f"<script>{_JS}</script></body></html>\n")
-    return write_text(out / "report.html", "\n".join(parts))
+    return write_text(out / "report.html", "\n".join(parts), durable=False)
 
 
 def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) -> Path:
@@ -267,7 +268,7 @@ def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) 
     :func:`write_grids`; ``workers``: see :func:`draw_plots`; they draw while the grids are written)."""
     out = Path(out)
     meta = build_metadata(out)
-    write_json(out / "metadata.json", meta)
+    write_json(out / "metadata.json", meta, durable=False)
     run = folder.read_json(out / folder.RUN_FILE)
     specs = [GridSpec(**g) for g in run.get("grids", [])]
     plots = _start_plots(out, meta, workers)

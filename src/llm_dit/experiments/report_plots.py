@@ -57,7 +57,7 @@ def draw(kind: str, path: str, data: dict) -> str:
 
     fig = {"std_per_cell": _std_per_cell, "metrics": _metrics, "per_dim_ratio": _per_dim_ratio}[kind](pyplot(),
                                                                                                      **data)
-    return str(save_figure(fig, path))
+    return str(save_figure(fig, path, durable=False))  # a report file: made again by `llm-dit report`
 
 
 def _finite(v) -> float:

@@ -23,6 +23,7 @@ writes run.json's session and the report once all are done.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -32,6 +33,7 @@ from ..config import Config
 from ..conditioning.run import CAPTION_STANDIN, check_recipe_run, run_extractions
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
+from ..provenance import provenance
 from . import folder
 from .cells import Cell, check_unique, effective_recipe
 from .pictures import Pictures
@@ -115,6 +117,7 @@ class Runner(Pictures):
         from .processes import Processes
 
         started = time.perf_counter()
+        threading.Thread(target=provenance, daemon=True).start()  # git and versions, for run.json at the end
         self.check()
         procs = self.procs = Processes()
         if procs.count > 1 and procs.cuda_device():
@@ -172,7 +175,6 @@ class Runner(Pictures):
                failed: list[str]) -> None:
         """This session in run.json (one entry, with each process's part when there were several),
         then metadata.json, the grids and report.html from every record."""
-        from ..provenance import provenance
         from .report import write_report
 
         session = {"started": started_at, **provenance(), "seconds": max(x["seconds"] for x in sessions),
@@ -252,14 +254,9 @@ class Runner(Pictures):
         bar = tqdm(total=sum(len(j.cells) for j in mine), desc="cells", unit="cell", file=sys.stderr,
                    disable=not self.progress or not procs.main, dynamic_ncols=True)
         try:
-            generated, failed = self._generate(baselines, extractions, aliases, done, bar)
-            if procs.count > 1:
-                procs.wait()  # every baseline is on disk before any other picture is scored against it
-                done = self._finished()
-            more, more_failed = self._generate(others, extractions, aliases, done, bar)
+            return self._picture_stage(baselines, others, extractions, aliases, done, bar)
         finally:
             bar.close()
-        return generated + more, failed + more_failed
 
     # -- stages --------------------------------------------------------------------------------
 
