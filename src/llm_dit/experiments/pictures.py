@@ -2,8 +2,9 @@
 
 A mixin of :class:`~llm_dit.experiments.runner.Runner`, kept apart so that each file stays short.
 It reads the runner's ``out``, ``spec``, ``config``, ``keys``, ``references``, ``model`` (ZImage),
-``vl`` and ``scorers`` (metrics), ``texts`` / ``stats_memo`` (memos), ``baselines``, ``thumbnails``,
-``on_step``, ``echo`` and its ``_time`` / ``_cell_done``.
+``vl`` and ``scorers`` (metrics), ``texts`` / ``encode_seconds`` / ``stats_memo`` (memos),
+``baselines``, ``thumbnails``, ``procs`` (the run's processes), ``on_step``, ``echo`` and its
+``_time`` / ``_cell_done`` / ``_finished``.
 
 First the text encodings and reference statistics (models, on the main thread). Then per batch of
 jobs with the same generation settings (``runtime.batch_size``): one pipeline call for the batch
