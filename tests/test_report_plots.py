@@ -60,3 +60,25 @@ def test_plot_data_follow_the_records(run_dir):
     assert jobs["std_per_cell"]["names"] == [r["name"] for r in done]
     assert jobs["std_per_cell"]["series"]["blended_std"] == [r["blended_std"] for r in done]
     assert "per_dim_ratio" not in jobs  # no statistics given
+
+
+def test_a_run_with_plot_workers_leaves_none_behind(refs, tmp_path, monkeypatch):
+    from llm_dit.experiments.runner import Runner
+
+    started = []
+    real = report_plots.PlotWorkers.__init__
+
+    def spy(self, n=3):
+        real(self, n)
+        started.extend(self.procs)
+
+    def not_here(*a):
+        raise AssertionError("drawn in the run's own process")
+
+    monkeypatch.setattr(Runner, "_plots_beside", lambda self: True)  # as on a GPU
+    monkeypatch.setattr(report_plots.PlotWorkers, "__init__", spy)
+    monkeypatch.setattr(report_plots, "draw", not_here)  # the workers run their own copy
+    out = tmp_path / "r"
+    assert main(compare_args("alpha_sweep", refs, out)) == 0
+    assert all((out / "plots" / f"{n}.png").is_file() for n in PLOTS)  # so drawn by the workers
+    assert len(started) == 3 and all(p.poll() is not None for p in started)  # and every worker ended

@@ -120,12 +120,8 @@ def _per_dim_ratio(plt, ratios: dict[str, list[list[float]]]):
     return fig
 
 
-def _draw_in_worker(kind: str, path: str, data: dict) -> str:
-    return draw(kind, path, data)
-
-
 def _ready() -> None:
-    """A worker's first task: matplotlib imported and its fonts loaded, so the plots later start at once."""
+    """A worker's start: matplotlib imported and its fonts loaded, so the plots later start at once."""
     from ..analysis.plots import pyplot
 
     plt = pyplot()
@@ -135,20 +131,85 @@ def _ready() -> None:
     plt.close(fig)
 
 
+def _serve() -> None:
+    """A worker's loop: one job per line of JSON on stdin, one line of JSON on stdout per job."""
+    import json
+    import sys
+
+    _ready()
+    for line in sys.stdin:
+        kind, path, data = json.loads(line)
+        try:
+            reply = {"path": draw(kind, path, data)}
+        except Exception as e:  # told to the parent, which draws it itself
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(reply), flush=True)
+
+
+class _Reply:
+    """The answer a worker will give to one job (``result()`` waits for it)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def result(self) -> str:
+        import json
+
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a plot worker ended")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply["path"]
+
+
 class PlotWorkers:
-    """``n`` worker processes (spawned: a CUDA process must not fork) that get ready at once and
-    later draw :func:`plot_jobs` in parallel. :meth:`close` when the run ends."""
+    """``n`` worker processes (``python -m llm_dit.experiments.report_plots``) that get ready at once
+    and later draw :func:`plot_jobs` in parallel, one job per line of JSON. Plain subprocesses rather
+    than multiprocessing: those would import the caller's main script again in every worker.
+    :meth:`close` when the run ends."""
 
     def __init__(self, n: int = 3):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        import os
+        import subprocess
+        import sys
 
-        self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        for _ in range(n):
-            self.pool.submit(_ready)
+        import llm_dit
 
-    def submit(self, jobs: list[Job]) -> list:
-        return [self.pool.submit(_draw_in_worker, *job) for job in jobs]
+        env = dict(os.environ)  # the workers import this very llm-dit, installed or not
+        src = str(Path(llm_dit.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        self.procs = [subprocess.Popen([sys.executable, "-m", "llm_dit.experiments.report_plots"], env=env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True) for _ in range(n)]
+
+    def submit(self, jobs: list[Job]) -> list[_Reply]:
+        """Each job to the next worker in turn; each reply, in order."""
+        import json
+
+        replies = []
+        for i, job in enumerate(jobs):
+            proc = self.procs[i % len(self.procs)]
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+            replies.append(_Reply(proc))
+        return replies
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in self.procs:
+            if proc.stdin and not proc.stdin.closed:
+                try:
+                    proc.stdin.close()  # the worker's loop ends
+                except OSError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except Exception:
+                proc.kill()
+                proc.wait()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -190,6 +190,11 @@ class Runner(Pictures):
         session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
         folder.write_json(self.out / folder.RUN_FILE, run_file)  # with the report's time
 
+    def _plots_beside(self) -> bool:
+        """Whether worker processes draw the report's plots (see ``report_plots``): on a GPU, whose
+        run leaves the CPU's other cores idle."""
+        return self.model.placement.device.type == "cuda"
+
     def _time(self, stage: str, t0: float) -> None:
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
@@ -234,7 +239,7 @@ class Runner(Pictures):
             self.model = self.pool.z_image(self.config)
             self.model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
             self._time("load_z_image", t0)
-            if procs.main and self.model.placement.device.type == "cuda":  # see report_plots: beside the GPU
+            if procs.main and self._plots_beside():
                 from .report_plots import PlotWorkers
 
                 t0 = time.perf_counter()
