@@ -63,21 +63,20 @@ class Pictures:
         batches = list(self._batches(jobs, aliases))
         self._inputs([j for b in batches for j in b if j.key not in aliases])
         finishing, checked = [], 0
-        prepared: list = [None] * (len(batches) + 1)
 
-        def prepare(i: int) -> None:  # the blends of batch i, on the thread (plain CPU tensor work)
+        def prepare(i: int):  # the blends of batch i, on the thread (plain CPU tensor work)
             if i < len(batches) and batches[i][0].key not in aliases:
-                prepared[i] = finisher.submit(self._prepare, batches[i], extractions)
+                return finisher.submit(self._prepare, batches[i], extractions)
+            return None
 
-        prepare(0)
+        ahead = prepare(0)
         for i, batch in enumerate(batches):
             t0 = time.perf_counter()
-            prepare(i + 1)  # made beside the GPU's work on this batch, ready when it ends
+            current, ahead = ahead, prepare(i + 1)  # the next made beside the GPU's work on this one
             waited = time.perf_counter()
-            built = prepared[i].result() if prepared[i] else None
+            built = current.result() if current else None
             self._time("wait_thread", waited)  # the GPU idles while the thread is behind
             pictures = self._pictures(*built) if built else {}
-            prepared[i] = None
             for job in batch:
                 picture = pictures.get(job.key)
                 if job.is_text and isinstance(picture, tuple):

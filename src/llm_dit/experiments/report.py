@@ -144,13 +144,9 @@ def _stats(out: Path, name: str) -> dict | None:
         return None
 
 
-def draw_plots(out: Path, meta: dict, workers=None) -> list[Path]:
-    """The report's plots (see :mod:`report_plots`), by ``workers`` (:class:`report_plots.PlotWorkers`)
-    when given, else here; a plot a worker fails to draw is drawn here."""
-    return _collect(_start_plots(out, meta, workers))
-
-
 def _start_plots(out: Path, meta: dict, workers) -> tuple[list, list]:
+    """The report's plots (see :mod:`report_plots`) handed to ``workers``
+    (:class:`report_plots.PlotWorkers`) when given: ``(jobs, replies)``; :func:`_collect` waits."""
     from .report_plots import plot_jobs
 
     stats = {r["name"]: s for r in meta["results"] if r["status"] == "done" and (s := _stats(out, r["name"]))}
@@ -162,15 +158,17 @@ def _start_plots(out: Path, meta: dict, workers) -> tuple[list, list]:
 
 
 def _collect(started: tuple[list, list]) -> list[Path]:
+    """The plots' files; a plot no worker drew (none given, or one that failed or died) drawn here."""
     from .report_plots import draw
 
-    jobs, futures = started
+    jobs, replies = started
     paths = []
     for i, job in enumerate(jobs):
         try:
-            paths.append(Path(futures[i].result()))
-        except Exception:  # no worker, or one that failed or died: drawn here
-            paths.append(Path(draw(*job)))
+            path = replies[i].result() if replies else draw(*job)
+        except Exception:
+            path = draw(*job)
+        paths.append(Path(path))
     return paths
 
 
@@ -265,7 +263,7 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
 
 def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) -> Path:
     """metadata.json, the grids, the plots and report.html of the run in ``out`` (``thumbnails``: see
-    :func:`write_grids`; ``workers``: see :func:`draw_plots`; they draw while the grids are written)."""
+    :func:`write_grids`; ``workers``: see :func:`_start_plots`; they draw while the grids are written)."""
     out = Path(out)
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta, durable=False)
