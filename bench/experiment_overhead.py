@@ -15,6 +15,7 @@ The sweep's 12 VL cells come with their pure-text baseline (a sweep adds it): 13
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import sys
@@ -72,18 +73,32 @@ def main() -> None:
             model.generate(emb)
 
     stages: dict[str, dict] = {}
-    unstaged: dict[str, list] = {}  # per sweep: the run's seconds outside its timed stages
+    unstaged: dict[str, list] = {}  # per sweep: seconds outside the run's timed stages, and in garbage collection
 
     def sweep(variant: str = "threaded"):
         out = scratch / f"run{next(runs)}"
+        collections = []  # (generation, seconds) of the interpreter's garbage collections during the sweep
+
+        def clock(phase, info, began=[0.0]):
+            if phase == "start":
+                began[0] = time.perf_counter()
+            else:
+                collections.append((info["generation"], time.perf_counter() - began[0]))
+
+        gc.callbacks.append(clock)
         t0 = time.perf_counter()
-        summary = run(spec, cfg, out, echo=lambda m: None, progress=False, models=pool)
-        wall = time.perf_counter() - t0
+        try:
+            summary = run(spec, cfg, out, echo=lambda m: None, progress=False, models=pool)
+        finally:
+            wall = time.perf_counter() - t0
+            gc.callbacks.remove(clock)
         assert summary.generated == pictures and not summary.failed
         session = json.loads((out / "run.json").read_text())["sessions"][-1]
         staged = sum(v for k, v in session["stages"].items() if k != "finish_cells")  # finish_cells: beside
-        stages[variant] = {**session["stages"], "run_call": round(wall, 3), "not_in_a_stage": round(wall - staged, 3)}
-        unstaged.setdefault(variant, []).append(stages[variant]["not_in_a_stage"])
+        stages[variant] = {**session["stages"], "run_call": round(wall, 3), "not_in_a_stage": round(wall - staged, 3),
+                           "gc": round(sum(s for _, s in collections), 3),
+                           "gc_oldest": round(sum(s for g, s in collections if g == 2), 3)}
+        unstaged.setdefault(variant, []).append({k: stages[variant][k] for k in ("not_in_a_stage", "gc", "gc_oldest")})
         shutil.rmtree(out)
 
     def sweep_inline():  # diagnostic: cells finished on the generating thread, one after the other

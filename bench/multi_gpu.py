@@ -75,6 +75,11 @@ def cells_seconds(out: Path) -> float:
     return max(p["seconds"] - p["stages"].get("load_vl", 0) - p["stages"].get("load_z_image", 0) for p in parts)
 
 
+def session(out: Path) -> dict:
+    """The run's last session in run.json: its stages, and each process's part."""
+    return json.loads((out / "run.json").read_text())["sessions"][-1]
+
+
 def pictures(out: Path) -> dict:
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["counts"]["done"] == 16 and len({r["name"] for r in meta["results"]}) == 16, meta["counts"]
@@ -147,8 +152,9 @@ def main() -> None:
     common.write(args, "multi_gpu", "Multi-GPU: a 16-cell sweep on 1 and 2 GPUs",
                  ["run", "wall seconds (command)", "seconds without model loading", "speed-up (wall)",
                   "speed-up (without loading)", "max pixel diff to 1 GPU"], rows,
-                 {"wall": [t1, t2], "cells": [c1, c2], "page_cache_read_seconds": cache_seconds, "pixel_diff": diff, "resume": {"killed_with": killed_at,
-                                                                                     "pixel_diff": rdiff}}, notes)
+                 {"wall": [t1, t2], "cells": [c1, c2], "page_cache_read_seconds": cache_seconds, "pixel_diff": diff,
+                  "sessions": [session(work / "one"), session(work / "two")],
+                  "resume": {"killed_with": killed_at, "pixel_diff": rdiff}}, notes)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,29 @@ def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, 
     assert "not empty and holds no llm-dit run" in capsys.readouterr().err
 
 
+def test_what_a_power_cut_can_leave_is_made_again(refs, tmp_path, capsys):
+    """A cell's files are not flushed to disk one by one: a picture or record that did not reach it
+    (zeros of the right length, or cut short) must fail the resume check, and only those cells rerun."""
+    out = tmp_path / "r"
+    args = compare_args("alpha_sweep", refs, out)
+    assert main(args) == 0
+    capsys.readouterr()
+    recs = sorted((out / "cells").glob("*.json"))
+    assert len(recs) == 4
+    pictures = [out / json.loads(r.read_text())["file"] for r in recs]
+    pictures[0].write_bytes(bytes(pictures[0].stat().st_size))  # data blocks never written
+    data = pictures[1].read_bytes()
+    pictures[1].write_bytes(data[: len(data) - 200])  # cut short
+    recs[2].write_bytes(bytes(recs[2].stat().st_size))  # the record itself lost
+    kept = pictures[3].read_bytes()
+    assert main(args) == 0
+    assert "4 cells: 1 already done, 3 picture(s) generated" in capsys.readouterr().out
+    for p in pictures:
+        with Image.open(p) as im:
+            im.verify()
+    assert pictures[3].read_bytes() == kept
+
+
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(refs, tmp_path, capsys, monkeypatch):
     import llm_dit.experiments.pictures as R
 

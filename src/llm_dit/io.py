@@ -69,14 +69,15 @@ def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> Path
     return write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n", durable)
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict) -> Path:
-    """safetensors file with ``metadata`` as JSON under ``key``, written atomically.
+def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict, durable: bool = True) -> Path:
+    """safetensors file with ``metadata`` as JSON under ``key``, written atomically (``durable``: see
+    :func:`atomic_path`).
 
     Tensors are stored contiguous; each gets its own storage (safetensors refuses shared ones).
     """
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable) as tmp:
         save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(tmp),
                   metadata={key: json.dumps(metadata, default=str)})
     return Path(path)

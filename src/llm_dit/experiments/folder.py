@@ -13,8 +13,12 @@
       metadata.json, comparison_grid.png, grid_*.png, plots/, report.html    built from the above
 
 Every file is written to a temporary name and renamed. A cell counts as finished only when its
-record says so, carries this run's key, and its PNG opens; anything else is redone. Temporary files
-left by a killed process are removed when a run starts.
+record says so, carries this run's key, and its PNG opens (every chunk's checksum verified); anything
+else is redone. Temporary files left by a killed process are removed when a run starts. So a cell's
+files (PNG, record, statistics) are not flushed to the disk one by one (``fsync``, which stalled the
+end of a run on the GPU machines): a killed process leaves them whole, and after a power cut a
+picture or record that did not reach the disk fails that check and its cell is made again. The plan
+(run.json as a run starts) and saved embeddings, which nothing checks, are flushed.
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def finished(out: Path, name: str, cell_key: str) -> dict | None:
 
 
 def write_record(out: Path, name: str, record: dict) -> None:
-    write_json(record_path(out, name), record)
+    write_json(record_path(out, name), record, durable=False)  # checked on resume (module docstring)
 
 
 def records(out: Path, names: list[str]) -> dict[str, dict]:
