@@ -15,6 +15,7 @@ queuing the GPU's work needs (measured: it slowed the pictures as much as it sav
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -197,18 +198,16 @@ class PlotWorkers:
         return replies
 
     def close(self) -> None:
+        """End the workers now: their replies are in (or given up), and letting each interpreter shut
+        down with matplotlib loaded kept the run waiting ~0.3 s on the GPU machines."""
         for proc in self.procs:
-            if proc.stdin and not proc.stdin.closed:
-                try:
-                    proc.stdin.close()  # the worker's loop ends
-                except OSError:
-                    pass
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=5)
-            except Exception:
+            with contextlib.suppress(OSError):
                 proc.kill()
-                proc.wait()
+        for proc in self.procs:
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 if __name__ == "__main__":
