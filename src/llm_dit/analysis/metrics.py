@@ -44,8 +44,8 @@ def _tensor(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
 
 def ssim_psnr(image: Image.Image, other: Image.Image, device: str | torch.device = "cpu") -> tuple[float, float]:
     """``(SSIM, PSNR in dB)`` of ``image`` against ``other``, at the metric size of ``image``,
-    computed on ``device`` (a run on a GPU scores there: no CPU threads taken from the one that
-    keeps the GPU fed).
+    computed on ``device`` (runs score on the CPU: at 256 px it is a few milliseconds, and on a busy
+    GPU each result would wait for the kernels queued before it).
 
     PSNR of identical images is infinite (``inf``; the JSON records write it as null)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure

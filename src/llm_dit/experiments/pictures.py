@@ -114,7 +114,10 @@ class Pictures:
                 base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
                 if isinstance(base, Path):
                     base = self.baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
-                metrics = image_metrics(image, ref, base, self.model.placement.device)
+                # on the CPU: on the GPU each copy and result would wait for every kernel the main
+                # thread has queued since (measured: a cell's finishing then took a whole picture's
+                # time, and the next blend, queued behind it, left the GPU idle)
+                metrics = image_metrics(image, ref, base, "cpu")
                 if self.vl is not None and self.vl.model is not None:
                     metrics["vqa_yes"] = self.vl.answer_probability(
                         image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
