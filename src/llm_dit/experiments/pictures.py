@@ -41,13 +41,15 @@ class Pictures:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
-            finishing = self._generate(baselines, extractions, aliases, done, bar, finisher)
             if self.procs.count > 1:
+                finishing = self._generate(baselines, extractions, aliases, done, bar, finisher)
                 for f in finishing:
                     f.result()
                 self.procs.wait()
                 done = self._finished()
-            finishing += self._generate(others, extractions, aliases, done, bar, finisher)
+                finishing += self._generate(others, extractions, aliases, done, bar, finisher)
+            else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
+                finishing = self._generate(baselines + others, extractions, aliases, done, bar, finisher)
             waited = time.perf_counter()
             results = [f.result() for f in finishing]
             self._time("wait_thread", waited)  # the last cells' finishing, after the last picture
@@ -148,10 +150,10 @@ class Pictures:
 
     def _batches(self, jobs: list[Job], aliases: dict):
         """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
-        (a job pictured by a finished cell stands alone)."""
+        (a job pictured by a finished cell stands alone; baselines are not batched with the rest)."""
         size, batch = self.config.runtime.batch_size, []
         for job in jobs:
-            if batch and (job.key in aliases or len(batch) >= size
+            if batch and (job.key in aliases or len(batch) >= size or batch[0].is_text != job.is_text
                           or batch[0].config.generation != job.config.generation):
                 yield batch
                 batch = []
