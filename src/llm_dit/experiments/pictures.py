@@ -36,11 +36,13 @@ class Pictures:
 
         The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
         record, statistics: CPU work that would otherwise add a third to each picture's time at
-        1024 x 1024). Cells are finished in order, all of them before this returns. Under several
+        1024 x 1024); a second one writes each PNG meanwhile (zlib leaves the interpreter lock free),
+        which shortens what is left to do after the last picture. Cells are finished in order, all of them before this returns. Under several
         processes every process's baselines are on disk before any other picture is scored."""
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher:
+        with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher,
+              ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-png") as self.writer):
             if self.procs.count > 1:
                 finishing = self._generate(baselines, extractions, aliases, done, bar, finisher)
                 for f in finishing:
@@ -97,15 +99,18 @@ class Pictures:
         from .grid import thumbnail
 
         started = time.perf_counter()
+        pngs = []  # each cell's PNG, written by the writer thread while this one scores the picture
         try:
             if job.key in aliases:  # pictured by a finished cell: reuse its picture
                 rec = aliases[job.key]
                 image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
                 cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
+                pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
             else:
                 if isinstance(picture, Exception):
                     raise picture
                 image, cond, text, timings = picture
+                pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
                 t1 = time.perf_counter()
                 g = job.config.generation
                 alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
@@ -128,9 +133,10 @@ class Pictures:
                 timings["metrics"] = round(time.perf_counter() - t1, 3)
             owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
             thumb = thumbnail(image)
-            for cell in job.cells:
+            for cell, png in zip(job.cells, pngs):
                 self.thumbnails[cell.name] = thumb
-                records.write_cell(self.out, cell, job, image, cond_record, timings, metrics,
+                png.result()  # the picture on disk before its record
+                records.write_cell(self.out, cell, job, cond_record, timings, metrics,
                                    None if cell.name == owner else owner, self.keys[cell.name])
                 bar.update(1)
                 bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
@@ -140,6 +146,8 @@ class Pictures:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # one cell's failure is recorded; the run goes on
+            for png in pngs:  # no picture written after its cell's failure record
+                png.exception()
             msg = _one_line(e)
             for cell in job.cells:
                 records.write_failure(self.out, cell, msg, self.keys[cell.name])

@@ -1,7 +1,7 @@
 """What a finished cell leaves in the run folder: its PNG, its record, its statistics.
 
-The PNG is written first and the record last, so a record on disk means a finished cell (see
-:mod:`folder`). ``alpha`` in a record is what the cell asked for: 0 for pure text, one number, or one
+The PNG is written first (:func:`write_picture`) and the record last (:func:`write_cell`), so a
+record on disk means a finished cell (see :mod:`folder`). ``alpha`` in a record is what the cell asked for: 0 for pure text, one number, or one
 per step under a schedule.
 """
 
@@ -23,16 +23,25 @@ def declared_alpha(recipe, steps: int):
     return alphas[0] if len(set(alphas)) == 1 else alphas
 
 
-def write_cell(out: Path, cell: Cell, job: Job, image, cond_record: dict, timings: dict, metrics: dict,
+def write_picture(out: Path, cell: Cell, job: Job, image) -> None:
+    """The cell's PNG (with its recipe, seed and steps in a text chunk), before its record."""
+    g = job.config.generation
+    # zlib level 1: a third of the default's time for a 1024 x 1024 picture, in a somewhat larger file;
+    # not flushed to disk one by one (see ``folder``)
+    save_png(image, out / f"{cell.name}.png", {"cell": cell.name, "prompt": job.prompt,
+                                               "recipe": cell.recipe.resolve(job.config).to_dict(),
+                                               "seed": g.seed, "steps": g.steps}, compress_level=1, durable=False)
+
+
+def write_cell(out: Path, cell: Cell, job: Job, cond_record: dict, timings: dict, metrics: dict,
                same_as: str | None, cell_key: str) -> None:
-    """The PNG, then its record."""
+    """The record of a cell whose picture :func:`write_picture` wrote."""
     declared = cell.recipe.resolve(job.config)
-    file = f"{cell.name}.png"
     g = job.config.generation
     record = {
         "name": cell.name,
         "success": True,
-        "file": file,
+        "file": f"{cell.name}.png",
         "params": cell.params,
         "prompt": job.prompt,
         "caption_tokens": cell.caption,
@@ -57,10 +66,6 @@ def write_cell(out: Path, cell: Cell, job: Job, image, cond_record: dict, timing
         "generation_key": job.key,
         "cell_key": cell_key,
     }
-    # zlib level 1: a third of the default's time for a 1024 x 1024 picture, in a somewhat larger file;
-    # not flushed to disk one by one (see ``folder``)
-    save_png(image, out / file, {"cell": cell.name, "prompt": job.prompt, "recipe": record["recipe"],
-                                 "seed": g.seed, "steps": g.steps}, compress_level=1, durable=False)
     folder.write_record(out, cell.name, record)
 
 

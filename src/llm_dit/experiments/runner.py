@@ -77,6 +77,7 @@ class Runner(Pictures):
         self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
         self.notes: list[str] = []
         self.plot_workers = None  # processes that draw the report's plots (GPU runs, first process)
+        self.writer = None  # the thread that writes the cells' PNGs (during the picture stage)
         self.frozen = False  # gc.freeze() in force (from the models loaded to the end of the run)
 
     # -- 0. checks ---------------------------------------------------------------------------
