@@ -93,3 +93,82 @@ def test_check_output_path(tmp_path):
     (tmp_path / "d.png").mkdir()
     with pytest.raises(InputError, match="is a folder"):
         check_output_path(tmp_path / "d.png")
+
+
+# -- the corpus: every odd file a researcher may hand in, through the loader and the CLI -------------
+
+
+def _png_claiming(tmp_path, name: str, w: int, h: int) -> None:
+    """A PNG whose header claims ``w x h`` pixels but holds one pixel's data (a decompression bomb
+    costs nothing to make this way; the guard must refuse it from the header, before decoding)."""
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data[12:29]  # chunk type + 13 bytes of header
+    ihdr[4:12] = struct.pack(">II", w, h)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    (tmp_path / name).write_bytes(bytes(data))
+
+
+def _corpus(tmp_path) -> dict[str, tuple]:
+    """name -> ("ok", size) or ("refused", what the one line says)."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image at all")
+    for fmt, name in (("PNG", "cut.png"), ("JPEG", "cut.jpg")):
+        b = io.BytesIO()
+        photo.save(b, fmt)
+        (tmp_path / name).write_bytes(b.getvalue()[: len(b.getvalue()) // 2])
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "one.png")
+    _png_claiming(tmp_path, "bomb.png", 20000, 20000)
+    Image.new("P", (64, 48), 5).save(tmp_path / "p.png")
+    Image.new("LA", (64, 48), (90, 255)).save(tmp_path / "la.png")
+    Image.new("CMYK", (64, 48), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    Image.fromarray(np.full((48, 64), 30000, dtype=np.uint16)).save(tmp_path / "i16.png")
+    photo.convert("RGBA").save(tmp_path / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise when displayed
+    photo.save(tmp_path / "exif.jpg", exif=exif)
+    frames = [Image.new("P", (64, 48), i) for i in (1, 2, 3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    photo.save(tmp_path / "w.webp", "WEBP")
+    return {
+        "zero.png": ("refused", "is empty (0 bytes)"), "text.png": ("refused", "is not an image file"),
+        "cut.png": ("refused", "could not be decoded"), "cut.jpg": ("refused", "could not be decoded"),
+        "bomb.png": ("refused", "megapixels"),
+        "one.png": ("ok", (1, 1)), "p.png": ("ok", (64, 48)), "la.png": ("ok", (64, 48)),
+        "cmyk.jpg": ("ok", (64, 48)), "i16.png": ("ok", (64, 48)), "rgba.png": ("ok", (64, 48)),
+        "exif.jpg": ("ok", (48, 64)), "anim.gif": ("ok", (64, 48)), "w.webp": ("ok", (64, 48)),
+    }
+
+
+def test_image_corpus_through_the_loader(tmp_path):
+    for name, (outcome, detail) in _corpus(tmp_path).items():
+        if outcome == "ok":
+            im = load_image(tmp_path / name)
+            assert im.mode == "RGB" and im.size == detail, name
+        else:
+            with pytest.raises(InputError) as e:
+                load_image(tmp_path / name)
+            assert detail in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
+    i16 = np.asarray(load_image(tmp_path / "i16.png"))
+    assert int(i16[0, 0, 0]) == round(30000 / 65535 * 255)  # scaled to 8 bits, not clipped to white
+
+
+def test_image_corpus_through_the_cli_one_line_and_nothing_written(tmp_path, capsys):
+    from llm_dit.cli import main
+
+    for name, (outcome, detail) in _corpus(tmp_path).items():
+        if outcome != "refused":
+            continue
+        out = tmp_path / f"run-{name}"
+        code = main(["sweep", "--image", str(tmp_path / name), "--prompt", "a house", "--alphas", "0.3,0.6",
+                     "--profile", "tiny", "--no-progress", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and name in err[0] and detail in err[0], (name, err)
+        assert "Traceback" not in err[0] and not out.exists(), name

@@ -59,7 +59,8 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     except UnidentifiedImageError:
         raise InputError(f"{what} {p} is not an image file PIL can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{what} {p} is too large to decode safely") from None
+        raise InputError(f"{what} {p} declares more pixels than PIL decodes safely; the limit is "
+                         f"{MAX_INPUT_PIXELS // 1_000_000} megapixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{what} {p} could not be decoded ({e})") from None
 

@@ -25,17 +25,20 @@ import torch
 import torch.nn.functional as F
 
 from .config import MAX_CAPTION_TOKENS
+from .errors import InputError
 
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 
 
 def _check(x: torch.Tensor, max_len: int) -> None:
     if x.ndim != 2:
-        raise ValueError(f"expected a [tokens, dim] tensor, got shape {tuple(x.shape)}")
+        raise InputError(f"expected a [tokens, dim] tensor, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError("the embedding sequence is empty")
+        raise InputError("the embedding sequence is empty")
     if max_len < 1:
-        raise ValueError(f"max_len must be at least 1 (got {max_len})")
+        raise InputError(f"max_len must be at least 1 (got {max_len})")
+    if not torch.isfinite(x).all():
+        raise InputError("the embedding sequence contains NaN or infinite values")
 
 
 def truncate(x: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -99,5 +102,5 @@ _MODES = {"truncate": truncate, "interpolate": interpolate, "pool": pool, "atten
 def fit_length(x: torch.Tensor, max_len: int = MAX_CAPTION_TOKENS, mode: str = "truncate") -> torch.Tensor:
     """Shorten ``x: [L, D]`` to at most ``max_len`` tokens with ``mode`` (see the module docstring)."""
     if mode not in _MODES:
-        raise ValueError(f"unknown long-prompt mode '{mode}'; choose one of {', '.join(LONG_PROMPT_MODES)}")
+        raise InputError(f"unknown long-prompt mode '{mode}'; choose one of {', '.join(LONG_PROMPT_MODES)}")
     return _MODES[mode](x, max_len)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..embeddings import check_embedding
 from ..errors import InputError
 from .normalize import ReferenceStats
 
@@ -45,7 +46,7 @@ def _check(x: torch.Tensor, reference: ReferenceStats, threshold: float) -> torc
         raise InputError(f"outlier statistics need a [tokens, dim] tensor of at least 2 tokens (got {tuple(x.shape)})")
     if x.shape[1] != reference.std.shape[0]:
         raise InputError(f"embeddings have width {x.shape[1]}, the reference {reference.std.shape[0]}")
-    return x.float()
+    return check_embedding(x, "the embeddings")
 
 
 def _ratios(x: torch.Tensor, reference: ReferenceStats) -> tuple[torch.Tensor, torch.Tensor]:
