@@ -144,3 +144,35 @@ def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_pat
     assert main([*compare_args("alpha_sweep", refs, out), "--device", "mps"]) == 2
     assert not out.exists()
     assert main(compare_args("alpha_sweep", refs, out)) == 0
+
+
+def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, capsys):
+    """`compare --from DIR/metadata.json` repeats a run (here a sweep) with its recorded cells and
+    settings: the same run key and byte-identical PNGs, also once the reference has moved."""
+    import shutil
+
+    ref = tmp_path / "ref.png"
+    shutil.copy(refs[0], ref)
+    first = tmp_path / "first"
+    assert main(["sweep", "--image", str(ref), "--prompt", PROMPT, "--alphas", "0.3,0.7", "--blends",
+                 "interpolate,adain", "--seed", "7", "--out", str(first), *SMALL]) == 0
+    capsys.readouterr()
+    again, moved = tmp_path / "again", tmp_path / "moved"
+    assert main(["compare", "--from", str(first / "metadata.json"), "--out", str(again), "--no-progress"]) == 0
+    assert "5 cells: 0 already done, 5 picture(s) generated" in capsys.readouterr().out
+    ref.unlink()  # moved away: the run folder's reference.png stands in
+    assert main(["compare", "--from", str(first / "metadata.json"), "--out", str(moved), "--no-progress"]) == 0
+    capsys.readouterr()
+    m1, m2 = (json.loads((d / "metadata.json").read_text()) for d in (first, again))
+    assert m1["run_key"] == m2["run_key"] and m1["config"] == m2["config"] and m1["plan"] == m2["plan"]
+    for r in m1["results"]:
+        assert (first / r["file"]).read_bytes() == (again / r["file"]).read_bytes(), r["name"]
+        with Image.open(first / r["file"]) as a, Image.open(moved / r["file"]) as b:
+            assert a.tobytes() == b.tobytes(), r["name"]  # same pixels (the PNG's text names the new path)
+    for bad, needle in ((["--experiment", "alpha_sweep"], "give only --out"),
+                        (["--steps", "3"], "generation.steps"),
+                        ([], None)):
+        path = first / "metadata.json" if needle else tmp_path / "nope.json"
+        assert main(["compare", "--from", str(path), "--out", str(tmp_path / "x"), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and (needle or "does not exist") in err[0] and not (tmp_path / "x").exists()

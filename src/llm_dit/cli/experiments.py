@@ -47,10 +47,12 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_experiments)
 
     p = sub.add_parser("compare", help="run a named experiment: images, grids, metadata.json, report.html")
-    p.add_argument("--experiment", required=True, metavar="NAME", help="see 'llm-dit experiments'")
+    p.add_argument("--experiment", metavar="NAME", help="see 'llm-dit experiments'")
     p.add_argument("--image", action="append", metavar="IMG", help="the reference image (twice for multi_reference)")
     p.add_argument("--prompt", help="the prompt (caption experiments write their own)")
     p.add_argument("--quick", action="store_true", help="the experiment's short version")
+    p.add_argument("--from", dest="from_metadata", metavar="DIR/metadata.json",
+                   help="run again what an earlier run recorded (compare or sweep: same cells and settings)")
     _add_run_flags(p)
     p.set_defaults(func=cmd_compare)
 
@@ -126,8 +128,22 @@ def _run(spec, cfg, args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..experiments.specs import experiment_spec
+    from ..experiments.specs import experiment_spec, spec_from_metadata
+    from .common import overrides
 
+    if args.from_metadata:
+        given = [f for f, v in (("--experiment", args.experiment), ("--image", args.image), ("--prompt", args.prompt),
+                                ("--quick", args.quick), ("--caption", args.caption),
+                                ("--caption-file", args.caption_file)) if v]
+        given += [f"{k}" for k in overrides(args)] + (["--profile"] if args.profile != "default" else []) + (
+            ["--config"] if args.config else [])
+        if given:
+            raise InputError(f"--from re-runs the recorded run with its recorded settings; give only --out (and "
+                             f"--no-progress, --save-embeddings), not {', '.join(given)}")
+        spec, cfg = spec_from_metadata(args.from_metadata, save_embeddings=args.save_embeddings)
+        return _run(spec, cfg, args)
+    if not args.experiment:
+        raise InputError("give --experiment NAME (see llm-dit experiments), or --from DIR/metadata.json")
     spec, cfg = experiment_spec(args.experiment, _images(args), args.prompt, config(args), quick=args.quick,
                                 caption=_caption(args), save_embeddings=args.save_embeddings)
     return _run(spec, cfg, args)

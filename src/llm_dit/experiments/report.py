@@ -33,6 +33,11 @@ def _model(spec: str, kind: str) -> str:
         return spec
 
 
+#: The fields of run.json's plan (besides the config) that metadata.json repeats, so that it alone
+#: re-runs the run (:func:`~llm_dit.experiments.specs.spec_from_metadata`).
+PLAN_FIELDS = ("name", "quick", "images", "prompt", "given_caption", "details", "cells", "grids")
+
+
 def build_metadata(out: Path) -> dict:
     """The run-level fields and one entry per planned cell (``status``: done, failed or pending)."""
     run = folder.read_json(out / folder.RUN_FILE)
@@ -71,6 +76,8 @@ def build_metadata(out: Path) -> dict:
         "git_revision": last.get("git_revision"),
         "config": cfg,
         "details": run.get("details", {}),
+        # what `llm-dit compare --from metadata.json` re-runs: run.json's plan, the config above aside
+        "plan": {k: run.get(k) for k in PLAN_FIELDS},
         "run_key": run["run_key"],
         "sessions": sessions,
         "counts": counts,

@@ -74,3 +74,50 @@ def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any],
     spec = RunSpec("sweep", images, prompt, cells, slice_grids(cells), caption=caption,
                    save_embeddings=save_embeddings, details={"base": base, "axes": axes})
     return spec, config
+
+
+def spec_from_metadata(path: str, save_embeddings: bool = False) -> tuple[RunSpec, Config]:
+    """The :class:`RunSpec` and configuration recorded in a run's ``metadata.json`` (``path``), to run
+    it again: the same cells, recipes, grids, prompt and settings. A reference image that is no
+    longer at its recorded path is taken from the run folder's copy (``reference.png``, ...)."""
+    import json
+    from pathlib import Path
+
+    from ..conditioning.recipe import Recipe
+    from ..errors import LlmDitError
+    from .cells import Cell
+    from .folder import reference_name
+    from .presets import GridSpec
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p} does not exist", field="from")
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+        plan, recorded = meta["plan"], meta["config"]
+        moved = {}  # recorded path -> the run folder's copy, for references no longer where they were
+        for i, im in enumerate(plan["images"]):
+            copy = p.parent / reference_name(i)
+            if not Path(im).is_file() and copy.is_file():
+                moved[im] = str(copy.resolve())
+        cells = [Cell(c["name"], Recipe.from_dict(_moved(c["recipe"], moved)), c["params"], c.get("caption"),
+                      c.get("generation") or {}) for c in plan["cells"]]
+        grids = [GridSpec(**g) for g in plan.get("grids") or []]
+        config = Config.from_dict(recorded)
+    except LlmDitError as e:
+        raise InputError(f"{p} records a run this version cannot repeat: {e}", field="from") from None
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise InputError(f"{p} is not the metadata.json of an llm-dit run (rebuild it with llm-dit report DIR)",
+                         field="from") from None
+    images = [moved.get(im, im) for im in plan["images"]]
+    spec = RunSpec(plan["name"], images, plan["prompt"], cells, grids, quick=bool(plan.get("quick")),
+                   caption=plan.get("given_caption"), save_embeddings=save_embeddings,
+                   details=plan.get("details") or {})
+    return spec, config
+
+
+def _moved(recipe: dict, moved: dict[str, str]) -> dict:
+    """``recipe`` with its reference images' paths replaced per ``moved``."""
+    refs = [{**r, "image": moved.get(r.get("image"), r.get("image"))} if isinstance(r, dict) else r
+            for r in recipe.get("references") or []]
+    return {**recipe, "references": refs} if refs else recipe
