@@ -1,0 +1,75 @@
+"""Faults: a run killed (SIGKILL) at many points, then re-run, loses nothing and repeats nothing.
+
+Every file of a run folder is written to a temporary name and renamed, so the points where a kill
+changes what is on disk are those renames. The killed process counts the renames into its run folder
+and kills itself at the K-th, just before it (a temporary left behind) or just after (the file in
+place, nothing after it): ten different K, each in a fresh process, each followed by a re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llm_dit.cli import main
+from run_args import compare_args
+
+#: (K, before or after the rename): from the run's first file to its report.
+KILL_POINTS = [(1, "after"), (2, "before"), (3, "after"), (4, "before"), (6, "after"), (8, "before"),
+               (11, "after"), (14, "before"), (17, "after"), (20, "before")]
+
+_KILLER = """
+import os, signal, sys
+out = os.path.realpath(sys.argv[1]); k = int(sys.argv[2]); when = sys.argv[3]
+real, seen = os.replace, [0]
+def replace(src, dst, *a, **kw):
+    if not os.path.realpath(os.fspath(dst)).startswith(out + os.sep):
+        return real(src, dst, *a, **kw)
+    seen[0] += 1
+    if seen[0] == k and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = real(src, dst, *a, **kw)
+    if seen[0] == k:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+os.replace = replace
+from llm_dit.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _check_folder(out: Path, planned: int) -> None:
+    """Every cell exactly once, every PNG whole, metadata.json valid and in agreement with the files."""
+    meta = json.loads((out / "metadata.json").read_text())
+    names = [r["name"] for r in meta["results"]]
+    assert len(names) == len(set(names)) == planned and meta["counts"] == {"done": planned, "failed": 0, "pending": 0}
+    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == sorted(names)
+    for r in meta["results"]:
+        rec = json.loads((out / "cells" / f"{r['name']}.json").read_text())
+        assert rec["success"] and rec["file"] == r["file"] and rec["cell_key"] == r["cell_key"]
+        with Image.open(out / r["file"]) as im:
+            im.verify()
+    cell_pngs = {p.name for p in out.glob("*.png")} - {"comparison_grid.png"} - {p.name for p in out.glob("reference*.png")}
+    assert cell_pngs == {r["file"] for r in meta["results"]}
+    assert not list(out.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("k, when", KILL_POINTS)
+def test_killed_at_a_rename_then_rerun_loses_and_repeats_nothing(refs, tmp_path, capsys, k, when):
+    out = tmp_path / "run"
+    args = compare_args("alpha_sweep", refs, out)
+    proc = subprocess.run([sys.executable, "-c", _KILLER, str(out), str(k), when, *args], capture_output=True,
+                          env=os.environ.copy(), timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at rename {k}: {proc.stderr[-500:]!r}"
+    done_before = {p.stem for p in (out / "cells").glob("*.json")} if (out / "cells").is_dir() else set()
+    assert main(args) == 0
+    summary = [ln for ln in capsys.readouterr().out.splitlines() if " cells: " in ln][0]
+    assert summary.startswith(f"4 cells: {len(done_before)} already done")
+    _check_folder(out, 4)
