@@ -73,3 +73,34 @@ def test_killed_at_a_rename_then_rerun_loses_and_repeats_nothing(refs, tmp_path,
     summary = [ln for ln in capsys.readouterr().out.splitlines() if " cells: " in ln][0]
     assert summary.startswith(f"4 cells: {len(done_before)} already done")
     _check_folder(out, 4)
+
+
+def _oom(*a, **k):
+    import torch
+
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.7 GiB total)")
+
+
+def test_out_of_gpu_memory_is_one_line_naming_the_profile_that_fits(refs, tmp_path, capsys, monkeypatch):
+    from llm_dit.generate import ZImage
+
+    monkeypatch.setattr(ZImage, "generate", _oom)
+    out = tmp_path / "one.png"
+    assert main(["generate", "--profile", "tiny", "--prompt", "a cat", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llm-dit: error: out of GPU memory") and "--profile rtx4090" in err[0]
+    assert "Traceback" not in err[0] and not out.exists()
+    import torch
+
+    from llm_dit.errors import out_of_memory_message
+
+    already = out_of_memory_message(torch.cuda.OutOfMemoryError("CUDA out of memory"), "group_block")
+    assert "make smaller pictures" in already  # already offloaded: a smaller size is the way
+    assert out_of_memory_message(RuntimeError("shapes do not match")) is None
+
+    run = tmp_path / "run"  # in a run: each cell fails with that sentence, the run says so at the end
+    assert main(compare_args("alpha_sweep", refs, run)) == 1
+    err = capsys.readouterr().err
+    assert "llm-dit: error: 4 of 4 cells failed" in err and "Traceback" not in err
+    meta = json.loads((run / "metadata.json").read_text())
+    assert all(r["status"] == "failed" and r["error"].startswith("out of GPU memory") for r in meta["results"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import LlmDitError
+from ..errors import LlmDitError, out_of_memory_message
 from . import experiments, generate, serve, stats, vl
 from .conditioning import add_recipe_flags
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
@@ -129,6 +129,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    args = None
     try:
         args = build_parser().parse_args(argv)
         _quiet_libraries()
@@ -143,13 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:  # --help
         return int(e.code or 0)
-    except Exception as e:  # a bug: still one line, with the way to see more
+    except Exception as e:  # a bug, or the GPU out of memory: still one line, with the way to see more
         if debug:
             raise
+        oom = out_of_memory_message(e, _offload(args))
+        if oom:
+            print(f"llm-dit: error: {oom}", file=sys.stderr)
+            return 1
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"llm-dit: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _offload(args) -> str | None:
+    """The offload a command ran with, as far as its flags tell (for the out-of-memory advice)."""
+    if args is None:
+        return None
+    return vars(args).get("runtime.offload") or ("group_block" if getattr(args, "profile", None) == "low_vram"
+                                                 else None)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,9 @@ def _attempt(make):
 
 
 def _one_line(e: BaseException) -> str:
+    from ..errors import out_of_memory_message
     from ..models.loading import _first_line
 
-    return _first_line(e) if isinstance(e, LlmDitError) else f"{type(e).__name__}: {_first_line(e)}"
+    if isinstance(e, LlmDitError):
+        return _first_line(e)
+    return out_of_memory_message(e) or f"{type(e).__name__}: {_first_line(e)}"

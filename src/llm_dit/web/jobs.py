@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import Cancelled, LlmDitError
+from ..errors import Cancelled, LlmDitError, out_of_memory_message
 
 TERMINAL = ("done", "failed", "cancelled")
 #: Finished jobs kept for the page (the oldest are forgotten first).
@@ -181,8 +181,9 @@ class JobQueue:
             self.pool.release()
         except Exception as e:  # a bug or an out-of-memory of the GPU: the server stays up
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            job.state, job.error = "failed", f"{type(e).__name__}: {first}"
-            if "out of memory" in first.lower():
+            oom = out_of_memory_message(e)
+            job.state, job.error = "failed", oom or f"{type(e).__name__}: {first}"
+            if oom:
                 self.pool.release()
             traceback.print_exc(file=sys.stderr)
         finally:
