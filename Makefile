@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= outputs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test reliability install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# RELIABILITY.md from the tests marked `reliability` (bad input, faults, reproducibility; tests/reliability.py).
+reliability: $(VENV)/.installed
+	LLM_DIT_RELIABILITY=RELIABILITY.md $(PY) -m pytest -q -m reliability
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

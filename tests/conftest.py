@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# RELIABILITY.md from the tests marked `reliability` (see reliability.py)
+from reliability import (pytest_collection_modifyitems, pytest_configure, pytest_runtest_call,  # noqa: F401
+                         pytest_runtest_logreport, pytest_sessionfinish)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory):

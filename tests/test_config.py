@@ -77,6 +77,8 @@ def test_float_fields_accept_integers():
         ({"bogus.key": 1}, "unknown config key 'bogus'"),
     ],
 )
+@pytest.mark.reliability('bad input', 'config values: steps 0, width 1000, a misspelt key, an unknown mode, max_length 1505, a string and a bool for an int, an unknown device, strength 1.5, an unknown section',
+                         'ConfigError in one line naming the key')
 def test_invalid_values_give_one_line_naming_the_key(overrides, needle):
     with pytest.raises(ConfigError) as e:
         resolve_config("default", overrides=overrides)

@@ -61,6 +61,8 @@ def _check_folder(out: Path, planned: int) -> None:
     assert not list(out.rglob(".*.tmp"))
 
 
+@pytest.mark.reliability('faults', "SIGKILL at 10 different points of a 4-cell run (just before or after a file's rename, from run.json to the report), then the same command",
+                         'every cell exactly once, every PNG whole, metadata.json valid and in agreement with the files, no temporary left')
 @pytest.mark.parametrize("k, when", KILL_POINTS)
 def test_killed_at_a_rename_then_rerun_loses_and_repeats_nothing(refs, tmp_path, capsys, k, when):
     out = tmp_path / "run"
@@ -81,6 +83,8 @@ def _oom(*a, **k):
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.7 GiB total)")
 
 
+@pytest.mark.reliability('faults', 'CUDA out of memory (simulated) in generate and in every cell of a run',
+                         'one line naming the profile that fits; failed cells recorded, exit 1')
 def test_out_of_gpu_memory_is_one_line_naming_the_profile_that_fits(refs, tmp_path, capsys, monkeypatch):
     from llm_dit.generate import ZImage
 

@@ -114,8 +114,20 @@ def _png_claiming(tmp_path, name: str, w: int, h: int) -> None:
     (tmp_path / name).write_bytes(bytes(data))
 
 
-def _corpus(tmp_path) -> dict[str, tuple]:
-    """name -> ("ok", size) or ("refused", what the one line says)."""
+CORPUS = {  # name -> ("ok", its size as loaded) or ("refused", what the one line says)
+    "zero.png": ("refused", "is empty (0 bytes)"), "text.png": ("refused", "is not an image file"),
+    "cut.png": ("refused", "could not be decoded"), "cut.jpg": ("refused", "could not be decoded"),
+    "bomb.png": ("refused", "megapixels"),
+    "one.png": ("ok", (1, 1)), "p.png": ("ok", (64, 48)), "la.png": ("ok", (64, 48)),
+    "cmyk.jpg": ("ok", (64, 48)), "i16.png": ("ok", (64, 48)), "rgba.png": ("ok", (64, 48)),
+    "exif.jpg": ("ok", (48, 64)), "anim.gif": ("ok", (64, 48)), "w.webp": ("ok", (64, 48)),
+}
+CORPUS_TRIED = ("image corpus: zero bytes, a text file named .png, truncated PNG and JPEG, 1x1, a 20000x20000 "
+                "header (decompression bomb), modes P, LA, CMYK, I;16, RGBA, an EXIF-rotated JPEG, an animated GIF, "
+                "a WebP")
+
+
+def _make_corpus(tmp_path) -> None:
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     (tmp_path / "zero.png").write_bytes(b"")
@@ -137,38 +149,35 @@ def _corpus(tmp_path) -> dict[str, tuple]:
     frames = [Image.new("P", (64, 48), i) for i in (1, 2, 3)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
     photo.save(tmp_path / "w.webp", "WEBP")
-    return {
-        "zero.png": ("refused", "is empty (0 bytes)"), "text.png": ("refused", "is not an image file"),
-        "cut.png": ("refused", "could not be decoded"), "cut.jpg": ("refused", "could not be decoded"),
-        "bomb.png": ("refused", "megapixels"),
-        "one.png": ("ok", (1, 1)), "p.png": ("ok", (64, 48)), "la.png": ("ok", (64, 48)),
-        "cmyk.jpg": ("ok", (64, 48)), "i16.png": ("ok", (64, 48)), "rgba.png": ("ok", (64, 48)),
-        "exif.jpg": ("ok", (48, 64)), "anim.gif": ("ok", (64, 48)), "w.webp": ("ok", (64, 48)),
-    }
 
 
-def test_image_corpus_through_the_loader(tmp_path):
-    for name, (outcome, detail) in _corpus(tmp_path).items():
-        if outcome == "ok":
-            im = load_image(tmp_path / name)
-            assert im.mode == "RGB" and im.size == detail, name
-        else:
-            with pytest.raises(InputError) as e:
-                load_image(tmp_path / name)
-            assert detail in str(e.value) and name in str(e.value) and "\n" not in str(e.value), name
-    i16 = np.asarray(load_image(tmp_path / "i16.png"))
-    assert int(i16[0, 0, 0]) == round(30000 / 65535 * 255)  # scaled to 8 bits, not clipped to white
+@pytest.mark.reliability("bad input", CORPUS_TRIED + ", through the loader",
+                         "decoded to an upright RGB image of the right size, or refused in one line naming the file")
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_image_corpus_through_the_loader(tmp_path, name):
+    _make_corpus(tmp_path)
+    outcome, detail = CORPUS[name]
+    if outcome == "ok":
+        im = load_image(tmp_path / name)
+        assert im.mode == "RGB" and im.size == detail
+        if name == "i16.png":
+            assert int(np.asarray(im)[0, 0, 0]) == round(30000 / 65535 * 255)  # scaled to 8 bits, not clipped
+    else:
+        with pytest.raises(InputError) as e:
+            load_image(tmp_path / name)
+        assert detail in str(e.value) and name in str(e.value) and "\n" not in str(e.value)
 
 
-def test_image_corpus_through_the_cli_one_line_and_nothing_written(tmp_path, capsys):
+@pytest.mark.reliability("bad input", "the refused files of the image corpus as a sweep's reference",
+                         "one line naming the file, exit 2, no traceback, no run folder")
+@pytest.mark.parametrize("name", [n for n, (o, _) in CORPUS.items() if o == "refused"])
+def test_image_corpus_through_the_cli_one_line_and_nothing_written(tmp_path, capsys, name):
     from llm_dit.cli import main
 
-    for name, (outcome, detail) in _corpus(tmp_path).items():
-        if outcome != "refused":
-            continue
-        out = tmp_path / f"run-{name}"
-        code = main(["sweep", "--image", str(tmp_path / name), "--prompt", "a house", "--alphas", "0.3,0.6",
-                     "--profile", "tiny", "--no-progress", "--out", str(out)])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and name in err[0] and detail in err[0], (name, err)
-        assert "Traceback" not in err[0] and not out.exists(), name
+    _make_corpus(tmp_path)
+    out = tmp_path / "run"
+    code = main(["sweep", "--image", str(tmp_path / name), "--prompt", "a house", "--alphas", "0.3,0.6",
+                 "--profile", "tiny", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and name in err[0] and CORPUS[name][1] in err[0], err
+    assert "Traceback" not in err[0] and not out.exists()

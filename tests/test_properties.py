@@ -81,6 +81,8 @@ def within(y: torch.Tensor, x: torch.Tensor) -> bool:
 # -- blend modes ---------------------------------------------------------------------------------
 
 
+@pytest.mark.reliability('bad input', 'every blend mode on random [tokens, dim] pairs: 1-40 tokens of unequal lengths, scales 1e-3 to 1e4, massive entries, constant rows, a constant tensor; float32, float16, bfloat16; alpha in [0, 1]',
+                         'finite float32 output of the documented length')
 @pytest.mark.parametrize("mode", list(BLEND_MODES))
 @given(tv=pairs(), alpha=st.floats(0, 1), max_tokens=st.integers(1, 80))
 def test_every_blend_mode_is_finite_with_its_documented_length(mode, tv, alpha, max_tokens):
@@ -97,6 +99,8 @@ def test_every_blend_mode_is_finite_with_its_documented_length(mode, tv, alpha, 
         assert out.shape[0] == lt
 
 
+@pytest.mark.reliability('bad input', 'alpha 0 with every mode but replace, on the same inputs',
+                         'the text embedding back, exactly')
 @pytest.mark.parametrize("mode", [m for m in BLEND_MODES if m != "replace"])
 @given(tv=pairs())
 def test_alpha_zero_gives_the_text_back_exactly(mode, tv):
@@ -104,6 +108,8 @@ def test_alpha_zero_gives_the_text_back_exactly(mode, tv):
     assert torch.equal(blend(mode, text, vl, 0.0), text.float())
 
 
+@pytest.mark.reliability('bad input', 'NaN, +inf or -inf at a random position of the text or the VL input, every blend mode',
+                         'InputError in one sentence')
 @pytest.mark.parametrize("mode", list(BLEND_MODES))
 @given(tv=pairs(), bad=st.sampled_from((math.nan, math.inf, -math.inf)), where=st.integers(0, 10**6),
        side=st.sampled_from(("text", "vl")))
@@ -117,6 +123,8 @@ def test_every_blend_mode_refuses_nan_and_inf(mode, tv, bad, where, side):
         blend(mode, text, vl, 0.5)
 
 
+@pytest.mark.reliability('bad input', 'resampling (linear, area) of those inputs to 1-60 tokens',
+                         'finite, each dimension within its input range')
 @given(x=sequences(), n=st.integers(1, 60), method=st.sampled_from(("linear", "area")))
 def test_resample_keeps_each_dimension_in_range(x, n, method):
     y = resample(x.float(), n, method)
@@ -126,6 +134,8 @@ def test_resample_keeps_each_dimension_in_range(x, n, method):
 # -- long prompts --------------------------------------------------------------------------------
 
 
+@pytest.mark.reliability('bad input', 'every long-prompt mode on 1-60 tokens, limits of 1-50',
+                         "the limit's length (or unchanged), finite, within range, dtype kept")
 @pytest.mark.parametrize("mode", LONG_PROMPT_MODES)
 @given(x=sequences(max_tokens=60), max_len=st.integers(1, 50))
 def test_long_prompt_modes_fit_the_length_and_average_within_range(mode, x, max_len):
@@ -137,6 +147,8 @@ def test_long_prompt_modes_fit_the_length_and_average_within_range(mode, x, max_
         assert within(y, x)
 
 
+@pytest.mark.reliability('bad input', 'NaN or inf into every long-prompt mode',
+                         'InputError in one sentence')
 @pytest.mark.parametrize("mode", LONG_PROMPT_MODES)
 @given(x=sequences(), bad=st.sampled_from((math.nan, math.inf)), where=st.integers(0, 10**6))
 def test_long_prompt_modes_refuse_nan_and_inf(mode, x, bad, where):
@@ -155,6 +167,8 @@ def reference_for(d: int, seed: int) -> ReferenceStats:
                           model="test", num_tokens=100, num_prompts=10, covariance=a @ a.T / d + torch.eye(d) * 1e-3)
 
 
+@pytest.mark.reliability('bad input', 'every normalization mode on those inputs, random reference statistics',
+                         'finite, same shape; global hits its target std')
 @pytest.mark.parametrize("mode", NORMALIZATION_MODES)
 @given(tx=pairs(), seed=st.integers(0, 1000))
 def test_every_normalization_is_finite_and_keeps_the_shape(mode, tx, seed):
@@ -166,6 +180,8 @@ def test_every_normalization_is_finite_and_keeps_the_shape(mode, tx, seed):
         assert n.scaled_std == pytest.approx(2.0, rel=1e-3)
 
 
+@pytest.mark.reliability('bad input', 'NaN or inf into every normalization mode',
+                         'InputError in one sentence')
 @pytest.mark.parametrize("mode", NORMALIZATION_MODES)
 @given(x=sequences(d=6), bad=st.sampled_from((math.nan, math.inf)), where=st.integers(0, 10**6))
 def test_every_normalization_refuses_nan_and_inf(mode, x, bad, where):
@@ -173,6 +189,8 @@ def test_every_normalization_refuses_nan_and_inf(mode, x, bad, where):
         normalize(poisoned(x, bad, where), mode, reference=reference_for(6, 0), target_std=1.0)
 
 
+@pytest.mark.reliability('bad input', 'outlier analysis and every masking mode, thresholds 1.5-50',
+                         'finite; only the outlier dimensions change')
 @pytest.mark.parametrize("mode", MASK_MODES)
 @given(x=sequences(d=8, min_tokens=2), seed=st.integers(0, 1000), threshold=st.floats(1.5, 50))
 def test_outlier_masking_is_finite_and_touches_only_outlier_dimensions(mode, x, seed, threshold):
@@ -183,6 +201,8 @@ def test_outlier_masking_is_finite_and_touches_only_outlier_dimensions(mode, x, 
     assert set(info["masked_dimensions"]) <= {o["dim"] for o in info["outliers"]}
 
 
+@pytest.mark.reliability('bad input', 'NaN or inf into the outlier analysis',
+                         'InputError in one sentence')
 @given(x=sequences(d=8, min_tokens=2), bad=st.sampled_from((math.nan, math.inf)), where=st.integers(0, 10**6))
 def test_outlier_analysis_refuses_nan_and_inf(x, bad, where):
     with pytest.raises(InputError, match="NaN or infinite"):
@@ -192,6 +212,8 @@ def test_outlier_analysis_refuses_nan_and_inf(x, bad, where):
 # -- pooling and style vectors -------------------------------------------------------------------
 
 
+@pytest.mark.reliability('bad input', 'style vectors (mean, GeM with p 0.5-16, SVD with k 1-12)',
+                         'one finite [dim] vector; means within range')
 @pytest.mark.parametrize("kind", STYLE_VECTORS)
 @given(x=sequences(), p=st.floats(0.5, 16), k=st.integers(1, 12))
 def test_style_vectors_are_one_finite_vector(kind, x, p, k):
@@ -203,6 +225,8 @@ def test_style_vectors_are_one_finite_vector(kind, x, p, k):
         assert within(s[None], torch.cat([x.float().abs(), torch.zeros(1, x.shape[1])]))
 
 
+@pytest.mark.reliability('bad input', 'token-grid pooling of 1-9 x 1-9 grids by 1-4',
+                         'the ceil-divided grid, within range, mean kept for full windows')
 @given(h=st.integers(1, 9), w=st.integers(1, 9), k=st.integers(1, 4), x=sequences(d=3, min_tokens=81, max_tokens=81))
 def test_pool_grid_shape_range_and_mean(h, w, k, x):
     grid = x[: h * w].float().reshape(h, w, 3)
@@ -217,6 +241,8 @@ def test_pool_grid_shape_range_and_mean(h, w, k, x):
 SPECIAL = SpecialIds(vision_start=5, vision_end=6, image_pad=7, im_start=1, im_end=2, user_header=(1, 3))
 
 
+@pytest.mark.reliability('bad input', 'token masks of random id sequences (unbalanced vision markers, headers anywhere)',
+                         "masks of the sequence's length: text and image partition it")
 @given(ids=st.lists(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), min_size=1, max_size=60))
 def test_token_masks_partition_any_id_sequence(ids):
     m = compute_token_masks(torch.tensor(ids), SPECIAL)
@@ -232,6 +258,8 @@ def test_token_masks_partition_any_id_sequence(ids):
 alphas = st.floats(0, 1)
 
 
+@pytest.mark.reliability('bad input', 'random valid alpha schedules over 1-50 steps',
+                         'one alpha in [0, 1] per step')
 @given(spec=st.one_of(
     alphas.map(lambda a: f"{a}"),
     st.tuples(alphas, alphas).map(lambda t: f"linear:{t[0]}:{t[1]}"),
@@ -244,6 +272,8 @@ def test_valid_schedules_give_one_alpha_in_range_per_step(spec, steps):
     assert len(a) == steps and all(0.0 <= v <= 1.0 and math.isfinite(v) for v in a)
 
 
+@pytest.mark.reliability('bad input', 'schedules with nan, inf, -inf, 1.5, -0.1, 1e9',
+                         'InputError in one sentence')
 @given(value=st.sampled_from(("nan", "inf", "-inf", "1.5", "-0.1", "1e9")),
        form=st.sampled_from(("{}", "linear:0.5:{}", "step:0.5:0.2:{}", "0.3,{}")))
 def test_schedules_out_of_range_are_refused_in_one_sentence(value, form):

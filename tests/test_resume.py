@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from llm_dit.cli import main
@@ -33,6 +34,8 @@ def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, 
     assert "not empty and holds no llm-dit run" in capsys.readouterr().err
 
 
+@pytest.mark.reliability('faults', 'what a power cut can leave: a PNG of zeros, a cut PNG, a record of zeros',
+                         'exactly those cells made again, the others untouched')
 def test_what_a_power_cut_can_leave_is_made_again(refs, tmp_path, capsys):
     """A cell's files are not flushed to disk one by one: a picture or record that did not reach it
     (zeros of the right length, or cut short) must fail the resume check, and only those cells rerun."""
@@ -56,6 +59,8 @@ def test_what_a_power_cut_can_leave_is_made_again(refs, tmp_path, capsys):
     assert pictures[3].read_bytes() == kept
 
 
+@pytest.mark.reliability('faults', 'a cell that raises',
+                         'recorded with its error, the run goes on and exits 1 naming it; a re-run retries it')
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(refs, tmp_path, capsys, monkeypatch):
     import llm_dit.experiments.pictures as R
 
@@ -86,6 +91,8 @@ def _count(folder: Path) -> int:
     return len(list((folder / "cells").glob("*.json"))) if (folder / "cells").is_dir() else 0
 
 
+@pytest.mark.reliability('faults', 'SIGKILL from outside once 3 of 11 cells are done',
+                         'the re-run makes the rest, every cell once, finished PNGs untouched')
 def test_killed_mid_run_then_resumed_every_cell_exactly_once(refs, tmp_path, capsys):
     """SIGKILL once cells have started to finish; the rerun completes the rest and redoes nothing."""
     out = tmp_path / "killed"
@@ -146,6 +153,8 @@ def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_pat
     assert main(compare_args("alpha_sweep", refs, out)) == 0
 
 
+@pytest.mark.reliability('reproducibility', 'compare --from DIR/metadata.json of a sweep, with its reference in place and moved',
+                         'the same run key and byte-identical PNGs; the same pixels once moved')
 def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, capsys):
     """`compare --from DIR/metadata.json` repeats a run (here a sweep) with its recorded cells and
     settings: the same run key and byte-identical PNGs, also once the reference has moved."""

@@ -114,6 +114,8 @@ def test_two_processes_share_the_cells_and_write_one_run_folder(refs, one_at_a_t
     assert (out / "report.html").is_file() and (out / "comparison_grid.png").is_file()
 
 
+@pytest.mark.reliability('faults', 'a 2-process run SIGKILLed (launcher and workers), finished by 3 processes',
+                         '22 cells, each once; finished PNGs unchanged')
 def test_a_killed_multi_process_run_resumes_under_another_process_count(refs, tmp_path):
     out = tmp_path / "killed"
     # 22 cells, 21 pictures; more steps than elsewhere, so that a kill can come in the middle
