@@ -13,13 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from llm_dit.cli import main
-from run_args import compare_args
+from run_args import check_complete, compare_args
 
 #: (K, before or after the rename): from the run's first file to its report.
 KILL_POINTS = [(1, "after"), (2, "before"), (3, "after"), (4, "before"), (6, "after"), (8, "before"),
@@ -45,22 +43,6 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
-def _check_folder(out: Path, planned: int) -> None:
-    """Every cell exactly once, every PNG whole, metadata.json valid and in agreement with the files."""
-    meta = json.loads((out / "metadata.json").read_text())
-    names = [r["name"] for r in meta["results"]]
-    assert len(names) == len(set(names)) == planned and meta["counts"] == {"done": planned, "failed": 0, "pending": 0}
-    assert sorted(p.stem for p in (out / "cells").glob("*.json")) == sorted(names)
-    for r in meta["results"]:
-        rec = json.loads((out / "cells" / f"{r['name']}.json").read_text())
-        assert rec["success"] and rec["file"] == r["file"] and rec["cell_key"] == r["cell_key"]
-        with Image.open(out / r["file"]) as im:
-            im.verify()
-    cell_pngs = {p.name for p in out.glob("*.png")} - {"comparison_grid.png"} - {p.name for p in out.glob("reference*.png")}
-    assert cell_pngs == {r["file"] for r in meta["results"]}
-    assert not list(out.rglob(".*.tmp"))
-
-
 @pytest.mark.reliability('faults', "SIGKILL at 10 different points of a 4-cell run (just before or after a file's rename, from run.json to the report), then the same command",
                          'every cell exactly once, every PNG whole, metadata.json valid and in agreement with the files, no temporary left')
 @pytest.mark.parametrize("k, when", KILL_POINTS)
@@ -74,7 +56,7 @@ def test_killed_at_a_rename_then_rerun_loses_and_repeats_nothing(refs, tmp_path,
     assert main(args) == 0
     summary = [ln for ln in capsys.readouterr().out.splitlines() if " cells: " in ln][0]
     assert summary.startswith(f"4 cells: {len(done_before)} already done")
-    _check_folder(out, 4)
+    check_complete(out, 4)
 
 
 def _oom(*a, **k):
