@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,48 @@ def test_out_of_gpu_memory_is_one_line_naming_the_profile_that_fits(refs, tmp_pa
     assert "llm-dit: error: 4 of 4 cells failed" in err and "Traceback" not in err
     meta = json.loads((run / "metadata.json").read_text())
     assert all(r["status"] == "failed" and r["error"].startswith("out of GPU memory") for r in meta["results"])
+
+
+def _fail_writes_after(monkeypatch, k: int, err: int) -> None:
+    """Every file written through ``atomic_path`` after the k-th fails with ``err`` (a full disk, a
+    folder that became read-only: as root, a chmod would not stop the writes)."""
+    import contextlib
+    import errno
+
+    import llm_dit.images
+    import llm_dit.io
+
+    real, seen = llm_dit.io.atomic_path, [0]
+
+    @contextlib.contextmanager
+    def failing(path, durable=True):
+        seen[0] += 1
+        if seen[0] > k:
+            raise OSError(err, os.strerror(err), str(Path(path).parent / f".{Path(path).name}.x1y2z3.tmp"))
+        with real(path, durable) as tmp:
+            yield tmp
+
+    assert err in (errno.ENOSPC, errno.EROFS)
+    monkeypatch.setattr(llm_dit.io, "atomic_path", failing)
+    monkeypatch.setattr(llm_dit.images, "atomic_path", failing)
+
+
+@pytest.mark.reliability("faults", "a full disk (after 1, 4, 9 and 20 files of a 4-cell run) and a folder that turns "
+                         "read-only (after 6), then the same command with room again",
+                         "stops at the first failed write with one line naming the folder, the file and the reason, "
+                         "exit 1, no traceback; the re-run finishes every cell once")
+@pytest.mark.parametrize("k, err", [(1, "ENOSPC"), (4, "ENOSPC"), (9, "ENOSPC"), (20, "ENOSPC"), (6, "EROFS")])
+def test_a_full_disk_or_read_only_folder_stops_the_run_in_one_line_and_it_resumes(refs, tmp_path, capsys,
+                                                                                    monkeypatch, k, err):
+    import errno
+
+    out = tmp_path / "run"
+    args = compare_args("alpha_sweep", refs, out)
+    with monkeypatch.context() as m:
+        _fail_writes_after(m, k, getattr(errno, err))
+        assert main(args) == 1
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("llm-dit")]
+    assert len(lines) == 1 and lines[0].startswith(f"llm-dit: error: cannot write into the run folder {out} (")
+    assert os.strerror(getattr(errno, err)) in lines[0] and ".tmp" not in lines[0] and "run the same command" in lines[0]
+    assert main(args) == 0
+    check_complete(out, 4)

@@ -31,6 +31,13 @@ class ModelLoadError(LlmDitError):
     """A model could not be found or loaded."""
 
 
+class WriteError(LlmDitError):
+    """An output could not be written (a full disk, a read-only or forbidden folder): the machine's
+    state, not the input; what was finished is kept, and the same command resumes."""
+
+    exit_code = 1
+
+
 class Cancelled(BaseException):
     """Raised from a progress hook to stop work at once (the web app's cancel button).
 

@@ -24,16 +24,20 @@ picture or record that did not reach the disk fails that check and its cell is m
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, WriteError
 from ..io import write_json
 
 RUN_FILE = "run.json"
+#: What a write can fail with that no retry of the same write fixes: a full disk or quota, a read-only
+#: file system, no permission, a file too large.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 RESERVED = {"metadata", "run", "report", "comparison_grid", "reference"}
 
 
@@ -113,3 +117,20 @@ def records(out: Path, names: list[str]) -> dict[str, dict]:
         if isinstance(rec, dict):
             out_records[n] = rec
     return out_records
+
+
+def write_error(e: BaseException, out: Path) -> WriteError | None:
+    """One sentence for a failed write (see :data:`WRITE_ERRNOS`) during a run into ``out``, or None
+    for any other error."""
+    if not isinstance(e, OSError) or e.errno not in WRITE_ERRNOS:
+        return None
+    why = e.strerror or str(e)
+    where = Path(e.filename) if e.filename else None
+    if where is not None and where.name.startswith(".") and where.name.endswith(".tmp"):
+        where = where.with_name(where.name[1:].rsplit(".", 2)[0])  # the file its temporary stood for
+    if where is None or out.resolve() in where.resolve().parents:
+        file = f": {where.resolve().relative_to(out.resolve())}" if where else ""
+        return WriteError(f"cannot write into the run folder {out} ({why}{file}); the cells finished so far are "
+                          "kept: free space or make the folder writable, then run the same command again to resume")
+    return WriteError(f"cannot write {where} ({why}); the run folder {out} keeps the cells finished so far: fix "
+                      "that, then run the same command again to resume")

@@ -23,7 +23,7 @@ from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import conditioning_record, reference_stats_for
 from ..errors import LlmDitError
 from ..images import load_image
-from . import records
+from . import folder, records
 from .plan import Job, text_key
 
 
@@ -146,6 +146,8 @@ class Pictures:
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # one cell's failure is recorded; the run goes on
+            if folder.write_error(e, self.out) is not None:
+                raise  # the folder takes no more writes: nothing after this cell could be saved either
             for png in pngs:  # no picture written after its cell's failure record
                 png.exception()
             msg = _one_line(e)

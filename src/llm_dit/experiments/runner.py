@@ -163,7 +163,11 @@ class Runner(Pictures):
                     generated, failed = sum(x["pictures_generated"] for x in sessions), [f for x in sessions
                                                                                          for f in x["failed"]]
                     if procs.main:
-                        self._close(run_file, started_at, sessions, generated, failed)
+                        try:
+                            self._close(run_file, started_at, sessions, generated, failed)
+                        except OSError as e:  # the folder took no more writes: the run's own error says so
+                            if ok or folder.write_error(e, self.out) is None:
+                                raise
                     procs.close()
             finally:
                 if self.plot_workers is not None:
@@ -340,4 +344,10 @@ def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None
     ``hooks``: ``models``, ``on_step``, ``on_cell`` of :class:`Runner`."""
     if not spec.cells:
         raise InputError("nothing to run: the experiment has no cells")
-    return Runner(spec, config, out, echo, progress, **hooks).run()
+    try:
+        return Runner(spec, config, out, echo, progress, **hooks).run()
+    except OSError as e:  # a full disk or a folder that takes no writes: one sentence, and how to resume
+        err = folder.write_error(e, Path(out))
+        if err is None:
+            raise
+        raise err from None
