@@ -25,17 +25,19 @@ KILL_POINTS = [(1, "after"), (2, "before"), (3, "after"), (4, "before"), (6, "af
                (11, "after"), (14, "before"), (17, "after"), (20, "before")]
 
 _KILLER = """
-import os, signal, sys
+import os, signal, sys, threading
 out = os.path.realpath(sys.argv[1]); k = int(sys.argv[2]); when = sys.argv[3]
-real, seen = os.replace, [0]
+real, seen, lock = os.replace, [0], threading.Lock()
 def replace(src, dst, *a, **kw):
     if not os.path.realpath(os.fspath(dst)).startswith(out + os.sep):
         return real(src, dst, *a, **kw)
-    seen[0] += 1
-    if seen[0] == k and when == "before":
+    with lock:  # renames come from several threads (cells are finished and written beside the GPU)
+        seen[0] += 1
+        n = seen[0]
+    if n == k and when == "before":
         os.kill(os.getpid(), signal.SIGKILL)
     result = real(src, dst, *a, **kw)
-    if seen[0] == k:
+    if n == k:
         os.kill(os.getpid(), signal.SIGKILL)
     return result
 os.replace = replace
