@@ -1,5 +1,6 @@
 """The command line: every user error is one line on stderr, a non-zero exit, and no output file."""
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,50 @@ def test_models_tiny_refuses_a_file_and_leaves_nothing_half_built(tmp_path, caps
     monkeypatch.setattr(tiny, "build_tiny_qwen3_vl", boom)
     rc, _, err = run(["models", "tiny", "--out", str(tmp_path / "m")], capsys)
     assert rc != 0 and not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.reliability("bad input", "prompts of about 2000 tokens (over the 1504 limit) with each long-prompt mode, "
+                         "and one of 4400 tokens to compress", "fitted to 1504 tokens by the mode and recorded (tokens "
+                         "before and after, the mode); the one past the encoder's 4096 positions refused in one line")
+@pytest.mark.parametrize("mode", ["truncate", "interpolate", "pool", "attention_pool"])
+def test_long_prompts_are_fitted_and_recorded(tmp_path, capsys, mode):
+    out = tmp_path / "long.png"
+    prompt = " ".join(["a red house by a lake"] * 180)  # about 2000 tokens
+    rc, _, err = run(["generate", "--profile", "tiny", "--steps", "2", "--prompt", prompt, "--max-length", "1504",
+                      "--long-prompt-mode", mode, "--out", str(out)], capsys)
+    assert rc == 0, err
+    enc = json.loads(out.with_suffix(".json").read_text())["text_encoding"]
+    assert enc["prompt_tokens"] > 1504 and enc["num_tokens"] == 1504 and enc["long_prompt_mode"] == mode
+    assert enc["truncated"] == (mode == "truncate") and enc["compressed"] == (mode != "truncate")
+    rc, _, err = run(["generate", "--profile", "tiny", "--prompt", " ".join(["a red house by a lake"] * 400),
+                      "--long-prompt-mode", "pool", "--out", str(tmp_path / "x.png")], capsys)
+    assert rc == 2 and len(messages(err)) == 1 and "accepts at most 4096" in err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.reliability("bad input", "a prompt with control characters (NUL, BEL, an ANSI escape, CR LF)",
+                         "generated; the prompt recorded verbatim in the sidecar and the PNG")
+def test_control_characters_in_a_prompt(tmp_path, capsys):
+    from llm_dit.images import read_png_parameters
+
+    prompt = "a cat\x00 on a\x07 mat \x1b[31mred\x1b[0m\r\nat night"
+    out = tmp_path / "c.png"
+    rc, _, err = run(["generate", "--profile", "tiny", "--steps", "2", "--prompt", prompt, "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert json.loads(out.with_suffix(".json").read_text())["prompt"] == prompt
+    assert read_png_parameters(out)["prompt"] == prompt
+
+
+@pytest.mark.reliability("reproducibility", "the same generate command twice (text only, and with a reference)",
+                         "byte-identical PNGs on the CPU")
+@pytest.mark.parametrize("extra", [[], ["--image", "examples/house.png", "--vl-alpha", "0.5"]])
+def test_the_same_command_twice_gives_byte_identical_pngs(tmp_path, capsys, extra):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    extra = [str(root / a) if a.startswith("examples/") else a for a in extra]
+    outs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for out in outs:
+        rc, _, err = run(["generate", "--profile", "tiny", "--steps", "3", "--prompt", "a red house", *extra,
+                          "--out", str(out)], capsys)
+        assert rc == 0, err
+    assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -258,8 +258,9 @@ def generate_from_recipe(
 
 
 def write_generated(out: Path, result: Generated, init_image: str | None = None) -> dict:
-    """The sidecar ``out.json`` (prompt, conditioning record, configuration, provenance), then the PNG:
-    a PNG on disk means its sidecar is complete. Returns the record."""
+    """The sidecar ``out.json`` (prompt, conditioning record, configuration, provenance), then the PNG
+    (the record without its timings in a text chunk): a PNG on disk means its sidecar is complete.
+    Returns the record."""
     from ..images import save_png
     from ..io import write_json
     from ..provenance import provenance
@@ -273,7 +274,8 @@ def write_generated(out: Path, result: Generated, init_image: str | None = None)
         **provenance(),
     }
     write_json(Path(out).with_suffix(".json"), record)
-    save_png(result.image, out, record)
+    # the PNG carries the same record less the timings, so the same command writes the same bytes
+    save_png(result.image, out, {k: v for k, v in record.items() if k not in ("generation_time", "seconds")})
     return record
 
 
