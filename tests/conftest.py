@@ -136,3 +136,34 @@ def refs(tmp_path_factory) -> list[str]:
     Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(a)
     Image.new("RGB", (128, 128), (30, 120, 220)).save(b)
     return [str(a), str(b)]
+
+
+# -- the web app's tests (test_web*.py): one app per module on the tiny profile ---------------------
+
+
+@pytest.fixture(scope="module")
+def config():
+    from llm_dit.config import resolve_config
+    from web_client import SMALL
+
+    return resolve_config("tiny", overrides=SMALL)
+
+
+@pytest.fixture(scope="module")
+def client(config, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from llm_dit.web.app import create_app
+
+    app = create_app(config, tmp_path_factory.mktemp("runs"))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def upload(client) -> dict:
+    from web_client import png_bytes
+
+    r = client.post("/api/uploads", files={"file": ("red.png", png_bytes(), "image/png")})
+    assert r.status_code == 201, r.text
+    return r.json()

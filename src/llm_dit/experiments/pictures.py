@@ -37,8 +37,9 @@ class Pictures:
         The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
         record, statistics: CPU work that would otherwise add a third to each picture's time at
         1024 x 1024); a second one writes each PNG meanwhile (zlib leaves the interpreter lock free),
-        which shortens what is left to do after the last picture. Cells are finished in order, all of them before this returns. Under several
-        processes every process's baselines are on disk before any other picture is scored."""
+        which shortens what is left to do after the last picture. Cells are finished in order, all of
+        them before this returns. Under several processes every process's baselines are on disk
+        before any other picture is scored."""
         from concurrent.futures import ThreadPoolExecutor
 
         with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher,
@@ -105,12 +106,12 @@ class Pictures:
                 rec = aliases[job.key]
                 image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
                 cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
-                pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
+            elif isinstance(picture, Exception):
+                raise picture
             else:
-                if isinstance(picture, Exception):
-                    raise picture
                 image, cond, text, timings = picture
-                pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
+            pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
+            if job.key not in aliases:
                 t1 = time.perf_counter()
                 g = job.config.generation
                 alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]

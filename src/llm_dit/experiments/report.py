@@ -274,8 +274,7 @@ def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) 
     out = Path(out)
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta, durable=False)
-    run = folder.read_json(out / folder.RUN_FILE)
-    specs = [GridSpec(**g) for g in run.get("grids", [])]
+    specs = [GridSpec(**g) for g in meta["plan"]["grids"] or []]
     plots = _start_plots(out, meta, workers)
     grids = write_grids(out, meta, specs, thumbnails)
     plots = _collect(plots)
