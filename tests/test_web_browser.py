@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from web_client import start_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -38,35 +35,13 @@ pytestmark = [
 PROMPT = "A simple cartoon house with a red roof"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache):
     runs = tmp_path_factory.mktemp("runs")
-    port = free_port()
-    log = open(runs.parent / "serve.log", "w")
-    env = {**os.environ, "LLM_DIT_CACHE": os.environ["LLM_DIT_CACHE"]}
-    proc = subprocess.Popen([sys.executable, "-m", "llm_dit", "serve", "--profile", "tiny", "--port", str(port),
-                             "--runs", str(runs)], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > end:
-                log.close()
-                pytest.fail("llm-dit serve did not start: " + (runs.parent / "serve.log").read_text())
-            time.sleep(0.2)
+    proc, url = start_server(runs, runs.parent / "serve.log")
     yield url, runs
     proc.terminate()
     proc.wait(10)
-    log.close()
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +177,30 @@ def test_runs_page_starts_an_experiment_and_shows_it(server, browser, tmp_path, 
                                     if "browser-run" in r.text], 30, "the run is listed")[0]
     assert "complete" in row.text.lower() and "4/4" in row.text and "vl_only_vs_qwen3" in row.text
     assert shot(browser, tmp_path, "runs").stat().st_size > 10_000
+
+
+def test_a_cancelled_run_is_resumed_from_its_page(server, browser):
+    """A run that stopped part-way (cancelled here; a server restart leaves the same) offers a resume
+    button that makes only its missing cells."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from web_client import wait
+
+    url, runs = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        job = c.post("/api/sweeps", json={"prompt": PROMPT, "name": "to-resume", "axes": {"seed": ["1", "2", "3"]},
+                                          "generation": {"steps": 40, "width": 64, "height": 64}}).json()
+        end = time.monotonic() + 120
+        while c.get(f"/api/jobs/{job['id']}").json()["progress"]["cells_done"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        c.post(f"/api/jobs/{job['id']}/cancel")
+        assert wait(c, job["id"])["state"] == "cancelled"
+    done = {p.name for p in (runs / "to-resume" / "cells").glob("*.json")}
+    browser.get(url + "/runs/to-resume")
+    button = until(browser, lambda d: d.find_element(By.ID, "resume-run"), 30, "the resume button")
+    assert f"{3 - len(done)} cell" in button.text
+    button.click()
+    until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#run-info .state").text.lower() == "complete", 180,
+          "the resumed run to complete")
+    assert not browser.find_elements(By.ID, "resume-run")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#run-cells .cell img")) == 3

@@ -1,10 +1,16 @@
 """What the web-app tests share besides their fixtures (``config``, ``client``, ``upload`` in conftest.py):
-the prompt, small settings, a PNG to upload, and waiting for a job."""
+the prompt, small settings, a PNG to upload, waiting for a job, and ``llm-dit serve`` as a process."""
 
 from __future__ import annotations
 
 import io
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -27,3 +33,29 @@ def wait(client, job_id: str, timeout: float = 240) -> dict:
             return job
         time.sleep(0.05)
     pytest.fail(f"job {job_id} did not end: {job}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``llm-dit serve --profile tiny --runs RUNS`` as a person starts it, once it answers: (process, URL)."""
+    port = free_port()
+    out = open(log, "a")
+    proc = subprocess.Popen([sys.executable, "-m", "llm_dit", "serve", "--profile", "tiny", "--port", str(port),
+                             "--runs", str(runs)], stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    out.close()  # the process has its own copy
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/api/health", timeout=2)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > end:
+                proc.kill()
+                pytest.fail("llm-dit serve did not start: " + log.read_text())
+            time.sleep(0.2)

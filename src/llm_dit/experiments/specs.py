@@ -6,6 +6,7 @@ things with the same sentence (and the web app reports the field at fault).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..config import MAX_CAPTION_TOKENS, Config
@@ -80,8 +81,23 @@ def spec_from_metadata(path: str, save_embeddings: bool = False) -> tuple[RunSpe
     """The :class:`RunSpec` and configuration recorded in a run's ``metadata.json`` (``path``), to run
     it again: the same cells, recipes, grids, prompt and settings. A reference image that is no
     longer at its recorded path is taken from the run folder's copy (``reference.png``, ...)."""
+    return _recorded(Path(path), "plan", "from", save_embeddings,
+                     "is not the metadata.json of an llm-dit run (rebuild it with llm-dit report DIR)")
+
+
+def spec_from_run(out: str | Path) -> tuple[RunSpec, Config]:
+    """The :class:`RunSpec` and configuration of the run folder ``out``, from its ``run.json``: what
+    resumes it (its run key is the recorded one, so finished cells are kept)."""
+    from .folder import RUN_FILE
+
+    return _recorded(Path(out) / RUN_FILE, None, "run", False, "is not the run.json of an llm-dit run")
+
+
+def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
+              broken: str) -> tuple[RunSpec, Config]:
+    """The run recorded in the JSON file ``p``: its plan under ``plan_key`` (None: at the top, as in
+    run.json) and its ``config``; ``broken`` ends the sentence for a file that is no such record."""
     import json
-    from pathlib import Path
 
     from ..conditioning.recipe import Recipe
     from ..errors import LlmDitError
@@ -89,12 +105,11 @@ def spec_from_metadata(path: str, save_embeddings: bool = False) -> tuple[RunSpe
     from .folder import reference_name
     from .presets import GridSpec
 
-    p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p} does not exist", field="from")
+        raise InputError(f"{p} does not exist", field=where)
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
-        plan, recorded = meta["plan"], meta["config"]
+        plan, recorded = (meta[plan_key] if plan_key else meta), meta["config"]
         moved = {}  # recorded path -> the run folder's copy, for references no longer where they were
         for i, im in enumerate(plan["images"]):
             copy = p.parent / reference_name(i)
@@ -105,10 +120,9 @@ def spec_from_metadata(path: str, save_embeddings: bool = False) -> tuple[RunSpe
         grids = [GridSpec(**g) for g in plan.get("grids") or []]
         config = Config.from_dict(recorded)
     except LlmDitError as e:
-        raise InputError(f"{p} records a run this version cannot repeat: {e}", field="from") from None
+        raise InputError(f"{p} records a run this version cannot repeat: {e}", field=where) from None
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
-        raise InputError(f"{p} is not the metadata.json of an llm-dit run (rebuild it with llm-dit report DIR)",
-                         field="from") from None
+        raise InputError(f"{p} {broken}", field=where) from None
     images = [moved.get(im, im) for im in plan["images"]]
     spec = RunSpec(plan["name"], images, plan["prompt"], cells, grids, quick=bool(plan.get("quick")),
                    caption=plan.get("given_caption"), save_embeddings=save_embeddings,

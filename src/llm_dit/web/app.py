@@ -16,11 +16,15 @@ JSON API under ``/api`` (schema and try-it page at ``/docs``):
 ``GET  /api/jobs/ID/events``           the same as server-sent events, until the job ends
 ``POST /api/jobs/ID/cancel``           drop a queued job, stop a running one
 ``GET  /api/runs``, ``/api/runs/NAME`` run folders under ``--runs``, newest first; one run whole
+``POST /api/runs/NAME/resume``         make a run's missing cells (a job; finished cells are kept)
 ``GET  /api/files/PATH``               any file inside ``--runs`` (images, grids, report.html)
 =====================================  ==========================================================
 
 Errors: a request the CLI would refuse gets 422 and ``{"detail": sentence, "field": "recipe.alpha"}``;
 a body above the upload limit 413; a path outside the runs folder 404; a missing or wrong token 401.
+
+The jobs are recorded in ``RUNS/.jobs.json`` (:mod:`llm_dit.web.jobs`): after a restart, finished
+jobs are listed again and unfinished ones as ``interrupted``.
 """
 
 
@@ -41,10 +45,11 @@ from fastapi.staticfiles import StaticFiles
 from ..conditioning.recipe import FILE_FIELDS
 from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError, LlmDitError
+from ..experiments import folder
 from . import files
 from .form import PRESETS, generation_controls, recipe_controls
 from .guard import Guard
-from .jobs import TERMINAL, Job, JobQueue
+from .jobs import JOBS_FILE, TERMINAL, Job, JobQueue
 from .server import ExperimentBody, GenerateBody, RecipeBody, Server, SweepBody, field
 
 STATIC = Path(__file__).parent / "static"
@@ -68,7 +73,8 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
 
     runs = Path(runs).absolute()
     runs.mkdir(parents=True, exist_ok=True)
-    queue = JobQueue(ModelPool(), idle_unload=idle_unload)
+    queue = JobQueue(ModelPool(), idle_unload=idle_unload, record=runs / JOBS_FILE)
+    queue.load()  # what an earlier server on this folder did
     server = Server(config, runs, token, max_upload, queue, hosts)
 
     @contextlib.asynccontextmanager
@@ -138,6 +144,7 @@ def _routes(api: FastAPI, server: Server) -> None:
                 "models": {"z_image": server.config.models.z_image, "vl": server.config.models.vl},
                 "loaded": server.queue.pool.loaded(), "keep_models": server.config.runtime.keep_models,
                 "queued": sum(1 for j in list(server.queue.jobs.values()) if j.state == "queued"),
+                "streams": server.streams,
                 "runs": str(runs), "max_upload_mb": server.max_upload / 2**20}
 
     @api.get("/api/options")
@@ -261,20 +268,26 @@ def _routes(api: FastAPI, server: Server) -> None:
         job = server.job(job_id)
 
         async def stream():
-            seen, beat = None, time.monotonic()
-            while True:
-                now = (job.version, server.queue.position(job))
-                if now != seen:
-                    seen = now
-                    yield f"event: job\ndata: {json.dumps(server.job_dict(job))}\n\n"
-                    if job.state in TERMINAL:
+            # a client that goes away ends the stream (cancelled while sending or sleeping, or seen
+            # here): the job runs on, and the count of open streams drops again
+            server.streams += 1
+            try:
+                seen, beat = None, time.monotonic()
+                while True:
+                    now = (job.version, server.queue.position(job))
+                    if now != seen:
+                        seen = now
+                        yield f"event: job\ndata: {json.dumps(server.job_dict(job))}\n\n"
+                        if job.state in TERMINAL:
+                            return
+                    elif time.monotonic() - beat > 15:
+                        beat = time.monotonic()
+                        yield ": keep-alive\n\n"
+                    if await request.is_disconnected():
                         return
-                elif time.monotonic() - beat > 15:
-                    beat = time.monotonic()
-                    yield ": keep-alive\n\n"
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.1)
+            finally:
+                server.streams -= 1
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -294,6 +307,19 @@ def _routes(api: FastAPI, server: Server) -> None:
             raise HTTPException(404, f"no run folder {name!r} under the runs folder")
         detail["job"] = server.job_dict(jobs_[-1]) if jobs_ else None
         return detail
+
+    @api.post("/api/runs/{name}/resume", status_code=202)
+    def resume(name: str):
+        from ..experiments.specs import spec_from_run
+
+        out = files.inside(runs, name)
+        if out is None or "/" in name or not (out / folder.RUN_FILE).is_file():
+            raise HTTPException(404, f"no run folder {name!r} under the runs folder")
+        with server.claim(name):
+            spec, config = spec_from_run(out)
+            title = f"{spec.name} {name} resumed: {len(spec.cells)} cells"
+            kind = "sweep" if spec.name == "sweep" else "experiment"
+            return server.job_dict(server.run_job(kind, title, spec, config, name, out))
 
     @api.get("/api/files/{path:path}")
     def file(path: str):

@@ -8,11 +8,17 @@ report (:class:`~llm_dit.errors.Cancelled`, raised from the report), a run keeps
 
 Models stay loaded in the :class:`~llm_dit.models.pool.ModelPool` between jobs and are released
 after ``idle_unload`` seconds without work, or after a job ran out of memory.
+
+The jobs outlive the server: every change of state (submitted, started, ended, cancelled) rewrites
+``RUNS/.jobs.json`` (hidden: never served, never listed as a run). A server started on that folder
+lists the finished jobs again, and the jobs that were queued or running when it stopped (cleanly or
+killed) as ``interrupted``: a run's finished cells are in its folder, and the run page resumes it.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import threading
 import time
@@ -20,14 +26,28 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, LlmDitError, out_of_memory_message
+from ..io import write_json
 
-TERMINAL = ("done", "failed", "cancelled")
+TERMINAL = ("done", "failed", "cancelled", "interrupted")
 #: Finished jobs kept for the page (the oldest are forgotten first).
 HISTORY = 200
+#: The file in the runs folder that keeps the jobs across restarts.
+JOBS_FILE = ".jobs.json"
 _ids = itertools.count(1)
+_SAVED = ("id", "kind", "title", "run", "state", "created", "started", "finished", "progress", "result", "error")
+
+
+def _interrupted(job: Job) -> str:
+    return ("the server stopped before this job finished; " +
+            ("the finished cells are kept: resume the run from its page" if job.run else "submit it again"))
+
+
+def _gone(job: Job) -> dict:
+    raise LlmDitError("this job was recorded by an earlier server and cannot run again")
 
 
 @dataclass
@@ -49,6 +69,16 @@ class Job:
     error: str | None = None
     version: int = 0  # bumped on every change: the event stream sends a state when it moved
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stopping: bool = field(default=False, repr=False)  # the server stops: the job ends "interrupted"
+
+    @classmethod
+    def restored(cls, saved: dict) -> Job:
+        """A job as an earlier server recorded it; one that had not ended is ``interrupted``."""
+        job = cls(saved["kind"], saved["title"], _gone, **{k: saved[k] for k in _SAVED[3:] if k in saved},
+                  id=saved["id"])
+        if job.state not in TERMINAL:
+            job.state, job.error = "interrupted", _interrupted(job)
+        return job
 
     # -- progress hooks (called from the worker; each is a point where a cancel takes effect) --
 
@@ -77,9 +107,11 @@ class Job:
 class JobQueue:
     """Jobs in submission order, run one at a time by one worker thread."""
 
-    def __init__(self, pool, idle_unload: float = 900.0):
+    def __init__(self, pool, idle_unload: float = 900.0, record: Path | None = None):
         self.pool = pool
         self.idle_unload = idle_unload
+        self.record = record  # the jobs file (None: the jobs live only as long as the server)
+        self._saving = threading.Lock()
         self.jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -93,17 +125,58 @@ class JobQueue:
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker: queued jobs and the running one (at its next progress report) end
+        ``interrupted``, and are recorded so."""
         with self._cond:
             self._stop = True
             for job in self._pending:
-                job.state, job.finished = "cancelled", time.time()
+                job.state, job.finished, job.error = "interrupted", time.time(), _interrupted(job)
             self._pending.clear()
             if self.current is not None:
+                self.current._stopping = True
                 self.current._cancel.set()
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.save()  # a job still running now (a model loading) is read back as interrupted
         self.pool.release()
+
+    # -- the record ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """The jobs an earlier server recorded (an unreadable record is set aside, with a warning)."""
+        global _ids
+        if self.record is None or not self.record.is_file():
+            return
+        try:
+            saved = json.loads(self.record.read_text(encoding="utf-8"))["jobs"]
+            jobs = [Job.restored(j) for j in saved]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            aside = self.record.with_name(self.record.name + ".unreadable")
+            print(f"warning: {self.record} could not be read ({type(e).__name__}); the earlier jobs are not "
+                  f"listed; it is kept as {aside}", file=sys.stderr)
+            self.record.replace(aside)
+            return
+        with self._cond:
+            for job in jobs:
+                self.jobs[job.id] = job
+        # new ids go on after the recorded ones (an id is "NNNN-millis")
+        numbers = [int(j.id.split("-")[0]) for j in jobs if j.id.split("-")[0].isdigit()]
+        _ids = itertools.count(max([next(_ids), *(n + 1 for n in numbers)]))
+        self.save()  # the interrupted ones are recorded as such
+
+    def save(self) -> None:
+        """Rewrite the record (one writer at a time; renamed into place, so a kill leaves it whole).
+        A record that cannot be written costs the list after a restart, not the job: a warning."""
+        if self.record is None:
+            return
+        with self._saving:
+            with self._cond:
+                jobs = [{k: v for k, v in j.to_dict().items() if k in _SAVED} for j in self.jobs.values()]
+            try:
+                write_json(self.record, {"jobs": jobs}, durable=False)
+            except OSError as e:
+                print(f"warning: the job record {self.record} could not be written: {e}", file=sys.stderr)
 
     # -- the page's side -------------------------------------------------------------------
 
@@ -113,6 +186,7 @@ class JobQueue:
             self._pending.append(job)
             self._forget_old()
             self._cond.notify_all()
+        self.save()
         return job
 
     def position(self, job: Job) -> int | None:
@@ -136,6 +210,7 @@ class JobQueue:
             elif job.state == "running":
                 job._cancel.set()
                 job.version += 1
+        self.save()
         return job
 
     def active_runs(self) -> set[str]:
@@ -164,6 +239,7 @@ class JobQueue:
                 job.state, job.started = "running", time.time()
                 job.version += 1
                 self.current = job
+            self.save()
             self._execute(job)
             with self._cond:
                 self.current = None
@@ -173,7 +249,9 @@ class JobQueue:
             result = job.work(job)
             job.result, job.state = result, "done"
         except Cancelled:
-            job.state = "cancelled"
+            job.state = "interrupted" if job._stopping else "cancelled"
+            if job._stopping:
+                job.error = _interrupted(job)
         except LlmDitError as e:
             job.state, job.error = "failed", str(e)
         except MemoryError:
@@ -189,3 +267,4 @@ class JobQueue:
         finally:
             job.finished = time.time()
             job.version += 1
+            self.save()

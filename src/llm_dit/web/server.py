@@ -70,6 +70,7 @@ class Server:
         self.hosts = hosts  # the Host names a request may carry (None: any)
         self._names = threading.Lock()
         self._reserved: set[str] = set()  # run names taken by requests still being checked
+        self.streams = 0  # event streams open now (changed on the event loop's thread only)
 
     def job(self, job_id: str) -> Job:
         job = self.queue.jobs.get(job_id)
@@ -139,8 +140,24 @@ class Server:
                 while self._taken(run):
                     run, n = f"{kind}-{stamp}-{n}", n + 1
             self._reserved.add(run)
-        try:
+        with self._held(run):
             yield run, self.runs / run
+
+    @contextlib.contextmanager
+    def claim(self, run: str):
+        """An existing run folder, reserved while a request to resume it is checked and submitted
+        (a run is resumed by one job at a time)."""
+        with self._names:
+            if run in self.queue.active_runs() or run in self._reserved:
+                raise HTTPException(409, f"the run {run!r} is queued or running already")
+            self._reserved.add(run)
+        with self._held(run):
+            yield
+
+    @contextlib.contextmanager
+    def _held(self, run: str):
+        try:
+            yield
         finally:  # submitted: its job now holds the name; refused: free again
             with self._names:
                 self._reserved.discard(run)

@@ -243,17 +243,18 @@ async function runSweep() {
 }
 
 // job progress: server-sent events; the page falls back to polling if the stream breaks
+const ENDED = ["done", "failed", "cancelled", "interrupted"];
 function follow(id, onUpdate) {
   const es = new EventSource(`/api/jobs/${id}/events`);
   es.addEventListener("job", (ev) => {
     const job = JSON.parse(ev.data);
     onUpdate(job);
-    if (["done", "failed", "cancelled"].includes(job.state)) es.close();
+    if (ENDED.includes(job.state)) es.close();
   });
   es.onerror = () => {
     es.close();
     const t = setInterval(async () => {
-      try { const job = await api(`/api/jobs/${id}`); onUpdate(job); if (["done", "failed", "cancelled"].includes(job.state)) clearInterval(t); }
+      try { const job = await api(`/api/jobs/${id}`); onUpdate(job); if (ENDED.includes(job.state)) clearInterval(t); }
       catch (e) { clearInterval(t); }
     }, 1000);
   };
@@ -372,6 +373,11 @@ async function showRun(name) {
   timers.push(setInterval(update, 1500));
 }
 
+async function resumeRun(name) {
+  try { await api(`/api/runs/${encodeURIComponent(name)}/resume`, { method: "POST" }); clearTimers(); showRun(name); }
+  catch (e) { $("#run-job").append(el("p", { class: "error" }, e.message)); }
+}
+
 function renderRun(d) {
   const done = d.cells.filter((c) => c.state === "done").length;
   $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment || "waiting for the worker"}${d.quick ? " (quick)" : ""} · ${done}/${d.cells.length} cells · `,
@@ -379,7 +385,10 @@ function renderRun(d) {
     d.report ? el("a", { href: d.report, target: "_blank", id: "report-link" }, "report.html") : "report when done",
     ...(d.metadata ? [" · ", el("a", { href: d.metadata, target: "_blank" }, "metadata.json")] : []));
   const job = d.job && ["queued", "running"].includes(d.job.state) ? d.job : null;
-  $("#run-job").replaceChildren(...(job ? [progressOf(job) || "", el("button", { type: "button", class: "small cancel", onclick: () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }) }, "cancel run")] : d.job && d.job.error ? [el("p", { class: "error" }, d.job.error)] : []));
+  const missing = d.cells.length - done;
+  // an interrupted, cancelled or failed run: its finished cells are kept, the missing ones made again
+  const resume = !job && d.status !== "running" && missing > 0 && d.experiment ? el("button", { type: "button", class: "small", id: "resume-run", onclick: () => resumeRun(d.name) }, `resume (${missing} cell${missing === 1 ? "" : "s"} to make)`) : "";
+  $("#run-job").replaceChildren(...(job ? [progressOf(job) || "", el("button", { type: "button", class: "small cancel", onclick: () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }) }, "cancel run")] : [d.job && d.job.error ? el("p", { class: "error" }, d.job.error) : "", resume]));
   const gridKey = d.grids.join("|");
   if ($("#run-grids").dataset.key !== gridKey) {
     $("#run-grids").dataset.key = gridKey;
