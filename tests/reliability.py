@@ -26,29 +26,28 @@ class Collector:
     def __init__(self) -> None:
         self.rows: dict[tuple, dict] = defaultdict(lambda: {"cases": 0, "examples": 0, "passed": 0, "failed": 0,
                                                             "skipped": 0, "tests": set()})
-        self.keys: dict[str, tuple] = {}  # test id -> its row
+        self.keys: dict[str, list[tuple]] = {}  # test id -> its rows (a test may show two things)
         self.examples: dict[str, int] = {}  # test id -> hypothesis examples run
 
     def item(self, item) -> None:
-        mark = item.get_closest_marker("reliability")
-        if mark is not None:
+        for mark in reversed(list(item.iter_markers("reliability"))):  # in the order they are written
             area, tried, expected = mark.args
             if area not in AREAS:
                 raise ValueError(f"{item.nodeid}: reliability area must be one of {AREAS} (got {area!r})")
-            self.keys[item.nodeid] = (area, tried, expected)
-            self.rows[self.keys[item.nodeid]]["tests"].add(item.nodeid.split("[")[0])
+            self.keys.setdefault(item.nodeid, []).append((area, tried, expected))
+            self.rows[(area, tried, expected)]["tests"].add(item.nodeid.split("[")[0])
 
     def report(self, report) -> None:
-        key = self.keys.get(report.nodeid)
-        if key is None or not (report.when == "call" or report.skipped or report.failed):
+        if not (report.when == "call" or report.skipped or report.failed):
             return
-        row = self.rows[key]
-        if report.when == "call" or report.skipped:
-            row["cases"] += 1
-            row["examples"] += self.examples.get(report.nodeid, 1)
-        outcome = "skipped" if report.skipped else "failed" if report.failed else "passed"
-        if report.when == "call" or outcome != "passed":
-            row[outcome] += 1
+        for key in self.keys.get(report.nodeid, []):
+            row = self.rows[key]
+            if report.when == "call" or report.skipped:
+                row["cases"] += 1
+                row["examples"] += self.examples.get(report.nodeid, 1)
+            outcome = "skipped" if report.skipped else "failed" if report.failed else "passed"
+            if report.when == "call" or outcome != "passed":
+                row[outcome] += 1
 
     def write(self, path: str) -> None:
         import hypothesis

@@ -161,5 +161,5 @@ def test_unreadable_recipe_files(tmp_path):
     with pytest.raises(ConfigError, match="recipe field 'references'"):
         Recipe.load(tmp_path / "null.json")
     (tmp_path / "bad.toml").write_text("alpha = = 1")
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="is not valid TOML"):
         Recipe.load(tmp_path / "bad.toml")

@@ -155,6 +155,8 @@ def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_pat
 
 @pytest.mark.reliability('reproducibility', 'compare --from DIR/metadata.json of a sweep, with its reference in place and moved',
                          'the same run key and byte-identical PNGs; the same pixels once moved')
+@pytest.mark.reliability('reproducibility', "what a sweep records of what made it: metadata.json and each run.json session", "the installed torch, diffusers and transformers versions, the checkout's "
+                         "git revision, the whole resolved config")
 def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, capsys):
     """`compare --from DIR/metadata.json` repeats a run (here a sweep) with its recorded cells and
     settings: the same run key and byte-identical PNGs, also once the reference has moved."""
@@ -174,6 +176,7 @@ def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, caps
     capsys.readouterr()
     m1, m2 = (json.loads((d / "metadata.json").read_text()) for d in (first, again))
     assert m1["run_key"] == m2["run_key"] and m1["config"] == m2["config"] and m1["plan"] == m2["plan"]
+    _records_what_made_it(first, m1)
     for r in m1["results"]:
         assert (first / r["file"]).read_bytes() == (again / r["file"]).read_bytes(), r["name"]
         with Image.open(first / r["file"]) as a, Image.open(moved / r["file"]) as b:
@@ -185,3 +188,26 @@ def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, caps
         assert main(["compare", "--from", str(path), "--out", str(tmp_path / "x"), *bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and (needle or "does not exist") in err[0] and not (tmp_path / "x").exists()
+
+
+def _records_what_made_it(out: Path, meta: dict) -> None:
+    """The run's versions, revision and config, against the installed packages, git and the config
+    resolved from the command's own flags."""
+    import diffusers
+    import torch
+    import transformers
+
+    from llm_dit.config import resolve_config
+
+    installed = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                 "transformers": transformers.__version__}
+    repo = Path(__file__).resolve().parents[1]
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = git.stdout.strip() if git.returncode == 0 else None
+    config = resolve_config("tiny", overrides={"generation.steps": 4, "generation.width": 64, "generation.height": 64,
+                                               "generation.seed": 7}).to_dict()
+    run = json.loads((out / "run.json").read_text())
+    for where in (meta, run["sessions"][0]):
+        assert {k: where["versions"][k] for k in installed} == installed
+        assert (where["git_revision"] or "").split("+")[0] == (head or ""), where["git_revision"]
+    assert meta["config"] == run["config"] == config

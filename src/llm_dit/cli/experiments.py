@@ -172,7 +172,7 @@ def sweep_axes(args) -> tuple[dict, dict]:
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise InputError(f"grid file {p} cannot be read: {e}") from None
+            raise InputError(f"grid file {p} is not valid TOML: {e}") from None
         unknown = set(data) - {"recipe", "axes"}
         if unknown:
             raise InputError(f"grid file {p}: unknown table(s) {sorted(unknown)}; expected [recipe] and [axes]")

@@ -46,7 +46,7 @@ def cmd_serve(args) -> int:
         from ..web.app import create_app
     except ImportError as e:
         raise InputError(f"the web app needs the 'web' extra ({e.name} is missing): pip install 'llm-dit[web]'") from None
-    from ..models.loading import resolve_placement
+    from ..models.loading import resolve_model_path, resolve_placement
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_local(args.host) and not token:
@@ -60,6 +60,9 @@ def cmd_serve(args) -> int:
         raise InputError(f"--max-upload-mb must be positive (got {args.max_upload_mb})")
     cfg = config(args)
     resolve_placement(cfg.runtime)  # a device that is not there: refused now
+    for kind in ("z_image", "vl"):  # so is a model folder that is not there (not at the first job)
+        if getattr(cfg.models, kind) != "tiny":  # the tiny models are built when a job first needs them
+            resolve_model_path(getattr(cfg.models, kind), kind)
     runs = Path(args.runs)
     if runs.exists() and not runs.is_dir():
         raise InputError(f"--runs {runs} is a file, not a folder")

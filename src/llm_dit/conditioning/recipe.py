@@ -176,7 +176,7 @@ class Recipe(_Strict):
             text = path.read_text(encoding="utf-8")
             data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"recipe file {path} cannot be read: {e}") from None
+            raise ConfigError(f"recipe file {path} is not valid TOML: {e}") from None
         if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
             data = data["recipe"]  # a metadata file: its recipe
         refs = data.get("references") if isinstance(data, dict) else None

@@ -125,9 +125,12 @@ def _routes(api: FastAPI, server: Server) -> None:
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
         err = e.errors()[0]
+        if err["type"] == "json_invalid":  # its location is a character of the body, not a field
+            return JSONResponse({"detail": f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'a syntax error')} "
+                                           f"at character {err['loc'][-1]})", "field": None}, status_code=422)
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")]
         where = ".".join(loc)
-        msg = err["msg"][:1].lower() + err["msg"][1:]
+        msg = err["msg"] if err["msg"][1:2].isupper() else err["msg"][:1].lower() + err["msg"][1:]  # JSON stays JSON
         return JSONResponse({"detail": f"request field '{where}': {msg}" if where else msg,
                              "field": where or None}, status_code=422)
 
