@@ -188,3 +188,41 @@ def test_serve_refuses_a_missing_model_path(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and f"model path {MISSING} does not exist" in err
     assert not (tmp_path / "runs").exists()
+
+
+# -- every command ---------------------------------------------------------------------------------
+
+COMMANDS = [  # (arguments, what the sentence says, the output it must not leave)
+    (["generate", "--prompt", "a", "--init-image", "{d}/missing.png", "--out", "{d}/o.png"], "does not exist", "o.png"),
+    (["compare", "--experiment", "nope", "--image", "{d}/ref.png", "--prompt", "a", "--out", "{d}/o"],
+     "unknown experiment 'nope'", "o"),
+    (["sweep", "--image", "{d}/ref.png", "--prompt", "a", "--vary", "alpha=", "--out", "{d}/o"], "empty value", "o"),
+    (["report", "{d}/o"], "is not a folder", "o"),
+    (["serve", "--port", "70000", "--runs", "{d}/o"], "--port must be in 1..65535", "o"),
+    (["extract", "--image", "{d}/missing.png", "--out", "{d}/o.safetensors"], "does not exist", "o.safetensors"),
+    (["caption", "--image", "{d}/missing.png", "--out", "{d}/o.txt"], "does not exist", "o.txt"),
+    (["stats", "reference", "--prompts", "{d}/missing.txt", "--out", "{d}/o.safetensors"], "does not exist",
+     "o.safetensors"),
+    (["stats", "compare", "--image", "{d}/missing.png", "--prompt", "a", "--out", "{d}/o"], "does not exist", "o"),
+    (["stats", "adapter", "--prompts", "{d}/missing.txt", "--out", "{d}/o.safetensors"], "does not exist",
+     "o.safetensors"),
+    (["models", "tiny", "--out", "{d}/ref.png"], "is a file", None),
+    (["profiles", "--config", "{d}/bad.toml"], "not valid TOML", None),
+    (["config", "--config", "{d}/bad.toml"], "not valid TOML", None),
+    (["experiments", "--colour"], "unrecognized arguments: --colour", None),
+]
+TINY = ("generate", "compare", "sweep", "extract", "caption", "stats")  # the commands that load models
+
+
+@pytest.mark.reliability("bad input", "a bad input to each of the 14 commands (generate, compare, sweep, report, "
+                         "serve, extract, caption, the 3 stats, models tiny, profiles, config, experiments)",
+                         "one line on stderr, exit 2, no traceback, no output; with --debug the exception and its "
+                         "traceback")
+@pytest.mark.parametrize("args, needle, output", COMMANDS, ids=[" ".join(c[0][:2]) for c in COMMANDS])
+def test_every_command_refuses_in_one_line(args, needle, output, ref, tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text("[tiny\n")
+    args = [a.format(d=tmp_path) for a in args] + (["--profile", "tiny"] if args[0] in TINY else [])
+    _refused(args, needle, tmp_path / (output or "none"), capsys)
+    if args[0] != "experiments":  # a usage error has no traceback to show
+        with pytest.raises(LlmDitError, match=needle.replace(".", r"\.")):
+            main([*args, "--debug"])

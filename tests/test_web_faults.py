@@ -97,7 +97,7 @@ def test_fifty_submissions_at_once(config, tmp_path):
 
 
 @pytest.mark.reliability("faults", "5 clients that open a job's event stream and leave after the first event",
-                         "each stream ends on the server (none left open), the job runs on to its end")
+                         "each stream ends on the server (none left open); the job runs on, its steps still advancing")
 def test_clients_that_leave_mid_stream(config, tmp_path):
     app = create_app(config, tmp_path)
     with live(app) as url, httpx.Client(base_url=url, timeout=60) as c:
