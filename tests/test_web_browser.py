@@ -182,19 +182,18 @@ def test_runs_page_starts_an_experiment_and_shows_it(server, browser, tmp_path, 
 def test_a_cancelled_run_is_resumed_from_its_page(server, browser):
     """A run that stopped part-way (cancelled here; a server restart leaves the same) offers a resume
     button that makes only its missing cells."""
-    import httpx
     from selenium.webdriver.common.by import By
-    from web_client import wait
+    from web_client import Http, wait
 
     url, runs = server
-    with httpx.Client(base_url=url, timeout=60) as c:
-        job = c.post("/api/sweeps", json={"prompt": PROMPT, "name": "to-resume", "axes": {"seed": ["1", "2", "3"]},
-                                          "generation": {"steps": 40, "width": 64, "height": 64}}).json()
-        end = time.monotonic() + 120
-        while c.get(f"/api/jobs/{job['id']}").json()["progress"]["cells_done"] < 1 and time.monotonic() < end:
-            time.sleep(0.05)
-        c.post(f"/api/jobs/{job['id']}/cancel")
-        assert wait(c, job["id"])["state"] == "cancelled"
+    c = Http(url)
+    job = c.post("/api/sweeps", json={"prompt": PROMPT, "name": "to-resume", "axes": {"seed": ["1", "2", "3"]},
+                                      "generation": {"steps": 40, "width": 64, "height": 64}}).json()
+    end = time.monotonic() + 120
+    while c.get(f"/api/jobs/{job['id']}").json()["progress"]["cells_done"] < 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    c.post(f"/api/jobs/{job['id']}/cancel")
+    assert wait(c, job["id"])["state"] == "cancelled"
     done = {p.name for p in (runs / "to-resume" / "cells").glob("*.json")}
     browser.get(url + "/runs/to-resume")
     button = until(browser, lambda d: d.find_element(By.ID, "resume-run"), 30, "the resume button")

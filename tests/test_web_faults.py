@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import threading
 import time
@@ -18,12 +19,11 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("fastapi")
-import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from llm_dit.web.app import create_app  # noqa: E402
 from run_args import check_complete  # noqa: E402
-from web_client import PROMPT, free_port, start_server, wait  # noqa: E402
+from web_client import PROMPT, Http, free_port, start_server, wait  # noqa: E402
 
 GEN = {"steps": 2, "width": 64, "height": 64}
 
@@ -67,10 +67,9 @@ def test_fifty_submissions_at_once(config, tmp_path):
     bodies += [("/api/sweeps", {"prompt": PROMPT, "generation": GEN, "axes": {"seed": ["3"]}, "name": "one"})] * 10
     barrier = threading.Barrier(len(bodies))
 
-    def post(url: str, path: str, body: dict) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=120) as c:
-            barrier.wait()  # all 50 requests leave together
-            return c.post(path, json=body)
+    def post(url: str, path: str, body: dict):
+        barrier.wait()  # all 50 requests leave together
+        return Http(url).post(path, json=body)
 
     app = create_app(config, tmp_path)
     with live(app) as url:
@@ -83,8 +82,7 @@ def test_fifty_submissions_at_once(config, tmp_path):
         jobs = [r.json() for r in replies if r.status_code == 202]
         runs = [j["run"] for j in jobs if j["run"]]
         assert len({j["id"] for j in jobs}) == 41 and len(set(runs)) == 16
-        with httpx.Client(base_url=url, timeout=60) as c:
-            ended = sorted((wait(c, j["id"]) for j in jobs), key=lambda j: j["started"])
+        ended = sorted((wait(Http(url), j["id"]) for j in jobs), key=lambda j: j["started"])
     assert [j["state"] for j in ended] == ["done"] * 41
     assert all(a["finished"] <= b["started"] for a, b in zip(ended, ended[1:]))  # one at a time
     assert [j["id"] for j in ended] == sorted(j["id"] for j in jobs)  # in the order they were taken
@@ -100,16 +98,21 @@ def test_fifty_submissions_at_once(config, tmp_path):
                          "each stream ends on the server (none left open); the job runs on, its steps still advancing")
 def test_clients_that_leave_mid_stream(config, tmp_path):
     app = create_app(config, tmp_path)
-    with live(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+    with live(app) as url:
+        c = Http(url)
         job = c.post("/api/generate", json={"prompt": PROMPT, "generation": {**GEN, "steps": 1000}}).json()
         until(lambda: c.get(f"/api/jobs/{job['id']}").json()["progress"]["step"] >= 1, "the job to start")
+        host, port = url.removeprefix("http://").split(":")
         for _ in range(5):
-            with c.stream("GET", f"/api/jobs/{job['id']}/events") as r:
-                lines = r.iter_lines()  # held: an iterator dropped unfinished closes the connection itself
-                first = next(line for line in lines if line.startswith("data: "))
-                assert json.loads(first[6:])["state"] == "running"
-                assert c.get("/api/health").json()["streams"] == 1
-            # leaving the block closed the connection with the stream unfinished
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("GET", f"/api/jobs/{job['id']}/events")
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("content-type").startswith("text/event-stream")
+            while not (line := r.readline().decode()).startswith("data: "):
+                assert line, "the stream ended"
+            assert json.loads(line[6:])["state"] == "running"
+            assert c.get("/api/health").json()["streams"] == 1
+            conn.close()  # gone, with the stream unfinished
         until(lambda: c.get("/api/health").json()["streams"] == 0, "the server to end the left streams", 20)
         now = c.get(f"/api/jobs/{job['id']}").json()
         assert now["state"] == "running"  # the streams ended because their clients left, not the job
@@ -137,57 +140,56 @@ def _kept(out: Path) -> dict[str, tuple[str, int]]:
                          "interrupted; the killed sweep resumes from the page keeping its finished cells")
 def test_a_server_restart_keeps_the_finished_and_shows_the_unfinished_as_interrupted(tmp_path):
     runs, log = tmp_path / "runs", tmp_path / "serve.log"
-    proc, url = start_server(runs, log)
-    try:
-        with httpx.Client(base_url=url, timeout=60) as c:
-            first = wait(c, c.post("/api/generate", json={"prompt": PROMPT, "generation": GEN}).json()["id"])
-            sweep = c.post("/api/sweeps", json={"prompt": PROMPT, "generation": {**GEN, "steps": 30}, "name": "long",
-                                                "axes": {"seed": [str(i) for i in range(6)]}}).json()
-            queued = c.post("/api/generate", json={"prompt": "queued", "generation": GEN}).json()
-            until(lambda: c.get(f"/api/jobs/{sweep['id']}").json()["progress"]["cells_done"] >= 1, "a finished cell")
-            proc.kill()
-            proc.wait(10)
-    finally:
+    with serving(runs, log) as (proc, c):
+        first = wait(c, c.post("/api/generate", json={"prompt": PROMPT, "generation": GEN}).json()["id"])
+        sweep = c.post("/api/sweeps", json={"prompt": PROMPT, "generation": {**GEN, "steps": 30}, "name": "long",
+                                            "axes": {"seed": [str(i) for i in range(6)]}}).json()
+        queued = c.post("/api/generate", json={"prompt": "queued", "generation": GEN}).json()
+        until(lambda: c.get(f"/api/jobs/{sweep['id']}").json()["progress"]["cells_done"] >= 1, "a finished cell")
         proc.kill()
+        proc.wait(10)
     kept = _kept(runs / "long")
     assert 1 <= len(kept) < 6
     assert _recorded(runs, sweep, queued) == ["running", "queued"]  # as the killed server left them
 
-    proc, url = start_server(runs, log)
-    try:
-        with httpx.Client(base_url=url, timeout=60) as c:
-            jobs = {j["id"]: j for j in c.get("/api/jobs").json()}
-            assert jobs[first["id"]]["state"] == "done"
-            assert c.get(jobs[first["id"]]["result"]["image"]).content == c.get(first["result"]["image"]).content
-            assert jobs[sweep["id"]]["state"] == jobs[queued["id"]]["state"] == "interrupted"
-            assert "resume the run from its page" in jobs[sweep["id"]]["error"]
-            assert "submit it again" in jobs[queued["id"]]["error"]
-            listed = {r["name"]: r for r in c.get("/api/runs").json()}
-            assert listed["long"]["status"] == "incomplete" and listed["long"]["done"] == len(kept)
-            assert c.get("/api/runs/long").json()["job"]["state"] == "interrupted"
-            resumed = c.post("/api/runs/long/resume")
-            assert resumed.status_code == 202
-            assert c.post("/api/runs/long/resume").status_code == 409  # one job per run
-            assert resumed.json()["id"] not in jobs  # new ids go on after the recorded ones
-            assert wait(c, resumed.json()["id"])["state"] == "done"
-            slow = c.post("/api/generate", json={"prompt": "slow", "generation": {**GEN, "steps": 1000}}).json()
-            until(lambda: c.get(f"/api/jobs/{slow['id']}").json()["progress"]["step"] >= 1, "the slow job to start")
-            proc.terminate()  # a clean stop: the running job is stopped and recorded as interrupted
-            proc.wait(30)
-    finally:
-        proc.kill()
+    with serving(runs, log) as (proc, c):
+        jobs = {j["id"]: j for j in c.get("/api/jobs").json()}
+        assert jobs[first["id"]]["state"] == "done"
+        assert c.get(jobs[first["id"]]["result"]["image"]).content == c.get(first["result"]["image"]).content
+        assert jobs[sweep["id"]]["state"] == jobs[queued["id"]]["state"] == "interrupted"
+        assert "resume the run from its page" in jobs[sweep["id"]]["error"]
+        assert "submit it again" in jobs[queued["id"]]["error"]
+        listed = {r["name"]: r for r in c.get("/api/runs").json()}
+        assert listed["long"]["status"] == "incomplete" and listed["long"]["done"] == len(kept)
+        assert c.get("/api/runs/long").json()["job"]["state"] == "interrupted"
+        resumed = c.post("/api/runs/long/resume")
+        assert resumed.status_code == 202
+        assert c.post("/api/runs/long/resume").status_code == 409  # one job per run
+        assert resumed.json()["id"] not in jobs  # new ids go on after the recorded ones
+        assert wait(c, resumed.json()["id"])["state"] == "done"
+        slow = c.post("/api/generate", json={"prompt": "slow", "generation": {**GEN, "steps": 1000}}).json()
+        until(lambda: c.get(f"/api/jobs/{slow['id']}").json()["progress"]["step"] >= 1, "the slow job to start")
+        proc.terminate()  # a clean stop: the running job is stopped and recorded as interrupted
+        proc.wait(30)
     assert _recorded(runs, slow) == ["interrupted"]
     check_complete(runs / "long", 6)
     assert {k: v for k, v in _kept(runs / "long").items() if k in kept} == kept  # not made again
 
+    with serving(runs, log) as (proc, c):
+        jobs = {j["id"]: j for j in c.get("/api/jobs").json()}
+        assert jobs[slow["id"]]["state"] == "interrupted" and jobs[resumed.json()["id"]]["state"] == "done"
+        assert c.get("/api/runs").json()[0]["status"] == "complete"
+
+
+@contextlib.contextmanager
+def serving(runs: Path, log: Path):
+    """``llm-dit serve`` on ``runs`` for the block: (its process, a client); killed at the end."""
     proc, url = start_server(runs, log)
     try:
-        with httpx.Client(base_url=url, timeout=60) as c:
-            jobs = {j["id"]: j for j in c.get("/api/jobs").json()}
-            assert jobs[slow["id"]]["state"] == "interrupted" and jobs[resumed.json()["id"]]["state"] == "done"
-            assert c.get("/api/runs").json()[0]["status"] == "complete"
+        yield proc, Http(url)
     finally:
         proc.kill()
+        proc.wait(10)
 
 
 @pytest.mark.reliability("faults", "a jobs record that is not JSON when the server starts",

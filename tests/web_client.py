@@ -1,16 +1,20 @@
 """What the web-app tests share besides their fixtures (``config``, ``client``, ``upload`` in conftest.py):
-the prompt, small settings, a PNG to upload, waiting for a job, and ``llm-dit serve`` as a process."""
+the prompt, small settings, a PNG to upload, waiting for a job, ``llm-dit serve`` as a process, and a
+small HTTP client for a live server."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -59,3 +63,37 @@ def start_server(runs: Path, log: Path) -> tuple[subprocess.Popen, str]:
                 proc.kill()
                 pytest.fail("llm-dit serve did not start: " + log.read_text())
             time.sleep(0.2)
+
+
+class Reply:
+    """What :class:`Http` answers: the parts of a response the tests read."""
+
+    def __init__(self, status_code: int, content: bytes):
+        self.status_code, self.content = status_code, content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Http:
+    """JSON requests to a live server on the standard library (the test client's HTTP package is a
+    dependency of the installed Starlette, and changes with it)."""
+
+    def __init__(self, url: str, timeout: float = 120):
+        self.url, self.timeout = url, timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Reply:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if data is not None else {}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                return Reply(r.status, r.read())
+        except urllib.error.HTTPError as e:
+            return Reply(e.code, e.read())
+
+    def get(self, path: str) -> Reply:
+        return self.request("GET", path)
+
+    def post(self, path: str, json: Any = None) -> Reply:
+        return self.request("POST", path, json)
