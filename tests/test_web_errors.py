@@ -78,6 +78,15 @@ def test_body_that_is_not_json_gets_422(client):
     assert r.status_code == 422
 
 
+@pytest.mark.reliability('bad input', 'resuming what is not a run folder (a missing name, uploads, traversal)',
+                         '404, nothing queued')
+@pytest.mark.parametrize("name", ["nope", "uploads", "generated", "..", "%2e%2e", ".jobs.json"])
+def test_resume_needs_a_run_folder(client, name):
+    before = len(client.get("/api/jobs").json())
+    assert client.post(f"/api/runs/{name}/resume").status_code == 404
+    assert len(client.get("/api/jobs").json()) == before
+
+
 @pytest.mark.reliability('bad input', 'web paths that leave the runs folder (traversal)',
                          '404')
 @pytest.mark.parametrize("path", [

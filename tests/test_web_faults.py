@@ -192,12 +192,16 @@ def serving(runs: Path, log: Path):
         proc.wait(10)
 
 
-@pytest.mark.reliability("faults", "a jobs record that is not JSON when the server starts",
+@pytest.mark.reliability("faults", "a jobs record that is not JSON, or has a job of the wrong types, when the server starts",
                          "a warning naming the file, which is set aside; the server starts with an empty list")
-def test_an_unreadable_jobs_record_is_set_aside(config, tmp_path, capsys):
-    (tmp_path / ".jobs.json").write_text("{cut sho")
+@pytest.mark.parametrize("text", ["{cut sho", '{"jobs": [{"id": 7, "kind": "generate"}]}',
+                                  '{"jobs": [{"id": "0001-1", "kind": "generate", "title": "t", "state": "done", '
+                                  '"progress": [1]}]}'], ids=["not JSON", "an id that is a number", "bad progress"])
+def test_an_unreadable_jobs_record_is_set_aside(config, tmp_path, capsys, text):
+    (tmp_path / ".jobs.json").write_text(text)
     with TestClient(create_app(config, tmp_path, start_worker=False)) as c:
         assert c.get("/api/jobs").json() == []
         assert c.get("/api/files/.jobs.json.unreadable").status_code == 404  # hidden: never served
+        assert c.post("/api/generate", json={"prompt": PROMPT}).status_code == 202  # and works
     assert "could not be read" in capsys.readouterr().err
-    assert (tmp_path / ".jobs.json.unreadable").read_text() == "{cut sho"
+    assert (tmp_path / ".jobs.json.unreadable").read_text() == text

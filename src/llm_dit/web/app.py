@@ -126,8 +126,9 @@ def _routes(api: FastAPI, server: Server) -> None:
     async def _invalid(request: Request, e: RequestValidationError):
         err = e.errors()[0]
         if err["type"] == "json_invalid":  # its location is a character of the body, not a field
-            return JSONResponse({"detail": f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'a syntax error')} "
-                                           f"at character {err['loc'][-1]})", "field": None}, status_code=422)
+            why = err.get("ctx", {}).get("error", "a syntax error")
+            return JSONResponse({"detail": f"the request body is not valid JSON ({why} at character {err['loc'][-1]})",
+                                 "field": None}, status_code=422)
         loc = [str(p) for p in err["loc"] if p not in ("body", "query", "path")]
         where = ".".join(loc)
         msg = err["msg"] if err["msg"][1:2].isupper() else err["msg"][:1].lower() + err["msg"][1:]  # JSON stays JSON

@@ -17,6 +17,7 @@ killed) as ``interrupted``: a run's finished cells are in its folder, and the ru
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -74,6 +75,9 @@ class Job:
     @classmethod
     def restored(cls, saved: dict) -> Job:
         """A job as an earlier server recorded it; one that had not ended is ``interrupted``."""
+        if not all(isinstance(saved.get(k), str) for k in ("id", "kind", "title", "state")) or \
+                not isinstance(saved.get("progress", {}), dict):
+            raise TypeError("a recorded job lacks its id, kind, title, state or progress")
         job = cls(saved["kind"], saved["title"], _gone, **{k: saved[k] for k in _SAVED[3:] if k in saved},
                   id=saved["id"])
         if job.state not in TERMINAL:
@@ -155,7 +159,8 @@ class JobQueue:
             aside = self.record.with_name(self.record.name + ".unreadable")
             print(f"warning: {self.record} could not be read ({type(e).__name__}); the earlier jobs are not "
                   f"listed; it is kept as {aside}", file=sys.stderr)
-            self.record.replace(aside)
+            with contextlib.suppress(OSError):  # a read-only folder: the next save replaces it
+                self.record.replace(aside)
             return
         with self._cond:
             for job in jobs:
