@@ -25,20 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from .config import MAX_CAPTION_TOKENS
+from .embeddings import check_embedding
 from .errors import InputError
 
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 
 
 def _check(x: torch.Tensor, max_len: int) -> None:
-    if x.ndim != 2:
-        raise InputError(f"expected a [tokens, dim] tensor, got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise InputError("the embedding sequence is empty")
+    check_embedding(x, "the embedding sequence")  # [tokens, dim], not empty, finite (its dtype is kept)
     if max_len < 1:
         raise InputError(f"max_len must be at least 1 (got {max_len})")
-    if not torch.isfinite(x).all():
-        raise InputError("the embedding sequence contains NaN or infinite values")
 
 
 def truncate(x: torch.Tensor, max_len: int) -> torch.Tensor:
