@@ -280,9 +280,14 @@ def write_generated(out: Path, result: Generated, init_image: str | None = None)
 
 
 def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: dict | None = None) -> dict:
-    """The metadata of one conditioning: the seeds' fields, then the whole recipe."""
+    """The metadata of one conditioning: the seeds' fields, the fingerprint of the caption embeddings
+    handed to the DiT (one per step that runs, ``alphas[i]`` giving step ``i``'s; see
+    :func:`~llm_dit.embeddings.fingerprint`), then the whole recipe."""
+    from ..embeddings import fingerprint
+
     r = cond.recipe
     first = cond.stats(alphas[0])
+    prints = fingerprint([cond.at(a) for a in alphas])
     if not r.uses_vl:
         alphas = [0.0] * len(alphas)  # pure text: no VL share, whatever the unused alpha field says
     record = {
@@ -294,6 +299,7 @@ def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: d
         "blend_mode": r.blend if r.uses_vl else None,
         **{k: first[k] for k in ("vl_shape", "vl_std", "blended_std", "text_std", "blended_shape", "rms")},
         "sources": cond.sources,
+        **prints,
         "recipe": r.to_dict(),
     }
     if len(set(alphas)) > 1:

@@ -56,6 +56,7 @@ def write_cell(out: Path, cell: Cell, job: Job, cond_record: dict, timings: dict
         "hidden_layer": declared.hidden_layer if declared.uses_vl else None,
         "backend": declared.backend,
         "blend_mode": declared.blend if declared.uses_vl else None,
+        "fingerprint": cond_record.get("fingerprint"),  # of the caption embeddings handed to the DiT
         "same_picture_as": same_as,
         "pure_text": job.is_text,
         "generation": {k: getattr(g, k) for k in ("seed", "steps", "width", "height", "shift", "guidance_scale")},

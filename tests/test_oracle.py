@@ -1,0 +1,209 @@
+"""The oracle of every run: each cell made again alone, through the single-cell path.
+
+For every named experiment and for sweeps over every kind of axis, each cell is recomputed by
+``generate_from_recipe`` with the cell's recipe, prompt and configuration: its own extraction, no
+extraction cache, no request merging, no batching, one process. What that hands the pipeline (the
+caption embedding of every step) must be bit-identical to what the run handed it for the cell, and
+the picture must give the same PNG bytes (a cell made in a batch: the same pixels up to one level
+on fewer than 1 % of them, the rounding of diffusers' batched kernels; its conditioning is still
+bit-identical).
+
+The digests are this file's own formula (SHA-256 over dtype, shape and raw bytes; per step when the
+steps differ), computed from what ``ZImage.generate_batch`` receives: a run whose records name one
+conditioning while it generates from another fails too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llm_dit.cli import main
+from llm_dit.conditioning.run import generate_from_recipe
+from llm_dit.experiments.presets import EXPERIMENTS
+from llm_dit.experiments.specs import spec_from_run
+from llm_dit.generate import ZImage, img2img_steps
+from llm_dit.images import read_png_parameters, save_png
+from llm_dit.models.pool import ModelPool
+from run_args import PROMPT, SMALL, compare_args
+
+
+def _digest(x: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{x.dtype}:{tuple(x.shape)}:".encode())
+    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(steps: list[torch.Tensor]) -> dict:
+    per_step = [_digest(x) for x in steps]
+    if len(set(per_step)) == 1:
+        return {"fingerprint": per_step[0]}
+    return {"fingerprint": hashlib.sha256(",".join(per_step).encode()).hexdigest()[:16],
+            "fingerprints_per_step": per_step}
+
+
+@contextmanager
+def handed_to_pipeline():
+    """The fingerprint of every conditioning given to ``ZImage.generate_batch`` meanwhile: what the
+    pipeline receives at each step that runs (``c(i, n)`` for a per-step conditioning)."""
+    handed: list[dict] = []
+    real = ZImage.generate_batch
+
+    def spy(self, conditionings, generation=None, init_image=None, *args, **kwargs):
+        g = generation or self.config.generation
+        n = g.steps if init_image is None else img2img_steps(g.steps, g.strength)
+        for c in conditionings:
+            handed.append(_fingerprint([c(i, n) for i in range(n)] if callable(c) else [c]))
+        return real(self, conditionings, generation, init_image, *args, **kwargs)
+
+    ZImage.generate_batch = spy
+    try:
+        yield handed
+    finally:
+        ZImage.generate_batch = real
+
+
+def _prints(record: dict) -> dict:
+    return {k: record["conditioning"][k] for k in ("fingerprint", "fingerprints_per_step") if k in record["conditioning"]}
+
+
+def check_against_single_cells(out: Path, pool: ModelPool, handed: list[dict] | None = None) -> int:
+    """Every cell of the finished run ``out`` made again by ``generate_from_recipe``; the cells checked."""
+    spec, config = spec_from_run(out)
+    config = config.replace(**{"vl.cache_gb": 0.0, "runtime.batch_size": 1})  # no cache, no batch
+    meta = json.loads((out / "metadata.json").read_text())
+    records = {r["name"]: r for r in meta["results"]}
+    assert meta["counts"]["failed"] == 0 and len(records) == len(spec.cells)
+    for cell in spec.cells:
+        rec = records[cell.name]
+        if handed is not None:  # the record names a conditioning the run really gave the pipeline
+            assert _prints(rec) in handed, cell.name
+        prompt = spec.prompt if cell.caption is None else \
+            (out / "captions" / f"caption{cell.caption}.txt").read_text(encoding="utf-8").strip()
+        with handed_to_pipeline() as alone:
+            made = generate_from_recipe(cell.config(config), cell.recipe, prompt, models=pool)
+        assert alone == [_prints(rec)], f"{cell.name}: the run's conditioning differs from the cell made alone"
+        owner = records[rec["same_picture_as"] or cell.name]
+        if owner["timings"].get("batch", 1) > 1:
+            # made in a batch: diffusers' batched DiT and VAE kernels round differently from a batch
+            # of one (measured on the CPU: latents 5e-7 apart, decoded pixels 3e-6), which moves a
+            # pixel that sits on a rounding boundary by one level
+            with Image.open(out / rec["file"]) as im:
+                diff = np.abs(np.asarray(im, dtype=np.int16) - np.asarray(made.image, dtype=np.int16))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, f"{cell.name}: the picture differs ({diff.max()})"
+            continue
+        # the same writer and text chunk as the run's: equal pixels give equal bytes, and only they do
+        png = save_png(made.image, out.parent / f"{out.name}-oracle.png", read_png_parameters(out / rec["file"]),
+                       compress_level=1)
+        assert png.read_bytes() == (out / rec["file"]).read_bytes(), f"{cell.name}: the PNG differs from the cell made alone"
+    return len(spec.cells)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    p = ModelPool(keep="all")
+    yield p
+    p.release()
+
+
+def _run(args: list[str]) -> list[dict]:
+    with handed_to_pipeline() as handed:
+        assert main([*args, "--no-progress"] if "--no-progress" not in args else args) == 0
+    return handed
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_every_named_experiment_equals_its_cells_made_alone(name, refs, pool, tmp_path):
+    out = tmp_path / name
+    args = compare_args(name, refs, out)
+    if name in ("vl_only_vs_qwen3", "splice_vs_vl", "cross_normalization", "style_delta", "timestep_alpha"):
+        args.remove("--quick")  # short enough in full
+    handed = _run(args)
+    assert check_against_single_cells(out, pool, handed) >= 2
+
+
+@pytest.fixture(scope="module")
+def stats_and_adapter(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("files")
+    for layer in (-2, -6):
+        assert main(["stats", "reference", "--profile", "tiny", "--layer", str(layer),
+                     "--out", str(d / f"ref{layer}.safetensors")]) == 0
+    prompts = d / "prompts.txt"
+    prompts.write_text("\n".join(f"a {c} house by a {w}" for c in ("red", "blue", "green", "tall", "small", "old")
+                                 for w in ("lake", "road", "forest", "hill")) + "\n")
+    assert main(["stats", "adapter", "--profile", "tiny", "--prompts", str(prompts),
+                 "--out", str(d / "adapter.safetensors")]) == 0
+    return {"ref-2": str(d / "ref-2.safetensors"), "ref-6": str(d / "ref-6.safetensors"),
+            "adapter": str(d / "adapter.safetensors")}
+
+
+def _sweeps(refs: list[str], files: dict[str, str]) -> dict[str, list[str]]:
+    a, b = refs
+    one = ["--image", a, "--prompt", PROMPT]
+    return {
+        # backends x token selections x layers, two pictures a pipeline call
+        "backends": [*one, "--backends", "vl,splice,text", "--tokens", "full,image_no_markers,user_text",
+                     "--layers=-2,-6", "--alphas", "0.6", "--batch-size", "2"],
+        # outlier masks at a threshold that masks dimensions, normalization with reference statistics
+        "masks": [*one, "--masks", "none,zero,clamp,scale,restore", "--vary", "outlier_threshold=2,10",
+                  "--norms", "global,per_dim", "--vary", f"reference_stats={files['ref-6']}",
+                  "--tokens", "image_no_markers", "--alphas", "1"],
+        "norms": [*one, "--norms", "none,global,per_dim,hybrid,whiten,cross", "--target-stds", "text,50",
+                  "--tokens", "image_only", "--alphas", "0.5", "--batch-size", "2"],
+        "adapters": [*one, "--vary", f"adapter={files['adapter']},none", "--alphas", "0.3,1", "--layers=-6"],
+        # a content and a style reference, style blends and their alpha
+        "style": ["--image", a, "--role", "content", "--image", b, "--role", "style", "--prompt", PROMPT,
+                  "--vary", "style_blend=adain_per_dim,style_mean,style_gem,style_svd", "--vary", "style_alpha=0.3,0.7",
+                  "--alphas", "0.4"],
+        "style_delta": [*one, "--blends", "style_delta,interpolate,adain,concat,replace", "--alphas", "0,0.5"],
+        "schedules": [*one, "--schedules", "linear:0.8:0", "--schedules", "cosine:0.8:0", "--schedules",
+                      "step:0.8:0:0.5", "--schedules", "constant:0.3", "--schedules", "list:0.9,0.6,0.3,0",
+                      "--batch-size", "2"],
+        "captions": ["--image", a, "--caption-tokens", "24", "--methods", "caption,generic", "--alphas", "0,0.5,1"],
+        "multi_reference": ["--image", a, "--weight", "3", "--image", b, "--weight", "1", "--prompt", PROMPT,
+                            "--budgets", "8,32", "--vary", "budget_mode=pool,interpolate,truncate"],
+        "intra_dual_multi": [*one, "--intra-ratios", "0.3,0.7", "--vary", "dual_extraction=true,false",
+                             "--vary", "image_layer=-2,-6", "--vary", "text_layer=-6", "--batch-size", "2"],
+        "generation": [*one, "--alphas", "0.3", "--vary", "steps=3,4", "--vary", "seed=1,2", "--vary",
+                       "vl_text={prompt},Describe this image."],
+    }
+
+
+SWEEPS = ["backends", "masks", "norms", "adapters", "style", "style_delta", "schedules", "captions",
+          "multi_reference", "intra_dual_multi", "generation"]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_every_kind_of_sweep_axis_equals_its_cells_made_alone(sweep, refs, stats_and_adapter, pool, tmp_path):
+    out = tmp_path / sweep
+    handed = _run(["sweep", *_sweeps(refs, stats_and_adapter)[sweep], "--out", str(out), *SMALL])
+    assert check_against_single_cells(out, pool, handed) >= 4
+
+
+def test_two_worker_processes_equal_their_cells_made_alone(refs, stats_and_adapter, pool, tmp_path):
+    """Two processes (torchrun), each with one thread: the oracle runs with one thread too, so the
+    same arithmetic decides every bit."""
+    out = tmp_path / "two"
+    args = ["sweep", *_sweeps(refs, stats_and_adapter)["backends"], "--out", str(out), *SMALL]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "llm_dit", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert [p["process"] for p in run["sessions"][-1]["processes"]] == [0, 1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert check_against_single_cells(out, pool) >= 12
+    finally:
+        torch.set_num_threads(threads)
