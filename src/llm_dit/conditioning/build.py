@@ -45,8 +45,11 @@ from .style import compute_style_delta
 
 @dataclass(frozen=True)
 class ExtractionRequest:
-    """One VL forward pass: which image (or a gray one of its size), which text, which layers."""
+    """One VL forward pass: which model reads the chat (``backend``), which image (or a gray one of
+    its size), which text, which layers. Two requests that differ only in their backend are two
+    different passes with different results."""
 
+    backend: str  # "vl" (Qwen3-VL's language model) or "splice" (its vision tower in Qwen3-4B)
     image: str | None
     text: str | None
     layers: tuple[int, ...]
@@ -58,7 +61,7 @@ class ExtractionRequest:
     def label(self) -> str:
         img = "no image" if self.image is None else ("gray like " if self.neutral else "") + self.image
         text = "no text" if self.text is None else f"text {self.text[:30]!r}"
-        return f"{img}, {text}, layers {list(self.layers)}"
+        return f"{self.backend}: {img}, {text}, layers {list(self.layers)}"
 
 
 def _layers(recipe: Recipe) -> tuple[int, int, int]:
@@ -83,8 +86,8 @@ def _source_requests(recipe: Recipe, prompt: str, image: str | None, neutral: bo
     plain, img_layer, txt_layer = _layers(recipe)
 
     def req(img, txt, layers):
-        return ExtractionRequest(img, txt, tuple(sorted(set(layers))), recipe.system_prompt, recipe.max_pixels,
-                                 recipe.pool, neutral and img is not None)
+        return ExtractionRequest(recipe.backend, img, txt, tuple(sorted(set(layers))), recipe.system_prompt,
+                                 recipe.max_pixels, recipe.pool, neutral and img is not None)
 
     if image is None and text is None:
         raise InputError("the VL chat would be empty: give a reference image or VL text")

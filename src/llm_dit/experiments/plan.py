@@ -7,6 +7,7 @@ cell's key adds its name and recipe. A finished cell is trusted only under the s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -120,18 +121,18 @@ class Job:
         return self.recipe.backend == "text"
 
 
-def _merge_key(r: ExtractionRequest) -> tuple:
-    return r.image, r.text, r.system_prompt, r.max_pixels, r.pool, r.neutral
+def _merge_key(r: ExtractionRequest) -> ExtractionRequest:
+    """Everything but the layers: requests with the same key are one forward pass."""
+    return dataclasses.replace(r, layers=())
 
 
 def merge_requests(requests: list[ExtractionRequest]) -> dict[ExtractionRequest, ExtractionRequest]:
     """Map every request to one that reads the union of the layers its chat is asked for: one
     forward pass per distinct chat."""
-    layers: dict[tuple, set[int]] = {}
+    layers: dict[ExtractionRequest, set[int]] = {}
     for r in requests:
         layers.setdefault(_merge_key(r), set()).update(r.layers)
-    merged = {k: ExtractionRequest(image=k[0], text=k[1], layers=tuple(sorted(v)), system_prompt=k[2], max_pixels=k[3],
-                                   pool=k[4], neutral=k[5]) for k, v in layers.items()}
+    merged = {k: dataclasses.replace(k, layers=tuple(sorted(v))) for k, v in layers.items()}
     return {r: merged[_merge_key(r)] for r in requests}
 
 
