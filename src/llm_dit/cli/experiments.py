@@ -51,6 +51,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--image", action="append", metavar="IMG", help="the reference image (twice for multi_reference)")
     p.add_argument("--prompt", help="the prompt (caption experiments write their own)")
     p.add_argument("--quick", action="store_true", help="the experiment's short version")
+    p.add_argument("--outlier-threshold", type=float, metavar="T",
+                   help="the outlier masks' threshold in every VL cell (default 10: std ratio to the text encoder's)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="a recipe field set in every VL cell, e.g. --set max_pixels=262144 (repeat)")
     p.add_argument("--from", dest="from_metadata", metavar="DIR/metadata.json",
                    help="run again what an earlier run recorded (compare or sweep: same cells and settings)")
     _add_run_flags(p)
@@ -118,6 +122,8 @@ def _run(spec, cfg, args) -> int:
     report = summary.out / "report.html"
     print(f"{summary.total} cells: {summary.skipped} already done, {summary.generated} picture(s) generated, "
           f"{len(summary.failed)} failed")
+    for w in _warnings(summary.out):
+        print(f"warning: {w}")
     print(f"report: {report}")
     if summary.failed:
         print(f"llm-dit: error: {len(summary.failed)} of {summary.total} cells failed ({', '.join(summary.failed[:5])}"
@@ -127,6 +133,16 @@ def _run(spec, cfg, args) -> int:
     return 0
 
 
+def _warnings(out: Path) -> list[str]:
+    """The degenerate comparisons the report found (metadata.json's ``warnings``)."""
+    import json
+
+    try:
+        return [w["text"] for w in json.loads((out / "metadata.json").read_text(encoding="utf-8"))["warnings"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def cmd_compare(args) -> int:
     from ..experiments.specs import experiment_spec, spec_from_metadata
     from .common import overrides
@@ -134,7 +150,8 @@ def cmd_compare(args) -> int:
     if args.from_metadata:
         given = [f for f, v in (("--experiment", args.experiment), ("--image", args.image), ("--prompt", args.prompt),
                                 ("--quick", args.quick), ("--caption", args.caption),
-                                ("--caption-file", args.caption_file)) if v]
+                                ("--caption-file", args.caption_file), ("--set", args.set),
+                                ("--outlier-threshold", args.outlier_threshold)) if v]
         given += [f"{k}" for k in overrides(args)] + (["--profile"] if args.profile != "default" else []) + (
             ["--config"] if args.config else [])
         if given:
@@ -145,8 +162,26 @@ def cmd_compare(args) -> int:
     if not args.experiment:
         raise InputError("give --experiment NAME (see llm-dit experiments), or --from DIR/metadata.json")
     spec, cfg = experiment_spec(args.experiment, _images(args), args.prompt, config(args), quick=args.quick,
-                                caption=_caption(args), save_embeddings=args.save_embeddings)
+                                caption=_caption(args), save_embeddings=args.save_embeddings,
+                                recipe=_recipe_fields(args))
     return _run(spec, cfg, args)
+
+
+def _recipe_fields(args) -> dict:
+    """``compare``'s recipe overrides: ``--set FIELD=VALUE`` and ``--outlier-threshold``, typed as
+    their fields take them (file fields made absolute)."""
+    from ..experiments.cells import coerce
+
+    fields: dict = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set takes FIELD=VALUE (got '{item}')")
+        key = key.strip()
+        fields[key] = absolute(value) if key in FILE_FIELDS and value else coerce(key, value)
+    if args.outlier_threshold is not None:
+        fields["outlier_threshold"] = args.outlier_threshold
+    return fields
 
 
 def _split(text: str) -> list[str]:

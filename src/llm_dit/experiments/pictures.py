@@ -133,12 +133,12 @@ class Pictures:
                     metrics[scorer.name] = scorer.score(image, job.prompt)
                 timings["metrics"] = round(time.perf_counter() - t1, 3)
             owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
-            thumb = thumbnail(image)
+            thumb, pixels = thumbnail(image), records.picture_digest(image)
             for cell, png in zip(job.cells, pngs):
                 self.thumbnails[cell.name] = thumb
                 png.result()  # the picture on disk before its record
                 records.write_cell(self.out, cell, job, cond_record, timings, metrics,
-                                   None if cell.name == owner else owner, self.keys[cell.name])
+                                   None if cell.name == owner else owner, self.keys[cell.name], pixels)
                 bar.update(1)
                 bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
                 self._cell_done(bar.total, cell.name)

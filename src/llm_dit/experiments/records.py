@@ -33,9 +33,20 @@ def write_picture(out: Path, cell: Cell, job: Job, image) -> None:
                                                "seed": g.seed, "steps": g.steps}, compress_level=1, durable=False)
 
 
+def picture_digest(image) -> str:
+    """The first 16 hex digits of SHA-256 over a picture's size, mode and pixels: equal digests,
+    pixel-identical pictures."""
+    import hashlib
+
+    h = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
+    h.update(image.tobytes())
+    return h.hexdigest()[:16]
+
+
 def write_cell(out: Path, cell: Cell, job: Job, cond_record: dict, timings: dict, metrics: dict,
-               same_as: str | None, cell_key: str) -> None:
-    """The record of a cell whose picture :func:`write_picture` wrote."""
+               same_as: str | None, cell_key: str, picture: str | None = None) -> None:
+    """The record of a cell whose picture :func:`write_picture` wrote (``picture``: its
+    :func:`picture_digest`)."""
     declared = cell.recipe.resolve(job.config)
     g = job.config.generation
     record = {
@@ -57,6 +68,7 @@ def write_cell(out: Path, cell: Cell, job: Job, cond_record: dict, timings: dict
         "backend": declared.backend,
         "blend_mode": declared.blend if declared.uses_vl else None,
         "fingerprint": cond_record.get("fingerprint"),  # of the caption embeddings handed to the DiT
+        "picture_digest": picture,
         "same_picture_as": same_as,
         "pure_text": job.is_text,
         "generation": {k: getattr(g, k) for k in ("seed", "steps", "width", "height", "shift", "guidance_scale")},

@@ -60,6 +60,8 @@ def build_metadata(out: Path) -> dict:
     sessions = run.get("sessions", [])
     last = sessions[-1] if sessions else {}
     counts = {s: sum(r["status"] == s for r in results) for s in ("done", "failed", "pending")}
+    from .checks import degenerate
+
     return {
         "experiment": run["name"],
         "quick": run.get("quick", False),
@@ -81,6 +83,7 @@ def build_metadata(out: Path) -> dict:
         "run_key": run["run_key"],
         "sessions": sessions,
         "counts": counts,
+        "warnings": degenerate(results),  # comparisons that compare nothing (see checks.py)
         "results": results,
     }
 
@@ -199,6 +202,7 @@ h1{font-size:22px} h2{font-size:18px;margin-top:28px} img.grid{max-width:100%;bo
 table.cells{border-collapse:collapse;font-size:13px} table.cells th{cursor:pointer;background:#eee;position:sticky;top:0}
 table.cells td,table.cells th{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 table.cells td.l{text-align:left} .failed{color:#b00} .pending{color:#888} img.thumb{width:64px;height:64px}
+.warn{background:#fff4d6;border:1px solid #e0b040;padding:8px 14px;margin:12px 0;max-width:1100px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600} .cap{max-width:900px}
 """
 
@@ -249,7 +253,11 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
         "metric notes": "; ".join((meta["sessions"][-1].get("metric_notes") or []) if meta["sessions"] else []),
     }
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(_title(meta))}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(meta))}</h1><dl>"]
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(meta))}</h1>"]
+    if meta.get("warnings"):
+        parts.append("<div class=warn><b>Comparisons that compare nothing</b><ul>"
+                     + "".join(f"<li>{e(w['text'])}</li>" for w in meta["warnings"]) + "</ul></div>")
+    parts.append("<dl>")
     parts += [f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in info.items()]
     parts.append("</dl>")
     for n, text in meta["captions"].items():

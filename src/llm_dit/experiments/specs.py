@@ -15,9 +15,12 @@ from .plan import RunSpec
 
 
 def experiment_spec(name: str, images: list[str], prompt: str | None, config: Config, quick: bool = False,
-                    caption: str | None = None, save_embeddings: bool = False) -> tuple[RunSpec, Config]:
+                    caption: str | None = None, save_embeddings: bool = False,
+                    recipe: dict[str, Any] | None = None) -> tuple[RunSpec, Config]:
     """The :class:`RunSpec` of a named experiment and the configuration it runs with (its overrides
-    applied). ``images``: absolute paths; ``caption``: a given caption for caption experiments."""
+    applied). ``images``: absolute paths; ``caption``: a given caption for caption experiments;
+    ``recipe``: fields set in every VL cell (e.g. ``{"outlier_threshold": 2.0}``), recorded in the
+    run's details; a field the experiment varies itself is refused."""
     from .presets import Inputs, get_experiment
 
     exp = get_experiment(name)
@@ -37,10 +40,37 @@ def experiment_spec(name: str, images: list[str], prompt: str | None, config: Co
     except InputError as e:
         e.field = e.field or "images"
         raise
+    if recipe:
+        cells = _set_fields(exp.name, cells, recipe)
     grids = exp.grids(cells) if exp.grids else []
     spec = RunSpec(exp.name, images, prompt, cells, grids, quick=quick, caption=caption,
-                   save_embeddings=save_embeddings)
+                   save_embeddings=save_embeddings, details={"recipe": recipe} if recipe else {})
     return spec, config
+
+
+def _set_fields(name: str, cells: list, fields: dict[str, Any]) -> list:
+    """``cells`` with ``fields`` set in every recipe that reads the VL model (text cells unchanged)."""
+    from dataclasses import replace
+
+    from ..conditioning.recipe import Recipe
+    from ..errors import LlmDitError
+
+    vl = [c for c in cells if c.recipe.uses_vl]
+    for key in fields:
+        if key not in Recipe.model_fields:
+            raise InputError(f"{key!r} is not a recipe field", field=f"recipe.{key}")
+        if key == "references" or len({repr(getattr(c.recipe, key)) for c in vl}) > 1 or any(key in c.params for c in vl):
+            raise InputError(f"{name} varies {key} itself; sweep it instead (llm-dit sweep)", field=f"recipe.{key}")
+    out = []
+    for c in cells:
+        if c.recipe.uses_vl:
+            try:
+                c = replace(c, recipe=Recipe.from_dict({**c.recipe.to_dict(), **fields}))
+            except LlmDitError as e:
+                e.field = f"recipe.{e.field}" if e.field else "recipe"
+                raise
+        out.append(c)
+    return out
 
 
 def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any], axes: dict[str, list],
