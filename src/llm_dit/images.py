@@ -25,6 +25,9 @@ MAX_INPUT_PIXELS = 8192 * 8192
 PNG_PARAMETERS_KEY = "parameters"
 
 
+#: File suffixes taken as images where a folder of them is given (``--images DIR``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
 def _flatten_alpha(img: Image.Image) -> Image.Image:
     """Composite transparent images over white: black is what dropping alpha would give."""
     rgba = img.convert("RGBA")

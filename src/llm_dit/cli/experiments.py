@@ -29,6 +29,10 @@ AXIS_FLAGS = {
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder (re-run the command to resume)")
+    p.add_argument("--images", nargs="+", metavar="IMG_OR_DIR",
+                   help="trials: the same cells on each of these reference images (files or folders of images)")
+    p.add_argument("--seeds", metavar="N|S1,S2",
+                   help="trials: N seeds from --seed on (or a list); with --images, every image x seed")
     p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
@@ -113,10 +117,43 @@ def _caption(args) -> str | None:
     return text
 
 
+def _trials(args, cfg, image_sets: list[list[str]], make) -> int | None:
+    """Run ``make(images, config) -> (spec, config)`` once per image set x seed when the command asks
+    for trials (``--images`` with several images, or ``--seeds``); None when it asks for one run."""
+    from ..experiments.trials import plan_trials, run_trials, seeds_from
+
+    seeds = seeds_from(args.seeds, cfg.generation.seed) if args.seeds else [cfg.generation.seed]
+    if len(image_sets) * len(seeds) == 1:
+        return None
+    firsts = [images[0] if images else "" for images in image_sets]
+    trials = []
+    for trial in plan_trials(firsts, seeds):
+        images = image_sets[firsts.index(trial.image)]
+        trials.append((trial, *make(images, cfg.replace(**{"generation.seed": trial.seed}))))
+    return _report(run_trials(trials, args.out, progress=not args.no_progress), args)
+
+
+def _image_sets(args, images_per_set: int) -> list[list[str]]:
+    """The reference images of each trial: one set from ``--image``, or one per ``--images`` image."""
+    from ..experiments.trials import images_from
+
+    if not args.images:
+        return [_images(args)]
+    if args.image:
+        raise InputError("give --image or --images, not both (--images runs the cells once per image)")
+    if images_per_set != 1:
+        raise InputError(f"--images runs trials of one-image runs; this one takes {images_per_set} images: give "
+                         "them with --image (and --seeds for trials)")
+    return [[im] for im in images_from(args.images)]
+
+
 def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
-    summary = run(spec, cfg, args.out, progress=not args.no_progress)
+    return _report(run(spec, cfg, args.out, progress=not args.no_progress), args)
+
+
+def _report(summary, args) -> int:
     if not summary.main:  # another process of a multi-process run: the first one reports
         return 1 if summary.failed else 0
     report = summary.out / "report.html"
@@ -134,11 +171,12 @@ def _run(spec, cfg, args) -> int:
 
 
 def _warnings(out: Path) -> list[str]:
-    """The degenerate comparisons the report found (metadata.json's ``warnings``)."""
+    """The degenerate comparisons the report found (metadata.json's ``warnings``; a trial's named)."""
     import json
 
     try:
-        return [w["text"] for w in json.loads((out / "metadata.json").read_text(encoding="utf-8"))["warnings"]]
+        warnings = json.loads((out / "metadata.json").read_text(encoding="utf-8"))["warnings"]
+        return [(f"[{w['trial']}] " if "trial" in w else "") + w["text"] for w in warnings]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 
@@ -151,6 +189,7 @@ def cmd_compare(args) -> int:
         given = [f for f, v in (("--experiment", args.experiment), ("--image", args.image), ("--prompt", args.prompt),
                                 ("--quick", args.quick), ("--caption", args.caption),
                                 ("--caption-file", args.caption_file), ("--set", args.set),
+                                ("--images", args.images), ("--seeds", args.seeds),
                                 ("--outlier-threshold", args.outlier_threshold)) if v]
         given += [f"{k}" for k in overrides(args)] + (["--profile"] if args.profile != "default" else []) + (
             ["--config"] if args.config else [])
@@ -161,10 +200,17 @@ def cmd_compare(args) -> int:
         return _run(spec, cfg, args)
     if not args.experiment:
         raise InputError("give --experiment NAME (see llm-dit experiments), or --from DIR/metadata.json")
-    spec, cfg = experiment_spec(args.experiment, _images(args), args.prompt, config(args), quick=args.quick,
-                                caption=_caption(args), save_embeddings=args.save_embeddings,
-                                recipe=_recipe_fields(args))
-    return _run(spec, cfg, args)
+    from ..experiments.presets import get_experiment
+
+    caption, fields, cfg = _caption(args), _recipe_fields(args), config(args)
+
+    def make(images, cfg):
+        return experiment_spec(args.experiment, images, args.prompt, cfg, quick=args.quick, caption=caption,
+                               save_embeddings=args.save_embeddings, recipe=fields)
+
+    sets = _image_sets(args, get_experiment(args.experiment).images)
+    done = _trials(args, cfg, sets, make)
+    return done if done is not None else _run(*make(sets[0], cfg), args)
 
 
 def _recipe_fields(args) -> dict:
@@ -246,17 +292,28 @@ def cmd_sweep(args) -> int:
             base[key] = absolute(base[key])
         if key in axes:
             axes[key] = [v if v is None else absolute(v) for v in axes[key]]
-    spec, cfg = sweep_spec(references, args.prompt, base, axes, config(args), caption_tokens=args.caption_tokens,
-                           caption=caption, save_embeddings=args.save_embeddings)
-    return _run(spec, cfg, args)
+    cfg = config(args)
+
+    def make(images, cfg):
+        refs = references if not args.images else [{"image": im} for im in images]
+        return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=args.caption_tokens, caption=caption,
+                          save_embeddings=args.save_embeddings)
+
+    if args.images and (args.weight or args.role):
+        raise InputError("--weight and --role go with --image; --images gives one content reference per trial")
+    sets = _image_sets(args, 1) if args.images else [[r["image"] for r in references]]
+    done = _trials(args, cfg, sets, make)
+    return done if done is not None else _run(*make(sets[0], cfg), args)
 
 
 def cmd_report(args) -> int:
     from ..experiments.report import write_report
+    from ..experiments.trials import TRIALS_FILE
+    from ..experiments.trials_report import write_trials_report
 
     out = Path(args.dir)
     if not out.is_dir():
         raise InputError(f"{out} is not a folder")
-    path = write_report(out)
+    path = write_trials_report(out, rebuild_trials=True) if (out / TRIALS_FILE).is_file() else write_report(out)
     print(f"report: {path}")
     return 0

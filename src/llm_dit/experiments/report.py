@@ -19,6 +19,7 @@ from . import folder
 from .cells import fmt
 from .grid import Panel, layout, render
 from .presets import EXPERIMENTS, GridSpec
+from .report_tables import warnings_block
 
 SEED_FIELDS = ("vl_shape", "vl_std", "token_selection", "normalization_mode", "blended_std", "generation_time",
                "alpha", "hidden_layer")
@@ -203,6 +204,8 @@ table.cells{border-collapse:collapse;font-size:13px} table.cells th{cursor:point
 table.cells td,table.cells th{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
 table.cells td.l{text-align:left} .failed{color:#b00} .pending{color:#888} img.thumb{width:64px;height:64px}
 .warn{background:#fff4d6;border:1px solid #e0b040;padding:8px 14px;margin:12px 0;max-width:1100px}
+.scroll{max-width:100%;overflow-x:auto} td.name,th.name{position:sticky;left:0;background:#f4f4f4;text-align:left;z-index:1}
+small.sig{font-weight:700;color:#064} table.cells td small{color:#555}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600} .cap{max-width:900px}
 """
 
@@ -254,9 +257,7 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
     }
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(_title(meta))}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{e(_title(meta))}</h1>"]
-    if meta.get("warnings"):
-        parts.append("<div class=warn><b>Comparisons that compare nothing</b><ul>"
-                     + "".join(f"<li>{e(w['text'])}</li>" for w in meta["warnings"]) + "</ul></div>")
+    parts.append(warnings_block(meta.get("warnings") or []))
     parts.append("<dl>")
     parts += [f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in info.items()]
     parts.append("</dl>")

@@ -48,11 +48,13 @@ class Runner(Pictures):
     """One run of a :class:`RunSpec` into a folder (see the module docstring)."""
 
     def __init__(self, spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None,
-                 progress: bool = True, models=None, on_step=None, on_cell: OnCell | None = None):
+                 progress: bool = True, models=None, on_step=None, on_cell: OnCell | None = None, procs=None):
         """``models``: a :class:`~llm_dit.models.pool.ModelPool` to take models from and leave them in
         (a server); without one, models load for this run and are freed after it. ``on_step(done, n)``
         reports denoising steps, ``on_cell(done, total, name)`` finished cells; either may raise
-        :class:`~llm_dit.errors.Cancelled` to stop the run (its report is still written)."""
+        :class:`~llm_dit.errors.Cancelled` to stop the run (its report is still written). ``procs``: the
+        :class:`~llm_dit.experiments.processes.Processes` of several runs in a row (trials), left open;
+        without it the run joins the launcher's processes and leaves them at its end."""
         self.spec, self.config, self.out = spec, config, Path(out)
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.progress = progress
@@ -79,6 +81,7 @@ class Runner(Pictures):
         self.plot_workers = None  # processes that draw the report's plots (GPU runs, first process)
         self.writer = None  # the thread that writes the cells' PNGs (during the picture stage)
         self.frozen = False  # gc.freeze() in force (from the models loaded to the end of the run)
+        self.shared_procs = procs
 
     # -- 0. checks ---------------------------------------------------------------------------
 
@@ -122,7 +125,7 @@ class Runner(Pictures):
         started = time.perf_counter()
         threading.Thread(target=provenance, daemon=True).start()  # git and versions, for run.json at the end
         self.check()
-        procs = self.procs = Processes()
+        procs = self.procs = self.shared_procs or Processes()
         if procs.count > 1 and procs.cuda_device():
             import torch
 
@@ -168,7 +171,8 @@ class Runner(Pictures):
                         except OSError as e:  # the folder took no more writes: the run's own error says so
                             if ok or folder.write_error(e, self.out) is None:
                                 raise
-                    procs.close()
+                    if self.shared_procs is None:
+                        procs.close()
             finally:
                 if self.plot_workers is not None:
                     self.plot_workers.close()
@@ -341,7 +345,7 @@ class Runner(Pictures):
 def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True,
         **hooks) -> Summary:
     """Run ``spec`` into ``out`` (resuming what a previous run of the same command finished);
-    ``hooks``: ``models``, ``on_step``, ``on_cell`` of :class:`Runner`."""
+    ``hooks``: ``models``, ``on_step``, ``on_cell``, ``procs`` of :class:`Runner`."""
     if not spec.cells:
         raise InputError("nothing to run: the experiment has no cells")
     try:

@@ -1,0 +1,145 @@
+"""The combined report of a trials folder (:mod:`trials`): metadata.json, grids, report.html.
+
+Read from the folder alone (``trials.json`` and each trial's run folder), so ``llm-dit report OUT``
+rebuilds it, and each trial's own report, without any model.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from ..errors import InputError
+from ..io import write_json, write_text
+from . import folder
+from .evidence import aggregate
+from .grid import Panel, layout, render
+from .report import build_metadata, write_report
+from .report_tables import evidence_table, metric_order, warnings_block
+from .trials import TRIALS_FILE
+
+
+def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
+    """The combined metadata and each trial's (rebuilt from its folder; a trial not started yet is
+    left out of the evidence and counted as pending)."""
+    plan = folder.read_json(out / TRIALS_FILE)
+    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+        raise InputError(f"{out} holds no llm-dit trials (no readable {TRIALS_FILE})")
+    metas, trials = [], []
+    for t in plan["trials"]:
+        d = out / t["name"]
+        meta = build_metadata(d) if (d / folder.RUN_FILE).is_file() else None
+        trials.append({**t, "folder": t["name"], "counts": meta["counts"] if meta else None,
+                       "warnings": meta["warnings"] if meta else []})
+        if meta is not None:
+            metas.append(meta)
+    if not metas:
+        raise InputError(f"{out}: no trial has started yet")
+    evidence = aggregate(metas)
+    first = metas[0]
+    combined = {
+        "experiment": plan["name"], "kind": "trials", "prompt": first["prompt"], "steps": first["steps"],
+        "width": first["width"], "height": first["height"], "models": first["models"], "config": first["config"],
+        "images": list(dict.fromkeys(t["image"] for t in plan["trials"])),
+        "seeds": list(dict.fromkeys(t["seed"] for t in plan["trials"])),
+        "trials": trials,
+        "warnings": [{**w, "trial": t["name"]} for t in trials for w in t["warnings"]],
+        "evidence": evidence,
+    }
+    return combined, metas
+
+
+def _picture(out: Path, trial: str, record: dict | None) -> Panel:
+    from PIL import Image
+
+    if record is None or record.get("status") != "done":
+        return Panel(record["name"] if record else "", None, record["status"] if record else "missing")
+    try:
+        with Image.open(out / trial / record["file"]) as im:
+            return Panel(record["name"], im.convert("RGB"))
+    except Exception:
+        return Panel(record["name"], None, "unreadable")
+
+
+def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Path]:
+    """``grid_imageK.png`` (the cells across, a row per seed) and ``summary_grid.png`` (a row per
+    image, first seed)."""
+    from PIL import Image
+
+    from ..images import save_png
+
+    cells = meta["evidence"]["cells"]
+    by_trial = {t["name"]: t for t in meta["trials"]}
+    written = []
+
+    def grid(file: str, title: str, rows: list[tuple[str, str]], lead: list[Panel]) -> None:
+        """``rows``: (row label, trial name)."""
+        placed = []
+        for label, name in rows:
+            recs = {r["name"]: r for r in metas[name]["results"]} if name in metas else {}
+            placed += [({"row": label, "cell": c}, _picture(out, name, recs.get(c))) for c in cells]
+        written.append(save_png(render(layout(title, lead, placed, "row", "cell")), out / file, compress_level=1,
+                                durable=False))
+
+    for k, image in enumerate(meta["images"], 1):
+        names = [t["name"] for t in meta["trials"] if t["image"] == image]
+        ref = Panel(f"reference {k}", None, "missing")
+        try:
+            with Image.open(image) as im:
+                ref = Panel(f"reference {k}", im.convert("RGB"))
+        except Exception:
+            pass
+        grid(f"grid_image{k}.png", f"{meta['experiment']}: image {k} ({Path(image).name}), a row per seed",
+             [(f"seed {by_trial[n]['seed']}", n) for n in names], [ref])
+    firsts = [next(t["name"] for t in meta["trials"] if t["image"] == im) for im in meta["images"]]
+    grid("summary_grid.png", f"{meta['experiment']}: a row per image (seed {meta['seeds'][0]})",
+         [(f"image {k}", n) for k, n in enumerate(firsts, 1)], [])
+    return written
+
+
+def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
+    from .report import _CSS, _JS
+
+    e = html.escape
+    ev = meta["evidence"]
+    title = f"{meta['experiment']}: {meta['prompt'] or 'captions of each reference'}"
+    info = {
+        "trials": f"{len(meta['trials'])} ({len(meta['images'])} image(s) x {len(meta['seeds'])} seed(s)); "
+                  f"{ev['trials']} with results",
+        "images": ", ".join(meta["images"]),
+        "seeds": ", ".join(map(str, meta["seeds"])),
+        "steps / size": f"{meta['steps']} / {meta['width']}x{meta['height']}",
+        "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
+    }
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+             warnings_block([{**w, "text": f"[{w['trial']}] {w['text']}"} for w in meta["warnings"]]), "<dl>"]
+    parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info.items()]
+    parts.append("</dl>")
+    parts.append("<h2>Cells over the trials</h2>" + evidence_table(ev, metric_order(ev, meta["experiment"])))
+    for g in grids:
+        parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid '
+                     f'src="{e(g.name)}"></a>')
+    parts.append("<h2>Trials</h2><ul>")
+    for t in meta["trials"]:
+        counts = ", ".join(f"{v} {k}" for k, v in (t["counts"] or {}).items()) or "not started"
+        link = f'<a href="{e(t["folder"])}/report.html">{e(t["name"])}</a>' if t["counts"] else e(t["name"])
+        parts.append(f"<li>{link}: {e(counts)}</li>")
+    parts.append(f"</ul><script>{_JS}</script></body></html>\n")
+    return write_text(out / "report.html", "\n".join(parts), durable=False)
+
+
+def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
+    """The combined metadata.json, grids and report.html of the trials in ``out`` (``rebuild_trials``:
+    each trial's own report first, as ``llm-dit report`` does)."""
+    out = Path(out)
+    if rebuild_trials:
+        plan = folder.read_json(out / TRIALS_FILE) or {}
+        for t in plan.get("trials") or []:
+            if (out / t["name"] / folder.RUN_FILE).is_file():
+                write_report(out / t["name"])
+    meta, metas = build_trials_metadata(out)
+    write_json(out / "metadata.json", meta, durable=False)
+    by_name = {t["name"]: m for t, m in zip([t for t in meta["trials"] if t["counts"] is not None], metas)}
+    grids = write_trial_grids(out, meta, by_name)
+    return write_trials_html(out, meta, grids)
