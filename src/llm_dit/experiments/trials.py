@@ -57,15 +57,15 @@ def plan_trials(images: list[str], seeds: list[int]) -> list[Trial]:
 def seeds_from(text: str, first: int) -> list[int]:
     """``--seeds``: a count ``N`` (``first``, ``first + 1``, ... ``first + N - 1``) or a list ``1,5,9``."""
     try:
-        if "," in text:
-            seeds = [int(v) for v in text.split(",")]
-        else:
-            n = int(text)
-            if not 1 <= n <= MAX_TRIALS:
-                raise InputError(f"--seeds takes a count in 1..{MAX_TRIALS} or a list of seeds (got {text})")
-            seeds = list(range(first, first + n))
+        numbers = [int(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"--seeds takes a count or a comma list of whole numbers (got '{text}')") from None
+    if "," in text:
+        seeds = numbers
+    elif not 1 <= numbers[0] <= MAX_TRIALS:
+        raise InputError(f"--seeds takes a count in 1..{MAX_TRIALS} or a list of seeds (got {text})")
+    else:
+        seeds = list(range(first, first + numbers[0]))
     if any(not 0 <= s < 2**63 for s in seeds):
         raise InputError(f"seeds must be in 0..2^63-1 (got {text})")
     return seeds
