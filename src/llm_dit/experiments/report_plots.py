@@ -2,7 +2,11 @@
 processes.
 
 * ``std_per_cell.png``: the std (over all elements) of the text, VL and blended embedding per cell;
-* ``metrics.png``: one bar chart per image metric, per cell;
+* ``metrics.png``: one panel per image metric (the experiment's "look at" metrics first), built around
+  what the cells vary: the metric against the first numeric parameter (alpha, layer, steps, caption
+  length, ...) as lines, one line per value of the other parameters; without a numeric parameter, one
+  dot per cell. The text-only baseline is a dashed reference line; each panel states whether higher
+  or lower is better; with several trials each point is a mean with its 95 % interval;
 * ``per_dim_ratio.png``: per hidden dimension, log10(std VL / std text) and log10(std blended /
   std text) of the first 12 VL cells, the 3 largest of each labelled.
 
@@ -22,9 +26,10 @@ from pathlib import Path
 Job = tuple[str, str, dict]  # (plot kind, file, data): plain lists and numbers, cheap to send to a process
 
 
-def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict]) -> list[Job]:
+def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict], look_at: tuple[str, ...] = ()) -> list[Job]:
     """What to draw for the finished cells of ``results``; ``stats``: per-dimension std tensors of
-    the cells that have them (``{"text_std", "vl_std", "blended_std"}``)."""
+    the cells that have them (``{"text_std", "vl_std", "blended_std"}``); ``look_at``: the metrics
+    to show first."""
     from ..analysis.metrics import METRIC_INFO
 
     done = [r for r in results if r["status"] == "done"]
@@ -35,11 +40,12 @@ def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict]) -> list[Jo
     jobs: list[Job] = [("std_per_cell", str(plots / "std_per_cell.png"), {"names": names, "series": {
         "text_std": [r["conditioning"].get("text_std") for r in done],
         "vl_std": [r.get("vl_std") for r in done], "blended_std": [r.get("blended_std") for r in done]}})]
-    keys = [k for k in METRIC_INFO if any(k in r.get("metrics", {}) for r in done)]
+    keys = [k for k in look_at if any(k in r.get("metrics", {}) for r in done)]
+    keys += [k for k in METRIC_INFO if k not in keys and any(k in r.get("metrics", {}) for r in done)]
     if keys:
-        values = {k: [_finite(r.get("metrics", {}).get(k)) for r in done] for k in keys}
-        jobs.append(("metrics", str(plots / "metrics.png"), {"names": names, "values": values,
-                                                             "info": {k: METRIC_INFO[k] for k in keys}}))
+        values = {k: {r["name"]: [r["metrics"][k], None, None] for r in done if _is_number(r["metrics"].get(k))}
+                  for k in keys}
+        jobs.append(metrics_job(str(plots / "metrics.png"), done, values))
     ratios = {}
     for name in names:
         s = stats.get(name)
@@ -65,43 +71,118 @@ def _finite(v) -> float:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
 
 
-def _margins(fig, names: list[str], hspace: float = 0.45) -> None:
-    """Room for the axis labels and for ``names`` as x tick labels turned 60 degrees (fixed arithmetic
-    instead of ``tight_layout``, which measures every text and took a third of the report's time)."""
-    w, h = fig.get_size_inches()
-    below = 0.45 + 0.058 * max((len(n) for n in names), default=0)  # inches: 8-pt characters at 60 degrees
-    fig.subplots_adjust(left=0.9 / w, right=1 - 0.2 / w, top=1 - 0.45 / h, bottom=min(0.6, below / h), hspace=hspace)
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _width(n: int) -> float:
-    return max(7.0, 0.45 * n + 2)
+#: Numeric parameters that make the x axis of the metrics plot, most telling first.
+X_AXES = ("alpha", "layer", "hidden_layer", "steps", "caption_tokens", "budget", "token_budget", "target_std",
+          "vl_intra_blend_ratio", "style_alpha", "image_layer", "text_layer", "seed")
+
+
+def metrics_job(path: str, cells: list[dict], values: dict[str, dict[str, list]]) -> Job:
+    """The metrics plot of ``cells`` (records: name, params, pure_text) with ``values[metric][cell] =
+    [mean, low, high]`` (low/high None without intervals): its axis, lines and baseline chosen here."""
+    from ..analysis.metrics import METRIC_INFO
+    from .cells import fmt
+    from .grid import varied
+
+    # the cells the experiment varies (an alpha-0 cell is pure text, and a point of its line); the
+    # text-only baseline that a run adds has no parameters and is the dashed line
+    vl = [c for c in cells if c.get("params")] or [c for c in cells if not c.get("pure_text")]
+    keys = varied([c.get("params") or {} for c in vl])
+    numeric = [k for k in keys if all(_is_number(c["params"][k]) for c in vl if k in (c.get("params") or {}))]
+    x = next((k for k in X_AXES if k in numeric), numeric[0] if numeric else None)
+    lines: dict[str, list[str]] = {}
+    for c in vl:
+        p = c.get("params") or {}
+        label = ", ".join(f"{k} {fmt(p[k])}" for k in keys if k != x and k in p) if x and x in p else c["name"]
+        lines.setdefault(label if x and x in p else "", []).append(c["name"])
+    plotted = {c["name"] for c in vl}
+    base = {m: next((v[c["name"]][0] for c in cells if c.get("pure_text") and c["name"] in v
+                     and c["name"] not in plotted), None) for m, v in values.items()}
+    xs = {c["name"]: c["params"][x] for c in vl if x and x in (c.get("params") or {})}
+    return ("metrics", path, {"x": x, "xs": xs, "lines": lines, "values": values, "baseline": base,
+                              "order": [c["name"] for c in vl],
+                              "info": {k: list(METRIC_INFO.get(k, (k, None))) for k in values}})
 
 
 def _std_per_cell(plt, names: list[str], series: dict[str, list]):
-    fig, ax = plt.subplots(figsize=(_width(len(names)), 4.5))
+    """Horizontal bars (the cells' names read across), the legend outside the data."""
+    fig, ax = plt.subplots(figsize=(9.5, max(2.6, 0.36 * len(names) + 1.2)))
     for i, (label, vals) in enumerate(series.items()):
-        ax.bar([j + (i - 1) * 0.27 for j in range(len(names))], [v or 0.0 for v in vals], width=0.27, label=label)
+        ax.barh([j + (i - 1) * 0.27 for j in range(len(names))], [v or 0.0 for v in vals], height=0.27, label=label)
     finite = [v for vals in series.values() for v in vals if v]
     if finite and max(finite) / max(min(finite), 1e-12) > 50:
-        ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("std over all elements")
-    ax.set_title("embedding std per cell")
-    ax.legend()
-    _margins(fig, names)
+        ax.set_xscale("log")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("std over all elements")
+    ax.set_title("embedding std per cell (text, VL, blended)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    w, h = fig.get_size_inches()
+    left = 0.25 + 0.065 * max((len(n) for n in names), default=0)
+    fig.subplots_adjust(left=min(0.5, left / w), right=1 - 1.4 / w, top=1 - 0.45 / h, bottom=0.55 / h)
     return fig
 
 
-def _metrics(plt, names: list[str], values: dict[str, list[float]], info: dict[str, tuple[str, bool]]):
-    fig, axes = plt.subplots(len(values), 1, figsize=(_width(len(names)), 2.3 * len(values) + 1), sharex=True,
-                             squeeze=False)
-    for ax, (k, vals) in zip(axes[:, 0], values.items()):
-        ax.bar(range(len(names)), vals)
-        label, higher = info[k]
-        ax.set_ylabel(k, fontsize=8)
-        ax.set_title(f"{label} ({'higher' if higher else 'lower'} = closer)", fontsize=9)
-    axes[-1, 0].set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    _margins(fig, names)
+def _better(metric: str, higher: bool | None) -> str:
+    from .report_tables import direction
+
+    return direction(metric) or "similarity to the text-only picture"
+
+
+def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: dict, baseline: dict,
+             order: list[str], info: dict):
+    """One panel per metric: lines over ``x`` (or one dot per cell), the baseline dashed; the legend
+    to the right of every panel, outside the data."""
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(values)
+    cols = 2 if n > 1 else 1
+    rows = (n + cols - 1) // cols
+    height = 2.8 if x else max(2.6, 0.28 * len(order) + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols + 2.6, height * rows + 0.8), squeeze=False)
+    handles = {}
+    for ax, (metric, vals) in zip(axes.flat, values.items()):
+        label, higher = info[metric]
+        if x:
+            for i, (name, members) in enumerate(lines.items()):
+                pts = sorted((xs[c], *vals[c]) for c in members if c in vals and c in xs)
+                if not pts:
+                    continue
+                px, py = [p[0] for p in pts], [p[1] for p in pts]
+                h = ax.plot(px, py, marker="o", markersize=6, linewidth=1.6, label=name or "cells")[0]
+                err = [(p[1] - p[2], p[3] - p[1]) for p in pts if p[2] is not None]
+                if len(err) == len(pts):
+                    ax.errorbar(px, py, yerr=list(zip(*err)), fmt="none", ecolor=h.get_color(), capsize=3)
+                handles.setdefault(name or "cells", h)
+            ax.set_xlabel(x)
+        else:
+            ys = list(range(len(order)))
+            means = [vals[c][0] if c in vals else float("nan") for c in order]
+            h = ax.plot(means, ys, "o", markersize=7, label="cells")[0]
+            err = [(vals[c][0] - vals[c][1], vals[c][2] - vals[c][0]) for c in order if c in vals and vals[c][1] is not None]
+            if err and len(err) == len(order):
+                ax.errorbar(means, ys, xerr=list(zip(*err)), fmt="none", ecolor=h.get_color(), capsize=3)
+            ax.set_yticks(ys, order if ax in axes[:, 0] else [""] * len(order), fontsize=8)
+            ax.invert_yaxis()
+        if baseline.get(metric) is not None:
+            ref = (ax.axhline if x else ax.axvline)(baseline[metric], color="0.45", linestyle="--", linewidth=1.2,
+                                                    label="text-only baseline")
+            handles.setdefault("text-only baseline", ref)
+        ax.set_title(f"{metric}: {_better(metric, higher)}", fontsize=9)
+        (ax.yaxis if x else ax.xaxis).set_major_locator(MaxNLocator(5))  # value ticks that do not touch
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1 - 2.4 / fig.get_figwidth(),
+                   1 - 0.5 / fig.get_figheight()), fontsize=8, frameon=False)
+    w, h = fig.get_size_inches()
+    left = (0.25 + 0.065 * max((len(c) for c in order), default=0)) if not x else 0.7
+    fig.subplots_adjust(left=min(0.45, left / w), right=1 - 2.6 / w, top=1 - 0.5 / h, bottom=0.55 / h + 0.05,
+                        hspace=0.55, wspace=0.35 if x else 0.08)
     return fig
 
 
@@ -116,8 +197,8 @@ def _per_dim_ratio(plt, ratios: dict[str, list[list[float]]]):
     ax2.set_ylabel("log10(std blended / std text)")
     ax2.set_xlabel("hidden dimension")
     ax1.set_title("per-dimension std ratios (the 3 largest of each cell labelled)")
-    ax1.legend(markerscale=5, fontsize=7, ncol=3)
-    _margins(fig, [], hspace=0.12)
+    ax1.legend(markerscale=5, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.subplots_adjust(left=0.08, right=0.78, top=0.93, bottom=0.08, hspace=0.12)
     return fig
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import write_json, write_text
 from . import folder
+from .answers import answers
 from .evidence import aggregate
 from .grid import Panel, layout, render
 from .report import build_metadata, write_report
@@ -37,6 +38,7 @@ def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
         raise InputError(f"{out}: no trial has started yet")
     evidence = aggregate(metas)
     first = metas[0]
+    params = {r["name"]: r.get("params") or {} for m in metas for r in m["results"]}
     combined = {
         "experiment": plan["name"], "kind": "trials", "prompt": first["prompt"], "steps": first["steps"],
         "width": first["width"], "height": first["height"], "models": first["models"], "config": first["config"],
@@ -44,6 +46,7 @@ def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
         "seeds": list(dict.fromkeys(t["seed"] for t in plan["trials"])),
         "trials": trials,
         "warnings": [{**w, "trial": t["name"]} for t in trials for w in t["warnings"]],
+        "answers": answers(plan["name"], evidence, params),
         "evidence": evidence,
     }
     return combined, metas
@@ -98,7 +101,7 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
 
 
 def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
-    from .report import _CSS, _JS
+    from .report_html import CSS, JS, answers_block, tiny_banner
 
     e = html.escape
     ev = meta["evidence"]
@@ -112,8 +115,9 @@ def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
         "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
     }
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
-             warnings_block([{**w, "text": f"[{w['trial']}] {w['text']}"} for w in meta["warnings"]]), "<dl>"]
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>", tiny_banner(meta),
+             warnings_block([{**w, "text": f"[{w['trial']}] {w['text']}"} for w in meta["warnings"]]),
+             answers_block(meta["answers"]), "<dl>"]
     parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info.items()]
     parts.append("</dl>")
     parts.append("<h2>Cells over the trials</h2>" + evidence_table(ev, metric_order(ev, meta["experiment"])))
@@ -125,7 +129,7 @@ def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
         counts = ", ".join(f"{v} {k}" for k, v in (t["counts"] or {}).items()) or "not started"
         link = f'<a href="{e(t["folder"])}/report.html">{e(t["name"])}</a>' if t["counts"] else e(t["name"])
         parts.append(f"<li>{link}: {e(counts)}</li>")
-    parts.append(f"</ul><script>{_JS}</script></body></html>\n")
+    parts.append(f"</ul><script>{JS}</script></body></html>\n")
     return write_text(out / "report.html", "\n".join(parts), durable=False)
 
 

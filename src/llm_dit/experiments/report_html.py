@@ -1,0 +1,184 @@
+"""``report.html`` of one run: what a researcher reads first comes first.
+
+Order: a banner when the pictures come from the tiny random-weight models, the comparisons that
+compare nothing (:mod:`checks`), the answers to the research notes' questions (:mod:`answers`), the
+cell table (the experiment's "look at" metrics first, with their direction and units; the cell name
+stays in view while the table scrolls), the grids, the plots, then how the run was made.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..analysis.metrics import METRIC_INFO
+from ..io import write_text
+from .presets import EXPERIMENTS
+from .report_tables import direction, fmt_number, warnings_block
+
+JS = """
+document.querySelectorAll('table.cells th').forEach((th, i) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
+  const key = r => { const c = r.cells[i]; const t = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
+                     const n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    const c = (typeof x === 'number' && typeof y === 'number') ? x - y : String(x).localeCompare(String(y));
+    return dir === 'asc' ? c : -c; }).forEach(r => body.appendChild(r));
+}));
+"""
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222;max-width:1360px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px} img.grid{max-width:100%;border:1px solid #ccc}
+table.cells{border-collapse:collapse;font-size:12px}
+table.cells th{cursor:pointer;background:#eee;position:sticky;top:0;white-space:normal;vertical-align:bottom;
+  min-width:56px;max-width:110px}
+table.cells td,table.cells th{border:1px solid #ddd;padding:3px 5px;text-align:right}
+table.cells td{white-space:nowrap} table.cells td.l,table.cells td.name{text-align:left} table.cells th small{font-weight:400;color:#555}
+.failed{color:#b00} .pending{color:#888} img.thumb{width:48px;height:48px;display:block}
+td.base{color:#777;font-style:italic;text-align:center}
+.warn{background:#fff4d6;border:1px solid #e0b040;padding:8px 14px;margin:12px 0}
+.tiny{background:#e8eefc;border:1px solid #7d9be0;padding:8px 14px;margin:12px 0}
+.answer{background:#fff;border:1px solid #bbb;border-left:5px solid #3a7;padding:8px 14px;margin:10px 0}
+.answer.open{border-left-color:#c90} .answer p{margin:4px 0} .answer ul{margin:4px 0 4px 18px;padding:0}
+.scroll{max-width:100%;overflow-x:auto}
+td.name,th.name{position:sticky;left:0;background:#f4f4f4;text-align:left;z-index:2}
+small.sig{font-weight:700;color:#064} table.cells td small{color:#555}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600}
+dd{margin:0;overflow-wrap:anywhere} .cap{max-width:900px}
+"""
+
+#: Run fields shown per cell after the metrics: (record key, header, unit).
+FIELDS = (("alpha", "alpha", ""), ("hidden_layer", "VL layer", ""), ("token_selection", "tokens", ""),
+          ("normalization_mode", "norm", ""), ("vl_std", "vl_std", "std"), ("blended_std", "blended_std", "std"),
+          ("generation_time", "time", "s"))
+
+
+def tiny_banner(meta: dict) -> str:
+    """A line saying the pictures are noise, when the run used the built-in tiny models."""
+    models = meta.get("config", {}).get("models", {})
+    if "tiny" not in (models.get("z_image"), models.get("vl")):
+        return ""
+    return ("<div class=tiny><b>Tiny random-weight models.</b> These pictures come from the built-in tiny "
+            "models (random weights): they are coloured noise, and every number below measures noise. "
+            "The folder, grids, table and plots are those of a real run.</div>")
+
+
+def answers_block(answers: list[dict]) -> str:
+    if not answers:
+        return ""
+    e = html.escape
+    parts = ["<h2>Answers</h2>"]
+    for a in answers:
+        branch = a["branch"] or "Not decided by these numbers"
+        items = "".join(f"<li>{e(line)}</li>" for line in a["evidence"])
+        parts.append(f"<div class='answer{'' if a['branch'] else ' open'}'><p><b>{e(a['question'])}</b></p>"
+                     f"<p>{e(branch)}</p><p><small>Why: {e(a['why'])}. Evidence: {e(a['strength'])}.</small></p>"
+                     f"<ul>{items}</ul></div>")
+    return "".join(parts)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return fmt_number(v)
+    if v is None:
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _td(v: Any, left: bool = False) -> str:
+    number = isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
+    sort = f' data-v="{html.escape(str(v))}"' if number else ""
+    return f'<td{sort}{" class=l" if left else ""}>{html.escape(_value(v))}</td>'
+
+
+def _header(metric: str) -> str:
+    what = METRIC_INFO.get(metric, (metric, None))[0]
+    unit = " (dB)" if "psnr" in metric else ""
+    return (f'<th title="{html.escape(what)}">{html.escape(metric)}{unit}<br><small>'
+            f"{html.escape(direction(metric) or 'similarity to the baseline')}</small></th>")
+
+
+def cell_table(meta: dict) -> str:
+    """Every cell: name (kept in view), thumbnail, metrics (look-at first), parameters, fields."""
+    e = html.escape
+    results = meta["results"]
+    exp = EXPERIMENTS.get(meta["experiment"])
+    found = list(dict.fromkeys(k for r in results for k in (r.get("metrics") or {})))
+    first = [k for k in (exp.look_at if exp else ()) if k in found]
+    metrics = first + [k for k in found if k not in first]
+    params = list(dict.fromkeys(k for r in results for k in r.get("params", {})))
+    head = ['<th class=name>cell</th>', "<th>picture</th>", *(_header(k) for k in metrics),
+            *(f"<th>{e(k)}</th>" for k in params),
+            *(f"<th>{e(h)}{f'<br><small>{e(u)}</small>' if u else ''}</th>" for _, h, u in FIELDS)]
+    rows = []
+    for r in results:
+        base = bool(r.get("pure_text"))
+        name = e(r["name"]) + (" <small>(baseline)</small>" if base else "")
+        if r["status"] != "done":
+            status = r["status"] if r["status"] != "failed" else f"failed: {r.get('error', '')}"
+            rows.append(f"<tr><td class=name>{name}</td><td class='l {r['status']}' colspan={len(head) - 1}>"
+                        f"{e(status)}</td></tr>")
+            continue
+        img = f'<a href="{e(r["file"])}"><img class=thumb src="{e(r["file"])}" loading=lazy></a>'
+        cells = [f"<td class=name>{name}</td>", f"<td>{img}</td>"]
+        for k in metrics:
+            v = (r.get("metrics") or {}).get(k)
+            cells.append("<td class=base>baseline</td>" if v is None and base else _td(v))
+        cells += ["<td class=base>baseline</td>" if base and k not in r.get("params", {}) else
+                  _td(r.get("params", {}).get(k), True) for k in params]
+        cells += ["<td class=base>baseline</td>" if base and r.get(k) is None else
+                  _td(r.get(k), isinstance(r.get(k), str)) for k, _, _ in FIELDS]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<div class=scroll><table class=cells><thead><tr>" + "".join(head) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></div>")
+
+
+def title(meta: dict) -> str:
+    if meta["prompt"]:
+        return f"{meta['experiment']}: {meta['prompt']}"
+    caps = meta["captions"]
+    return f"{meta['experiment']}: caption " + (next(iter(caps.values())) if caps else "(not written yet)")
+
+
+def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> Path:
+    e = html.escape
+    exp = EXPERIMENTS.get(meta["experiment"])
+    info = {
+        "experiment": meta["experiment"] + (" (quick)" if meta["quick"] else ""),
+        "what it compares": exp.summary if exp else json.dumps(meta.get("details", {})),
+        "prompt": meta["prompt"] or "(captions of the reference, below)",
+        "reference image(s)": ", ".join(meta["images"]),
+        "seed / steps / size": f"{meta['seed']} / {meta['steps']} / {meta['width']}x{meta['height']}",
+        "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
+        "cells": ", ".join(f"{v} {k}" for k, v in meta["counts"].items()),
+        "versions": ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()),
+        "git revision": meta.get("git_revision") or "",
+        "metric notes": "; ".join((meta["sessions"][-1].get("metric_notes") or []) if meta["sessions"] else []),
+    }
+    if meta.get("details", {}).get("recipe"):
+        info["set in every VL cell"] = json.dumps(meta["details"]["recipe"])
+    parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title(meta))}</title>",
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(title(meta))}</h1>",
+             tiny_banner(meta), warnings_block(meta.get("warnings") or []), answers_block(meta.get("answers") or [])]
+    for n, text in meta["captions"].items():
+        parts.append(f"<h2>Caption ({e(n)} tokens)</h2><p class=cap>{e(text)}</p>")
+    parts.append("<h2>Cells</h2><p>One image and one seed: each number is one observation. Click a column to sort; "
+                 "hover a metric's name for what it measures (README, 'How to read the answers').</p>")
+    parts.append(cell_table(meta))
+    for g in grids:
+        parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid src="{e(g.name)}">'
+                     "</a>")
+    for p in plots:
+        rel = p.relative_to(out).as_posix()
+        parts.append(f'<h2>{e(p.stem.replace("_", " "))}</h2><img class=grid src="{e(rel)}">')
+    parts.append("<h2>How this run was made</h2><dl>")
+    parts += [f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in info.items()]
+    parts.append(f"</dl><script>{JS}</script></body></html>\n")
+    return write_text(out / "report.html", "\n".join(parts), durable=False)
