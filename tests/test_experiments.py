@@ -79,7 +79,7 @@ def test_every_named_experiment_runs_quick_and_writes_its_folder(runs, refs, nam
     with Image.open(folder / "comparison_grid.png") as g:
         assert g.width > 256 * 2
     html = (folder / "report.html").read_text()
-    assert 'src="comparison_grid.png"' in html and "<table class=cells>" in html
+    assert 'src="comparison_grid.png"' in html and "<table class=runcells>" in html
     assert all(f'src="{c.name}.png"' in html for c in cells)
     assert (folder / "plots" / "std_per_cell.png").is_file() and (folder / "plots" / "metrics.png").is_file()
     assert not list(folder.rglob(".*.tmp"))

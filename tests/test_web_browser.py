@@ -165,6 +165,15 @@ def test_runs_page_starts_an_experiment_and_shows_it(server, browser, tmp_path, 
     assert len(cells) == 4 and all(c.find_elements(By.TAG_NAME, "img") for c in cells)
     until(browser, lambda d: d.execute_script(
         "return [...document.querySelectorAll('#run-grids img')].every(i => i.complete && i.naturalWidth > 0)"), 30)
+    # the run page opens as report.html does (the same reader and HTML): the answer, the cell table
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#run-summary .answer"), 30, "the answers")
+    summary = browser.find_element(By.ID, "run-summary").text
+    assert "Does pure_vl_text_tokens match pure_qwen3_4b quality?" in summary and "Tiny random-weight" in summary
+    rows = browser.find_elements(By.CSS_SELECTOR, "#run-summary table.runcells tbody tr")
+    assert [r.find_element(By.CSS_SELECTOR, "td.name").text.split(" (")[0] for r in rows] == [
+        "pure_qwen3_4b", "pure_vl_text_tokens", "pure_vl_full_seq", "blend_30_vl_70_qwen3"]
+    assert browser.execute_script(
+        "return [...document.querySelectorAll('#run-summary img.thumb')].every(i => i.complete && i.naturalWidth > 0)")
     browser.find_element(By.CSS_SELECTOR, '[data-cell="pure_vl_full_seq"]').click()
     record = until(browser, lambda d: d.find_elements(By.ID, "cell-record"), 10, "the cell's record")[0].text
     assert '"name": "pure_vl_full_seq"' in record and '"vl_std"' in record

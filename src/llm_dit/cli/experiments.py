@@ -82,8 +82,12 @@ def add_parsers(sub) -> None:
     _add_run_flags(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="(re)build metadata.json, grids, plots and report.html of a run folder")
-    p.add_argument("dir", metavar="DIR")
+    p = sub.add_parser("report", help="(re)build metadata.json, grids, plots, report.html and findings.md of a run "
+                                      "folder; or compare several folders in one page")
+    p.add_argument("dir", metavar="DIR", nargs="+", help="a run or trials folder (several: one page comparing them)")
+    p.add_argument("--single-file", action="store_true",
+                   help="also write report_single.html: every picture embedded, one file to send")
+    p.add_argument("--out", metavar="FILE.html", help="the comparison page (with several folders)")
     p.add_argument("--debug", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -308,12 +312,24 @@ def cmd_sweep(args) -> int:
 
 def cmd_report(args) -> int:
     from ..experiments.report import write_report
+    from ..experiments.report_share import compare_runs, single_file
     from ..experiments.trials import TRIALS_FILE
     from ..experiments.trials_report import write_trials_report
 
-    out = Path(args.dir)
-    if not out.is_dir():
-        raise InputError(f"{out} is not a folder")
+    folders = [Path(d) for d in args.dir]
+    for out in folders:
+        if not out.is_dir():
+            raise InputError(f"{out} is not a folder")
+    if len(folders) > 1:
+        if not args.out:
+            raise InputError("give --out FILE.html for the page comparing several folders")
+        print(f"report: {compare_runs(folders, Path(args.out), embedded=args.single_file)}")
+        return 0
+    if args.out:
+        raise InputError("--out names the page comparing several folders; one folder's report is DIR/report.html")
+    out = folders[0]
     path = write_trials_report(out, rebuild_trials=True) if (out / TRIALS_FILE).is_file() else write_report(out)
     print(f"report: {path}")
+    if args.single_file:
+        print(f"single file: {single_file(out)}")
     return 0

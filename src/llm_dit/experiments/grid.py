@@ -59,7 +59,11 @@ def layout(title: str, lead: list[Panel], cells: list[tuple[dict[str, Any], Pane
             # the parameter with more values runs across: grids are wider than tall on screens
             rows, cols = sorted(keys, key=lambda k: count[k])
     if rows is None or cols is None:
-        flat = [panel for _, panel in cells]
+        # cells without parameters (the text-only baseline a run adds) join the reference in the
+        # leading column when the others vary something: never inside the row of what varies
+        varies = any(p for p, _ in cells)
+        flat = [panel for p, panel in cells if p or not varies]
+        lead = lead + [panel for p, panel in cells if varies and not p]
         return Layout(title, lead, [flat[i:i + MAX_COLUMNS] for i in range(0, len(flat), MAX_COLUMNS)] or [[]])
     inside = [(p, panel) for p, panel in cells if rows in p and cols in p]
     outside = [panel for p, panel in cells if not (rows in p and cols in p)]

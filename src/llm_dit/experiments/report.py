@@ -15,6 +15,7 @@ from . import folder
 from .cells import fmt
 from .grid import Panel, layout, render
 from .presets import EXPERIMENTS, GridSpec
+from .findings import write_findings
 from .report_html import title as run_title, write_html
 
 SEED_FIELDS = ("vl_shape", "vl_std", "token_selection", "normalization_mode", "blended_std", "generation_time",
@@ -85,6 +86,7 @@ def build_metadata(out: Path) -> dict:
         "counts": counts,
         "warnings": degenerate(results),  # comparisons that compare nothing (see checks.py)
         "answers": answers(run["name"], evidence, {r["name"]: r.get("params") or {} for r in results}),
+        "evidence": evidence,  # one trial: the values of the records, the differences between cells
         "results": results,
     }
     return meta
@@ -127,7 +129,8 @@ def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict |
         cells = [(r["params"], panels[r["name"]]) for r in meta["results"] if _matches(r["params"], spec.where)]
         if not cells:
             continue
-        title = run_title(meta) + (f"  [{spec.title}]" if spec.title else "")
+        # the slice first: a long caption in the title is cut at its end, never the slice's name
+        title = f"[{spec.title}]  {run_title(meta)}" if spec.title else run_title(meta)
         grid = render(layout(title, lead, cells, spec.rows, spec.cols))
         # written last, at every run's end; like every report file, made again by `llm-dit report DIR`
         written.append(save_png(grid, out / spec.file, compress_level=1, durable=False))
@@ -188,4 +191,5 @@ def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) 
     plots = _start_plots(out, meta, workers)
     grids = write_grids(out, meta, specs, thumbnails)
     plots = _collect(plots)
+    write_findings(out, meta, meta["evidence"], grids[0].name if grids else None)
     return write_html(out, meta, grids, plots)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .presets import EXPERIMENTS
 from .report_tables import direction, fmt_number, warnings_block
 
 JS = """
-document.querySelectorAll('table.cells th').forEach((th, i) => th.addEventListener('click', () => {
+document.querySelectorAll('table.runcells th').forEach((th, i) => th.addEventListener('click', () => {
   const body = th.closest('table').tBodies[0];
   const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
   const key = r => { const c = r.cells[i]; const t = c.dataset.v !== undefined ? c.dataset.v : c.textContent;
@@ -31,15 +32,15 @@ document.querySelectorAll('table.cells th').forEach((th, i) => th.addEventListen
 }));
 """
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222;max-width:1360px}
-h1{font-size:22px} h2{font-size:18px;margin-top:28px} img.grid{max-width:100%;border:1px solid #ccc}
-table.cells{border-collapse:collapse;font-size:12px}
-table.cells th{cursor:pointer;background:#eee;position:sticky;top:0;white-space:normal;vertical-align:bottom;
+#: The styles of what :func:`summary` writes (the web app's run page uses them too).
+PARTS_CSS = """
+table.runcells{border-collapse:collapse;font-size:12px}
+table.runcells th{cursor:pointer;background:#eee;position:sticky;top:0;white-space:normal;vertical-align:bottom;
   min-width:56px;max-width:110px}
-table.cells td,table.cells th{border:1px solid #ddd;padding:3px 5px;text-align:right}
-table.cells td{white-space:nowrap} table.cells td.l,table.cells td.name{text-align:left} table.cells th small{font-weight:400;color:#555}
-.failed{color:#b00} .pending{color:#888} img.thumb{width:48px;height:48px;display:block}
+table.runcells td,table.runcells th{border:1px solid #ddd;padding:3px 5px;text-align:right}
+table.runcells td{white-space:nowrap} table.runcells td.l,table.runcells td.name,table.runcells th.name{text-align:left}
+table.runcells th small{font-weight:400;color:#555} table.runcells td small{color:#555}
+td.failed{color:#b00} td.pending{color:#888} img.thumb{width:48px;height:48px;display:block}
 td.base{color:#777;font-style:italic;text-align:center}
 .warn{background:#fff4d6;border:1px solid #e0b040;padding:8px 14px;margin:12px 0}
 .tiny{background:#e8eefc;border:1px solid #7d9be0;padding:8px 14px;margin:12px 0}
@@ -47,7 +48,12 @@ td.base{color:#777;font-style:italic;text-align:center}
 .answer.open{border-left-color:#c90} .answer p{margin:4px 0} .answer ul{margin:4px 0 4px 18px;padding:0}
 .scroll{max-width:100%;overflow-x:auto}
 td.name,th.name{position:sticky;left:0;background:#f4f4f4;text-align:left;z-index:2}
-small.sig{font-weight:700;color:#064} table.cells td small{color:#555}
+small.sig{font-weight:700;color:#064}
+"""
+
+CSS = PARTS_CSS + """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222;max-width:1360px}
+h1{font-size:22px} h2{font-size:18px;margin-top:28px} img.grid{max-width:100%;border:1px solid #ccc}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px} dt{font-weight:600}
 dd{margin:0;overflow-wrap:anywhere} .cap{max-width:900px}
 """
@@ -77,7 +83,7 @@ def answers_block(answers: list[dict]) -> str:
         branch = a["branch"] or "Not decided by these numbers"
         items = "".join(f"<li>{e(line)}</li>" for line in a["evidence"])
         parts.append(f"<div class='answer{'' if a['branch'] else ' open'}'><p><b>{e(a['question'])}</b></p>"
-                     f"<p>{e(branch)}</p><p><small>Why: {e(a['why'])}. Evidence: {e(a['strength'])}.</small></p>"
+                     f"<p>{'Points to: ' if a['branch'] else ''}{e(branch)}</p><p><small>Why: {e(a['why'])}. Evidence: {e(a['strength'])}.</small></p>"
                      f"<ul>{items}</ul></div>")
     return "".join(parts)
 
@@ -105,8 +111,9 @@ def _header(metric: str) -> str:
             f"{html.escape(direction(metric) or 'similarity to the baseline')}</small></th>")
 
 
-def cell_table(meta: dict) -> str:
-    """Every cell: name (kept in view), thumbnail, metrics (look-at first), parameters, fields."""
+def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
+    """Every cell: name (kept in view), thumbnail, metrics (look-at first), parameters, fields;
+    ``link(file)``: the address of a file of the run folder (relative in report.html)."""
     e = html.escape
     results = meta["results"]
     exp = EXPERIMENTS.get(meta["experiment"])
@@ -126,7 +133,8 @@ def cell_table(meta: dict) -> str:
             rows.append(f"<tr><td class=name>{name}</td><td class='l {r['status']}' colspan={len(head) - 1}>"
                         f"{e(status)}</td></tr>")
             continue
-        img = f'<a href="{e(r["file"])}"><img class=thumb src="{e(r["file"])}" loading=lazy></a>'
+        src = e(link(r["file"]))
+        img = f'<a href="{src}"><img class=thumb src="{src}" loading=lazy></a>'
         cells = [f"<td class=name>{name}</td>", f"<td>{img}</td>"]
         for k in metrics:
             v = (r.get("metrics") or {}).get(k)
@@ -136,8 +144,17 @@ def cell_table(meta: dict) -> str:
         cells += ["<td class=base>baseline</td>" if base and r.get(k) is None else
                   _td(r.get(k), isinstance(r.get(k), str)) for k, _, _ in FIELDS]
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return ("<div class=scroll><table class=cells><thead><tr>" + "".join(head) + "</tr></thead><tbody>"
+    return ("<div class=scroll><table class=runcells><thead><tr>" + "".join(head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></div>")
+
+
+def summary(meta: dict, link: Callable[[str], str] = str) -> str:
+    """What a run page opens with: the banner, the warnings, the answers and the cell table (the web
+    app's run page shows this same HTML)."""
+    return (tiny_banner(meta) + warnings_block(meta.get("warnings") or []) + answers_block(meta.get("answers") or [])
+            + "<h2>Cells</h2><p>One image and one seed: each number is one observation. Click a column to sort; "
+            "hover a metric's name for what it measures (README, 'How to read the answers').</p>"
+            + cell_table(meta, link))
 
 
 def title(meta: dict) -> str:
@@ -165,13 +182,9 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
     if meta.get("details", {}).get("recipe"):
         info["set in every VL cell"] = json.dumps(meta["details"]["recipe"])
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title(meta))}</title>",
-             f"<style>{CSS}</style></head><body>", f"<h1>{e(title(meta))}</h1>",
-             tiny_banner(meta), warnings_block(meta.get("warnings") or []), answers_block(meta.get("answers") or [])]
+             f"<style>{CSS}</style></head><body>", f"<h1>{e(title(meta))}</h1>", summary(meta)]
     for n, text in meta["captions"].items():
         parts.append(f"<h2>Caption ({e(n)} tokens)</h2><p class=cap>{e(text)}</p>")
-    parts.append("<h2>Cells</h2><p>One image and one seed: each number is one observation. Click a column to sort; "
-                 "hover a metric's name for what it measures (README, 'How to read the answers').</p>")
-    parts.append(cell_table(meta))
     for g in grids:
         parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid src="{e(g.name)}">'
                      "</a>")

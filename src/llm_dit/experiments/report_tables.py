@@ -98,5 +98,5 @@ def evidence_table(evidence: dict, metrics: list[str]) -> str:
             "its baseline, <b>bold</b> where the interval excludes 0 (at least 4 trials). ★ best, ▼ worst.</p>"
             if n > 1 else "<p>One image, one seed: every number below is one observation (anecdotal); "
             "run with several images and seeds (--images, --seeds) for intervals. ★ best, ▼ worst.</p>")
-    return (note + "<div class=scroll><table class=cells><thead><tr><th class=name>cell</th>" + head
+    return (note + "<div class=scroll><table class=runcells><thead><tr><th class=name>cell</th>" + head
             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")

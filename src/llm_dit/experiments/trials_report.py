@@ -14,6 +14,7 @@ from ..io import write_json, write_text
 from . import folder
 from .answers import answers
 from .evidence import aggregate
+from .findings import write_findings
 from .grid import Panel, layout, render
 from .report import build_metadata, write_report
 from .report_tables import evidence_table, metric_order, warnings_block
@@ -146,4 +147,5 @@ def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
     write_json(out / "metadata.json", meta, durable=False)
     by_name = {t["name"]: m for t, m in zip([t for t in meta["trials"] if t["counts"] is not None], metas)}
     grids = write_trial_grids(out, meta, by_name)
+    write_findings(out, meta, meta["evidence"], "summary_grid.png")
     return write_trials_html(out, meta, grids)

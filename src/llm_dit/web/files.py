@@ -136,6 +136,19 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
     return out
 
 
+def _summary(runs: Path, d: Path) -> str:
+    """The run's warnings, answers and cell table as its report shows them (the same reader and the
+    same HTML), or "" when the folder cannot be read as a run yet."""
+    from ..errors import LlmDitError
+    from ..experiments.report import build_metadata
+    from ..experiments.report_html import PARTS_CSS, summary
+
+    try:
+        return f"<style>{PARTS_CSS}</style>" + summary(build_metadata(d), lambda f: url(runs, d / f))
+    except (LlmDitError, OSError, KeyError, TypeError, ValueError):
+        return ""
+
+
 def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     """What the run page shows: the plan, every cell with its record, grids, plots, report."""
     d = inside(runs, name)
@@ -158,6 +171,7 @@ def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     captions = {p.stem: p.read_text(encoding="utf-8", errors="replace").strip()
                 for p in sorted((d / "captions").glob("*.txt"))} if (d / "captions").is_dir() else {}
     return {
+        "summary": _summary(runs, d),
         "name": name, "experiment": run.get("name"), "prompt": run.get("prompt"), "quick": run.get("quick"),
         "status": _run_status(len(names), recs, name in active),
         "cells": cells, "grids": [url(runs, p) for p in sorted(grids, key=lambda p: p.name != "comparison_grid.png")],

@@ -389,6 +389,11 @@ function renderRun(d) {
   // an interrupted, cancelled or failed run: its finished cells are kept, the missing ones made again
   const resume = !job && d.status !== "running" && missing > 0 && d.experiment ? el("button", { type: "button", class: "small", id: "resume-run", onclick: () => resumeRun(d.name) }, `resume (${missing} cell${missing === 1 ? "" : "s"} to make)`) : "";
   $("#run-job").replaceChildren(...(job ? [progressOf(job) || "", el("button", { type: "button", class: "small cancel", onclick: () => api(`/api/jobs/${job.id}/cancel`, { method: "POST" }) }, "cancel run")] : [d.job && d.job.error ? el("p", { class: "error" }, d.job.error) : "", resume]));
+  // warnings, answers and the cell table: HTML the server builds with the report's own code
+  if ($("#run-summary").dataset.key !== d.summary) {
+    $("#run-summary").dataset.key = d.summary;
+    $("#run-summary").innerHTML = d.summary;
+  }
   const gridKey = d.grids.join("|");
   if ($("#run-grids").dataset.key !== gridKey) {
     $("#run-grids").dataset.key = gridKey;
