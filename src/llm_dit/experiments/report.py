@@ -108,6 +108,12 @@ def _panel(out: Path, r: dict) -> Panel:
     return Panel(r["name"], None, r["status"])
 
 
+def grid_title(meta: dict, spec: GridSpec) -> str:
+    """The slice first: a title too long for the grid is cut at its end (a long caption), never
+    where it names the slice."""
+    return f"[{spec.title}]  {run_title(meta)}" if spec.title else run_title(meta)
+
+
 def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict | None = None) -> list[Path]:
     """``comparison_grid.png`` and one grid per spec; ``thumbnails``: ``{cell: grid.thumbnail(picture)}``
     made while the run wrote its cells (the others are read from their PNGs)."""
@@ -129,9 +135,7 @@ def write_grids(out: Path, meta: dict, specs: list[GridSpec], thumbnails: dict |
         cells = [(r["params"], panels[r["name"]]) for r in meta["results"] if _matches(r["params"], spec.where)]
         if not cells:
             continue
-        # the slice first: a long caption in the title is cut at its end, never the slice's name
-        title = f"[{spec.title}]  {run_title(meta)}" if spec.title else run_title(meta)
-        grid = render(layout(title, lead, cells, spec.rows, spec.cols))
+        grid = render(layout(grid_title(meta, spec), lead, cells, spec.rows, spec.cols))
         # written last, at every run's end; like every report file, made again by `llm-dit report DIR`
         written.append(save_png(grid, out / spec.file, compress_level=1, durable=False))
     return written
