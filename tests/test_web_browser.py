@@ -212,3 +212,21 @@ def test_a_cancelled_run_is_resumed_from_its_page(server, browser):
           "the resumed run to complete")
     assert not browser.find_elements(By.ID, "resume-run")
     assert len(browser.find_elements(By.CSS_SELECTOR, "#run-cells .cell img")) == 3
+
+
+def test_the_single_file_report_opens_alone_in_a_browser(browser, refs, tmp_path):
+    """report_single.html copied alone into an empty folder: every picture shows, nothing else loads."""
+    from llm_dit.cli import main
+    from run_args import compare_args
+
+    out = tmp_path / "run"
+    assert main([*compare_args("vl_only_vs_qwen3", refs, out), "--no-progress"]) == 0
+    assert main(["report", str(out), "--single-file"]) == 0
+    alone = tmp_path / "sent"
+    alone.mkdir()
+    shutil.copy(out / "report_single.html", alone / "report.html")
+    browser.get((alone / "report.html").as_uri())
+    images = browser.execute_script("return [...document.images].map(i => [i.complete, i.naturalWidth])")
+    assert len(images) >= 6 and all(done and width > 0 for done, width in images)
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+    assert "Does pure_vl_text_tokens match pure_qwen3_4b quality?" in browser.page_source

@@ -18,7 +18,7 @@ from typing import Any
 from ..analysis.metrics import METRIC_INFO
 from ..io import write_text
 from .presets import EXPERIMENTS
-from .report_tables import direction, fmt_number, warnings_block
+from .report_tables import direction, fmt_number, ranks, warnings_block
 
 JS = """
 document.querySelectorAll('table.runcells th').forEach((th, i) => th.addEventListener('click', () => {
@@ -98,10 +98,10 @@ def _value(v: Any) -> str:
     return str(v)
 
 
-def _td(v: Any, left: bool = False) -> str:
+def _td(v: Any, left: bool = False, mark: str = "") -> str:
     number = isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
     sort = f' data-v="{html.escape(str(v))}"' if number else ""
-    return f'<td{sort}{" class=l" if left else ""}>{html.escape(_value(v))}</td>'
+    return f'<td{sort}{" class=l" if left else ""}>{html.escape(_value(v) + mark)}</td>'
 
 
 def _header(metric: str) -> str:
@@ -121,6 +121,7 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
     first = [k for k in (exp.look_at if exp else ()) if k in found]
     metrics = first + [k for k in found if k not in first]
     params = list(dict.fromkeys(k for r in results for k in r.get("params", {})))
+    marks = {k: ranks(meta["evidence"], k) for k in metrics} if meta.get("evidence") else {}
     head = ['<th class=name>cell</th>', "<th>picture</th>", *(_header(k) for k in metrics),
             *(f"<th>{e(k)}</th>" for k in params),
             *(f"<th>{e(h)}{f'<br><small>{e(u)}</small>' if u else ''}</th>" for _, h, u in FIELDS)]
@@ -138,7 +139,9 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
         cells = [f"<td class=name>{name}</td>", f"<td>{img}</td>"]
         for k in metrics:
             v = (r.get("metrics") or {}).get(k)
-            cells.append("<td class=base>baseline</td>" if v is None and base else _td(v))
+            best, worst = marks.get(k, (None, None))
+            mark = " ★" if r["name"] == best else (" ▼" if r["name"] == worst else "")
+            cells.append("<td class=base>baseline</td>" if v is None and base else _td(v, mark=mark))
         cells += ["<td class=base>baseline</td>" if base and k not in r.get("params", {}) else
                   _td(r.get("params", {}).get(k), True) for k in params]
         cells += ["<td class=base>baseline</td>" if base and r.get(k) is None else
@@ -152,8 +155,9 @@ def summary(meta: dict, link: Callable[[str], str] = str) -> str:
     """What a run page opens with: the banner, the warnings, the answers and the cell table (the web
     app's run page shows this same HTML)."""
     return (tiny_banner(meta) + warnings_block(meta.get("warnings") or []) + answers_block(meta.get("answers") or [])
-            + "<h2>Cells</h2><p>One image and one seed: each number is one observation. Click a column to sort; "
-            "hover a metric's name for what it measures (README, 'How to read the answers').</p>"
+            + "<h2>Cells</h2><p>One image and one seed: each number is one observation (★ best, ▼ worst of the "
+            "VL cells where a metric has a direction). Click a column to sort; hover a metric's name for what it "
+            "measures (docs/reading-results.md).</p>"
             + cell_table(meta, link))
 
 

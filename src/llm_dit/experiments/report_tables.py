@@ -54,7 +54,7 @@ def interval(s: dict) -> str:
     return f"{fmt_number(s['mean'])} [{fmt_number(s['low'])}, {fmt_number(s['high'])}]"
 
 
-def _ranks(evidence: dict, metric: str) -> tuple[str | None, str | None]:
+def ranks(evidence: dict, metric: str) -> tuple[str | None, str | None]:
     """The best and the worst cell by mean (baselines excluded; None when the metric has no direction
     or fewer than 3 cells have it)."""
     b = BETTER.get(metric)
@@ -73,7 +73,7 @@ def evidence_table(evidence: dict, metrics: list[str]) -> str:
 
     e = html.escape
     n = evidence["trials"]
-    ranks = {k: _ranks(evidence, k) for k in metrics}
+    marks = {k: ranks(evidence, k) for k in metrics}
     head = "".join(f"<th>{e(k)}<br><small>{e(direction(k))}</small></th>" for k in metrics)
     rows = []
     for c in evidence["cells"]:
@@ -84,7 +84,7 @@ def evidence_table(evidence: dict, metrics: list[str]) -> str:
             if s is None:
                 tds.append("<td></td>")
                 continue
-            mark = " ★" if ranks[k][0] == c else (" ▼" if ranks[k][1] == c else "")
+            mark = " ★" if marks[k][0] == c else (" ▼" if marks[k][1] == c else "")
             text = e(interval(s)) + mark
             d = difference(evidence, c, base, k) if base else None
             if d is not None:
