@@ -13,8 +13,8 @@ from run_args import PROMPT, SMALL, compare_args
 
 def _rec(name: str, fp: str, key: str, picture: str = "", **extra) -> dict:
     return {"name": name, "status": "done", "success": True, "fingerprint": fp, "generation_key": key,
-            "picture_digest": picture or fp, "generation": {"seed": 42}, "params": {}, "recipe": {"blend": "interpolate"},
-            "pure_text": False, "conditioning": {"sources": []}, **extra}
+            "picture_digest": picture or fp, "generation": {"seed": 42}, "params": {},
+            "recipe": {"blend": "interpolate"}, "pure_text": False, "conditioning": {"sources": []}, **extra}
 
 
 def test_each_kind_of_finding_and_what_is_not_one():

@@ -74,7 +74,8 @@ def handed_to_pipeline():
 
 
 def _prints(record: dict) -> dict:
-    return {k: record["conditioning"][k] for k in ("fingerprint", "fingerprints_per_step") if k in record["conditioning"]}
+    cond = record["conditioning"]
+    return {k: cond[k] for k in ("fingerprint", "fingerprints_per_step") if k in cond}
 
 
 def check_against_single_cells(out: Path, pool: ModelPool, handed: list[dict] | None = None) -> int:
@@ -105,7 +106,8 @@ def check_against_single_cells(out: Path, pool: ModelPool, handed: list[dict] | 
         # the same writer and text chunk as the run's: equal pixels give equal bytes, and only they do
         png = save_png(made.image, out.parent / f"{out.name}-oracle.png", read_png_parameters(out / rec["file"]),
                        compress_level=1)
-        assert png.read_bytes() == (out / rec["file"]).read_bytes(), f"{cell.name}: the PNG differs from the cell made alone"
+        assert png.read_bytes() == (out / rec["file"]).read_bytes(), \
+            f"{cell.name}: the PNG differs from the cell made alone"
     return len(spec.cells)
 
 

@@ -93,8 +93,14 @@ def test_three_images_two_seeds_give_intervals_and_paired_differences(trials, re
     html = (trials / "report.html").read_text()
     s = ev["metrics"]["pure_vl_text_tokens"]["ssim_text"]
     assert "Mean over 6 trials [95 % bootstrap interval]" in html
-    assert f"{s['mean']:.3g} [{s['low']:.3g}, {s['high']:.3g}]" in html
-    assert "vs baseline" in html
+    def num(v: float, digits: int = 3) -> str:  # the report's numbers: significant digits, tiny ones in e-notation
+        return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.{digits - 1}e}"
+
+    assert f"{num(s['mean'])}<br><small>[{num(s['low'])}, {num(s['high'])}]</small>" in html  # the table
+    assert f"ssim_text (SSIM of pure_vl_text_tokens to pure_qwen3_4b; 1 = the same picture): {num(s['mean'])} " \
+           f"[{num(s['low'])}, {num(s['high'])}]" in html  # the answer
+    sign = "+" if d["mean"] >= 0 else ""
+    assert f"Δ {sign}{num(d['mean'], 2)} [{num(d['low'], 2)}, {num(d['high'], 2)}]</small>" in html
     for f in ("grid_image1.png", "grid_image2.png", "grid_image3.png", "summary_grid.png"):
         assert (trials / f).is_file() and f in html
     for n in names:
@@ -150,7 +156,8 @@ def test_bad_trials_are_refused_in_one_line(refs, tmp_path, capsys, args, messag
 
 def test_trials_do_not_go_into_a_run_folder(refs, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["sweep", "--image", refs[0], "--prompt", PROMPT, "--alphas", "0.3,0.6", "--out", str(out), *SMALL]) == 0
+    assert main(["sweep", "--image", refs[0], "--prompt", PROMPT, "--alphas", "0.3,0.6", "--out", str(out),
+                 *SMALL]) == 0
     assert main(["sweep", "--images", *refs, "--prompt", PROMPT, "--alphas", "0.3,0.6", "--out", str(out), *SMALL]) == 2
     assert "holds a single run; give a new --out for trials" in capsys.readouterr().err
 

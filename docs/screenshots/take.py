@@ -46,6 +46,7 @@ def main_(work: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    work.mkdir(parents=True, exist_ok=True)
     images = references(work)
     runs = {
         "report_vl_only_vs_qwen3.png": ["compare", "--experiment", "vl_only_vs_qwen3", "--image", HOUSE,

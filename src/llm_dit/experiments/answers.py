@@ -80,7 +80,10 @@ def _missing(metric: str) -> str:
 def vl_only_vs_qwen3(ev: dict) -> dict:
     q = "Does pure_vl_text_tokens match pure_qwen3_4b quality?"
     a, b, n = "pure_vl_text_tokens", "pure_qwen3_4b", ev["trials"]
-    lines, worse, undecided, unknown = [], [], [], []
+    lines: list[str] = []
+    worse: list[str] = []
+    undecided: list[str] = []
+    unknown: list[str] = []
     ssim = ev["metrics"].get(a, {}).get("ssim_text")
     if ssim is not None:
         lines.append(f"ssim_text (SSIM of {a} to {b}; 1 = the same picture): {interval(ssim)}")
@@ -112,8 +115,8 @@ def vl_only_vs_qwen3(ev: dict) -> dict:
 
 def _best(ev: dict, cells: list[str], metric: str, higher: bool) -> tuple[str | None, str | None]:
     """The best cell by mean and the runner-up."""
-    scored = [c for c in cells if _mean(ev, c, metric) is not None]
-    order = sorted(scored, key=lambda c: _mean(ev, c, metric), reverse=higher)
+    means = {c: m for c in cells if (m := _mean(ev, c, metric)) is not None}
+    order = sorted(means, key=lambda c: means[c], reverse=higher)
     return (order[0] if order else None), (order[1] if len(order) > 1 else None)
 
 
@@ -166,7 +169,7 @@ def vl_prompt_variations(ev: dict, params: dict[str, dict]) -> dict:
         return {"question": q, "branch": None, "why": _missing("vqa_yes"), "evidence": [], "strength": strength(n)}
     worst = _best(ev, cells, "vqa_yes", False)[0]
     lines = [f"vqa_yes of {c}: {interval(ev['metrics'][c]['vqa_yes'])}" for c in cells]
-    d = difference(ev, best, worst, "vqa_yes") if worst != best else None
+    d = difference(ev, best, worst, "vqa_yes") if worst is not None and worst != best else None
     matters = d is not None and _shows(d, +1, n)
     if d is not None:
         lines.append(_diff_line(d, "vqa_yes", n))

@@ -63,7 +63,8 @@ def write_findings(out: Path, meta: dict, evidence: dict, grid: str | None) -> P
     if metrics:
         lines += ["", "## Cells", "",
                   "Mean [95 % interval] over the trials." if evidence["trials"] > 1 else "One image, one seed.", "",
-                  "| cell | " + " | ".join(f"{m} ({direction(m) or 'similarity to the baseline'})" for m in metrics) + " |",
+                  "| cell | " + " | ".join(f"{m} ({direction(m) or 'similarity to the baseline'})" for m in metrics)
+                  + " |",
                   "|---" * (len(metrics) + 1) + "|"]
         for c in evidence["cells"]:
             row = [_md(interval(evidence["metrics"].get(c, {}).get(m, {})) or "") for m in metrics]

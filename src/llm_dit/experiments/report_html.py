@@ -83,7 +83,8 @@ def answers_block(answers: list[dict]) -> str:
         branch = a["branch"] or "Not decided by these numbers"
         items = "".join(f"<li>{e(line)}</li>" for line in a["evidence"])
         parts.append(f"<div class='answer{'' if a['branch'] else ' open'}'><p><b>{e(a['question'])}</b></p>"
-                     f"<p>{'Points to: ' if a['branch'] else ''}{e(branch)}</p><p><small>Why: {e(a['why'])}. Evidence: {e(a['strength'])}.</small></p>"
+                     f"<p>{'Points to: ' if a['branch'] else ''}{e(branch)}</p>"
+                     f"<p><small>Why: {e(a['why'])}. Evidence: {e(a['strength'])}.</small></p>"
                      f"<ul>{items}</ul></div>")
     return "".join(parts)
 
@@ -122,9 +123,12 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
     metrics = first + [k for k in found if k not in first]
     params = list(dict.fromkeys(k for r in results for k in r.get("params", {})))
     marks = {k: ranks(meta["evidence"], k) for k in metrics} if meta.get("evidence") else {}
+    same = {"hidden_layer": ("layer", "hidden_layer"), "alpha": ("alpha",), "token_selection": ("tokens",
+            "token_selection"), "normalization_mode": ("norm", "normalization_mode")}
+    fields = [f for f in FIELDS if not set(same.get(f[0], ())) & set(params)]  # a varied parameter: once
     head = ['<th class=name>cell</th>', "<th>picture</th>", *(_header(k) for k in metrics),
             *(f"<th>{e(k)}</th>" for k in params),
-            *(f"<th>{e(h)}{f'<br><small>{e(u)}</small>' if u else ''}</th>" for _, h, u in FIELDS)]
+            *(f"<th>{e(h)}{f'<br><small>{e(u)}</small>' if u else ''}</th>" for _, h, u in fields)]
     rows = []
     for r in results:
         base = bool(r.get("pure_text"))
@@ -145,7 +149,7 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
         cells += ["<td class=base>baseline</td>" if base and k not in r.get("params", {}) else
                   _td(r.get("params", {}).get(k), True) for k in params]
         cells += ["<td class=base>baseline</td>" if base and r.get(k) is None else
-                  _td(r.get(k), isinstance(r.get(k), str)) for k, _, _ in FIELDS]
+                  _td(r.get(k), isinstance(r.get(k), str)) for k, _, _ in fields]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return ("<div class=scroll><table class=runcells><thead><tr>" + "".join(head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></div>")

@@ -143,7 +143,7 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
     rows = (n + cols - 1) // cols
     height = 2.8 if x else max(2.6, 0.28 * len(order) + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols + 2.6, height * rows + 0.8), squeeze=False)
-    handles = {}
+    handles: dict[str, object] = {}
     for ax, (metric, vals) in zip(axes.flat, values.items()):
         label, higher = info[metric]
         if x:
@@ -162,7 +162,8 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
             ys = list(range(len(order)))
             means = [vals[c][0] if c in vals else float("nan") for c in order]
             h = ax.plot(means, ys, "o", markersize=7, label="cells")[0]
-            err = [(vals[c][0] - vals[c][1], vals[c][2] - vals[c][0]) for c in order if c in vals and vals[c][1] is not None]
+            err = [(vals[c][0] - vals[c][1], vals[c][2] - vals[c][0]) for c in order
+                   if c in vals and vals[c][1] is not None]
             if err and len(err) == len(order):
                 ax.errorbar(means, ys, xerr=list(zip(*err)), fmt="none", ecolor=h.get_color(), capsize=3)
             ax.set_yticks(ys, order if ax in axes[:, 0] else [""] * len(order), fontsize=8)
@@ -177,8 +178,9 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1 - 2.4 / fig.get_figwidth(),
-                   1 - 0.5 / fig.get_figheight()), fontsize=8, frameon=False)
+        corner = (1 - 2.4 / fig.get_figwidth(), 1 - 0.5 / fig.get_figheight())  # right of the panels
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=corner, fontsize=8,
+                   frameon=False)
     w, h = fig.get_size_inches()
     left = (0.25 + 0.065 * max((len(c) for c in order), default=0)) if not x else 0.7
     fig.subplots_adjust(left=min(0.45, left / w), right=1 - 2.6 / w, top=1 - 0.5 / h, bottom=0.55 / h + 0.05,

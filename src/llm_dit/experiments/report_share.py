@@ -28,12 +28,12 @@ def _data_uri(path: Path, thumb: bool) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if thumb:
-                im.thumbnail((256, 256))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG", optimize=not thumb)
+        with Image.open(path) as opened:
+            im = opened.convert("RGB")
+        if thumb:
+            im.thumbnail((256, 256))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=not thumb)
     except Exception:  # a picture that cannot be read is shown as missing, not as a broken page
         return None
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -11,7 +11,7 @@ from ..analysis.metrics import METRIC_INFO
 
 #: Higher or lower is better, per metric (``None``: neither, e.g. a distance to the text picture,
 #: which a VL cell is meant to move away from).
-BETTER = {k: ("higher" if up else "lower") for k, (_, up) in METRIC_INFO.items()}
+BETTER: dict[str, str | None] = {k: ("higher" if up else "lower") for k, (_, up) in METRIC_INFO.items()}
 BETTER.update({"ssim_text": None, "psnr_text": None})
 
 
@@ -37,21 +37,21 @@ def warnings_block(warnings: list[dict]) -> str:
     return f"<div class=warn><b>Comparisons that compare nothing</b><ul>{items}</ul></div>"
 
 
-def fmt_number(v: float | None) -> str:
+def fmt_number(v: float | None, digits: int = 3) -> str:
     if v is None:
         return ""
     if math.isinf(v):
         return "inf"
-    return f"{v:.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+    return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.{digits - 1}e}"
 
 
-def interval(s: dict) -> str:
+def interval(s: dict, digits: int = 3) -> str:
     """``0.52 [0.48, 0.57]``, or the value alone for one trial."""
     if s.get("mean") is None:
         return ""
     if s.get("low") is None:
-        return fmt_number(s["mean"])
-    return f"{fmt_number(s['mean'])} [{fmt_number(s['low'])}, {fmt_number(s['high'])}]"
+        return fmt_number(s["mean"], digits)
+    return f"{fmt_number(s['mean'], digits)} [{fmt_number(s['low'], digits)}, {fmt_number(s['high'], digits)}]"
 
 
 def ranks(evidence: dict, metric: str) -> tuple[str | None, str | None]:
@@ -62,7 +62,7 @@ def ranks(evidence: dict, metric: str) -> tuple[str | None, str | None]:
              if metric in m and c in evidence["baselines"] and m[metric]["mean"] is not None}
     if not b or len(means) < 3:
         return None, None
-    order = sorted(means, key=means.get, reverse=(b == "higher"))
+    order = sorted(means, key=lambda c: means[c], reverse=(b == "higher"))
     return order[0], order[-1]
 
 
@@ -74,7 +74,8 @@ def evidence_table(evidence: dict, metrics: list[str]) -> str:
     e = html.escape
     n = evidence["trials"]
     marks = {k: ranks(evidence, k) for k in metrics}
-    head = "".join(f"<th>{e(k)}<br><small>{e(direction(k))}</small></th>" for k in metrics)
+    head = "".join(f"<th>{e(k)}<br><small>{e(direction(k) or 'similarity to the baseline')}</small></th>"
+                   for k in metrics)
     rows = []
     for c in evidence["cells"]:
         base = evidence["baselines"].get(c)
@@ -82,20 +83,23 @@ def evidence_table(evidence: dict, metrics: list[str]) -> str:
         for k in metrics:
             s = evidence["metrics"].get(c, {}).get(k)
             if s is None:
-                tds.append("<td></td>")
+                tds.append("<td class=base>baseline</td>" if c not in evidence["baselines"] else "<td></td>")
                 continue
             mark = " ★" if marks[k][0] == c else (" ▼" if marks[k][1] == c else "")
-            text = e(interval(s)) + mark
+            text = e(fmt_number(s["mean"])) + mark  # three short lines: the column stays narrow
+            if s["low"] is not None:
+                text += f"<br><small>[{e(fmt_number(s['low']))}, {e(fmt_number(s['high']))}]</small>"
             d = difference(evidence, c, base, k) if base else None
             if d is not None:
                 cls = " class=sig" if d["exceeds_noise"] else ""
-                text += f"<br><small{cls}>{'+' if d['mean'] >= 0 else ''}{e(interval(d))} vs baseline</small>"
+                text += f"<br><small{cls}>Δ {'+' if d['mean'] >= 0 else ''}{e(interval(d, 2))}</small>"
             sort = f' data-v="{s["mean"]}"' if s["mean"] is not None else ""
             tds.append(f"<td{sort}>{text}</td>")
         label = e(c) + (" <small>(baseline)</small>" if c not in evidence["baselines"] else "")
         rows.append(f"<tr><td class=name>{label}</td>{''.join(tds)}</tr>")
-    note = (f"<p>Mean over {n} trials [95 % bootstrap interval]; under each VL cell its paired difference with "
-            "its baseline, <b>bold</b> where the interval excludes 0 (at least 4 trials). ★ best, ▼ worst.</p>"
+    note = (f"<p>Mean over {n} trials [95 % bootstrap interval]; under each VL cell, Δ: its paired difference "
+            "with its baseline [interval], <b>bold</b> where the interval excludes 0 (at least 4 trials). "
+            "★ best, ▼ worst.</p>"
             if n > 1 else "<p>One image, one seed: every number below is one observation (anecdotal); "
             "run with several images and seeds (--images, --seeds) for intervals. ★ best, ▼ worst.</p>")
     return (note + "<div class=scroll><table class=runcells><thead><tr><th class=name>cell</th>" + head

@@ -59,7 +59,8 @@ def _set_fields(name: str, cells: list, fields: dict[str, Any]) -> list:
     for key in fields:
         if key not in Recipe.model_fields:
             raise InputError(f"{key!r} is not a recipe field", field=f"recipe.{key}")
-        if key == "references" or len({repr(getattr(c.recipe, key)) for c in vl}) > 1 or any(key in c.params for c in vl):
+        varied = len({repr(getattr(c.recipe, key)) for c in vl}) > 1 or any(key in c.params for c in vl)
+        if key == "references" or varied:
             raise InputError(f"{name} varies {key} itself; sweep it instead (llm-dit sweep)", field=f"recipe.{key}")
     out = []
     for c in cells:

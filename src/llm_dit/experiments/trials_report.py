@@ -76,13 +76,13 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
     by_trial = {t["name"]: t for t in meta["trials"]}
     written = []
 
-    def grid(file: str, title: str, rows: list[tuple[str, str]], lead: list[Panel]) -> None:
-        """``rows``: (row label, trial name)."""
+    def grid(file: str, title: str, axis: str, rows: list[tuple[str, str]], lead: list[Panel]) -> None:
+        """``rows``: (the row's value of ``axis``, trial name)."""
         placed = []
         for label, name in rows:
             recs = {r["name"]: r for r in metas[name]["results"]} if name in metas else {}
-            placed += [({"row": label, "cell": c}, _picture(out, name, recs.get(c))) for c in cells]
-        written.append(save_png(render(layout(title, lead, placed, "row", "cell")), out / file, compress_level=1,
+            placed += [({axis: label, "cell": c}, _picture(out, name, recs.get(c))) for c in cells]
+        written.append(save_png(render(layout(title, lead, placed, axis, "cell")), out / file, compress_level=1,
                                 durable=False))
 
     for k, image in enumerate(meta["images"], 1):
@@ -93,11 +93,11 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
                 ref = Panel(f"reference {k}", im.convert("RGB"))
         except Exception:
             pass
-        grid(f"grid_image{k}.png", f"{meta['experiment']}: image {k} ({Path(image).name}), a row per seed",
-             [(f"seed {by_trial[n]['seed']}", n) for n in names], [ref])
+        grid(f"grid_image{k}.png", f"{meta['experiment']}: image {k} ({Path(image).name}), a row per seed", "seed",
+             [(str(by_trial[n]["seed"]), n) for n in names], [ref])
     firsts = [next(t["name"] for t in meta["trials"] if t["image"] == im) for im in meta["images"]]
-    grid("summary_grid.png", f"{meta['experiment']}: a row per image (seed {meta['seeds'][0]})",
-         [(f"image {k}", n) for k, n in enumerate(firsts, 1)], [])
+    grid("summary_grid.png", f"{meta['experiment']}: a row per image (seed {meta['seeds'][0]})", "image",
+         [(f"{k} ({Path(im).name})", n) for k, (im, n) in enumerate(zip(meta["images"], firsts), 1)], [])
     return written
 
 
