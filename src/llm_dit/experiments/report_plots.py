@@ -83,7 +83,6 @@ X_AXES = ("alpha", "layer", "hidden_layer", "steps", "caption_tokens", "budget",
 def metrics_job(path: str, cells: list[dict], values: dict[str, dict[str, list]]) -> Job:
     """The metrics plot of ``cells`` (records: name, params, pure_text) with ``values[metric][cell] =
     [mean, low, high]`` (low/high None without intervals): its axis, lines and baseline chosen here."""
-    from ..analysis.metrics import METRIC_INFO
     from .cells import fmt
     from .grid import varied
 
@@ -103,8 +102,7 @@ def metrics_job(path: str, cells: list[dict], values: dict[str, dict[str, list]]
                      and c["name"] not in plotted), None) for m, v in values.items()}
     xs = {c["name"]: c["params"][x] for c in vl if x and x in (c.get("params") or {})}
     return ("metrics", path, {"x": x, "xs": xs, "lines": lines, "values": values, "baseline": base,
-                              "order": [c["name"] for c in vl],
-                              "info": {k: list(METRIC_INFO.get(k, (k, None))) for k in values}})
+                              "order": [c["name"] for c in vl]})
 
 
 def _std_per_cell(plt, names: list[str], series: dict[str, list]):
@@ -126,17 +124,13 @@ def _std_per_cell(plt, names: list[str], series: dict[str, list]):
     return fig
 
 
-def _better(metric: str, higher: bool | None) -> str:
-    from .report_tables import direction
-
-    return direction(metric) or "similarity to the text-only picture"
-
-
 def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: dict, baseline: dict,
-             order: list[str], info: dict):
+             order: list[str]):
     """One panel per metric: lines over ``x`` (or one dot per cell), the baseline dashed; the legend
     to the right of every panel, outside the data."""
     from matplotlib.ticker import MaxNLocator
+
+    from .report_tables import direction
 
     n = len(values)
     cols = 2 if n > 1 else 1
@@ -145,7 +139,6 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols + 2.6, height * rows + 0.8), squeeze=False)
     handles: dict[str, object] = {}
     for ax, (metric, vals) in zip(axes.flat, values.items()):
-        label, higher = info[metric]
         if x:
             for i, (name, members) in enumerate(lines.items()):
                 pts = sorted((xs[c], *vals[c]) for c in members if c in vals and c in xs)
@@ -172,7 +165,7 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
             ref = (ax.axhline if x else ax.axvline)(baseline[metric], color="0.45", linestyle="--", linewidth=1.2,
                                                     label="text-only baseline")
             handles.setdefault("text-only baseline", ref)
-        ax.set_title(f"{metric}: {_better(metric, higher)}", fontsize=9)
+        ax.set_title(f"{metric}: {direction(metric) or 'similarity to the text-only picture'}", fontsize=9)
         (ax.yaxis if x else ax.xaxis).set_major_locator(MaxNLocator(5))  # value ticks that do not touch
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:

@@ -290,7 +290,8 @@ class Runner(Pictures):
 
     def _load_vl(self) -> None:
         t0 = time.perf_counter()
-        self.echo(f"loading Qwen3-VL ({self.config.models.vl})")
+        if "vl" not in self.pool.loaded():  # a shared pool (a server, trials) may hold it already
+            self.echo(f"loading Qwen3-VL ({self.config.models.vl})")
         self.vl = self.pool.vl(self.config)
         self._time("load_vl", t0)
 

@@ -16,7 +16,7 @@ from .answers import answers
 from .evidence import aggregate
 from .findings import write_findings
 from .grid import Panel, layout, render
-from .report import build_metadata, write_report
+from .report import _panel, build_metadata, write_report
 from .report_tables import evidence_table, metric_order, warnings_block
 from .trials import TRIALS_FILE
 
@@ -53,18 +53,6 @@ def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
     return combined, metas
 
 
-def _picture(out: Path, trial: str, record: dict | None) -> Panel:
-    from PIL import Image
-
-    if record is None or record.get("status") != "done":
-        return Panel(record["name"] if record else "", None, record["status"] if record else "missing")
-    try:
-        with Image.open(out / trial / record["file"]) as im:
-            return Panel(record["name"], im.convert("RGB"))
-    except Exception:
-        return Panel(record["name"], None, "unreadable")
-
-
 def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Path]:
     """``grid_imageK.png`` (the cells across, a row per seed) and ``summary_grid.png`` (a row per
     image, first seed)."""
@@ -81,7 +69,8 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
         placed = []
         for label, name in rows:
             recs = {r["name"]: r for r in metas[name]["results"]} if name in metas else {}
-            placed += [({axis: label, "cell": c}, _picture(out, name, recs.get(c))) for c in cells]
+            placed += [({axis: label, "cell": c},
+                        _panel(out / name, recs[c]) if c in recs else Panel(c, None, "missing")) for c in cells]
         written.append(save_png(render(layout(title, lead, placed, axis, "cell")), out / file, compress_level=1,
                                 durable=False))
 
