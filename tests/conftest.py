@@ -138,6 +138,29 @@ def refs(tmp_path_factory) -> list[str]:
     return [str(a), str(b)]
 
 
+@pytest.fixture(scope="session")
+def experiment_runs(refs, tmp_path_factory):
+    """Every named experiment in its quick form (the same as its full form where it has none), on the
+    tiny profile, what it handed the pipeline captured: ``{name: (rc, folder, stdout, stderr,
+    handed)}`` (test_experiments.py, test_oracle.py)."""
+    import contextlib
+    import io
+
+    from llm_dit.cli import main
+    from llm_dit.experiments.presets import EXPERIMENTS
+    from oracle import handed_to_pipeline
+    from run_args import compare_args
+
+    out = {}
+    root = tmp_path_factory.mktemp("runs")
+    for name in EXPERIMENTS:
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), handed_to_pipeline() as handed:
+            rc = main(compare_args(name, refs, root / name))
+        out[name] = (rc, root / name, stdout.getvalue(), stderr.getvalue(), handed)
+    return out
+
+
 # -- the web app's tests (test_web*.py): one app per module on the tiny profile ---------------------
 
 

@@ -17,8 +17,8 @@ import pytest
 from llm_dit.cli import main
 from llm_dit.experiments.evidence import RESAMPLES, bootstrap_interval, summarize
 from llm_dit.models.pool import ModelPool
+from oracle import check_against_single_cells
 from run_args import PROMPT, SMALL, check_complete
-from test_oracle import check_against_single_cells
 
 
 def _exact_bootstrap(values: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +101,7 @@ def test_three_images_two_seeds_give_intervals_and_paired_differences(trials, re
            f"[{num(s['low'])}, {num(s['high'])}]" in html  # the answer
     sign = "+" if d["mean"] >= 0 else ""
     assert f"Δ {sign}{num(d['mean'], 2)} [{num(d['low'], 2)}, {num(d['high'], 2)}]</small>" in html
-    for f in ("grid_image1.png", "grid_image2.png", "grid_image3.png", "summary_grid.png"):
+    for f in ("grid_image1.png", "grid_image2.png", "grid_image3.png", "summary_grid.png", "plots/metrics.png"):
         assert (trials / f).is_file() and f in html
     for n in names:
         assert f'href="{n}/report.html"' in html

@@ -90,7 +90,7 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
     return written
 
 
-def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
+def write_trials_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> Path:
     from .report_html import CSS, JS, answers_block, tiny_banner
 
     e = html.escape
@@ -114,6 +114,8 @@ def write_trials_html(out: Path, meta: dict, grids: list[Path]) -> Path:
     for g in grids:
         parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid '
                      f'src="{e(g.name)}"></a>')
+    for p in plots:
+        parts.append(f'<h2>{e(p.stem)} over the trials</h2><img class=grid src="plots/{e(p.name)}">')
     parts.append("<h2>Trials</h2><ul>")
     for t in meta["trials"]:
         counts = ", ".join(f"{v} {k}" for k, v in (t["counts"] or {}).items()) or "not started"
@@ -137,4 +139,20 @@ def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
     by_name = {t["name"]: m for t, m in zip([t for t in meta["trials"] if t["counts"] is not None], metas)}
     grids = write_trial_grids(out, meta, by_name)
     write_findings(out, meta, meta["evidence"], "summary_grid.png")
-    return write_trials_html(out, meta, grids)
+    return write_trials_html(out, meta, grids, write_trials_plot(out, meta, metas[0]))
+
+
+def write_trials_plot(out: Path, meta: dict, first: dict) -> list[Path]:
+    """``plots/metrics.png``: each metric's mean and 95 % interval over the trials, built around what
+    the cells vary (see :mod:`report_plots`); ``first``: a trial's metadata (the cells' parameters)."""
+    from .report_plots import draw, metrics_job
+    from .report_tables import metric_order
+
+    ev = meta["evidence"]
+    metrics = metric_order(ev, meta["experiment"])
+    if not metrics:
+        return []
+    values = {m: {c: [s["mean"], s["low"], s["high"]] for c, cm in ev["metrics"].items()
+                  if (s := cm.get(m)) is not None} for m in metrics}
+    cells = [r for r in first["results"] if r["name"] in ev["metrics"]]
+    return [Path(draw(*metrics_job(str(out / "plots" / "metrics.png"), cells, values)))]
