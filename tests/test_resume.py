@@ -59,6 +59,22 @@ def test_what_a_power_cut_can_leave_is_made_again(refs, tmp_path, capsys):
     assert pictures[3].read_bytes() == kept
 
 
+def test_a_record_from_before_fingerprints_is_made_again(refs, tmp_path, capsys):
+    """Records written before the fingerprint of the conditioning was recorded (by versions that could
+    give a vl cell the splice extraction of the same chat) are not trusted on resume."""
+    out = tmp_path / "old"
+    args = compare_args("splice_vs_vl", refs, out)
+    assert main(args) == 0
+    capsys.readouterr()
+    old = out / "cells" / "vl_full.json"
+    rec = json.loads(old.read_text())
+    del rec["fingerprint"]
+    old.write_text(json.dumps(rec))
+    assert main(args) == 0
+    assert "5 cells: 4 already done, 1 picture(s) generated" in capsys.readouterr().out
+    assert "fingerprint" in json.loads(old.read_text())
+
+
 @pytest.mark.reliability('faults', 'a cell that raises',
                          'recorded with its error, the run goes on and exits 1 naming it; a re-run retries it')
 def test_a_failing_cell_is_recorded_and_the_run_goes_on(refs, tmp_path, capsys, monkeypatch):

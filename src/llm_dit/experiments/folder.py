@@ -98,9 +98,12 @@ def png_opens(path: Path) -> bool:
 
 
 def finished(out: Path, name: str, cell_key: str) -> dict | None:
-    """The record of a finished cell with this key, else None."""
+    """The record of a finished cell with this key, else None. A record without the fingerprint of its
+    conditioning was written before it was recorded, by a version whose runs could give a ``vl`` cell
+    the ``splice`` extraction of the same chat: never trusted, the cell is made again."""
     rec = read_json(record_path(out, name))
-    if not isinstance(rec, dict) or not rec.get("success") or rec.get("cell_key") != cell_key:
+    if not isinstance(rec, dict) or not rec.get("success") or rec.get("cell_key") != cell_key \
+            or "fingerprint" not in rec:
         return None
     return rec if png_opens(out / rec.get("file", f"{name}.png")) else None
 
