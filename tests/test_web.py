@@ -271,6 +271,28 @@ def test_sweep_and_experiment_fill_run_folders(client, upload):
     assert r.status_code == 422 and r.json()["field"] == "name"
 
 
+def test_a_trials_folder_is_listed_and_shows_its_evidence(client, refs):
+    """A study made by the CLI (--images, --seeds) into the runs folder: listed with its trials' cells,
+    its page opening with the trials report's answers and table (the same code)."""
+    from llm_dit.cli import main
+    from run_args import SMALL
+
+    runs = client.app.server.runs
+    assert main(["compare", "--experiment", "vl_only_vs_qwen3", "--images", *refs, "--seeds", "2", "--prompt", PROMPT,
+                 "--out", str(runs / "study"), *SMALL]) == 0
+    by = {r["name"]: r for r in client.get("/api/runs").json()}
+    s = by["study"]
+    assert s["experiment"] == "vl_only_vs_qwen3 (4 trials)" and (s["cells"], s["done"], s["status"]) == (16, 16,
+                                                                                                        "complete")
+    assert not any(n.startswith(("1-", "2-")) for n in by)  # the trials are inside it, not runs of their own
+    d = client.get("/api/runs/study").json()
+    assert d["kind"] == "trials" and "Cells over the trials" in d["summary"] and "Mean over 4 trials" in d["summary"]
+    assert "Does pure_vl_text_tokens match pure_qwen3_4b quality?" in d["summary"]
+    for url in [d["report"], d["metadata"], *d["grids"], *d["plots"]]:
+        assert client.get(url).status_code == 200, url
+    assert len(d["grids"]) == 3  # the summary, then one per image
+
+
 def test_model_pool_keeps_one_model_when_told(tiny_config):
     from llm_dit.models.pool import ModelPool
 

@@ -90,8 +90,20 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
     return written
 
 
+def trials_summary(meta: dict) -> str:
+    """What a trials page opens with: the banner, every trial's warnings (named), the answers and the
+    cells over the trials (the web app's page for a trials folder shows this same HTML)."""
+    from .report_html import answers_block, tiny_banner
+
+    ev = meta["evidence"]
+    return (tiny_banner(meta)
+            + warnings_block([{**w, "text": f"[{w['trial']}] {w['text']}"} for w in meta["warnings"]])
+            + answers_block(meta["answers"]) + "<h2>Cells over the trials</h2>"
+            + evidence_table(ev, metric_order(ev, meta["experiment"])))
+
+
 def write_trials_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> Path:
-    from .report_html import CSS, JS, answers_block, tiny_banner
+    from .report_html import CSS, JS
 
     e = html.escape
     ev = meta["evidence"]
@@ -105,12 +117,10 @@ def write_trials_html(out: Path, meta: dict, grids: list[Path], plots: list[Path
         "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
     }
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{e(title)}</title>",
-             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>", tiny_banner(meta),
-             warnings_block([{**w, "text": f"[{w['trial']}] {w['text']}"} for w in meta["warnings"]]),
-             answers_block(meta["answers"]), "<dl>"]
+             f"<style>{CSS}</style></head><body><h1>{e(title)}</h1>", trials_summary(meta),
+             "<h2>How it was run</h2><dl>"]
     parts += [f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in info.items()]
     parts.append("</dl>")
-    parts.append("<h2>Cells over the trials</h2>" + evidence_table(ev, metric_order(ev, meta["experiment"])))
     for g in grids:
         parts.append(f'<h2>{e(g.stem.replace("_", " "))}</h2><a href="{e(g.name)}"><img class=grid '
                      f'src="{e(g.name)}"></a>')

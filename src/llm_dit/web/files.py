@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from ..experiments import folder
+from ..experiments.trials import TRIALS_FILE
 
 UPLOADS = "uploads"
 GENERATED = "generated"
@@ -115,6 +116,10 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
     if not runs.is_dir():
         return out
     for d in runs.iterdir():
+        if d.is_dir() and not d.name.startswith(".") and (d / TRIALS_FILE).is_file():
+            if (entry := _trials_entry(runs, d, active)) is not None:
+                out.append(entry)
+            continue
         run = folder.read_json(d / folder.RUN_FILE) if d.is_dir() and not d.name.startswith(".") else None
         if not isinstance(run, dict):
             continue
@@ -136,6 +141,54 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
     return out
 
 
+def _trials_entry(runs: Path, d: Path, active: set[str]) -> dict | None:
+    """A trials folder (``--images`` / ``--seeds``) in the list: its trials' cells counted together."""
+    plan = folder.read_json(d / TRIALS_FILE)
+    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+        return None
+    cells = done = failed = started = 0
+    prompt = None
+    for t in plan["trials"]:
+        run = folder.read_json(d / str(t.get("name")) / folder.RUN_FILE) if isinstance(t, dict) else None
+        if not isinstance(run, dict):
+            continue  # not started: its cells are not known yet
+        started += 1
+        names = [c.get("name") for c in run.get("cells", []) if isinstance(c, dict)]
+        recs = folder.records(d / t["name"], [n for n in names if isinstance(n, str)])
+        bad = sum(1 for r in recs.values() if not r.get("success"))
+        cells, done, failed, prompt = cells + len(names), done + len(recs) - bad, failed + bad, run.get("prompt")
+    whole = started == len(plan["trials"]) and cells and done >= cells
+    status = "running" if d.name in active else "failed" if failed else "complete" if whole else "incomplete"
+    modified = (d / TRIALS_FILE).stat().st_mtime
+    grid = d / "summary_grid.png"
+    return {"name": d.name, "experiment": f"{plan.get('name')} ({len(plan['trials'])} trials)", "prompt": prompt,
+            "quick": None, "cells": cells, "done": done, "failed": failed, "status": status,
+            "modified": _iso(modified), "_t": modified, "grid": url(runs, grid) if grid.is_file() else None,
+            "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None}
+
+
+def _trials_detail(runs: Path, d: Path, name: str, active: set[str]) -> dict:
+    """A trials folder's page: its summary (the trials report's), grids and plot; no cells of its own."""
+    from ..errors import LlmDitError
+    from ..experiments.report_html import PARTS_CSS
+    from ..experiments.trials_report import build_trials_metadata, trials_summary
+
+    entry = _trials_entry(runs, d, active) or {}
+    try:
+        meta = build_trials_metadata(d)[0]
+        summary = f"<style>{PARTS_CSS}</style>" + trials_summary(meta)
+    except (LlmDitError, OSError, KeyError, TypeError, ValueError):
+        summary = ""
+    grids = [p for p in [d / "summary_grid.png", *sorted(d.glob("grid_image*.png"))] if p.is_file()]
+    plots = [p for p in [d / "plots" / "metrics.png"] if p.is_file()]
+    return {"name": name, "kind": "trials", "experiment": entry.get("experiment"), "prompt": entry.get("prompt"),
+            "quick": None, "status": entry.get("status", "incomplete"), "cells": [], "summary": summary,
+            "grids": [url(runs, p) for p in grids], "plots": [url(runs, p) for p in plots], "references": [],
+            "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
+            "metadata": url(runs, d / "metadata.json") if (d / "metadata.json").is_file() else None,
+            "captions": {}, "details": {}, "config": None, "sessions": []}
+
+
 def _summary(runs: Path, d: Path) -> str:
     """The run's warnings, answers and cell table as its report shows them (the same reader and the
     same HTML), or "" when the folder cannot be read as a run yet."""
@@ -152,6 +205,8 @@ def _summary(runs: Path, d: Path) -> str:
 def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     """What the run page shows: the plan, every cell with its record, grids, plots, report."""
     d = inside(runs, name)
+    if d is not None and "/" not in name and d.is_dir() and (d / TRIALS_FILE).is_file():
+        return _trials_detail(runs, d, name, active)
     run = folder.read_json(d / folder.RUN_FILE) if d is not None and d.is_dir() else None
     if not isinstance(run, dict) or "/" in name:
         return None

@@ -380,7 +380,7 @@ async function resumeRun(name) {
 
 function renderRun(d) {
   const done = d.cells.filter((c) => c.state === "done").length;
-  $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment || "waiting for the worker"}${d.quick ? " (quick)" : ""} · ${done}/${d.cells.length} cells · `,
+  $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment || "waiting for the worker"}${d.quick ? " (quick)" : ""} · ${d.kind === "trials" ? "trials" : `${done}/${d.cells.length} cells`} · `,
     d.prompt ? `“${d.prompt}”` : "captions as prompts", " · ",
     d.report ? el("a", { href: d.report, target: "_blank", id: "report-link" }, "report.html") : "report when done",
     ...(d.metadata ? [" · ", el("a", { href: d.metadata, target: "_blank" }, "metadata.json")] : []));
