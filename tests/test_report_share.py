@@ -90,6 +90,19 @@ def test_the_single_file_report_opens_alone(run, tmp_path, capsys):
     assert "comparison_grid" in html and "Answers" in html
 
 
+def test_the_single_file_embeds_nothing_from_outside_the_run_folder(tmp_path):
+    from llm_dit.experiments.report_share import embed
+
+    run, outside = tmp_path / "run", tmp_path / "secret.png"
+    run.mkdir()
+    from PIL import Image
+
+    for p in (run / "a.png", outside):
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(p)
+    text = embed('<img src="a.png"><img src="../secret.png">', run, [run])
+    assert text.count("data:image/png;base64,") == 1 and 'data-local="../secret.png"' in text
+
+
 def test_several_folders_on_one_page(run, sweep, tmp_path, capsys):
     page = tmp_path / "both.html"
     assert main(["report", str(run), str(sweep), "--out", str(page)]) == 0

@@ -18,7 +18,7 @@ from typing import Any
 from ..analysis.metrics import METRIC_INFO
 from ..io import write_text
 from .presets import EXPERIMENTS
-from .report_tables import direction, fmt_number, ranks, warnings_block
+from .report_tables import direction, fmt_number, look_at_first, ranks, warnings_block
 
 JS = """
 document.querySelectorAll('table.runcells th').forEach((th, i) => th.addEventListener('click', () => {
@@ -117,10 +117,8 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
     ``link(file)``: the address of a file of the run folder (relative in report.html)."""
     e = html.escape
     results = meta["results"]
-    exp = EXPERIMENTS.get(meta["experiment"])
-    found = list(dict.fromkeys(k for r in results for k in (r.get("metrics") or {})))
-    first = [k for k in (exp.look_at if exp else ()) if k in found]
-    metrics = first + [k for k in found if k not in first]
+    metrics = look_at_first(list(dict.fromkeys(k for r in results for k in (r.get("metrics") or {}))),
+                            meta["experiment"])
     params = list(dict.fromkeys(k for r in results for k in r.get("params", {})))
     marks = {k: ranks(meta["evidence"], k) for k in metrics} if meta.get("evidence") else {}
     same = {"hidden_layer": ("layer", "hidden_layer"), "alpha": ("alpha",), "token_selection": ("tokens",

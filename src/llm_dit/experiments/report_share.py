@@ -39,17 +39,20 @@ def _data_uri(path: Path, thumb: bool) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def embed(text: str, base: Path) -> str:
+def embed(text: str, base: Path, folders: list[Path]) -> str:
     """``text`` (HTML) with the local pictures it refers to embedded, relative to ``base``; links to
-    anything else local become plain text (a sent file has no folder beside it)."""
+    anything else local become plain text (a sent file has no folder beside it). Only pictures inside
+    ``folders`` (the run folders the page shows) are read: a record naming another file embeds nothing."""
     cache: dict[tuple[str, bool], str | None] = {}
+    roots = [f.resolve() for f in folders]
 
     def one(m: re.Match) -> str:
         attr, ref = m.group(1), html.unescape(m.group(2))
         if ref.startswith(("data:", "http:", "https:", "#")):
             return m.group(0)
         path = (base / ref.split("?")[0]).resolve()
-        if attr == "src" and ref.lower().endswith(_PICTURE) and path.is_file():
+        inside = any(path.is_relative_to(r) for r in roots)
+        if attr == "src" and ref.lower().endswith(_PICTURE) and inside and path.is_file():
             # a cell's picture in the table: a thumbnail (a grid or plot: whole); each embedded once,
             # the links around them dropped (they would embed the same picture again)
             thumb = "grid" not in path.name and path.parent.name != "plots"
@@ -67,7 +70,7 @@ def single_file(out: Path) -> Path:
     report = out / "report.html"
     if not report.is_file():
         raise InputError(f"{out} has no report.html to embed")
-    return write_text(out / SINGLE_FILE, embed(report.read_text(encoding="utf-8"), out), durable=False)
+    return write_text(out / SINGLE_FILE, embed(report.read_text(encoding="utf-8"), out, [out]), durable=False)
 
 
 def _read(folder: Path) -> dict:
@@ -123,5 +126,5 @@ def compare_runs(folders: list[Path], target: Path, embedded: bool = False) -> P
     parts.append("</body></html>\n")
     text = "\n".join(parts)
     if embedded:
-        text = embed(text, target.resolve().parent)
+        text = embed(text, target.resolve().parent, folders)
     return write_text(target, text, durable=False)

@@ -21,13 +21,17 @@ def direction(metric: str) -> str:
     return f"{b} = better" if b else ""
 
 
-def metric_order(evidence: dict, experiment: str) -> list[str]:
-    """The metrics in the evidence, the experiment's "look at" metrics first."""
+def look_at_first(found: list[str], experiment: str) -> list[str]:
+    """``found`` (metric names) with the experiment's "look at" metrics first."""
     from .presets import EXPERIMENTS
 
-    found = list(dict.fromkeys(k for m in evidence["metrics"].values() for k in m))
     first = [k for k in (EXPERIMENTS[experiment].look_at if experiment in EXPERIMENTS else ()) if k in found]
     return first + [k for k in found if k not in first]
+
+
+def metric_order(evidence: dict, experiment: str) -> list[str]:
+    """The metrics in the evidence, the experiment's "look at" metrics first."""
+    return look_at_first(list(dict.fromkeys(k for m in evidence["metrics"].values() for k in m)), experiment)
 
 
 def warnings_block(warnings: list[dict]) -> str:

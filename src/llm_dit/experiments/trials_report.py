@@ -21,20 +21,22 @@ from .report_tables import evidence_table, metric_order, warnings_block
 from .trials import TRIALS_FILE
 
 
-def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
-    """The combined metadata and each trial's (rebuilt from its folder; a trial not started yet is
-    left out of the evidence and counted as pending)."""
+def build_trials_metadata(out: Path) -> tuple[dict, dict[str, dict]]:
+    """The combined metadata and each started trial's, by trial name (rebuilt from its folder; a
+    trial not started yet is left out of the evidence and counted as pending)."""
     plan = folder.read_json(out / TRIALS_FILE)
     if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
         raise InputError(f"{out} holds no llm-dit trials (no readable {TRIALS_FILE})")
-    metas, trials = [], []
+    by_name: dict[str, dict] = {}
+    trials = []
     for t in plan["trials"]:
         d = out / t["name"]
         meta = build_metadata(d) if (d / folder.RUN_FILE).is_file() else None
         trials.append({**t, "folder": t["name"], "counts": meta["counts"] if meta else None,
                        "warnings": meta["warnings"] if meta else []})
         if meta is not None:
-            metas.append(meta)
+            by_name[t["name"]] = meta
+    metas = list(by_name.values())
     if not metas:
         raise InputError(f"{out}: no trial has started yet")
     evidence = aggregate(metas)
@@ -50,7 +52,7 @@ def build_trials_metadata(out: Path) -> tuple[dict, list[dict]]:
         "answers": answers(plan["name"], evidence, params),
         "evidence": evidence,
     }
-    return combined, metas
+    return combined, by_name
 
 
 def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Path]:
@@ -144,12 +146,11 @@ def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
         for t in plan.get("trials") or []:
             if (out / t["name"] / folder.RUN_FILE).is_file():
                 write_report(out / t["name"])
-    meta, metas = build_trials_metadata(out)
+    meta, by_name = build_trials_metadata(out)
     write_json(out / "metadata.json", meta, durable=False)
-    by_name = {t["name"]: m for t, m in zip([t for t in meta["trials"] if t["counts"] is not None], metas)}
     grids = write_trial_grids(out, meta, by_name)
     write_findings(out, meta, meta["evidence"], "summary_grid.png")
-    return write_trials_html(out, meta, grids, write_trials_plot(out, meta, metas[0]))
+    return write_trials_html(out, meta, grids, write_trials_plot(out, meta, next(iter(by_name.values()))))
 
 
 def write_trials_plot(out: Path, meta: dict, first: dict) -> list[Path]:
