@@ -7,8 +7,13 @@ import os
 import pytest
 
 # RELIABILITY.md from the tests marked `reliability` (see reliability.py)
-from reliability import (pytest_collection_modifyitems, pytest_configure, pytest_runtest_call,  # noqa: F401
-                         pytest_runtest_logreport, pytest_sessionfinish)
+from reliability import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -146,10 +151,11 @@ def experiment_runs(refs, tmp_path_factory):
     import contextlib
     import io
 
-    from llm_dit.cli import main
-    from llm_dit.experiments.presets import EXPERIMENTS
     from oracle import handed_to_pipeline
     from run_args import compare_args
+
+    from llm_dit.cli import main
+    from llm_dit.experiments.presets import EXPERIMENTS
 
     out = {}
     root = tmp_path_factory.mktemp("runs")
@@ -166,8 +172,9 @@ def experiment_runs(refs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config():
-    from llm_dit.config import resolve_config
     from web_client import SMALL
+
+    from llm_dit.config import resolve_config
 
     return resolve_config("tiny", overrides=SMALL)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from run_args import PROMPT, SMALL, compare_args
 
 from llm_dit.cli import main
 from llm_dit.experiments.checks import degenerate
-from run_args import PROMPT, SMALL, compare_args
 
 
 def _rec(name: str, fp: str, key: str, picture: str = "", **extra) -> dict:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from run_args import PROMPT, SMALL, compare_args
 
 from llm_dit.cli import main
 from llm_dit.experiments.presets import EXPERIMENTS, Inputs
-from run_args import PROMPT, SMALL, compare_args
 
 SEED_FIELDS = ("vl_shape", "vl_std", "token_selection", "normalization_mode", "blended_std", "generation_time",
                "alpha", "hidden_layer")

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_args import check_complete, compare_args
 
 from llm_dit.cli import main
-from run_args import check_complete, compare_args
 
 #: (K, before or after the rename): from the run's first file to its report.
 KILL_POINTS = [(1, "after"), (2, "before"), (3, "after"), (4, "before"), (6, "after"), (8, "before"),

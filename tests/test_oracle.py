@@ -23,12 +23,12 @@ import sys
 
 import pytest
 import torch
+from oracle import check_against_single_cells, handed_to_pipeline
+from run_args import PROMPT, SMALL
 
 from llm_dit.cli import main
 from llm_dit.experiments.presets import EXPERIMENTS
 from llm_dit.models.pool import ModelPool
-from oracle import check_against_single_cells, handed_to_pipeline
-from run_args import PROMPT, SMALL
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from run_args import compare_args
 
 from llm_dit.cli import main
 from llm_dit.experiments import report, report_plots
-from run_args import compare_args
 
 PLOTS = ("std_per_cell", "metrics", "per_dim_ratio")
 

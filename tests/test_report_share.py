@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_args import PROMPT, SMALL, compare_args
 
 from llm_dit.cli import main
 from llm_dit.experiments.findings import NOTES_MARK
 from llm_dit.experiments.grid import Panel, layout
-from run_args import PROMPT, SMALL, compare_args
 
 
 @pytest.fixture(scope="module")

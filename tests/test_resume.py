@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from run_args import PROMPT, SMALL, compare_args
 
 from llm_dit.cli import main
-from run_args import PROMPT, SMALL, compare_args
 
 
 def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, capsys):

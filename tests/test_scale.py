@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from run_args import PROMPT, SMALL, check_complete
 
 from llm_dit.cli import main
-from run_args import PROMPT, SMALL, check_complete
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from multi_gpu import kill_tree  # noqa: E402  (SIGKILL a launcher and every worker below it)

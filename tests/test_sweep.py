@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from run_args import PROMPT, SMALL, compare_args
 
 from llm_dit.cli import main
-from run_args import PROMPT, SMALL, compare_args
 
 
 def test_sweep_product_names_baselines_and_grids(refs, tmp_path, capsys):

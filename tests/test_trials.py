@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import check_against_single_cells
+from run_args import PROMPT, SMALL, check_complete
 
 from llm_dit.cli import main
 from llm_dit.experiments.evidence import RESAMPLES, bootstrap_interval, summarize
 from llm_dit.models.pool import ModelPool
-from oracle import check_against_single_cells
-from run_args import PROMPT, SMALL, check_complete
 
 
 def _exact_bootstrap(values: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,19 +8,19 @@ from __future__ import annotations
 import io
 import json
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from web_client import PROMPT, png_bytes, wait  # noqa: E402
 
 from llm_dit.cli import main  # noqa: E402
 from llm_dit.conditioning import Recipe  # noqa: E402
 from llm_dit.web.app import create_app  # noqa: E402
-from web_client import PROMPT, png_bytes, wait  # noqa: E402
 
 # -- pages, schema, options ---------------------------------------------------------------------
 
@@ -274,8 +274,9 @@ def test_sweep_and_experiment_fill_run_folders(client, upload):
 def test_a_trials_folder_is_listed_and_shows_its_evidence(client, refs):
     """A study made by the CLI (--images, --seeds) into the runs folder: listed with its trials' cells,
     its page opening with the trials report's answers and table (the same code)."""
-    from llm_dit.cli import main
     from run_args import SMALL
+
+    from llm_dit.cli import main
 
     runs = client.app.server.runs
     assert main(["compare", "--experiment", "vl_only_vs_qwen3", "--images", *refs, "--seeds", "2", "--prompt", PROMPT,

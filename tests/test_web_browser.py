@@ -216,8 +216,9 @@ def test_a_cancelled_run_is_resumed_from_its_page(server, browser):
 
 def test_the_single_file_report_opens_alone_in_a_browser(browser, refs, tmp_path):
     """report_single.html copied alone into an empty folder: every picture shows, nothing else loads."""
-    from llm_dit.cli import main
     from run_args import compare_args
+
+    from llm_dit.cli import main
 
     out = tmp_path / "run"
     assert main([*compare_args("vl_only_vs_qwen3", refs, out), "--no-progress"]) == 0

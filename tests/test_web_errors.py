@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from web_client import PROMPT, png_bytes  # noqa: E402
 
 from llm_dit.cli import main  # noqa: E402
 from llm_dit.web.app import create_app  # noqa: E402
-from web_client import PROMPT, png_bytes  # noqa: E402
 
 
 @pytest.mark.parametrize("path, body, field, words", [

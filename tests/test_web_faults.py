@@ -20,10 +20,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
-
-from llm_dit.web.app import create_app  # noqa: E402
 from run_args import check_complete  # noqa: E402
 from web_client import PROMPT, Http, free_port, start_server, wait  # noqa: E402
+
+from llm_dit.web.app import create_app  # noqa: E402
 
 GEN = {"steps": 2, "width": 64, "height": 64}
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import copy
 import re
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError

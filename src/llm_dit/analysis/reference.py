@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
 from ..capture import canonical_layer
+from ..errors import InputError
 from ..text import format_prompt, run_text_encoder
 from ..vl.normalize import ReferenceStats
 

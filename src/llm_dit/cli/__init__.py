@@ -11,8 +11,8 @@ import sys
 
 from ..errors import LlmDitError, out_of_memory_message
 from . import experiments, generate, serve, stats, vl
-from .conditioning import add_recipe_flags
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
+from .conditioning import add_recipe_flags
 
 
 def build_parser() -> Parser:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..conditioning.recipe import FILE_FIELDS
 from ..errors import InputError
 from .common import add_config_flags, add_generation_flags, config
-from ..conditioning.recipe import FILE_FIELDS
 from .conditioning import absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.

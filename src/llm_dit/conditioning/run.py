@@ -15,9 +15,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 from .evidence import MIN_TRIALS, difference
 from .report_tables import interval
 
-
 #: The smallest difference that counts, per metric: 1 point of P(Yes), 0.01 of SSIM, 0.01 of the
 #: grid-artifact score (a log10 ratio: 2.3 %), 0.5 dB of PSNR, 0.01 of the histogram distance.
 SMALLEST = {"vqa_yes": 0.01, "ssim_ref": 0.01, "ssim_text": 0.01, "grid_artifact": 0.01, "psnr_ref": 0.5,

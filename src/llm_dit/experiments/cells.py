@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config
 from ..conditioning.recipe import Recipe
+from ..config import Config
 from ..errors import InputError, LlmDitError
 
 #: Generation settings a cell may vary (the rest of ``[generation]`` is the run's).

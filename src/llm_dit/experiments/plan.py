@@ -13,10 +13,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config
 from ..conditioning.build import ExtractionRequest, plan_extractions
 from ..conditioning.recipe import FILE_FIELDS, Recipe
 from ..conditioning.run import check_recipe_run
+from ..config import Config
 from .cells import Cell, digest, effective_recipe, generation_key
 from .presets import GridSpec
 

@@ -13,10 +13,11 @@ from ..errors import InputError
 from ..io import write_json
 from . import folder
 from .cells import fmt
+from .findings import write_findings
 from .grid import Panel, layout, render
 from .presets import EXPERIMENTS, GridSpec
-from .findings import write_findings
-from .report_html import title as run_title, write_html
+from .report_html import title as run_title
+from .report_html import write_html
 
 SEED_FIELDS = ("vl_shape", "vl_std", "token_selection", "normalization_mode", "blended_std", "generation_time",
                "alpha", "hidden_layer")

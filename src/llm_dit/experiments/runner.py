@@ -30,8 +30,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..config import Config
 from ..conditioning.run import CAPTION_STANDIN, check_recipe_run, run_extractions
+from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from ..provenance import provenance
@@ -86,10 +86,9 @@ class Runner(Pictures):
     # -- 0. checks ---------------------------------------------------------------------------
 
     def check(self) -> None:
-        from ..vl.chat import check_aspect_ratio
-
         from ..analysis.hub_metrics import check_paths
         from ..models.loading import resolve_model_path, resolve_placement
+        from ..vl.chat import check_aspect_ratio
 
         check_paths(self.config)
         resolve_placement(self.config.runtime)  # a device that is not there: refused before any folder exists

@@ -13,7 +13,6 @@ from PIL import Image
 
 from ..errors import InputError
 
-
 #: Qwen's resizing refuses images whose long side is more than 200 times the short side.
 MAX_ASPECT_RATIO = 200
 

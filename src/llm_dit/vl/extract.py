@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..capture import canonical_layer, capture_hidden_states
 from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
 from ..errors import InputError, ModelLoadError
 from ..images import load_image
 from ..models.loading import _first_line, resolve_model_path
 from .cache import ExtractionCache, image_digest, request_key
-from ..capture import canonical_layer, capture_hidden_states
 from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
 from .result import VLExtractionResult
 from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection

@@ -178,8 +178,13 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/generate", status_code=202)
     def generate(body: GenerateBody):
-        from ..conditioning.run import (CAPTION_STANDIN, check_recipe_run, generate_from_recipe, load_references,
-                                        write_generated)
+        from ..conditioning.run import (
+            CAPTION_STANDIN,
+            check_recipe_run,
+            generate_from_recipe,
+            load_references,
+            write_generated,
+        )
 
         config = server.generation_config(body.generation)
         recipe = server.recipe(body.recipe).resolve(config)

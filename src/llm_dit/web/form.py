@@ -11,9 +11,9 @@ import types
 import typing
 from typing import Any, Literal
 
-from ..config import Config, GenerationConfig
 from ..conditioning.recipe import FILE_FIELDS, Recipe
 from ..conditioning.schedule import Schedule
+from ..config import Config, GenerationConfig
 
 #: Sections of the form, in the order of the recipe's own comments (fields not named: "other").
 GROUPS = {

@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from . import files
-from ..conditioning.recipe import FILE_FIELDS
 from .form import GENERATION_FIELDS
 from .jobs import Job, JobQueue
 
@@ -163,7 +163,8 @@ class Server:
                 self._reserved.discard(run)
 
     def run_job(self, kind: str, title: str, spec, config: Config, run: str, out: Path) -> Job:
-        from ..experiments.runner import Runner, run as run_spec
+        from ..experiments.runner import Runner
+        from ..experiments.runner import run as run_spec
 
         with field("recipe", prefix=True):
             Runner(spec, config, out).check()  # refused now (422), not as a failed job
