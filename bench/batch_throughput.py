@@ -24,7 +24,7 @@ def main() -> None:
     args = common.parser(__doc__).parse_args()
     from llm_dit.experiments.runner import run
     from llm_dit.experiments.specs import sweep_spec
-    from llm_dit.models.pool import ModelPool
+    from llm_dit.pool import ModelPool
 
     cfg = common.config(args, **{"metrics.vqa": "off"})
     pool = ModelPool(keep="all")

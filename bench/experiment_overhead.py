@@ -52,7 +52,7 @@ def main() -> None:
     from llm_dit.conditioning.run import generate_from_recipe
     from llm_dit.experiments.runner import run
     from llm_dit.experiments.specs import sweep_spec
-    from llm_dit.models.pool import ModelPool
+    from llm_dit.pool import ModelPool
 
     cfg = common.config(args, **{"metrics.vqa": "off"})
     image = str(common.EXAMPLE)

@@ -32,7 +32,7 @@ CASES = [
 
 def one(args, profile: str, overrides: dict) -> dict:
     """Run the experiment once in this process; its peaks and times."""
-    from llm_dit.experiments.runner import Runner
+    from llm_dit.experiments import runner
     from llm_dit.experiments.specs import experiment_spec
 
     cfg = common.config(args, profile, **{"metrics.vqa": "off", **overrides})
@@ -40,23 +40,22 @@ def one(args, profile: str, overrides: dict) -> dict:
         cfg = cfg.replace(**{"runtime.offload": "none", "runtime.keep_models": "all"})
     spec, cfg = experiment_spec("vl_only_vs_qwen3", [str(common.EXAMPLE)], common.PROMPT, cfg)
     peaks = {}
-    real_extract = Runner._extract
+    real_extract = runner.extract
 
-    def extract(self, jobs, backend):  # the VL stage ends with its extraction: take its peak, start anew
-        out = real_extract(self, jobs, backend)
+    def extract(ctx, models, jobs, backend):  # the VL stage ends with its extraction: take its peak, start anew
+        out = real_extract(ctx, models, jobs, backend)
         if backend == "vl" and torch.cuda.is_available():
             peaks["vl"] = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
         return out
 
-    Runner._extract = extract
+    runner.extract = extract
     t0 = time.perf_counter()
-    runner = Runner(spec, cfg, tempfile.mkdtemp(prefix="bench-mem-"), echo=lambda m: None, progress=False)
-    summary = runner.run()
+    summary = runner.run(spec, cfg, tempfile.mkdtemp(prefix="bench-mem-"), echo=lambda m: None, progress=False)
     common.sync()
     seconds = time.perf_counter() - t0
     assert summary.generated == 4 and not summary.failed, summary
-    stages = runner.timings
+    stages = summary.stages
     loading = stages.get("load_vl", 0.0) + stages.get("load_z_image", 0.0)
     if torch.cuda.is_available():
         peaks["z_image"] = torch.cuda.max_memory_allocated()

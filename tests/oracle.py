@@ -21,7 +21,7 @@ from llm_dit.conditioning.run import generate_from_recipe
 from llm_dit.experiments.specs import spec_from_run
 from llm_dit.generate import ZImage, img2img_steps
 from llm_dit.images import read_png_parameters, save_png
-from llm_dit.models.pool import ModelPool
+from llm_dit.pool import ModelPool
 
 
 def _digest(x: torch.Tensor) -> str:

@@ -51,7 +51,7 @@ def test_pairs_are_the_prompt_tokens_of_both_models(extractor, zimage):
 
 
 def test_fit_beats_a_scaled_identity_on_held_out_prompts(extractor, zimage):
-    from llm_dit.analysis.reference import read_prompts
+    from llm_dit.vl.reference import read_prompts
 
     a = fit_adapter(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, read_prompts(), -6, -2)
     assert a.info["heldout_residual"] < a.info["heldout_residual_scaled_identity"]

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from llm_dit.analysis.compare import compare_embedding_stats, pearson, plot_report, spearman
-from llm_dit.analysis.reference import compute_reference_stats, massive_token_mask, read_prompts
 from llm_dit.errors import InputError, LlmDitError
 from llm_dit.vl.caption import caption_image, parse_thinking_content
+from llm_dit.vl.reference import compute_reference_stats, massive_token_mask, read_prompts
 
 
 @pytest.mark.parametrize(

@@ -130,8 +130,8 @@ def test_multi_reference_with_roles_and_weights(refdir, tmp_path, capsys):
 def test_caption_as_prompt(refdir, tmp_path, capsys):
     """Seed 004's caption method: the prompt (and the VL chat's text) is Qwen3-VL's caption of the reference."""
     from llm_dit.config import resolve_config
-    from llm_dit.experiments.captions import make_caption
     from llm_dit.vl import VLEmbeddingExtractor
+    from llm_dit.vl.caption import make_caption
 
     small = [a for a in BASE if a not in ("--prompt", "a red house")]
     out = tmp_path / "cap.png"

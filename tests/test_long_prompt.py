@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_dit.long_prompt import fit_length
+from llm_dit.text.long_prompt import fit_length
 
 
 def ref_interpolate(x, m):

@@ -28,7 +28,7 @@ from run_args import PROMPT, SMALL
 
 from llm_dit.cli import main
 from llm_dit.experiments.presets import EXPERIMENTS
-from llm_dit.models.pool import ModelPool
+from llm_dit.pool import ModelPool
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ from llm_dit.conditioning.blend import BLEND_MODES, BlendOptions, blend, resampl
 from llm_dit.conditioning.schedule import parse_schedule
 from llm_dit.conditioning.style import STYLE_VECTORS, style_vector
 from llm_dit.errors import InputError
-from llm_dit.long_prompt import LONG_PROMPT_MODES, fit_length
-from llm_dit.vl.normalize import NORMALIZATION_MODES, ReferenceStats, normalize
+from llm_dit.text.long_prompt import LONG_PROMPT_MODES, fit_length
+from llm_dit.vl.normalize import NORMALIZATION_MODES, normalize
 from llm_dit.vl.outliers import MASK_MODES, mask_outlier_dimensions
+from llm_dit.vl.reference import ReferenceStats
 from llm_dit.vl.tokens import SpecialIds, compute_token_masks, pool_grid
 
 settings.register_profile("llm-dit", derandomize=True, deadline=None, max_examples=60, database=None)

@@ -63,7 +63,7 @@ def test_plot_data_follow_the_records(run_dir):
 
 
 def test_a_run_with_plot_workers_leaves_none_behind(refs, tmp_path, monkeypatch):
-    from llm_dit.experiments.runner import Runner
+    from llm_dit.experiments import runner
 
     started = []
     real = report_plots.PlotWorkers.__init__
@@ -75,7 +75,7 @@ def test_a_run_with_plot_workers_leaves_none_behind(refs, tmp_path, monkeypatch)
     def not_here(*a):
         raise AssertionError("drawn in the run's own process")
 
-    monkeypatch.setattr(Runner, "_plots_beside", lambda self: True)  # as on a GPU
+    monkeypatch.setattr(runner, "plots_beside", lambda model: True)  # as on a GPU
     monkeypatch.setattr(report_plots.PlotWorkers, "__init__", spy)
     monkeypatch.setattr(report_plots, "draw", not_here)  # the workers run their own copy
     out = tmp_path / "r"

@@ -58,7 +58,7 @@ def test_empty_prompt_is_an_error(zimage, prompt):
 
 @pytest.mark.parametrize("mode", ["interpolate", "pool", "attention_pool"])
 def test_long_prompt_modes_compress_the_whole_prompt(zimage, mode):
-    from llm_dit.long_prompt import fit_length
+    from llm_dit.text.long_prompt import fit_length
 
     prompt = " ".join(["a red house on a hill"] * 20)
     full = zimage.encode(prompt, max_length=1504)

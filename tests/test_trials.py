@@ -18,7 +18,7 @@ from run_args import PROMPT, SMALL, check_complete
 
 from llm_dit.cli import main
 from llm_dit.experiments.evidence import RESAMPLES, bootstrap_interval, summarize
-from llm_dit.models.pool import ModelPool
+from llm_dit.pool import ModelPool
 
 
 def _exact_bootstrap(values: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -261,7 +261,7 @@ def test_generate_greedy_is_deterministic(extractor, red_image):
 
 
 def test_normalization_is_per_layer(extractor, red_image, zimage):
-    from llm_dit.analysis.reference import compute_reference_stats
+    from llm_dit.vl.reference import compute_reference_stats
 
     r = extractor.extract(red_image, TEXT, hidden_layer=[-6, -2])
     refs = compute_reference_stats(zimage.pipe.tokenizer, zimage.pipe.text_encoder, ["a cat", "a red house"],

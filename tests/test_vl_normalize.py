@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from llm_dit.errors import InputError
-from llm_dit.vl.normalize import ReferenceStats, check_layer_match, normalize
+from llm_dit.vl.normalize import normalize
 from llm_dit.vl.outliers import get_outlier_dimensions, mask_outlier_dimensions
+from llm_dit.vl.reference import ReferenceStats, check_layer_match
 
 
 def make_ref(d=8, layer=3, num_layers=8, seed=0, cov=True):

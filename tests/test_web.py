@@ -261,7 +261,7 @@ def test_sweep_and_experiment_fill_run_folders(client, upload):
     assert d["status"] == "complete" and d["job"]["state"] == "done"
     assert [c["name"] for c in d["cells"]] == ["pure_qwen3_4b", "pure_vl_text_tokens", "pure_vl_full_seq",
                                                "blend_30_vl_70_qwen3"]
-    assert all(c["state"] == "done" and c["record"]["success"] for c in d["cells"])
+    assert all(c["status"] == "done" and c["record"]["success"] for c in d["cells"])
     for url in [d["report"], d["metadata"], *d["grids"], *d["plots"], *(c["image"] for c in d["cells"])]:
         assert client.get(url).status_code == 200, url
     assert "text/html" in client.get(d["report"]).headers["content-type"]
@@ -295,7 +295,7 @@ def test_a_trials_folder_is_listed_and_shows_its_evidence(client, refs):
 
 
 def test_model_pool_keeps_one_model_when_told(tiny_config):
-    from llm_dit.models.pool import ModelPool
+    from llm_dit.pool import ModelPool
 
     pool = ModelPool()
     one = tiny_config.replace(**{"runtime.keep_models": "one"})

@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS
 from ..vl.outliers import get_outlier_dimensions
-from .reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
+from ..vl.reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -311,9 +311,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from ..experiments.folder import TRIALS_FILE
     from ..experiments.report import write_report
     from ..experiments.report_share import compare_runs, single_file
-    from ..experiments.trials import TRIALS_FILE
     from ..experiments.trials_report import write_trials_report
 
     folders = [Path(d) for d in args.dir]

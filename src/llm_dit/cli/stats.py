@@ -17,9 +17,9 @@ def _text_encoder(cfg):
 
 
 def cmd_stats_reference(args) -> int:
-    from ..analysis.reference import compute_reference_stats, read_prompts
     from ..images import check_output_path
     from ..provenance import provenance
+    from ..vl.reference import compute_reference_stats, read_prompts
 
     cfg = config(args)
     out = check_output_path(args.out, ".safetensors")
@@ -83,11 +83,11 @@ def cmd_stats_compare(args) -> int:
 
 
 def cmd_stats_adapter(args) -> int:
-    from ..analysis.reference import read_prompts
     from ..images import check_output_path
     from ..provenance import provenance
     from ..vl import VLEmbeddingExtractor
     from ..vl.adapter import fit_adapter
+    from ..vl.reference import read_prompts
 
     cfg = config(args)
     out = check_output_path(args.out, ".safetensors")

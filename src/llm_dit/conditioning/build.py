@@ -32,10 +32,11 @@ import torch
 
 from ..config import MAX_CAPTION_TOKENS
 from ..errors import InputError
-from ..long_prompt import fit_length
+from ..text.long_prompt import fit_length
 from ..vl.adapter import LinearAdapter
-from ..vl.normalize import REFERENCE_MODES, ReferenceStats, check_layer_match, normalize
+from ..vl.normalize import REFERENCE_MODES, normalize
 from ..vl.outliers import mask_outlier_dimensions
+from ..vl.reference import ReferenceStats, check_layer_match
 from ..vl.result import VLExtractionResult
 from ..vl.tokens import check_selection_possible
 from .blend import BlendOptions, blend, check_embedding, match_rms, resample, typical_rms
@@ -146,14 +147,24 @@ def reference_stats_layers(recipe: Recipe) -> list[int]:
 # -- building -----------------------------------------------------------------------------------
 
 
-def _prepare(result: VLExtractionResult, selection: str, layer: int, recipe: Recipe, text: torch.Tensor,
-             stats: dict[int, ReferenceStats] | None, name: str) -> tuple[torch.Tensor, dict]:
+@dataclass(frozen=True)
+class _Inputs:
+    """What every part of every source is built against."""
+
+    recipe: Recipe
+    text: torch.Tensor  # [L_t, D], the prompt's text embedding (a normalization target)
+    stats: dict[int, ReferenceStats] | None  # reference statistics by layer
+    adapter: LinearAdapter | None
+
+
+def _prepare(result: VLExtractionResult, selection: str, layer: int, inputs: _Inputs,
+             name: str) -> tuple[torch.Tensor, dict]:
     """select -> (adapter) -> normalize -> mask outliers, for one part of one source."""
-    ref = (stats or {}).get(layer)
+    recipe, text, adapter = inputs.recipe, inputs.text, inputs.adapter
+    ref = (inputs.stats or {}).get(layer)
     sel = result.select(selection, layers=[layer])
     x = check_embedding(sel.embeddings[layer], name)
-    if recipe.adapter:
-        adapter = LinearAdapter.load(recipe.adapter)
+    if adapter is not None:
         adapter.check_layer(layer, result.num_layers)
         x = adapter.apply(x)
     if ref is not None:
@@ -168,15 +179,17 @@ def _prepare(result: VLExtractionResult, selection: str, layer: int, recipe: Rec
     return x, info
 
 
-def _source_sequence(recipe: Recipe, passes: dict, results: dict, text: torch.Tensor, stats, name: str):
+def _source_sequence(passes: dict, results: dict, inputs: _Inputs, name: str) -> tuple[torch.Tensor, dict]:
+    """One source's ``[L, D]`` sequence (a reference, or its gray twin) from its extractions."""
+    recipe = inputs.recipe
     plain, img_layer, txt_layer = _layers(recipe)
     got = {k: results[r] for k, r in passes.items()}
     if recipe.vl_intra_blend_ratio is None:
-        x, info = _prepare(got["main"], recipe.token_selection, plain, recipe, text, stats, name)
+        x, info = _prepare(got["main"], recipe.token_selection, plain, inputs, name)
     else:
         img_res, txt_res = (got["main"], got["main"]) if "main" in got else (got["style"], got["content"])
-        img, i_info = _prepare(img_res, recipe.image_tokens, img_layer, recipe, text, stats, f"{name} (image part)")
-        txt, t_info = _prepare(txt_res, recipe.text_tokens, txt_layer, recipe, text, stats, f"{name} (text part)")
+        img, i_info = _prepare(img_res, recipe.image_tokens, img_layer, inputs, f"{name} (image part)")
+        txt, t_info = _prepare(txt_res, recipe.text_tokens, txt_layer, inputs, f"{name} (text part)")
         if recipe.magnitude == "match_rms":
             img = match_rms(img, typical_rms(txt))
         r = recipe.vl_intra_blend_ratio
@@ -265,23 +278,27 @@ def build_conditioning(
     text: torch.Tensor,
     extractions: dict[ExtractionRequest, VLExtractionResult],
     reference_stats: dict[int, ReferenceStats] | None = None,
+    adapter: LinearAdapter | None = None,
 ) -> Conditioning:
     """Turn a resolved recipe, the prompt's text embedding and the finished extractions into a
-    :class:`Conditioning` (see the module docstring)."""
+    :class:`Conditioning` (see the module docstring). ``adapter``: the recipe's adapter file, already
+    loaded (by the checks); loaded here when the recipe names one and it is not given."""
     text = check_embedding(text, "the text embedding")
     if not recipe.uses_vl:
         return Conditioning(recipe, text)
+    if adapter is None and recipe.adapter:
+        adapter = LinearAdapter.load(recipe.adapter)
     missing = [r.label() for r in plan_extractions(recipe, prompt) if r not in extractions]
     if missing:
         raise InputError(f"extraction missing for this recipe: {missing[0]}")
     roles: dict[str, list[tuple[torch.Tensor, float]]] = {"content": [], "style": []}
     infos = []
+    inputs = _Inputs(recipe, text, reference_stats, adapter)
     for i, (ref, passes, neutral) in enumerate(source_plan(recipe, prompt)):
         name = f"the VL embedding of reference {i + 1}" + (f" ({ref.image})" if ref is not None else "")
-        x, info = _source_sequence(recipe, passes, extractions, text, reference_stats, name)
+        x, info = _source_sequence(passes, extractions, inputs, name)
         if neutral is not None:
-            n, info["neutral"] = _source_sequence(recipe, neutral, extractions, text, reference_stats,
-                                                  f"{name}, gray twin")
+            n, info["neutral"] = _source_sequence(neutral, extractions, inputs, f"{name}, gray twin")
             x = check_embedding(compute_style_delta(x, n), f"{name}, style delta")
         role, weight = (ref.role, ref.weight) if ref is not None else ("content", 1.0)
         roles[role].append((x, weight))

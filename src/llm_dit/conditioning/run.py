@@ -1,6 +1,8 @@
 """Running a recipe with real models, in stages that keep GPU memory low.
 
-    1. check everything a user can get wrong (recipe, images, schedule vs steps): nothing loads before
+    1. check everything a user can get wrong (recipe, images, schedule vs steps, the files it names):
+       :func:`prepare` returns a :class:`Prepared` holding what the checks loaded (references,
+       adapter, reference statistics, planned extractions); nothing loads a model before
     2. VL stage (``vl`` backend): load Qwen3-VL, run every planned extraction, unload it
     3. Z-Image stage: load the pipeline, encode the prompt with its text encoder; the ``splice``
        backend's vision tower borrows that encoder; reference statistics come from a file, or are
@@ -18,20 +20,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError, LlmDitError
 from ..images import load_image
-from ..vl.normalize import ReferenceStats
+from ..vl.adapter import LinearAdapter
+from ..vl.reference import ReferenceStats
 from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
 from .recipe import Recipe
 from .style import neutral_image
 
 Log = Callable[[str], None]
+#: ``on_step(done, total)`` after each denoising step; it may raise Cancelled to stop.
+OnStep = Callable[[int, int], None]
 #: Stands for a caption not written yet, when a recipe is checked before captioning.
 CAPTION_STANDIN = "a caption"
+
+if TYPE_CHECKING:
+    from ..pool import ModelPool
 
 
 def load_references(recipe: Recipe) -> dict[str, Image.Image]:
@@ -72,22 +81,22 @@ def run_extractions(extractor, requests: list[ExtractionRequest], images: dict[s
     return out
 
 
-def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
-                        log: Log | None = None) -> dict[int, ReferenceStats] | None:
+def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder, log: Log | None = None,
+                        given: ReferenceStats | None = None) -> dict[int, ReferenceStats] | None:
     """``{layer: ReferenceStats}`` for the layers the recipe's normalization or masking needs.
 
-    From ``recipe.reference_stats`` when given (one file: used for every layer, and refused by the
-    layer check where it does not match), else computed with Z-Image's text encoder over the
-    shipped prompt corpus and cached under the cache folder.
+    From ``recipe.reference_stats`` when given (one file, ``given`` when the checks loaded it already:
+    used for every layer, and refused by the layer check where it does not match), else computed with
+    Z-Image's text encoder over the shipped prompt corpus and cached under the cache folder.
     """
     layers = reference_stats_layers(recipe)
     if not layers:
         return None
     if recipe.reference_stats:
-        stats = ReferenceStats.load(recipe.reference_stats)
+        stats = given if given is not None else ReferenceStats.load(recipe.reference_stats)
         return {k: stats for k in layers}
-    from ..analysis.reference import compute_reference_stats, read_prompts
     from ..io import cache_root
+    from ..vl.reference import compute_reference_stats, read_prompts
 
     prompts = read_prompts()
     covariance = recipe.normalization_mode == "whiten"
@@ -136,11 +145,34 @@ def _layers_in(spec: str, backend: str) -> int | None:
         return None
 
 
-def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[ExtractionRequest]:
-    """Everything that can be refused before a model loads; returns the planned extractions."""
-    from ..capture import canonical_layer
+@dataclass(frozen=True)
+class Checked:
+    """What checking a resolved recipe for one prompt found and loaded (:func:`check_recipe`)."""
+
+    requests: list[ExtractionRequest]  # the extractions the recipe plans for the prompt
+    adapter: LinearAdapter | None  # the recipe's adapter file, loaded (None: it names none)
+    stats: ReferenceStats | None  # its reference statistics file, loaded when its modes need one
+
+
+#: Files the checks loaded, by path: cells of one run naming the same file share one load.
+Loaded = dict[str, object]
+
+
+def _load_once(loaded: Loaded | None, path: str, load: Callable[[str], object]) -> object:
+    if loaded is None:
+        return load(path)
+    if path not in loaded:
+        loaded[path] = load(path)
+    return loaded[path]
+
+
+def check_recipe(recipe: Recipe, config: Config, prompt: str, loaded: Loaded | None = None) -> Checked:
+    """Everything that can be refused before a model loads (the error's ``field`` names what was
+    wrong); returns the planned extractions and the files the recipe names, loaded (once per path
+    when ``loaded`` keeps them)."""
     from ..text import check_prompt
-    from ..vl.normalize import check_layer_match
+    from ..text.capture import canonical_layer
+    from ..vl.reference import check_layer_match
     from .build import recipe_layers
 
     try:
@@ -156,7 +188,7 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
             raise
     requests = plan_extractions(recipe, prompt)
     if not requests:
-        return requests
+        return Checked(requests, None, None)
     n = _num_layers(config, recipe.backend)
     if n is not None:
         for k in recipe_layers(recipe):
@@ -165,21 +197,65 @@ def check_recipe_run(recipe: Recipe, config: Config, prompt: str) -> list[Extrac
             except LlmDitError as e:  # the field that asked for the layer
                 e.field = next((f for f in ("image_layer", "text_layer") if getattr(recipe, f) == k), "hidden_layer")
                 raise
+    adapter = None
     if recipe.adapter:
-        from ..vl.adapter import LinearAdapter
-
         if not Path(recipe.adapter).is_file():
             raise InputError(f"adapter file {recipe.adapter} does not exist")
-        adapter = LinearAdapter.load(recipe.adapter)  # a broken file fails here, not after loading
+        adapter = _load_once(loaded, recipe.adapter, LinearAdapter.load)  # a broken file fails here, not later
+        assert isinstance(adapter, LinearAdapter)
         for k in recipe_layers(recipe):
             adapter.check_layer(k, n if n is not None else adapter.vl_num_layers)
+    stats = None
     if recipe.reference_stats and reference_stats_layers(recipe):
-        stats = ReferenceStats.load(recipe.reference_stats)  # a missing or broken file fails here, not later
+        stats = _load_once(loaded, recipe.reference_stats, ReferenceStats.load)  # a missing or broken file fails here
+        assert isinstance(stats, ReferenceStats)
         if recipe.normalization_mode == "whiten" and stats.covariance is None:
             raise InputError("whiten needs reference statistics with a covariance (stats reference --covariance)")
         for k in reference_stats_layers(recipe):
             check_layer_match(stats, k, n if n is not None else stats.num_layers)
-    return requests
+    return Checked(requests, adapter, stats)
+
+
+def check_prompt_or_caption(prompt: str | None, caption_tokens: int | None, has_reference: bool) -> str | None:
+    """The prompt to use (None: a caption of the first reference will be), or one sentence naming the
+    field that is wrong: give a prompt or ``caption_tokens`` (1..``MAX_CAPTION_TOKENS``, with a
+    reference to caption), not both. A blank prompt counts as none."""
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if prompt is None and caption_tokens is None:
+        raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
+    if prompt is not None and caption_tokens is not None:
+        raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
+    if caption_tokens is not None:
+        if not has_reference:
+            raise InputError("caption_tokens captions the first reference image: give one", field="caption_tokens")
+        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+            raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
+                             field="caption_tokens")
+    return prompt
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One generation, checked and ready: the stages below take it and check nothing again."""
+
+    config: Config  # for a caption prompt, with ``encoder.max_length`` raised to the DiT's limit
+    recipe: Recipe  # resolved against ``config``
+    prompt: str | None  # None: Qwen3-VL's caption of the first reference is the prompt
+    caption_tokens: int | None
+    images: dict[str, Image.Image]  # every reference image, loaded and checked
+    checked: Checked  # for ``prompt`` (or a stand-in caption: planned again once it is written)
+
+
+def prepare(config: Config, recipe: Recipe, prompt: str | None, caption_tokens: int | None = None) -> Prepared:
+    """Check a generation and load what the checks need (see :class:`Prepared`); an error names its
+    ``field`` (``prompt``, ``caption_tokens``, or the recipe's own)."""
+    prompt = check_prompt_or_caption(prompt, caption_tokens, bool(recipe.references))
+    if caption_tokens is not None:
+        config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
+    recipe = recipe.resolve(config)
+    checked = check_recipe(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
+    return Prepared(config, recipe, prompt, caption_tokens, load_references(recipe), checked)
 
 
 def generate_from_recipe(
@@ -188,45 +264,45 @@ def generate_from_recipe(
     prompt: str | None,
     init_image: Image.Image | None = None,
     log: Log | None = None,
-    models=None,
-    on_step=None,
+    models: ModelPool | None = None,
+    on_step: OnStep | None = None,
     caption_tokens: int | None = None,
 ) -> Generated:
-    """One image for ``prompt`` conditioned by ``recipe`` (see the module docstring for the stages).
+    """One image for ``prompt`` conditioned by ``recipe``: :func:`prepare`, then :func:`generate`.
 
-    ``models``: a :class:`~llm_dit.models.pool.ModelPool` whose models are used and kept (a server);
+    ``caption_tokens``: the prompt is Qwen3-VL's caption of the first reference, about that many
+    tokens (seed 004's caption method; the VL chat's ``{prompt}`` is then the caption too).
+    """
+    return generate(prepare(config, recipe, prompt, caption_tokens), init_image, log, models, on_step)
+
+
+def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log | None = None,
+             models: ModelPool | None = None, on_step: OnStep | None = None) -> Generated:
+    """The picture of a :class:`Prepared` generation (stages 2-4 of the module docstring).
+
+    ``models``: a :class:`~llm_dit.pool.ModelPool` whose models are used and kept (a server);
     without one, each model is loaded for this call and freed after its stage. ``on_step(done, n)``
-    reports denoising progress (and may raise :class:`~llm_dit.errors.Cancelled`). ``caption_tokens``:
-    the prompt is Qwen3-VL's caption of the first reference, about that many tokens (seed 004's
-    caption method; the VL chat's ``{prompt}`` is then the caption too).
+    reports denoising progress (and may raise :class:`~llm_dit.errors.Cancelled`).
     """
     from ..generate import img2img_steps
-    from ..models.pool import ModelPool
+    from ..pool import ModelPool
 
     t0 = time.perf_counter()
-    if caption_tokens is not None:
-        if not recipe.references:
-            raise InputError("a caption prompt captions the first reference image: give one", field="caption_tokens")
-        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
-            raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
-                             field="caption_tokens")
-        config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
-    elif prompt is None:
-        raise InputError("give a prompt (or caption_tokens to use a caption of the reference)", field="prompt")
-    recipe = recipe.resolve(config)
-    requests = check_recipe_run(recipe, config, prompt if caption_tokens is None else CAPTION_STANDIN)
-    images = load_references(recipe)
+    config, recipe, images, prompt = prepared.config, prepared.recipe, prepared.images, prepared.prompt
+    requests = prepared.checked.requests
     own = models is None
     pool = models if models is not None else ModelPool()
     try:
         caption = None
-        if caption_tokens is not None:
-            from ..experiments.captions import make_caption
+        if prompt is None:
+            from ..vl.caption import make_caption
 
+            n = prepared.caption_tokens
+            assert n is not None  # prepare() gave a prompt or caption_tokens
             if log:
-                log(f"caption of about {caption_tokens} tokens")
-            prompt, caption = make_caption(pool.vl(config), images[recipe.references[0].image], caption_tokens, config)
-            requests = check_recipe_run(recipe, config, prompt)
+                log(f"caption of about {n} tokens")
+            prompt, caption = make_caption(pool.vl(config), images[recipe.references[0].image], n, config)
+            requests = check_recipe(recipe, config, prompt).requests  # its chat holds the caption now
         extractions: dict = {}
         if requests and recipe.backend == "vl":
             extractions = run_extractions(pool.vl(config), requests, images, log)
@@ -238,8 +314,9 @@ def generate_from_recipe(
             extractions = run_extractions(pool.splice(config), requests, images, log)
             if own:
                 pool.release("splice")  # its vision tower is not needed to generate
-        stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log)
-        cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats)
+        stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log,
+                                    prepared.checked.stats)
+        cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats, prepared.checked.adapter)
         g = config.generation
         t_gen = time.perf_counter()
         image = model.generate(cond.step_embeds(g.steps), init_image=init_image, on_step=on_step)

@@ -5,7 +5,7 @@
     DIR/
       run.json                 the plan: every cell's recipe, the run key, one entry per session
       reference.png            the reference image(s) as the models saw them (reference_2.png, ...)
-      captions/captionN.txt    captions of caption experiments (reused on resume)
+      captions/captionN.txt    captions of caption experiments (reused on resume), with captionN.json
       NAME.png                 one image per cell
       cells/NAME.json          its record (written after the image: a record means a finished cell)
       stats/NAME.safetensors   per-dimension std of the text, VL and blended embeddings
@@ -19,6 +19,15 @@ files (PNG, record, statistics) are not flushed to the disk one by one (``fsync`
 end of a run on the GPU machines): a killed process leaves them whole, and after a power cut a
 picture or record that did not reach the disk fails that check and its cell is made again. The plan
 (run.json as a run starts) and saved embeddings, which nothing checks, are flushed.
+
+This module owns the format: the runner writes through it, and the report, the web app and resume
+read through :func:`read_run` / :func:`read_trials` (a trials folder holds ``trials.json`` and one
+run folder per trial). Statuses, one vocabulary for everyone:
+
+* a cell (:data:`CELL_STATUSES`): ``done`` (its record says it finished), ``failed`` (its record says
+  it failed), ``pending`` (no readable record yet);
+* a run or a trials folder (:data:`RUN_STATUSES`): ``running`` (a job of this server runs it),
+  ``failed`` (a cell failed), ``complete`` (every planned cell done), ``incomplete`` (the rest).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +45,10 @@ from ..errors import InputError, WriteError
 from ..io import write_json
 
 RUN_FILE = "run.json"
+TRIALS_FILE = "trials.json"
+CAPTIONS = "captions"
+CELL_STATUSES = ("done", "failed", "pending")
+RUN_STATUSES = ("running", "failed", "complete", "incomplete")
 #: What a write can fail with that no retry of the same write fixes: a full disk or quota, a read-only
 #: file system, no permission, a file too large.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -137,3 +151,89 @@ def write_error(e: BaseException, out: Path) -> WriteError | None:
                           "kept: free space or make the folder writable, then run the same command again to resume")
     return WriteError(f"cannot write {where} ({why}); the run folder {out} keeps the cells finished so far: fix "
                       "that, then run the same command again to resume")
+
+
+# -- reading a run folder ------------------------------------------------------------------------
+
+
+def caption_path(out: Path, tokens: int) -> Path:
+    """Where a caption of target ``tokens`` is kept (its metadata beside it, ``.json``)."""
+    return out / CAPTIONS / f"caption{tokens}.txt"
+
+
+def read_captions(out: Path) -> dict[str, str]:
+    """``{target tokens: caption}`` of the captions in ``out`` (keys as JSON keys: ``"64"``)."""
+    found = {}
+    for p in sorted((out / CAPTIONS).glob("caption*.txt")):
+        key = p.stem.removeprefix("caption")
+        if key.isdigit():
+            found[key] = p.read_text(encoding="utf-8", errors="replace").strip()
+    return found
+
+
+@dataclass(frozen=True)
+class CellState:
+    """A planned cell as the folder has it: its plan entry and its record (None: none yet)."""
+
+    name: str
+    params: dict
+    recipe: dict
+    record: dict | None
+
+    @property
+    def status(self) -> str:
+        """One of :data:`CELL_STATUSES`."""
+        if self.record is None:
+            return "pending"
+        return "done" if self.record.get("success") else "failed"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What a run folder holds: the plan (``run.json``), each planned cell with its record, captions."""
+
+    path: Path
+    plan: dict
+    cells: tuple[CellState, ...]
+    captions: dict[str, str] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Cells by status (every one of :data:`CELL_STATUSES`, zeros included)."""
+        return {s: sum(c.status == s for c in self.cells) for s in CELL_STATUSES}
+
+    def status(self, running: bool = False) -> str:
+        """One of :data:`RUN_STATUSES`; ``running``: a job is running it now."""
+        return run_status(self.counts(), running)
+
+
+def run_status(counts: dict[str, int], running: bool = False) -> str:
+    """The status of a run (or of trials, counts summed) from its cells' :meth:`RunFolder.counts`."""
+    if running:
+        return "running"
+    if counts["failed"]:
+        return "failed"
+    return "complete" if counts["pending"] == 0 and counts["done"] else "incomplete"
+
+
+def read_run(out: Path) -> RunFolder | None:
+    """The run in ``out``, or None when it holds no readable ``run.json`` with a list of cells.
+
+    Plan entries that are not a table with a string ``name`` are skipped (a hand-edited file)."""
+    plan = read_json(out / RUN_FILE) if out.is_dir() else None
+    if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list):
+        return None
+    entries = [c for c in plan["cells"] if isinstance(c, dict) and isinstance(c.get("name"), str)]
+    recs = records(out, [c["name"] for c in entries])
+    cells = tuple(CellState(c["name"], c.get("params") or {}, c.get("recipe") or {}, recs.get(c["name"]))
+                  for c in entries)
+    return RunFolder(out, plan, cells, read_captions(out))
+
+
+def read_trials(out: Path) -> tuple[dict, dict[str, RunFolder | None]] | None:
+    """A trials folder: its plan (``trials.json``) and each trial's run by name (None: not started);
+    None when ``out`` holds no readable trials plan."""
+    plan = read_json(out / TRIALS_FILE) if out.is_dir() else None
+    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+        return None
+    names = [t["name"] for t in plan["trials"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    return plan, {n: read_run(out / n) for n in names}

@@ -1,10 +1,8 @@
-"""The picture stage of a run: batches, generation, and the cells finished beside the GPU.
+"""Stage 4 of a run (:mod:`runner`): batches, generation, and the cells finished beside the GPU.
 
-A mixin of :class:`~llm_dit.experiments.runner.Runner`, kept apart so that each file stays short.
-It reads the runner's ``out``, ``spec``, ``config``, ``keys``, ``references``, ``model`` (ZImage),
-``vl`` and ``scorers`` (metrics), ``texts`` / ``encode_seconds`` / ``stats_memo`` (memos),
-``baselines``, ``thumbnails``, ``procs`` (the run's processes), ``on_step``, ``echo`` and its
-``_time`` / ``_cell_done`` / ``_finished``.
+A :class:`PictureStage` reads the run's :class:`~llm_dit.experiments.runner.RunContext` and its
+loaded :class:`~llm_dit.experiments.runner.Models`, and keeps what it makes for later pictures: the
+text encodings and reference statistics (memos), the baselines' pictures and the grid thumbnails.
 
 First the text encodings and reference statistics (models, on the main thread). Then per batch of
 jobs with the same generation settings (``runtime.batch_size``): one pipeline call for the batch
@@ -17,7 +15,9 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import conditioning_record, reference_stats_for
@@ -26,12 +26,40 @@ from ..images import load_image
 from . import folder, records
 from .plan import Job, text_key
 
+if TYPE_CHECKING:
+    from .runner import Models, Pending, RunContext
 
-class Pictures:
-    """The picture stage (see the module docstring)."""
 
-    def _picture_stage(self, baselines: list[Job], others: list[Job], extractions: dict, aliases: dict[str, dict],
-                       done: dict[str, dict], bar) -> tuple[int, list[str]]:
+class PictureStage:
+    """The pictures of a run's pending jobs (see the module docstring)."""
+
+    def __init__(self, ctx: RunContext, models: Models) -> None:
+        self.ctx, self.models = ctx, models
+        self.texts: dict = {}  # prompt -> its text encoding (or the exception that stopped it)
+        self.encode_seconds: dict[str, float] = {}  # prompt -> seconds (told by the first cell using it)
+        self.stats_memo: dict = {}  # reference statistics by (file, layers, whitening)
+        self.baselines: dict = {}  # generation key of a pure-text picture -> the picture (or its file)
+        self.thumbnails: dict = {}  # cell name -> its grid thumbnail (made while finishing the cell)
+        self.writer: ThreadPoolExecutor | None = None  # writes the cells' PNGs (while the stage runs)
+        self.aliases: dict[str, dict] = {}
+        self.extractions: dict = {}
+
+    def run(self, pending: Pending) -> tuple[int, list[str], dict]:
+        """Every picture of ``pending`` under a progress bar over cells: ``(generated, failed cells,
+        thumbnails by cell name)``."""
+        from tqdm.auto import tqdm
+
+        self.aliases, self.extractions = pending.aliases, pending.extractions
+        jobs = pending.baselines + pending.others
+        bar = tqdm(total=sum(len(j.cells) for j in jobs), desc="cells", unit="cell", file=sys.stderr,
+                   disable=not self.ctx.progress or not self.ctx.procs.main, dynamic_ncols=True)
+        try:
+            generated, failed = self._stage(pending.baselines, pending.others, pending.done, bar)
+        finally:
+            bar.close()
+        return generated, failed, self.thumbnails
+
+    def _stage(self, baselines: list[Job], others: list[Job], done: dict[str, dict], bar) -> tuple[int, list[str]]:
         """The pictures of ``baselines`` (pure text), then of ``others``; ``(generated, failed)``.
 
         The GPU makes the next picture while one background thread finishes the last (metrics, PNG,
@@ -40,38 +68,37 @@ class Pictures:
         which shortens what is left to do after the last picture. Cells are finished in order, all of
         them before this returns. Under several processes every process's baselines are on disk
         before any other picture is scored."""
-        from concurrent.futures import ThreadPoolExecutor
-
         with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher,
               ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-png") as self.writer):
-            if self.procs.count > 1:
-                finishing = self._generate(baselines, extractions, aliases, done, bar, finisher)
+            if self.ctx.procs.count > 1:
+                finishing = self._generate(baselines, done, bar, finisher)
                 for f in finishing:
                     f.result()
-                self.procs.wait()
-                done = self._finished()
-                finishing += self._generate(others, extractions, aliases, done, bar, finisher)
+                self.ctx.procs.wait()
+                done = self.ctx.finished()
+                finishing += self._generate(others, done, bar, finisher)
             else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
-                finishing = self._generate(baselines + others, extractions, aliases, done, bar, finisher)
+                finishing = self._generate(baselines + others, done, bar, finisher)
             waited = time.perf_counter()
             results = [f.result() for f in finishing]
-            self._time("wait_thread", waited)  # the last cells' finishing, after the last picture
+            self.ctx.time("wait_thread", waited)  # the last cells' finishing, after the last picture
         return sum(r[0] for r in results), [name for r in results for name in r[1]]
 
-    def _generate(self, jobs: list[Job], extractions: dict, aliases: dict[str, dict], done: dict[str, dict],
-                  bar, finisher) -> list:
+    def _generate(self, jobs: list[Job], done: dict[str, dict], bar, finisher: ThreadPoolExecutor) -> list[Future]:
         """Every picture of ``jobs`` (in batches of ``runtime.batch_size``); the futures of their
         finishing on ``finisher``."""
+        aliases = self.aliases
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
             if rec.get("pure_text"):
-                self.baselines.setdefault(rec["generation_key"], self.out / rec["file"])
-        batches = list(self._batches(jobs, aliases))
+                self.baselines.setdefault(rec["generation_key"], self.ctx.out / rec["file"])
+        batches = list(self._batches(jobs))
         self._inputs([j for b in batches for j in b if j.key not in aliases])
-        finishing, checked = [], 0
+        finishing: list[Future] = []
+        checked = 0
 
-        def prepare(i: int):  # the blends of batch i, on the thread (plain CPU tensor work)
+        def prepare(i: int) -> Future | None:  # the blends of batch i, on the thread (plain CPU tensor work)
             if i < len(batches) and batches[i][0].key not in aliases:
-                return finisher.submit(self._prepare, batches[i], extractions)
+                return finisher.submit(self._prepare, batches[i])
             return None
 
         ahead = prepare(0)
@@ -80,45 +107,47 @@ class Pictures:
             current, ahead = ahead, prepare(i + 1)  # the next made beside the GPU's work on this one
             waited = time.perf_counter()
             built = current.result() if current else None
-            self._time("wait_thread", waited)  # the GPU idles while the thread is behind
+            self.ctx.time("wait_thread", waited)  # the GPU idles while the thread is behind
             pictures = self._pictures(*built) if built else {}
             for job in batch:
                 picture = pictures.get(job.key)
                 if job.is_text and isinstance(picture, tuple):
                     self.baselines[job.key] = picture[0]  # before any later cell is scored against it
-                finishing.append(finisher.submit(self._finish, job, picture, aliases, bar, t0))
+                finishing.append(finisher.submit(self._finish, job, picture, bar, t0))
             while checked < len(finishing) and finishing[checked].done():  # finished in order
                 finishing[checked].result()  # a cancel or an interrupt raised while finishing stops the run now
                 checked += 1
         return finishing
 
-    def _finish(self, job: Job, picture, aliases: dict, bar, t0: float) -> tuple[int, list[str]]:
+    def _finish(self, job: Job, picture: Any, bar, t0: float) -> tuple[int, list[str]]:
         """Record, score and write the cells of ``job`` (``picture``: what :meth:`_pictures` made, or
         the exception that stopped it, or None for a job pictured by a finished cell);
         ``(generated, failed)``."""
         from ..analysis.metrics import image_metrics
         from .grid import thumbnail
 
+        ctx, aliases = self.ctx, self.aliases
+        assert self.writer is not None  # set while the stage runs
         started = time.perf_counter()
-        pngs = []  # each cell's PNG, written by the writer thread while this one scores the picture
+        pngs: list[Future] = []  # each cell's PNG, written by the writer thread while this one scores the picture
         try:
             if job.key in aliases:  # pictured by a finished cell: reuse its picture
                 rec = aliases[job.key]
-                image = load_image(self.out / rec["file"], "the picture of cell " + rec["name"])
+                image = load_image(ctx.out / rec["file"], "the picture of cell " + rec["name"])
                 cond_record, timings, metrics = rec["conditioning"], {}, rec.get("metrics", {})
             elif isinstance(picture, Exception):
                 raise picture
             else:
                 image, cond, text, timings = picture
-            pngs = [self.writer.submit(records.write_picture, self.out, c, job, image) for c in job.cells]
+            pngs = [self.writer.submit(records.write_picture, ctx.out, c, job, image) for c in job.cells]
             if job.key not in aliases:
                 t1 = time.perf_counter()
                 g = job.config.generation
                 alphas = [job.recipe.alpha_at(i, g.steps) if not job.is_text else 0.0 for i in range(g.steps)]
                 cond_record = {**conditioning_record(cond, alphas, text.summary()),
                                "generation_time": timings["generate"]}
-                records.save_stats(self.out, job, cond, alphas[0], self.spec.save_embeddings)
-                ref = self.references[0] if self.references else None
+                records.save_stats(ctx.out, job, cond, alphas[0], ctx.spec.save_embeddings)
+                ref = ctx.prepared.references[0] if ctx.prepared.references else None
                 base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
                 if isinstance(base, Path):
                     base = self.baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
@@ -126,43 +155,45 @@ class Pictures:
                 # thread has queued since (measured: a cell's finishing then took a whole picture's
                 # time, and the next blend, queued behind it, left the GPU idle)
                 metrics = image_metrics(image, ref, base, "cpu")
-                if self.vl is not None and self.vl.model is not None:
-                    metrics["vqa_yes"] = self.vl.answer_probability(
-                        image, f"Does this image show {job.prompt}?", max_pixels=self.config.vl.max_pixels)
-                for scorer in self.scorers:
+                vl = self.models.vl
+                if vl is not None and vl.model is not None:
+                    metrics["vqa_yes"] = vl.answer_probability(
+                        image, f"Does this image show {job.prompt}?", max_pixels=ctx.config.vl.max_pixels)
+                for scorer in self.models.scorers:
                     metrics[scorer.name] = scorer.score(image, job.prompt)
                 timings["metrics"] = round(time.perf_counter() - t1, 3)
             owner = aliases[job.key]["name"] if job.key in aliases else job.cells[0].name
             thumb, pixels = thumbnail(image), records.picture_digest(image)
-            for cell, png in zip(job.cells, pngs):
+            for cell, png in zip(job.cells, pngs, strict=True):
                 self.thumbnails[cell.name] = thumb
                 png.result()  # the picture on disk before its record
-                records.write_cell(self.out, cell, job, cond_record, timings, metrics,
-                                   None if cell.name == owner else owner, self.keys[cell.name], pixels)
+                records.write_cell(ctx.out, cell, job, cond_record, timings, metrics,
+                                   None if cell.name == owner else owner, ctx.keys[cell.name], pixels)
                 bar.update(1)
                 bar.write(records.summary_line(cell, cond_record, metrics, time.perf_counter() - t0), file=sys.stderr)
-                self._cell_done(bar.total, cell.name)
-            self._time("finish_cells", started)  # on the finishing thread, beside the GPU's work
+                ctx.cell_done(bar.total, cell.name)
+            ctx.time("finish_cells", started)  # on the finishing thread, beside the GPU's work
             return (0 if job.key in aliases else 1), []
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as e:  # one cell's failure is recorded; the run goes on
-            if folder.write_error(e, self.out) is not None:
+            if folder.write_error(e, ctx.out) is not None:
                 raise  # the folder takes no more writes: nothing after this cell could be saved either
             for png in pngs:  # no picture written after its cell's failure record
                 png.exception()
             msg = _one_line(e)
             for cell in job.cells:
-                records.write_failure(self.out, cell, msg, self.keys[cell.name])
+                records.write_failure(ctx.out, cell, msg, ctx.keys[cell.name])
                 bar.update(1)
                 bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
-                self._cell_done(bar.total, cell.name)
+                ctx.cell_done(bar.total, cell.name)
             return 0, [c.name for c in job.cells]
 
-    def _batches(self, jobs: list[Job], aliases: dict):
+    def _batches(self, jobs: list[Job]):
         """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
         (a job pictured by a finished cell stands alone; baselines are not batched with the rest)."""
-        size, batch = self.config.runtime.batch_size, []
+        aliases = self.aliases
+        size, batch = self.ctx.config.runtime.batch_size, []
         for job in jobs:
             if batch and (job.key in aliases or len(batch) >= size or batch[0].is_text != job.is_text
                           or batch[0].config.generation != job.config.generation):
@@ -175,18 +206,13 @@ class Pictures:
         if batch:
             yield batch
 
-    def _cell_done(self, total: int, name: str) -> None:
-        self.cells_done += 1
-        if self.on_cell is not None:
-            self.on_cell(self.cells_done, total, name)
-
-    def _prepare(self, batch: list[Job], extractions: dict) -> tuple[list, dict]:
+    def _prepare(self, batch: list[Job]) -> tuple[list, dict]:
         """The conditioning of each job of ``batch``: ``([(job, conditioning, per-step embeddings, text
         encoding, timings)], {job key: the exception that stopped its conditioning})``."""
         built, failed = [], {}
         for job in batch:
             try:
-                built.append((job, *self._conditioning(job, extractions)))
+                built.append((job, *self._conditioning(job)))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
@@ -202,8 +228,8 @@ class Pictures:
         t0 = time.perf_counter()
         images = self._images([b[2] for b in built], built[0][0].config.generation)
         share = round((time.perf_counter() - t0) / len(built), 3)
-        self._time("generate", t0)
-        for (job, cond, _, text, timings), image in zip(built, images):
+        self.ctx.time("generate", t0)
+        for (job, cond, _, text, timings), image in zip(built, images, strict=True):
             timings.update(generate=share, batch=len(built))
             out[job.key] = image if isinstance(image, Exception) else (image, cond, text, timings)
         return out
@@ -211,13 +237,15 @@ class Pictures:
     def _images(self, steps: list, generation) -> list:
         """The pictures of a batch in one pipeline call; if that fails (out of memory, say), one at a
         time, each picture's failure its own."""
+        model = self.models.z_image
+        assert model is not None  # loaded before the picture stage
         if len(steps) > 1:
             try:
-                return self.model.generate_batch(steps, generation=generation, on_step=self.on_step)
+                return model.generate_batch(steps, generation=generation, on_step=self.ctx.on_step)
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
-                self.echo(f"a batch of {len(steps)} failed ({_one_line(e)}); generating its pictures one at a time")
+                self.ctx.echo(f"a batch of {len(steps)} failed ({_one_line(e)}); generating its pictures one at a time")
                 import torch
 
                 if torch.cuda.is_available():
@@ -225,7 +253,7 @@ class Pictures:
         images: list = []
         for step in steps:
             try:
-                images.append(self.model.generate(step, generation=generation, on_step=self.on_step))
+                images.append(model.generate(step, generation=generation, on_step=self.ctx.on_step))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
@@ -235,18 +263,21 @@ class Pictures:
     def _inputs(self, jobs: list[Job]) -> None:
         """The text encodings and reference statistics of ``jobs``, made here on the main thread (they
         run models) before any blend; one that fails is kept, and fails the jobs that need it."""
+        model = self.models.z_image
+        assert model is not None  # loaded before the picture stage
         for job in jobs:
             t0 = time.perf_counter()
             if job.prompt not in self.texts:
-                self.texts[job.prompt] = _attempt(lambda: self.model.encode(job.prompt))
+                self.texts[job.prompt] = _attempt(model.encode, job.prompt)
                 self.encode_seconds[job.prompt] = round(time.perf_counter() - t0, 3)
-                self._time("encode", t0)
+                self.ctx.time("encode", t0)
             memo = _stats_memo(job)
             if memo and memo not in self.stats_memo:
-                self.stats_memo[memo] = _attempt(lambda: reference_stats_for(
-                    job.recipe, job.config, self.model.pipe.tokenizer, self.model.pipe.text_encoder, self.echo))
+                given = job.files.stats if job.files is not None else None
+                self.stats_memo[memo] = _attempt(reference_stats_for, job.recipe, job.config, model.pipe.tokenizer,
+                                                 model.pipe.text_encoder, self.ctx.echo, given)
 
-    def _conditioning(self, job: Job, extractions: dict):
+    def _conditioning(self, job: Job) -> tuple:
         """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings);
         pure tensor work on the inputs :meth:`_inputs` made."""
         timings = {"extract": job.extract_seconds, "encode": self.encode_seconds.pop(job.prompt, 0.0)}
@@ -257,7 +288,8 @@ class Pictures:
             if isinstance(made, Exception):
                 raise made
         cond = build_conditioning(job.recipe, job.prompt, text.embeddings,
-                                  {r: extractions[r] for r in job.requests}, stats)
+                                  {r: self.extractions[r] for r in job.requests}, stats,
+                                  job.files.adapter if job.files is not None else None)
         step = cond.step_embeds(job.config.generation.steps)
         timings["conditioning"] = round(time.perf_counter() - t0, 3)
         return cond, step, text, timings
@@ -269,10 +301,10 @@ def _stats_memo(job: Job) -> tuple | None:
     return (job.recipe.reference_stats, layers, job.recipe.normalization_mode == "whiten") if layers else None
 
 
-def _attempt(make):
-    """``make()``, or the exception it raised (kept for the jobs that need what it makes)."""
+def _attempt(make: Any, *args: Any) -> Any:
+    """``make(*args)``, or the exception it raised (kept for the jobs that need what it makes)."""
     try:
-        return make()
+        return make(*args)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:

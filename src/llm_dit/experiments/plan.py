@@ -13,9 +13,11 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from ..conditioning.build import ExtractionRequest, plan_extractions
 from ..conditioning.recipe import FILE_FIELDS, Recipe
-from ..conditioning.run import check_recipe_run
+from ..conditioning.run import Checked, Loaded, check_recipe
 from ..config import Config
 from .cells import Cell, digest, effective_recipe, generation_key
 from .presets import GridSpec
@@ -46,6 +48,19 @@ class RunSpec:
         }
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run checked and ready (:func:`~llm_dit.experiments.runner.prepare_run`): what the checks
+    loaded, for the stages to use; none of them checks again."""
+
+    spec: RunSpec
+    config: Config
+    references: list[Image.Image]  # ``spec.images``, loaded and checked, in order
+    resolved: dict[str, Recipe]  # cell name -> its recipe resolved against its configuration
+    checked: dict[str, Checked]  # cell name -> its planned extractions and loaded files
+    loaded: Loaded = field(default_factory=dict)  # the files the checks loaded, by path
+
+
 @dataclass
 class Summary:
     out: Path
@@ -54,6 +69,7 @@ class Summary:
     generated: int
     failed: list[str]
     main: bool = True  # False in the other processes of a multi-process run (they print nothing)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, this process
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,6 +131,7 @@ class Job:
     cells: list[Cell]
     requests: list[ExtractionRequest] = field(default_factory=list)
     extract_seconds: float = 0.0  # the forward passes it reads (shared with other jobs)
+    files: Checked | None = None  # the adapter and reference statistics the checks loaded for it
 
     @property
     def is_text(self) -> bool:
@@ -136,20 +153,22 @@ def merge_requests(requests: list[ExtractionRequest]) -> dict[ExtractionRequest,
     return {r: merged[_merge_key(r)] for r in requests}
 
 
-def plan_jobs(pending: list[Cell], resolved: dict[str, Recipe], captions: dict[int, str], prompt: str | None,
-              config: Config) -> list[Job]:
-    """One :class:`Job` per distinct picture among ``pending`` cells (``resolved``: their resolved recipes)."""
+def plan_jobs(pending: list[Cell], prepared: PreparedRun, captions: dict[int, str]) -> list[Job]:
+    """One :class:`Job` per distinct picture among ``pending`` cells of a prepared run (``captions``:
+    the prompts of caption cells, by target length)."""
     jobs: dict[str, Job] = {}
     for c in pending:
-        cfg = c.config(config)
-        text = prompt if c.caption is None else captions[c.caption]
-        recipe = effective_recipe(resolved[c.name])
+        cfg = c.config(prepared.config)
+        text = prepared.spec.prompt if c.caption is None else captions[c.caption]
+        assert text is not None  # a cell without a caption has the run's prompt (checked)
+        recipe = effective_recipe(prepared.resolved[c.name])
         recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
         key = generation_key(recipe, text, cfg)
         if key not in jobs:
+            files = prepared.checked[c.name]
             if c.caption is not None:  # checked with a stand-in prompt before; the caption is known now
-                check_recipe_run(recipe, cfg, text)
-            jobs[key] = Job(key, recipe, text, cfg, [], plan_extractions(recipe, text))
+                files = check_recipe(recipe, cfg, text, prepared.loaded)
+            jobs[key] = Job(key, recipe, text, cfg, [], plan_extractions(recipe, text), files=files)
         jobs[key].cells.append(c)
     # baselines first: every other picture is compared with its baseline
     return sorted(jobs.values(), key=lambda j: not j.is_text)

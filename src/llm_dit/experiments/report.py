@@ -37,28 +37,21 @@ def _model(spec: str, kind: str) -> str:
 PLAN_FIELDS = ("name", "quick", "images", "prompt", "given_caption", "details", "cells", "grids")
 
 
-def build_metadata(out: Path) -> dict:
-    """The run-level fields and one entry per planned cell (``status``: done, failed or pending)."""
-    run = folder.read_json(out / folder.RUN_FILE)
-    if not isinstance(run, dict) or "cells" not in run:
+def build_metadata(out: Path, found: folder.RunFolder | None = None) -> dict:
+    """The run-level fields and one entry per planned cell (``status``: one of
+    :data:`~llm_dit.experiments.folder.CELL_STATUSES`), read by :func:`folder.read_run` (or given)."""
+    found = found or folder.read_run(out)
+    if found is None:
         raise InputError(f"{out} holds no llm-dit run (no readable {folder.RUN_FILE})")
+    run = found.plan
     cfg = run["config"]
     g = cfg["generation"]
-    recs = folder.records(out, [c["name"] for c in run["cells"]])
-    results = []
-    for c in run["cells"]:
-        rec = recs.get(c["name"])
-        if rec is None:
-            results.append({"name": c["name"], "status": "pending", "success": None, "params": c["params"],
-                            "recipe": c["recipe"]})
-        else:
-            results.append({**rec, "status": "done" if rec.get("success") else "failed"})
-    captions = {}
-    for p in sorted((out / "captions").glob("caption*.txt")):
-        captions[p.stem.removeprefix("caption")] = p.read_text(encoding="utf-8").strip()
+    results = [{"name": c.name, "status": c.status, "success": None, "params": c.params, "recipe": c.recipe}
+               if c.record is None else {**c.record, "status": c.status} for c in found.cells]
+    captions = found.captions
     sessions = run.get("sessions", [])
     last = sessions[-1] if sessions else {}
-    counts = {s: sum(r["status"] == s for r in results) for s in ("done", "failed", "pending")}
+    counts = found.counts()
     from .answers import answers
     from .checks import degenerate
     from .evidence import aggregate

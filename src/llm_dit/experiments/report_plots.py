@@ -252,10 +252,8 @@ class PlotWorkers:
         import subprocess
         import sys
 
-        import llm_dit
-
         env = dict(os.environ)  # the workers import this very llm-dit, installed or not
-        src = str(Path(llm_dit.__file__).resolve().parents[1])
+        src = str(Path(__file__).resolve().parents[2])  # .../src of src/llm_dit/experiments/this file
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         self.procs = [subprocess.Popen([sys.executable, "-m", "llm_dit.experiments.report_plots"], env=env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

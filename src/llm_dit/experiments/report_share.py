@@ -75,8 +75,8 @@ def single_file(out: Path) -> Path:
 
 def _read(folder: Path) -> dict:
     """A run or trials folder's metadata, rebuilt from the folder (nothing written there)."""
+    from .folder import TRIALS_FILE
     from .report import build_metadata
-    from .trials import TRIALS_FILE
     from .trials_report import build_trials_metadata
 
     if not folder.is_dir():

@@ -28,7 +28,6 @@ from . import folder
 from .cells import safe_name
 from .plan import RunSpec, Summary
 
-TRIALS_FILE = "trials.json"
 #: Most trials one command may plan.
 MAX_TRIALS = 200
 
@@ -95,21 +94,21 @@ def _prepare(out: Path, plan: dict) -> None:
         raise InputError(f"output {out} exists and is not a folder")
     if (out / folder.RUN_FILE).exists():
         raise InputError(f"{out} holds a single run; give a new --out for trials")
-    existing = folder.read_json(out / TRIALS_FILE)
+    existing = folder.read_json(out / folder.TRIALS_FILE)
     if existing is not None and existing.get("trials") != plan["trials"]:
         raise InputError(f"{out} holds other trials (other images or seeds); give a new --out or remove it")
     if existing is None and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and holds no llm-dit trials; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / TRIALS_FILE, plan)
+    write_json(out / folder.TRIALS_FILE, plan)
 
 
 def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, echo=None,
                progress: bool = True) -> Summary:
     """Run every trial into ``out/<trial>`` (see the module docstring), then the combined report."""
-    from ..models.pool import ModelPool
+    from ..pool import ModelPool
     from .processes import Processes
-    from .runner import Runner
+    from .runner import run
     from .trials_report import write_trials_report
 
     out = Path(out)
@@ -127,7 +126,7 @@ def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, ech
         for i, (trial, spec, config) in enumerate(trials, 1):
             if procs.main:
                 echo(f"trial {i}/{len(trials)}: {trial.name} (image {trial.image}, seed {trial.seed})")
-            s = Runner(spec, config, out / trial.name, echo, progress, models=pool, procs=procs).run()
+            s = run(spec, config, out / trial.name, echo, progress, models=pool, procs=procs)
             total, skipped, generated = total + s.total, skipped + s.skipped, generated + s.generated
             failed += [f"{trial.name}/{name}" for name in s.failed]
         if procs.main:

@@ -18,20 +18,20 @@ from .findings import write_findings
 from .grid import Panel, layout, render
 from .report import _panel, build_metadata, write_report
 from .report_tables import evidence_table, metric_order, warnings_block
-from .trials import TRIALS_FILE
 
 
 def build_trials_metadata(out: Path) -> tuple[dict, dict[str, dict]]:
     """The combined metadata and each started trial's, by trial name (rebuilt from its folder; a
     trial not started yet is left out of the evidence and counted as pending)."""
-    plan = folder.read_json(out / TRIALS_FILE)
-    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
-        raise InputError(f"{out} holds no llm-dit trials (no readable {TRIALS_FILE})")
+    found = folder.read_trials(out)
+    if found is None:
+        raise InputError(f"{out} holds no llm-dit trials (no readable {folder.TRIALS_FILE})")
+    plan, runs = found
     by_name: dict[str, dict] = {}
     trials = []
     for t in plan["trials"]:
-        d = out / t["name"]
-        meta = build_metadata(d) if (d / folder.RUN_FILE).is_file() else None
+        run = runs.get(t["name"])
+        meta = build_metadata(out / t["name"], run) if run is not None else None
         trials.append({**t, "folder": t["name"], "counts": meta["counts"] if meta else None,
                        "warnings": meta["warnings"] if meta else []})
         if meta is not None:
@@ -142,7 +142,7 @@ def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
     each trial's own report first, as ``llm-dit report`` does)."""
     out = Path(out)
     if rebuild_trials:
-        plan = folder.read_json(out / TRIALS_FILE) or {}
+        plan = folder.read_json(out / folder.TRIALS_FILE) or {}
         for t in plan.get("trials") or []:
             if (out / t["name"] / folder.RUN_FILE).is_file():
                 write_report(out / t["name"])

@@ -2,8 +2,9 @@
 
 from .caption import parse_thinking_content
 from .extract import BACKENDS, VLEmbeddingExtractor
-from .normalize import NORMALIZATION_MODES, ReferenceStats, normalize
+from .normalize import NORMALIZATION_MODES, normalize
 from .outliers import MASK_MODES, get_outlier_dimensions, mask_outlier_dimensions
+from .reference import ReferenceStats
 from .result import VLExtractionResult
 from .tokens import TOKEN_SELECTIONS, TokenMasks, compute_token_masks
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..capture import canonical_layer
 from ..errors import InputError
+from ..text.capture import canonical_layer
 
 _META_KEY = "llm_dit_adapter"
 

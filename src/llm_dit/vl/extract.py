@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..capture import canonical_layer, capture_hidden_states
 from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
 from ..errors import InputError, ModelLoadError
 from ..images import load_image
 from ..models.loading import _first_line, resolve_model_path
+from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
 from .result import VLExtractionResult

@@ -24,7 +24,7 @@ import torch
 
 from ..embeddings import check_embedding
 from ..errors import InputError
-from .normalize import ReferenceStats
+from .reference import ReferenceStats
 
 MASK_MODES = ("none", "zero", "clamp", "scale", "restore")
 _TINY = 1e-12

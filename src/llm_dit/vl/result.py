@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from .normalize import ReferenceStats, check_layer_match, normalize
+from .normalize import normalize
+from .reference import ReferenceStats, check_layer_match
 from .tokens import SpecialIds, TokenMasks, compute_token_masks, resolve_token_selection
 
 _META_KEY = "llm_dit_vl_extraction"

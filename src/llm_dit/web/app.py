@@ -43,7 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from ..conditioning.recipe import FILE_FIELDS
-from ..config import MAX_CAPTION_TOKENS, Config
+from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
 from . import files
@@ -69,7 +69,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
     from transformers import AutoConfig  # noqa: F401
 
     from ..conditioning import run  # noqa: F401
-    from ..models.pool import ModelPool
+    from ..pool import ModelPool
 
     runs = Path(runs).absolute()
     runs.mkdir(parents=True, exist_ok=True)
@@ -178,35 +178,17 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/generate", status_code=202)
     def generate(body: GenerateBody):
-        from ..conditioning.run import (
-            CAPTION_STANDIN,
-            check_recipe_run,
-            generate_from_recipe,
-            load_references,
-            write_generated,
-        )
+        from ..conditioning.run import generate, prepare, write_generated
 
         config = server.generation_config(body.generation)
-        recipe = server.recipe(body.recipe).resolve(config)
-        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
-        if prompt is None and body.caption_tokens is None:
-            raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
-        if prompt is not None and body.caption_tokens is not None:
-            raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
-        if body.caption_tokens is not None:
-            if not recipe.references:
-                raise InputError("caption_tokens captions the first reference image: give one", field="caption_tokens")
-            if not 1 <= body.caption_tokens <= MAX_CAPTION_TOKENS:
-                raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {body.caption_tokens})",
-                                 field="caption_tokens")
-        with field("recipe", prefix=True):
-            check_recipe_run(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
-            load_references(recipe)
+        recipe = server.recipe(body.recipe)
+        with field("recipe", prefix=True):  # checked and loaded once, here: the job only generates
+            prepared = prepare(config, recipe, body.prompt, body.caption_tokens)
         pool = server.queue.pool
+        prompt = prepared.prompt
 
         def work(job: Job) -> dict:
-            result = generate_from_recipe(config, recipe, prompt, log=job.log, models=pool, on_step=job.on_step,
-                                          caption_tokens=body.caption_tokens)
+            result = generate(prepared, log=job.log, models=pool, on_step=job.on_step)
             out = runs / files.GENERATED / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{job.id}.png"
             record = write_generated(out, result)
             return {"image": files.url(runs, out), "sidecar": files.url(runs, out.with_suffix(".json")),

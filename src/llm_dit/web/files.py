@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import InputError
 from ..experiments import folder
-from ..experiments.trials import TRIALS_FILE
 
 UPLOADS = "uploads"
 GENERATED = "generated"
@@ -100,39 +99,33 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
-def _run_status(cells: int, records: dict[str, dict], running: bool) -> str:
-    if running:
-        return "running"
-    failed = sum(1 for r in records.values() if not r.get("success"))
-    done = len(records) - failed
-    if failed:
-        return "failed"
-    return "complete" if done >= cells else "incomplete"
+def _modified(d: Path) -> float:
+    """When the run folder last changed (its plan, a record)."""
+    return max(d.stat().st_mtime, (d / folder.RUN_FILE).stat().st_mtime,
+               (d / "cells").stat().st_mtime if (d / "cells").is_dir() else 0)
 
 
 def list_runs(runs: Path, active: set[str]) -> list[dict]:
-    """Every run folder directly under ``runs``, newest first."""
-    out = []
+    """Every run folder and trials folder directly under ``runs``, newest first."""
+    out: list[dict] = []
     if not runs.is_dir():
         return out
     for d in runs.iterdir():
-        if d.is_dir() and not d.name.startswith(".") and (d / TRIALS_FILE).is_file():
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if (d / folder.TRIALS_FILE).is_file():
             if (entry := _trials_entry(runs, d, active)) is not None:
                 out.append(entry)
             continue
-        run = folder.read_json(d / folder.RUN_FILE) if d.is_dir() and not d.name.startswith(".") else None
-        if not isinstance(run, dict):
+        run = folder.read_run(d)
+        if run is None:
             continue
-        names = [c.get("name") for c in run.get("cells", []) if isinstance(c, dict)]
-        recs = folder.records(d, [n for n in names if isinstance(n, str)])
-        failed = sum(1 for r in recs.values() if not r.get("success"))
-        modified = max(d.stat().st_mtime, (d / folder.RUN_FILE).stat().st_mtime,
-                       (d / "cells").stat().st_mtime if (d / "cells").is_dir() else 0)
+        counts, modified = run.counts(), _modified(d)
         grid = d / "comparison_grid.png"
         out.append({
-            "name": d.name, "experiment": run.get("name"), "prompt": run.get("prompt"), "quick": run.get("quick"),
-            "cells": len(names), "done": len(recs) - failed, "failed": failed,
-            "status": _run_status(len(names), recs, d.name in active),
+            "name": d.name, "experiment": run.plan.get("name"), "prompt": run.plan.get("prompt"),
+            "quick": run.plan.get("quick"), "cells": len(run.cells), "done": counts["done"],
+            "failed": counts["failed"], "status": run.status(d.name in active),
             "modified": _iso(modified), "_t": modified,
             "grid": url(runs, grid) if grid.is_file() else None,
             "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
@@ -142,27 +135,22 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
 
 
 def _trials_entry(runs: Path, d: Path, active: set[str]) -> dict | None:
-    """A trials folder (``--images`` / ``--seeds``) in the list: its trials' cells counted together."""
-    plan = folder.read_json(d / TRIALS_FILE)
-    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+    """A trials folder (``--images`` / ``--seeds``) in the list: its trials' cells counted together
+    (a trial not started yet counts no cells and keeps the folder incomplete)."""
+    found = folder.read_trials(d)
+    if found is None:
         return None
-    cells = done = failed = started = 0
-    prompt = None
-    for t in plan["trials"]:
-        run = folder.read_json(d / str(t.get("name")) / folder.RUN_FILE) if isinstance(t, dict) else None
-        if not isinstance(run, dict):
-            continue  # not started: its cells are not known yet
-        started += 1
-        names = [c.get("name") for c in run.get("cells", []) if isinstance(c, dict)]
-        recs = folder.records(d / t["name"], [n for n in names if isinstance(n, str)])
-        bad = sum(1 for r in recs.values() if not r.get("success"))
-        cells, done, failed, prompt = cells + len(names), done + len(recs) - bad, failed + bad, run.get("prompt")
-    whole = started == len(plan["trials"]) and cells and done >= cells
-    status = "running" if d.name in active else "failed" if failed else "complete" if whole else "incomplete"
-    modified = (d / TRIALS_FILE).stat().st_mtime
+    plan, trials = found
+    started = [t for t in trials.values() if t is not None]
+    counts = {s: sum(t.counts()[s] for t in started) for s in folder.CELL_STATUSES}
+    if len(started) < len(plan["trials"]):
+        counts["pending"] += 1  # cells not planned yet
+    modified = (d / folder.TRIALS_FILE).stat().st_mtime
     grid = d / "summary_grid.png"
-    return {"name": d.name, "experiment": f"{plan.get('name')} ({len(plan['trials'])} trials)", "prompt": prompt,
-            "quick": None, "cells": cells, "done": done, "failed": failed, "status": status,
+    return {"name": d.name, "experiment": f"{plan.get('name')} ({len(plan['trials'])} trials)",
+            "prompt": started[-1].plan.get("prompt") if started else None, "quick": None,
+            "cells": sum(len(t.cells) for t in started), "done": counts["done"], "failed": counts["failed"],
+            "status": folder.run_status(counts, d.name in active),
             "modified": _iso(modified), "_t": modified, "grid": url(runs, grid) if grid.is_file() else None,
             "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None}
 
@@ -189,7 +177,7 @@ def _trials_detail(runs: Path, d: Path, name: str, active: set[str]) -> dict:
             "captions": {}, "details": {}, "config": None, "sessions": []}
 
 
-def _summary(runs: Path, d: Path) -> str:
+def _summary(runs: Path, d: Path, run: folder.RunFolder) -> str:
     """The run's warnings, answers and cell table as its report shows them (the same reader and the
     same HTML), or "" when the folder cannot be read as a run yet."""
     from ..errors import LlmDitError
@@ -197,7 +185,7 @@ def _summary(runs: Path, d: Path) -> str:
     from ..experiments.report_html import PARTS_CSS, summary
 
     try:
-        return f"<style>{PARTS_CSS}</style>" + summary(build_metadata(d), lambda f: url(runs, d / f))
+        return f"<style>{PARTS_CSS}</style>" + summary(build_metadata(d, run), lambda f: url(runs, d / f))
     except (LlmDitError, OSError, KeyError, TypeError, ValueError):
         return ""
 
@@ -205,34 +193,31 @@ def _summary(runs: Path, d: Path) -> str:
 def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     """What the run page shows: the plan, every cell with its record, grids, plots, report."""
     d = inside(runs, name)
-    if d is not None and "/" not in name and d.is_dir() and (d / TRIALS_FILE).is_file():
-        return _trials_detail(runs, d, name, active)
-    run = folder.read_json(d / folder.RUN_FILE) if d is not None and d.is_dir() else None
-    if not isinstance(run, dict) or "/" in name:
+    if d is None or "/" in name or not d.is_dir():
         return None
-    names = [c["name"] for c in run.get("cells", []) if isinstance(c, dict) and isinstance(c.get("name"), str)]
-    recs = folder.records(d, names)
+    if (d / folder.TRIALS_FILE).is_file():
+        return _trials_detail(runs, d, name, active)
+    run = folder.read_run(d)
+    if run is None:
+        return None
     cells = []
-    for c in run.get("cells", []):
-        rec = recs.get(c.get("name"))
-        png = d / f"{c.get('name')}.png"
-        state = "pending" if rec is None else ("done" if rec.get("success") else "failed")
-        cells.append({"name": c.get("name"), "params": c.get("params", {}), "state": state,
-                      "image": url(runs, png) if state == "done" and png.is_file() else None,
-                      "error": rec.get("error") if rec else None, "record": rec})
+    for c in run.cells:
+        png = d / f"{c.name}.png"
+        cells.append({"name": c.name, "params": c.params, "status": c.status,
+                      "image": url(runs, png) if c.status == "done" and png.is_file() else None,
+                      "error": c.record.get("error") if c.record else None, "record": c.record})
     grids = sorted(p for p in d.glob("*.png") if p.name == "comparison_grid.png" or p.name.startswith("grid_"))
     plots = sorted((d / "plots").glob("*.png")) if (d / "plots").is_dir() else []
     refs = sorted(d.glob("reference*.png"))
-    captions = {p.stem: p.read_text(encoding="utf-8", errors="replace").strip()
-                for p in sorted((d / "captions").glob("*.txt"))} if (d / "captions").is_dir() else {}
+    plan = run.plan
     return {
-        "summary": _summary(runs, d),
-        "name": name, "experiment": run.get("name"), "prompt": run.get("prompt"), "quick": run.get("quick"),
-        "status": _run_status(len(names), recs, name in active),
+        "summary": _summary(runs, d, run),
+        "name": name, "experiment": plan.get("name"), "prompt": plan.get("prompt"), "quick": plan.get("quick"),
+        "status": run.status(name in active),
         "cells": cells, "grids": [url(runs, p) for p in sorted(grids, key=lambda p: p.name != "comparison_grid.png")],
         "plots": [url(runs, p) for p in plots], "references": [url(runs, p) for p in refs],
         "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
         "metadata": url(runs, d / "metadata.json") if (d / "metadata.json").is_file() else None,
-        "captions": captions, "details": run.get("details", {}), "config": run.get("config"),
-        "sessions": run.get("sessions", []),
+        "captions": run.captions, "details": plan.get("details", {}), "config": plan.get("config"),
+        "sessions": plan.get("sessions", []),
     }

@@ -6,7 +6,7 @@ reports progress (``step`` of ``steps`` while denoising, ``cells_done`` of ``cel
 message) and may be cancelled: a queued job is dropped; a running one stops at its next progress
 report (:class:`~llm_dit.errors.Cancelled`, raised from the report), a run keeps what it finished.
 
-Models stay loaded in the :class:`~llm_dit.models.pool.ModelPool` between jobs and are released
+Models stay loaded in the :class:`~llm_dit.pool.ModelPool` between jobs and are released
 after ``idle_unload`` seconds without work, or after a job ran out of memory.
 
 The jobs outlive the server: every change of state (submitted, started, ended, cancelled) rewrites

@@ -163,16 +163,15 @@ class Server:
                 self._reserved.discard(run)
 
     def run_job(self, kind: str, title: str, spec, config: Config, run: str, out: Path) -> Job:
-        from ..experiments.runner import Runner
-        from ..experiments.runner import run as run_spec
+        from ..experiments.runner import prepare_run, run_prepared
 
-        with field("recipe", prefix=True):
-            Runner(spec, config, out).check()  # refused now (422), not as a failed job
+        with field("recipe", prefix=True):  # refused now (422), not as a failed job; not checked again
+            prepared = prepare_run(spec, config)
         pool, runs = self.queue.pool, self.runs
 
         def work(job: Job) -> dict:
-            s = run_spec(spec, config, out, echo=job.log, progress=False, models=pool, on_step=job.on_step,
-                         on_cell=job.on_cell)
+            s = run_prepared(prepared, out, echo=job.log, progress=False, models=pool, on_step=job.on_step,
+                             on_cell=job.on_cell)
             return {"run": run, "report": files.url(runs, out / "report.html"), "total": s.total,
                     "generated": s.generated, "failed": s.failed}
 

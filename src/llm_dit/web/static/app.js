@@ -379,7 +379,7 @@ async function resumeRun(name) {
 }
 
 function renderRun(d) {
-  const done = d.cells.filter((c) => c.state === "done").length;
+  const done = d.cells.filter((c) => c.status === "done").length;
   $("#run-info").replaceChildren(el("span", { class: "state " + d.status }, d.status), ` ${d.experiment || "waiting for the worker"}${d.quick ? " (quick)" : ""} · ${d.kind === "trials" ? "trials" : `${done}/${d.cells.length} cells`} · `,
     d.prompt ? `“${d.prompt}”` : "captions as prompts", " · ",
     d.report ? el("a", { href: d.report, target: "_blank", id: "report-link" }, "report.html") : "report when done",
@@ -400,7 +400,7 @@ function renderRun(d) {
     $("#run-grids").replaceChildren(...d.grids.map((g) => el("a", { href: g, target: "_blank" }, el("img", { src: g + "?t=" + Date.now(), alt: "grid", class: "grid" }))));
   }
   $("#run-cells").replaceChildren(...d.cells.map((c) => el("div", { class: "cell" + (selectedCell === c.name ? " selected" : ""), "data-cell": c.name, onclick: () => { selectedCell = c.name; renderRun(d); } },
-    c.image ? el("img", { src: c.image, alt: c.name }) : el("div", { class: "placeholder" }, c.state),
+    c.image ? el("img", { src: c.image, alt: c.name }) : el("div", { class: "placeholder" }, c.status),
     el("div", {}, el("strong", {}, c.name)),
     el("div", { class: "note" }, Object.entries(c.params).map(([k, v]) => `${k}=${fmt(v)}`).join(" ")),
     c.error ? el("div", { class: "error" }, c.error) : "")));

@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import MAX_CAPTION_TOKENS
-from .embeddings import check_embedding
-from .errors import InputError
+from ..config import MAX_CAPTION_TOKENS
+from ..embeddings import check_embedding
+from ..errors import InputError
 
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class _StopForward(Exception):

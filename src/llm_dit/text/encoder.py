@@ -12,7 +12,7 @@ way so the result is bit-identical to diffusers (the tests check this).
 
 Prompts longer than ``max_length`` tokens: ``truncate`` cuts the token sequence there (as diffusers,
 which can cut off the template's closing tokens), the other modes encode the whole prompt and
-shorten the embedding sequence with :func:`llm_dit.long_prompt.fit_length`.
+shorten the embedding sequence with :func:`llm_dit.text.long_prompt.fit_length`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import MAX_CAPTION_TOKENS
+from ..errors import InputError
 from .capture import canonical_layer, capture_hidden_states
-from .config import MAX_CAPTION_TOKENS
-from .errors import InputError
 from .long_prompt import fit_length
 
 

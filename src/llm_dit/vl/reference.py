@@ -12,17 +12,99 @@ so the statistics describe ordinary tokens; the count of excluded tokens is reco
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ..capture import canonical_layer
 from ..errors import InputError
 from ..text import format_prompt, run_text_encoder
-from ..vl.normalize import ReferenceStats
+from ..text.capture import canonical_layer
 
 MASSIVE_FACTOR = 10.0
+_META_KEY = "llm_dit_reference"
+
+
+@dataclass
+class ReferenceStats:
+    """Per-dimension statistics of text-encoder hidden states at one layer (all ``[D]`` float32)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    layer: int  # canonical index 0..num_layers
+    num_layers: int
+    model: str
+    num_tokens: int
+    num_prompts: int
+    covariance: torch.Tensor | None = None  # [D, D], optional (needed by whiten)
+    excluded_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+    _cov_sqrt: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def global_std(self) -> float:
+        """Std over all elements, recomposed from the per-dimension moments."""
+        second = (self.std**2 + self.mean**2).mean()
+        return float((second - self.mean.mean() ** 2).clamp(min=0).sqrt())
+
+    def covariance_sqrt(self) -> torch.Tensor:
+        if self.covariance is None:
+            raise InputError("these reference statistics have no covariance; recompute them with --covariance")
+        if self._cov_sqrt is None:
+            evals, evecs = torch.linalg.eigh(self.covariance.double())
+            self._cov_sqrt = ((evecs * evals.clamp(min=0).sqrt()) @ evecs.T).float()
+        return self._cov_sqrt
+
+    def provenance(self) -> dict:
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "num_layers": self.num_layers,
+            "num_tokens": self.num_tokens,
+            "num_prompts": self.num_prompts,
+            "excluded_tokens": self.excluded_tokens,
+            "has_covariance": self.covariance is not None,
+            **self.extra,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        from ..io import save_tensors
+
+        tensors = {"mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
+        if self.covariance is not None:
+            tensors["covariance"] = self.covariance
+        return save_tensors(path, {k: v.float() for k, v in tensors.items()}, _META_KEY, self.provenance())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceStats:
+        from ..io import load_tensors
+
+        meta, t = load_tensors(path, _META_KEY, "reference statistics")
+        known = {"model", "layer", "num_layers", "num_tokens", "num_prompts", "excluded_tokens", "has_covariance"}
+        return cls(
+            mean=t["mean"], std=t["std"], min=t["min"], max=t["max"], covariance=t.get("covariance"),
+            layer=meta["layer"], num_layers=meta["num_layers"], model=meta["model"],
+            num_tokens=meta["num_tokens"], num_prompts=meta["num_prompts"],
+            excluded_tokens=meta.get("excluded_tokens", 0),
+            extra={k: v for k, v in meta.items() if k not in known},
+        )
+
+
+def check_layer_match(reference: ReferenceStats, layer: int, num_layers: int, force: bool = False) -> None:
+    """Refuse statistics of another layer (indices compared after mapping negatives)."""
+    k = layer % (num_layers + 1)
+    if reference.num_layers == num_layers and reference.layer == k:
+        return
+    if force:
+        return
+    raise InputError(
+        f"reference statistics are for layer {reference.layer} of {reference.num_layers}, the embeddings for "
+        f"layer {k} of {num_layers}; compute matching statistics (llm-dit stats reference --layer) or force"
+    )
+
 
 
 def read_prompts(path: str | Path | None = None) -> list[str]:

@@ -13,7 +13,7 @@ The pool is not thread-safe: one worker uses it (the web app's job queue has one
 
 from __future__ import annotations
 
-from ..config import Config
+from .config import Config
 
 
 def _z_key(config: Config) -> tuple:
@@ -48,7 +48,7 @@ class ModelPool:
     def z_image(self, config: Config):
         """Z-Image for ``config`` (loaded now, or kept from an earlier call), with ``config`` as its
         settings for encoding and generation."""
-        from ..generate import ZImage
+        from .generate import ZImage
 
         key = _z_key(config)
         if self._z is None or self._z[0] != key:
@@ -62,7 +62,7 @@ class ModelPool:
 
     def vl(self, config: Config):
         """The Qwen3-VL extractor (``vl`` backend: its own language model) for ``config``."""
-        from ..vl import VLEmbeddingExtractor
+        from .vl import VLEmbeddingExtractor
 
         key = _vl_key(config)
         if self._vl is None or self._vl[0] != key:
@@ -75,7 +75,7 @@ class ModelPool:
     def splice(self, config: Config):
         """The splice extractor: Qwen3-VL's vision tower into Z-Image's loaded text encoder (the tower
         of a loaded Qwen3-VL is borrowed, not loaded twice)."""
-        from ..vl import VLEmbeddingExtractor
+        from .vl import VLEmbeddingExtractor
 
         model = self.z_image(config)
         key = (_z_key(config), config.models.vl)
