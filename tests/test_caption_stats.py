@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.analysis.compare import compare_embedding_stats, pearson, plot_report, spearman
+from llm_dit.analysis.compare import CompareOptions, compare_embedding_stats, pearson, plot_report, spearman
 from llm_dit.errors import InputError, LlmDitError
-from llm_dit.vl.caption import caption_image, parse_thinking_content
+from llm_dit.vl.caption import CaptionRequest, caption_image, parse_thinking_content
 from llm_dit.vl.reference import compute_reference_stats, massive_token_mask, read_prompts
 
 
@@ -50,25 +50,25 @@ class FakeExtractor:
 
 def test_caption_retries_until_long_enough():
     fake = FakeExtractor(["short", "a much longer caption of a red house on a green hill"])
-    cap = caption_image(fake, None, min_tokens=8)
+    cap = caption_image(fake, None, CaptionRequest(min_tokens=8))
     assert cap.attempts == 2 and cap.tokens >= 8 and fake.temperatures == [0.6, pytest.approx(0.7)]
 
 
 def test_caption_fails_clearly():
     with pytest.raises(LlmDitError, match=r"no usable caption after 3 attempt\(s\): it had \d+ tokens; at least 50"):
-        caption_image(FakeExtractor(["tiny"] * 3), None, min_tokens=50)
+        caption_image(FakeExtractor(["tiny"] * 3), None, CaptionRequest(min_tokens=50))
     with pytest.raises(LlmDitError, match="reasoning used the whole token budget"):
-        caption_image(FakeExtractor(["thinking..."] * 3, variant="thinking"), None, min_tokens=1)
+        caption_image(FakeExtractor(["thinking..."] * 3, variant="thinking"), None, CaptionRequest(min_tokens=1))
 
 
 def test_caption_refuses_bad_temperatures():
     for t in (-1.0, float("nan"), float("inf")):
         with pytest.raises(LlmDitError, match="temperature"):
-            caption_image(FakeExtractor(["x"]), None, temperature=t)
+            caption_image(FakeExtractor(["x"]), None, CaptionRequest(temperature=t))
 
 
 def test_caption_with_the_tiny_model(extractor, red_image):
-    cap = caption_image(extractor, red_image, max_new_tokens=6, temperature=0)
+    cap = caption_image(extractor, red_image, CaptionRequest(max_new_tokens=6, temperature=0))
     assert cap.raw and cap.attempts == 1 and cap.thinking is None
 
 
@@ -116,7 +116,7 @@ def test_correlations_against_independent_formulas():
 def test_compare_reports_leak_outliers_and_plots(extractor, zimage, tmp_path):
     img = Image.new("RGB", (128, 96), (200, 30, 30))
     report = compare_embedding_stats(extractor, zimage.pipe.tokenizer, zimage.pipe.text_encoder, img,
-                                     "A red house", [-6, -2], model_name="tiny")
+                                     "A red house", CompareOptions([-6, -2], model_name="tiny"))
     for k in ("-6", "-2"):
         e = report["layers"][k]
         assert e["leak"]["before_image_relative_change"] == 0.0  # causal attention: exactly nothing

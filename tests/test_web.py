@@ -219,7 +219,7 @@ def test_cancel_a_running_sweep_keeps_its_finished_cells(config, tmp_path):
         job = wait(c, job["id"])
         assert job["state"] == "cancelled"
         d = c.get("/api/runs/long").json()
-        states = [cell["state"] for cell in d["cells"]]
+        states = [cell["status"] for cell in d["cells"]]
         assert "done" in states and "pending" in states and d["status"] == "incomplete"
         assert d["report"] is not None  # the report of what finished is still written
         assert not list((tmp_path / "long").rglob(".*.tmp"))

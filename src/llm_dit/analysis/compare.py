@@ -17,6 +17,7 @@ corpus plus the prompt, same layer):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,16 +63,28 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float((a - b).norm()) / n if n > 0 else 0.0
 
 
-def compare_embedding_stats(
-    extractor, tokenizer, text_encoder, image: Image.Image, prompt: str, layers: list[int],
-    model_name: str, threshold: float = 10.0, prompts_file: str | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS, pool: int = 1, system_prompt: str | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class CompareOptions:
+    """What ``stats compare`` measures and how the VL chat is run."""
+
+    layers: list[int]  # hidden-state indices (transformers' convention), the same in both models
+    model_name: str  # recorded in the reference statistics
+    threshold: float = 10.0  # outlier ratio of per-dimension stds (> 1)
+    prompts_file: str | None = None  # the reference corpus (None: the shipped one)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    pool: int = 1
+    system_prompt: str | None = None
+
+
+def compare_embedding_stats(extractor, tokenizer, text_encoder, image: Image.Image, prompt: str,
+                            options: CompareOptions) -> dict:
     """The numbers behind the plots, as one JSON-ready dict (see the module docstring)."""
+    o = options
+    layers, threshold, max_pixels, pool = o.layers, o.threshold, o.max_pixels, o.pool
     refs = compute_reference_stats(
-        tokenizer, text_encoder, read_prompts(prompts_file) + [prompt], layers, model_name=model_name
+        tokenizer, text_encoder, read_prompts(o.prompts_file) + [prompt], layers, model_name=o.model_name
     )
-    kw = dict(hidden_layer=layers, max_pixels=max_pixels, pool=pool, system_prompt=system_prompt)
+    kw = dict(hidden_layer=layers, max_pixels=max_pixels, pool=pool, system_prompt=o.system_prompt)
     vl = extractor.extract(image, prompt, **kw)
     gray = extractor.extract(Image.new("RGB", image.size, (128, 128, 128)), prompt, **kw)
     masks = vl.masks

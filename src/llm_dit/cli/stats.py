@@ -42,7 +42,7 @@ def cmd_stats_reference(args) -> int:
 
 
 def cmd_stats_compare(args) -> int:
-    from ..analysis.compare import compare_embedding_stats, plot_report
+    from ..analysis.compare import CompareOptions, compare_embedding_stats, plot_report
     from ..images import load_image
     from ..io import write_json
     from ..provenance import provenance
@@ -61,11 +61,10 @@ def cmd_stats_compare(args) -> int:
         raise InputError(f"output {out} exists and is not a folder")
     encoder, tokenizer = _text_encoder(cfg)
     extractor = VLEmbeddingExtractor.from_config(cfg, text_encoder=encoder)
-    report = compare_embedding_stats(
-        extractor, tokenizer, encoder, image, args.prompt, cfg.vl.layers, model_name=cfg.models.z_image,
-        threshold=args.threshold or 10.0, prompts_file=args.prompts, max_pixels=cfg.vl.max_pixels,
-        pool=cfg.vl.pool, system_prompt=cfg.vl.system_prompt or None,
-    )
+    report = compare_embedding_stats(extractor, tokenizer, encoder, image, args.prompt, CompareOptions(
+        list(cfg.vl.layers), model_name=cfg.models.z_image, threshold=args.threshold or 10.0,
+        prompts_file=args.prompts, max_pixels=cfg.vl.max_pixels, pool=cfg.vl.pool,
+        system_prompt=cfg.vl.system_prompt or None))
     report.update(image=str(args.image), config=cfg.to_dict(), **provenance())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "stats.json", report)

@@ -45,7 +45,7 @@ def cmd_caption(args) -> int:
     from ..io import write_json, write_text
     from ..provenance import provenance
     from ..vl import VLEmbeddingExtractor
-    from ..vl.caption import caption_image
+    from ..vl.caption import CaptionRequest, caption_image
     from ..vl.chat import check_aspect_ratio
 
     cfg = config(args)
@@ -62,10 +62,11 @@ def cmd_caption(args) -> int:
     given = {k: getattr(args, k) for k in ("min_tokens", "max_new_tokens", "prompt", "temperature", "attempts")}
     if args.system_prompt is not None:
         given["system_prompt"] = args.system_prompt or None  # '' means no system turn
-    cap = caption_image(  # flags not given keep caption_image's defaults
-        extractor, image, seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
+    request = CaptionRequest(  # flags not given keep the request's defaults
+        seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
         **{k: v for k, v in given.items() if v is not None or k == "system_prompt"},
     )
+    cap = caption_image(extractor, image, request)
     stem = out.with_suffix("")
     write_text(Path(f"{stem}.raw.txt"), cap.raw)
     if cap.thinking is not None:

@@ -199,12 +199,12 @@ class Models:
 # -- 1. the folder -------------------------------------------------------------------------------
 
 
-def open_folder(ctx: RunContext) -> tuple[dict | None, dict[str, dict]]:
-    """The run file's content (the first process prepares the folder; None in the others) and the
-    records of the cells finished already."""
+def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]]:
+    """The run file's content (the first process prepares the folder for the run ``key``; None in
+    the others) and the records of the cells finished already."""
     run_file = None
     if ctx.procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
-        run_file = folder.prepare(ctx.out, run_key(ctx.spec, ctx.config), ctx.spec.plan(ctx.config))
+        run_file = folder.prepare(ctx.out, key, ctx.spec.plan(ctx.config))
         for i, im in enumerate(ctx.prepared.references):
             if not (ctx.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
                 save_png(im, ctx.out / folder.reference_name(i))
@@ -358,16 +358,15 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
 # -- 5. closing ----------------------------------------------------------------------------------
 
 
-def close_run(ctx: RunContext, run_file: dict, started_at: str, sessions: list[dict], generated: int,
-              failed: list[str], notes: list[str], plot_workers: Any = None, thumbnails: dict | None = None) -> None:
-    """This session in run.json (one entry, with each process's part when there were several),
-    then metadata.json, the grids and report.html from every record."""
+def close_run(ctx: RunContext, run_file: dict, session: dict, sessions: list[dict], held: Held,
+              thumbnails: dict) -> None:
+    """This session in run.json (``session``: its start, counts and notes; one entry, with each
+    process's part, ``sessions``, when there were several), then metadata.json, the grids and
+    report.html from every record (``thumbnails``: the grid's pictures made while finishing cells)."""
     from .report import write_report
 
-    session = {"started": started_at, **provenance(), "seconds": max(x["seconds"] for x in sessions),
-               "cells_run": sum(x["cells_run"] for x in sessions),
-               "pictures_generated": generated, "failed": failed, "stages": sessions[0]["stages"],
-               "metric_notes": notes}
+    session = {"started": session.pop("started"), **provenance(), "seconds": max(x["seconds"] for x in sessions),
+               "cells_run": sum(x["cells_run"] for x in sessions), **session, "stages": sessions[0]["stages"]}
     if len(sessions) > 1:
         session["processes"] = sessions
     run_file["sessions"].append(session)
@@ -375,7 +374,7 @@ def close_run(ctx: RunContext, run_file: dict, started_at: str, sessions: list[d
     # wait for every file written before it (the pictures, the report) to reach the disk too
     folder.write_json(ctx.out / folder.RUN_FILE, run_file, durable=False)
     t0 = time.perf_counter()
-    write_report(ctx.out, thumbnails, plot_workers)
+    write_report(ctx.out, thumbnails, held.plot_workers)
     session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
     folder.write_json(ctx.out / folder.RUN_FILE, run_file, durable=False)  # with the report's time
 
@@ -423,7 +422,7 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
     key = run_key(ctx.spec, ctx.config)
     ctx.keys = {c.name: cell_key(key, c) for c in ctx.spec.cells}
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    run_file, done = open_folder(ctx)
+    run_file, done = open_folder(ctx, key)
     ctx.time("setup", started)  # processes, the folder, the references written
     pending = [c for c in ctx.spec.cells if c.name not in done]
     if procs.main:
@@ -450,8 +449,9 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
                 if procs.main:
                     assert run_file is not None  # the main process prepared the folder
                     try:
-                        close_run(ctx, run_file, started_at, sessions, generated, failed, loaded.notes,
-                                  held.plot_workers, thumbnails)
+                        close_run(ctx, run_file, {"started": started_at, "pictures_generated": generated,
+                                                  "failed": failed, "metric_notes": loaded.notes},
+                                  sessions, held, thumbnails)
                     except OSError as e:  # the folder took no more writes: the run's own error says so
                         if ok or folder.write_error(e, ctx.out) is None:
                             raise

@@ -61,33 +61,38 @@ class Caption:
     attempts: int
 
 
-def caption_image(
-    extractor,
-    image,
-    min_tokens: int = 0,
-    max_new_tokens: int = 1024,
-    prompt: str = DEFAULT_PROMPT,
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    top_k: int = 20,
-    attempts: int = 3,
-    seed: int = 42,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> Caption:
+@dataclass(frozen=True)
+class CaptionRequest:
+    """How to ask Qwen3-VL for a caption (the sampling settings are Qwen3's recommended ones)."""
+
+    prompt: str = DEFAULT_PROMPT
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: no system turn
+    min_tokens: int = 0  # fewer tokens than this (or none at all): ask again
+    max_new_tokens: int = 1024  # a Thinking model's reasoning counts too
+    attempts: int = 3
+    temperature: float = 0.6  # raised by 0.1 per attempt; 0: greedy, one attempt
+    top_p: float = 0.95
+    top_k: int = 20
+    seed: int = 42  # attempt ``i`` samples with ``seed + i``
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+
+def caption_image(extractor, image, request: CaptionRequest | None = None) -> Caption:
     """Caption ``image``; retry (temperature +0.1 each time, new seed) until the caption has at least
-    ``min_tokens`` tokens, else fail with one sentence that says what to change."""
-    if min_tokens < 0 or attempts < 1:
+    ``request.min_tokens`` tokens, else fail with one sentence that says what to change."""
+    r = request or CaptionRequest()
+    min_tokens, temperature = r.min_tokens, r.temperature
+    if min_tokens < 0 or r.attempts < 1:
         raise LlmDitError("min_tokens must be >= 0 and attempts >= 1")
     if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
         raise LlmDitError(f"temperature must be a number >= 0 (got {temperature})")
     thinking_model = extractor.variant == "thinking"
     best = None
-    for attempt in range(attempts):
+    for attempt in range(r.attempts):
         t = temperature + 0.1 * attempt if temperature > 0 else 0.0
-        raw = extractor.generate(prompt, image, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
-                                 temperature=t, top_p=top_p, top_k=top_k, seed=seed + attempt,
-                                 max_pixels=max_pixels)
+        raw = extractor.generate(r.prompt, image, system_prompt=r.system_prompt, max_new_tokens=r.max_new_tokens,
+                                 temperature=t, top_p=r.top_p, top_k=r.top_k, seed=r.seed + attempt,
+                                 max_pixels=r.max_pixels)
         caption, thinking = parse_thinking_content(raw, started_in_thinking=thinking_model)
         n = len(extractor.tokenizer(caption, add_special_tokens=False).input_ids) if caption else 0
         best = Caption(caption, thinking, raw, n, attempt + 1)
@@ -95,6 +100,7 @@ def caption_image(
             return best
         if temperature == 0:
             break  # greedy decoding would repeat itself
+    assert best is not None  # at least one attempt ran
     budget_hit = best.thinking is not None and CLOSE not in best.raw
     why = "the reasoning used the whole token budget" if budget_hit else f"it had {best.tokens} tokens"
     raise LlmDitError(
@@ -138,8 +144,8 @@ def make_caption(vl, image, n: int, config: Config, given: str | None = None) ->
     words = max(8, round(0.75 * n))
     request = f"Describe this image in detail, in about {words} words."
     budget = n + (THINKING_BUDGET if vl.variant == "thinking" else 0)
-    cap = caption_image(vl, image, max_new_tokens=budget, prompt=request, system_prompt=DEFAULT_SYSTEM_PROMPT,
-                        seed=config.generation.seed, max_pixels=config.vl.max_pixels)
+    cap = caption_image(vl, image, CaptionRequest(prompt=request, max_new_tokens=budget, seed=config.generation.seed,
+                                                  max_pixels=config.vl.max_pixels))
     text, tokens = cut(cap.caption, n, tok)
     return text, {"target_tokens": n, "tokens": tokens, "source": "generated", "request": request,
                   "model_variant": vl.variant, "attempts": cap.attempts, "thinking": cap.thinking,

@@ -30,7 +30,7 @@ from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
 from .result import VLExtractionResult
-from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection
+from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection, take_notes_flags
 
 BACKENDS = ("vl", "splice")
 
@@ -231,9 +231,6 @@ class VLEmbeddingExtractor:
         hidden_layer: int | list[int] = DEFAULT_VL_LAYER,
         system_prompt: str | None = None,
         token_selection: str | None = None,
-        text_tokens_only: bool = False,
-        image_tokens_only: bool = False,
-        image_tokens_no_markers: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         pool: int = 1,
         **select_kwargs,
@@ -241,13 +238,14 @@ class VLEmbeddingExtractor:
         """Run the chat ``[images..., text]`` (after an optional system prompt) and select tokens.
 
         ``image``: a path, a PIL image, or a list of them (or None). ``hidden_layer``: one index or a
-        list (transformers' ``hidden_states`` convention). ``token_selection`` or one seed flag picks
-        the tokens (none: the full sequence). ``max_pixels`` bounds each image's pixels (and so its
-        tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool`` neighbourhoods of each image's token grid.
-        Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization).
+        list (transformers' ``hidden_states`` convention). ``token_selection`` picks the tokens (none:
+        the full sequence); the seeds' flags (``image_tokens_only=True``, ...; see
+        :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead. ``max_pixels`` bounds each image's
+        pixels (and so its tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool``
+        neighbourhoods of each image's token grid. Remaining keyword arguments go to
+        :meth:`VLExtractionResult.select` (normalization).
         """
-        selection = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only,
-                                            image_tokens_no_markers)
+        selection = resolve_token_selection(token_selection, **take_notes_flags(select_kwargs))
         if not isinstance(pool, int) or pool < 1:
             raise InputError(f"pool must be a whole number >= 1 (got {pool})")
         layers = list(dict.fromkeys([hidden_layer] if isinstance(hidden_layer, int) else list(hidden_layer)))

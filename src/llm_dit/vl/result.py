@@ -95,9 +95,6 @@ class VLExtractionResult:
         self,
         token_selection: str | None = None,
         *,
-        text_tokens_only: bool = False,
-        image_tokens_only: bool = False,
-        image_tokens_no_markers: bool = False,
         image_index: int | None = None,
         layers: list[int] | None = None,
         normalization_mode: str = "none",
@@ -107,14 +104,17 @@ class VLExtractionResult:
         clip_sigma: float | None = 3.0,
         hybrid_weight: float = 0.5,
         force_reference: bool = False,
+        **notes_flags: bool,
     ) -> VLExtractionResult:
         """A new result with the chosen tokens of every layer (or of ``layers``), normalized.
 
+        ``token_selection`` names the tokens; the seeds' flags (``image_tokens_only=True``, ...; see
+        :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead.
         ``image_index`` narrows ``image_only``/``image_no_markers`` to one image of several.
         Statistics are per layer: ``reference`` and ``text`` (the paired text embedding, for
         ``target_std="text"``) are either one object for a single layer or ``{layer: object}``.
         """
-        name = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only, image_tokens_no_markers)
+        name = resolve_token_selection(token_selection, **notes_flags)
         masks = self.masks
         if image_index is not None:
             if name not in ("image_only", "image_no_markers"):

@@ -142,19 +142,23 @@ def check_selection_possible(selection: str, num_images: int, has_text: bool) ->
         raise InputError("token selection 'user_text' is empty: the chat has no text")
 
 
-def resolve_token_selection(
-    token_selection: str | None = None,
-    text_tokens_only: bool = False,
-    image_tokens_only: bool = False,
-    image_tokens_no_markers: bool = False,
-) -> str:
-    """A selection name from either the name or the seed's boolean flags (never both)."""
-    flags = {
-        "text_only": text_tokens_only,
-        "image_only": image_tokens_only,
-        "image_no_markers": image_tokens_no_markers,
-    }
-    chosen = [name for name, on in flags.items() if on]
+#: The seeds' boolean spelling of a selection, accepted at the public doors (``extract``, ``select``)
+#: as keyword arguments and turned into a ``token_selection`` name there; the library passes names.
+NOTES_FLAGS = {"text_tokens_only": "text_only", "image_tokens_only": "image_only",
+               "image_tokens_no_markers": "image_no_markers"}
+
+
+def take_notes_flags(kwargs: dict) -> dict[str, bool]:
+    """Remove the seeds' flags (:data:`NOTES_FLAGS`) from ``kwargs`` and return them."""
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in NOTES_FLAGS}
+
+
+def resolve_token_selection(token_selection: str | None = None, **notes_flags: bool) -> str:
+    """A selection name from either the name or one of the seed's boolean flags (never both)."""
+    unknown = [k for k in notes_flags if k not in NOTES_FLAGS]
+    if unknown:
+        raise InputError(f"unknown argument {unknown[0]!r}; the token flags are {', '.join(NOTES_FLAGS)}")
+    chosen = [NOTES_FLAGS[k] for k, on in notes_flags.items() if on]
     if len(chosen) > 1:
         raise InputError(
             "text_tokens_only, image_tokens_only and image_tokens_no_markers are mutually exclusive "
