@@ -10,6 +10,7 @@ from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
+    from ..conditioning.recipe import check_prompt
     from ..conditioning.run import generate_from_recipe, write_generated
     from ..images import check_output_path, load_image
     from .conditioning import recipe_from_args
@@ -18,8 +19,7 @@ def cmd_generate(args) -> int:
     # references by generate_from_recipe, which checks them before its first stage).
     cfg = config(args)
     resolved = recipe_from_args(args, cfg).resolve(cfg)
-    if (args.prompt is None) == (args.caption_tokens is None):
-        raise InputError("give --prompt, or --caption-tokens N (the prompt is a caption of the first --image)")
+    prompt = check_prompt(args.prompt, args.caption_tokens, len(resolved.references))
     out = check_output_path(args.out)
     sidecar = out.with_suffix(".json")
     init = load_image(args.init_image, "init image") if args.init_image else None
@@ -29,7 +29,7 @@ def cmd_generate(args) -> int:
         check_output_path(args.save_recipe, ".toml")
 
     progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
-    result = generate_from_recipe(cfg, resolved, args.prompt, init_image=init, log=progress,
+    result = generate_from_recipe(cfg, resolved, prompt, init_image=init, log=progress,
                                   caption_tokens=args.caption_tokens)
     rec = result.record
     text = rec["text_encoding"]

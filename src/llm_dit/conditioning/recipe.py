@@ -190,6 +190,32 @@ class Recipe(_Strict):
         return cls.from_dict(data)
 
 
+def check_prompt(prompt: str | None, caption_tokens: int | None, references: int) -> str | None:
+    """The prompt a generation uses, after the one rule every door applies: a prompt, or
+    ``caption_tokens`` (the prompt is then Qwen3-VL's caption of the first of the ``references``
+    reference images, about that many tokens, 1..1504), never both and never neither.
+
+    A prompt of only white space counts as none given. Returns the prompt, or None when a caption
+    will be the prompt. The command line, the web app, :func:`~llm_dit.conditioning.run.generate_from_recipe`
+    and sweeps all call this, so they refuse the same input with the same sentence (and field).
+    """
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if caption_tokens is None:
+        if prompt is None:
+            raise InputError("give a prompt, or caption tokens N to use a caption of the first reference image",
+                             field="prompt")
+        return prompt
+    if prompt is not None:
+        raise InputError("give a prompt or caption tokens, not both", field="caption_tokens")
+    if references < 1:
+        raise InputError("caption tokens caption the first reference image: give one", field="caption_tokens")
+    if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+        raise InputError(f"caption tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
+                         field="caption_tokens")
+    return None
+
+
 def _drop_none(value):
     if isinstance(value, dict):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}

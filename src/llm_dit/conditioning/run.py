@@ -26,7 +26,7 @@ from ..errors import InputError, LlmDitError
 from ..images import load_image
 from ..vl.normalize import ReferenceStats
 from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
-from .recipe import Recipe
+from .recipe import Recipe, check_prompt
 from .style import neutral_image
 
 Log = Callable[[str], None]
@@ -204,15 +204,9 @@ def generate_from_recipe(
     from ..models.pool import ModelPool
 
     t0 = time.perf_counter()
+    prompt = check_prompt(prompt, caption_tokens, len(recipe.references))
     if caption_tokens is not None:
-        if not recipe.references:
-            raise InputError("a caption prompt captions the first reference image: give one", field="caption_tokens")
-        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
-            raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
-                             field="caption_tokens")
         config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
-    elif prompt is None:
-        raise InputError("give a prompt (or caption_tokens to use a caption of the reference)", field="prompt")
     recipe = recipe.resolve(config)
     requests = check_recipe_run(recipe, config, prompt if caption_tokens is None else CAPTION_STANDIN)
     images = load_references(recipe)

@@ -42,8 +42,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..conditioning.recipe import FILE_FIELDS
-from ..config import MAX_CAPTION_TOKENS, Config
+from ..conditioning.recipe import FILE_FIELDS, check_prompt
+from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
 from . import files
@@ -188,17 +188,7 @@ def _routes(api: FastAPI, server: Server) -> None:
 
         config = server.generation_config(body.generation)
         recipe = server.recipe(body.recipe).resolve(config)
-        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
-        if prompt is None and body.caption_tokens is None:
-            raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
-        if prompt is not None and body.caption_tokens is not None:
-            raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
-        if body.caption_tokens is not None:
-            if not recipe.references:
-                raise InputError("caption_tokens captions the first reference image: give one", field="caption_tokens")
-            if not 1 <= body.caption_tokens <= MAX_CAPTION_TOKENS:
-                raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {body.caption_tokens})",
-                                 field="caption_tokens")
+        prompt = check_prompt(body.prompt, body.caption_tokens, len(recipe.references))
         with field("recipe", prefix=True):
             check_recipe_run(recipe, config, prompt if prompt is not None else CAPTION_STANDIN)
             load_references(recipe)

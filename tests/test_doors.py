@@ -1,0 +1,91 @@
+"""The doors (command line, web app) hold no logic of their own: each shared decision is one library
+function, and these tests show every door giving its answer (the same sentence for the same input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llm_dit.cli import main
+from llm_dit.conditioning.recipe import check_prompt
+from llm_dit.errors import InputError
+
+pytest.importorskip("fastapi")
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
+    return str(path)
+
+
+def _cli_error(args: list[str], capsys) -> str:
+    """The one line the command line prints for ``args`` (it must refuse them)."""
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc != 0 and err.count("\n") == 1, err
+    assert err.startswith("llm-dit: error: "), err
+    return err.removeprefix("llm-dit: error: ").strip()
+
+
+def _refusal(call) -> InputError:
+    with pytest.raises(InputError) as e:
+        call()
+    return e.value
+
+
+# -- a. the prompt-or-caption check -----------------------------------------------------------------
+
+PROMPT_CASES = {  # (prompt, caption tokens, with a reference image)
+    "neither": (None, None, True),
+    "blank prompt": ("   ", None, True),
+    "both": ("a cat", 16, True),
+    "caption without a reference": (None, 16, False),
+    "caption tokens 0": (None, 0, True),
+    "caption tokens 2000": (None, 2000, True),
+}
+
+
+@pytest.mark.parametrize("case", list(PROMPT_CASES))
+def test_prompt_check_is_one_function_behind_every_door(case, ref, tmp_path, capsys, client, upload):
+    from llm_dit.conditioning import Recipe
+    from llm_dit.conditioning.run import generate_from_recipe
+    from llm_dit.config import resolve_config
+    from llm_dit.experiments.specs import sweep_spec
+
+    prompt, tokens, with_ref = PROMPT_CASES[case]
+    expected = _refusal(lambda: check_prompt(prompt, tokens, 1 if with_ref else 0))
+    flags = (["--prompt", prompt] if prompt is not None else []) + (
+        ["--caption-tokens", str(tokens)] if tokens is not None else []) + (["--image", ref] if with_ref else [])
+
+    # the command line: generate and sweep
+    assert _cli_error(["generate", "--profile", "tiny", *flags, "--out", str(tmp_path / "o.png")], capsys) == str(expected)
+    assert _cli_error(["sweep", "--profile", "tiny", *flags, "--alphas", "0.3,0.5", "--no-progress",
+                       "--out", str(tmp_path / "run")], capsys) == str(expected)
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "run").exists()
+
+    # the library: one picture and a sweep
+    cfg = resolve_config("tiny")
+    refs = [{"image": ref}] if with_ref else []
+    recipe = Recipe.from_dict({"backend": "vl", "references": refs})
+    for call in (lambda: generate_from_recipe(cfg, recipe, prompt, caption_tokens=tokens),
+                 lambda: sweep_spec(refs, prompt, {}, {"alpha": [0.3, 0.5]}, cfg, caption_tokens=tokens)):
+        e = _refusal(call)
+        assert (str(e), e.field) == (str(expected), expected.field)
+
+    # the web app: generate and sweeps, with the field named
+    body = {"prompt": prompt, "caption_tokens": tokens,
+            "recipe": {"backend": "vl", "references": [{"image": upload["id"]}] if with_ref else []}}
+    for route, extra in (("/api/generate", {}), ("/api/sweeps", {"axes": {"alpha": ["0.3", "0.5"]}})):
+        r = client.post(route, json={**body, **extra})
+        assert r.status_code == 422, r.text
+        assert r.json() == {"detail": str(expected), "field": expected.field}
+
+
+def test_prompt_check_passes_what_it_accepts():
+    assert check_prompt("a cat", None, 0) == "a cat"
+    assert check_prompt(None, 16, 1) is None
+    assert check_prompt("", 16, 1) is None  # a blank prompt is no prompt
