@@ -3,8 +3,7 @@ function, and these tests show every door giving its answer (the same sentence f
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import re
 import pytest
 from PIL import Image
 
@@ -62,7 +61,8 @@ def test_prompt_check_is_one_function_behind_every_door(case, ref, tmp_path, cap
         ["--caption-tokens", str(tokens)] if tokens is not None else []) + (["--image", ref] if with_ref else [])
 
     # the command line: generate and sweep
-    assert _cli_error(["generate", "--profile", "tiny", *flags, "--out", str(tmp_path / "o.png")], capsys) == str(expected)
+    generate = ["generate", "--profile", "tiny", *flags, "--out", str(tmp_path / "o.png")]
+    assert _cli_error(generate, capsys) == str(expected)
     assert _cli_error(["sweep", "--profile", "tiny", *flags, "--alphas", "0.3,0.5", "--no-progress",
                        "--out", str(tmp_path / "run")], capsys) == str(expected)
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "run").exists()
@@ -89,3 +89,21 @@ def test_prompt_check_passes_what_it_accepts():
     assert check_prompt("a cat", None, 0) == "a cat"
     assert check_prompt(None, 16, 1) is None
     assert check_prompt("", 16, 1) is None  # a blank prompt is no prompt
+
+
+# -- b. the experiment catalog ----------------------------------------------------------------------
+
+
+def test_experiment_catalog_is_one_list_for_the_cli_and_the_web(client, capsys):
+    from llm_dit.experiments.presets import EXPERIMENTS, catalog
+
+    entries = catalog()
+    assert [e["name"] for e in entries] == list(EXPERIMENTS)
+    assert client.get("/api/experiments").json() == entries
+    assert main(["experiments"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(entries)
+    for line, e in zip(lines, entries, strict=True):
+        m = re.fullmatch(r"(\S+) +(\d+) cells \((\d+) quick\)  (.+)", line)
+        assert m is not None, line
+        assert m.groups() == (e["name"], str(e["cells"]), str(e["quick_cells"]), e["summary"])

@@ -93,12 +93,10 @@ def add_parsers(sub) -> None:
 
 
 def cmd_experiments(args) -> int:
-    from ..experiments.presets import EXPERIMENTS, Inputs
+    from ..experiments.presets import catalog
 
-    for e in EXPERIMENTS.values():
-        images = [f"/ref{i}.png" for i in range(e.images)]
-        full, quick = len(e.cells(Inputs(images, False))), len(e.cells(Inputs(images, True)))
-        print(f"{e.name:24s} {full:3d} cells ({quick} quick)  {e.summary}")
+    for e in catalog():
+        print(f"{e['name']:24s} {e['cells']:3d} cells ({e['quick_cells']} quick)  {e['summary']}")
     return 0
 
 

@@ -162,14 +162,9 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.get("/api/experiments")
     def experiments():
-        from ..experiments.presets import EXPERIMENTS, Inputs
+        from ..experiments.presets import catalog
 
-        out = []
-        for e in EXPERIMENTS.values():
-            images = [f"/ref{i}.png" for i in range(e.images)]
-            out.append({"name": e.name, "summary": e.summary, "images": e.images, "caption": e.caption,
-                        "cells": len(e.cells(Inputs(images, False))), "quick_cells": len(e.cells(Inputs(images, True)))})
-        return out
+        return catalog()
 
     @api.post("/api/uploads", status_code=201)
     async def upload(file: UploadFile = File(...)):
