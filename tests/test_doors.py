@@ -4,6 +4,7 @@ function, and these tests show every door giving its answer (the same sentence f
 from __future__ import annotations
 
 import re
+
 import pytest
 from PIL import Image
 
@@ -107,3 +108,31 @@ def test_experiment_catalog_is_one_list_for_the_cli_and_the_web(client, capsys):
         m = re.fullmatch(r"(\S+) +(\d+) cells \((\d+) quick\)  (.+)", line)
         assert m is not None, line
         assert m.groups() == (e["name"], str(e["cells"]), str(e["quick_cells"]), e["summary"])
+
+
+# -- c. sweep-axis parsing --------------------------------------------------------------------------
+
+
+def test_sweep_axis_parsing_is_one_function_for_the_cli_and_the_web(ref, tmp_path, capsys, client, upload,
+                                                                     monkeypatch):
+    from llm_dit.experiments import cells
+
+    assert cells.sweep_axis("generation.steps", " 2, 4") == ("steps", [2, 4])
+    assert cells.sweep_axis("token_budget", "none,16") == ("token_budget", [None, 16])
+    assert cells.sweep_axis("alpha", [0.3, "0.5"]) == ("alpha", [0.3, 0.5])  # typed values pass as they are
+
+    seen: list[tuple] = []
+    real = cells.sweep_axis
+    monkeypatch.setattr(cells, "sweep_axis", lambda key, values: seen.append((key, values)) or real(key, values))
+    for text in ("0.3,,0.5", "0.3, 1.5"):  # an empty value; a value the field refuses
+        expected = _cli_error(["sweep", "--profile", "tiny", "--image", ref, "--prompt", "a cat", "--vary",
+                               f"alpha={text}", "--no-progress", "--out", str(tmp_path / "run")], capsys)
+        r = client.post("/api/sweeps", json={"prompt": "a cat", "recipe": {"references": [{"image": upload["id"]}]},
+                                             "axes": {"alpha": text}})
+        assert r.status_code == 422 and r.json() == {"detail": expected, "field": "axes.alpha"}, r.text
+        assert seen == [("alpha", text), ("alpha", text)]  # the command line's call, then the web's
+        seen.clear()
+    # the sweep flags (--alphas, ...) go the same way
+    _cli_error(["sweep", "--profile", "tiny", "--image", ref, "--prompt", "a cat", "--alphas", "0.3,,0.5",
+                "--out", str(tmp_path / "run")], capsys)
+    assert seen == [("alpha", "0.3,,0.5")]

@@ -232,19 +232,12 @@ def _recipe_fields(args) -> dict:
     return fields
 
 
-def _split(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",")]
-    if not all(values):
-        raise InputError(f"empty value in the list '{text}'")
-    return values
-
-
 def sweep_axes(args) -> tuple[dict, dict]:
     """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
     import tomllib
 
     from ..conditioning import Recipe
-    from ..experiments.cells import coerce
+    from ..experiments.cells import sweep_axis
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
     axes: dict[str, list] = {}
@@ -269,15 +262,15 @@ def sweep_axes(args) -> tuple[dict, dict]:
     for flag, (field, _, _) in AXIS_FLAGS.items():
         text = getattr(args, "axis_" + flag)
         if text is not None:
-            axes[field] = [coerce(field, v) for v in _split(text)]
+            axes[field] = sweep_axis(field, text)[1]
     if args.axis_schedules:
         axes["schedule"] = list(args.axis_schedules)
     for item in args.vary or []:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--vary takes FIELD=V1,V2 (got '{item}')")
-        key = key.strip().removeprefix("generation.")
-        axes[key] = [coerce(key, v) for v in _split(values)]
+        key, axes_values = sweep_axis(key, values)
+        axes[key] = axes_values
     fixed = {k: v[0] for k, v in axes.items() if isinstance(v, list) and len(v) == 1}
     return {**base, **{k: v for k, v in fixed.items() if k in Recipe.model_fields}}, \
         {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}

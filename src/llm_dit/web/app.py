@@ -202,17 +202,17 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/sweeps", status_code=202)
     def sweep(body: SweepBody):
-        from ..experiments.cells import coerce
+        from ..experiments.cells import sweep_axis
         from ..experiments.specs import sweep_spec
 
         config = server.generation_config(body.generation)
         recipe = server.recipe(body.recipe)
         axes = {}
         for key, values in body.axes.items():
-            key = key.removeprefix("generation.")
+            key, values = sweep_axis(key, values)
             if key == "references":
                 raise InputError("references cannot be swept here: run one sweep per reference", field="axes.references")
-            axes[key] = [coerce(key, v) for v in values]
+            axes[key] = values
             if key in FILE_FIELDS:
                 axes[key] = [v if v is None else server.runs_file(v, f"axes.{key}") for v in axes[key]]
         base = recipe.to_dict()
