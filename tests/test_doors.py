@@ -4,6 +4,7 @@ function, and these tests show every door giving its answer (the same sentence f
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -136,3 +137,80 @@ def test_sweep_axis_parsing_is_one_function_for_the_cli_and_the_web(ref, tmp_pat
     _cli_error(["sweep", "--profile", "tiny", "--image", ref, "--prompt", "a cat", "--alphas", "0.3,,0.5",
                 "--out", str(tmp_path / "run")], capsys)
     assert seen == [("alpha", "0.3,,0.5")]
+
+
+# -- d. the command line's choices come from the types ----------------------------------------------
+
+
+def _flag_help(command: list[str], flag: str) -> str:
+    """The help text of ``flag`` of ``llm-dit COMMAND...`` as the parser holds it."""
+    from llm_dit.cli import build_parser
+
+    parser = build_parser()
+    for name in command:
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = sub.choices[name]
+    return next(a.help for a in parser._actions if flag in a.option_strings)
+
+
+def _choice_flags():
+    """(command, flag, the field's values as its type states them)."""
+    import typing
+
+    from llm_dit.conditioning.recipe import Backend, BlendMode, Recipe, Reference, StyleMode, TokenSelection
+    from llm_dit.config import (
+        EncoderConfig,
+        LongPromptMode,
+        MetricsConfig,
+        RuntimeConfig,
+        VLConfig,
+        field_choices,
+    )
+
+    args = typing.get_args
+    recipe = {"--backend": args(Backend), "--tokens": args(TokenSelection), "--blend": args(BlendMode),
+              "--style-blend": args(StyleMode), "--budget-mode": args(LongPromptMode),
+              "--role": field_choices(Reference, "role")}
+    for flag, name in (("--image-tokens", "image_tokens"), ("--text-tokens", "text_tokens"),
+                       ("--norm", "normalization_mode"), ("--outlier-mask", "outlier_mask"),
+                       ("--resample", "resample"), ("--magnitude", "magnitude")):
+        recipe[flag] = args(Recipe.model_fields[name].annotation)
+    out = [(["generate"], flag, values) for flag, values in recipe.items()]
+    runtime = {"--dtype": "dtype", "--offload": "offload", "--attention": "attention"}
+    for command in (["generate"], ["compare"], ["sweep"], ["extract"], ["serve"]):
+        out += [(command, flag, args(RuntimeConfig.model_fields[name].annotation)) for flag, name in runtime.items()]
+    out += [(["generate"], "--long-prompt-mode", args(EncoderConfig.model_fields["long_prompt_mode"].annotation)),
+            (["extract"], "--tokens", args(VLConfig.model_fields["token_selection"].annotation)),
+            (["extract"], "--backend", args(VLConfig.model_fields["backend"].annotation)),
+            (["sweep"], "--vqa", args(MetricsConfig.model_fields["vqa"].annotation)),
+            (["sweep"], "--role", field_choices(Reference, "role"))]
+    axes = {"--tokens": TokenSelection, "--norms": Recipe.model_fields["normalization_mode"].annotation,
+            "--blends": BlendMode, "--masks": Recipe.model_fields["outlier_mask"].annotation, "--backends": Backend}
+    out += [(["sweep"], flag, args(ann), ", ") for flag, ann in axes.items()]
+    return [c if len(c) == 4 else (*c, " | ") for c in out]
+
+
+@pytest.mark.parametrize("command, flag, values, sep", _choice_flags(),
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v if isinstance(v, str) else None)
+def test_cli_choices_are_the_types_values(command, flag, values, sep):
+    assert len(values) >= 2
+    assert sep.join(values) in _flag_help(command, flag)
+
+
+def test_no_mode_list_is_typed_again_in_the_cli():
+    """No list of a field's values (two or more of them in a row) is written out in cli/*.py."""
+    from pydantic import BaseModel
+
+    import llm_dit.cli
+    from llm_dit.conditioning.recipe import Recipe, Reference
+    from llm_dit.config import Config, field_choices
+
+    sections = [f.annotation for f in Config.model_fields.values()]
+    models = [Recipe, Reference, *(s for s in sections if isinstance(s, type) and issubclass(s, BaseModel))]
+    lists = [field_choices(m, f) for m in models for f in m.model_fields]
+    lists = [values for values in lists if len(values) >= 2]
+    assert len(lists) >= 15  # the test reads the types it means to
+    source = "\n".join(p.read_text() for p in Path(llm_dit.cli.__file__).parent.glob("*.py"))
+    for values in lists:
+        for sep in (" | ", ", ", "|", ","):
+            assert sep.join(map(str, values[:2])) not in source, (values, sep)

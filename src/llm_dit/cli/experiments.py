@@ -6,22 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..conditioning.recipe import FILE_FIELDS
+from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
+from ..config import MetricsConfig
 from ..errors import InputError
-from .common import add_config_flags, add_generation_flags, config
+from .common import add_config_flags, add_generation_flags, config, one_of
 from .conditioning import absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
     "alphas": ("alpha", "A,B,..", "VL share per cell"),
     "layers": ("hidden_layer", "K,K,..", "VL hidden layers (use --layers=-2,-6)"),
-    "tokens": ("token_selection", "SEL,..", "full, text_only, user_text, image_only, image_no_markers"),
-    "norms": ("normalization_mode", "MODE,..", "none, global, per_dim, hybrid, whiten, cross"),
-    "blends": ("blend", "MODE,..", "interpolate, linear, concat, replace, adain, adain_per_dim, style_delta, ..."),
-    "masks": ("outlier_mask", "MODE,..", "none, zero, clamp, scale, restore"),
+    "tokens": ("token_selection", "SEL,..", one_of(Recipe, "token_selection", ", ")),
+    "norms": ("normalization_mode", "MODE,..", one_of(Recipe, "normalization_mode", ", ")),
+    "blends": ("blend", "MODE,..", one_of(Recipe, "blend", ", ")),
+    "masks": ("outlier_mask", "MODE,..", one_of(Recipe, "outlier_mask", ", ")),
     "intra_ratios": ("vl_intra_blend_ratio", "R,..", "image:text mixing ratios"),
     "budgets": ("token_budget", "N,..", "VL tokens per reference"),
-    "backends": ("backend", "B,..", "text, vl, splice"),
+    "backends": ("backend", "B,..", one_of(Recipe, "backend", ", ")),
     "target_stds": ("target_std", "STD,..", "global normalization targets (numbers or 'text')"),
     "methods": ("method", "M,..", "seed 004: caption (VL text = the caption) and/or generic (with --caption-tokens)"),
 }
@@ -36,7 +37,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
-    p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: auto | on | off")
+    p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: " + one_of(MetricsConfig, "vqa"))
     p.add_argument("--clip", dest="metrics.clip", metavar="DIR", help="a local CLIP folder: image-prompt score")
     p.add_argument("--siglip", dest="metrics.siglip", metavar="DIR", help="a local SigLIP folder: image-prompt score")
     p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
@@ -67,7 +68,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="the cartesian product of recipe fields: images, grids, report")
     p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")
     p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image")
-    p.add_argument("--role", action="append", metavar="ROLE", help="content | style, per --image")
+    p.add_argument("--role", action="append", metavar="ROLE", help=one_of(Reference, "role") + ", per --image")
     p.add_argument("--prompt", help="the prompt (or --caption-tokens N: the reference's caption)")
     p.add_argument("--caption-tokens", type=int, metavar="N", help="the prompt is a caption of about N tokens")
     p.add_argument("--recipe", metavar="FILE.toml", help="the fixed part of every cell")

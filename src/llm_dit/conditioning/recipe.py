@@ -195,16 +195,17 @@ def check_prompt(prompt: str | None, caption_tokens: int | None, references: int
     ``caption_tokens`` (the prompt is then Qwen3-VL's caption of the first of the ``references``
     reference images, about that many tokens, 1..1504), never both and never neither.
 
-    A prompt of only white space counts as none given. Returns the prompt, or None when a caption
-    will be the prompt. The command line, the web app, :func:`~llm_dit.conditioning.run.generate_from_recipe`
+    A prompt of only white space counts as none given (and the sentence says it is empty). Returns
+    the prompt, or None when a caption will be the prompt. The command line, the web app, :func:`~llm_dit.conditioning.run.generate_from_recipe`
     and sweeps all call this, so they refuse the same input with the same sentence (and field).
     """
-    if prompt is not None and not prompt.strip():
+    blank = prompt is not None and not prompt.strip()
+    if blank:
         prompt = None
     if caption_tokens is None:
         if prompt is None:
-            raise InputError("give a prompt, or caption tokens N to use a caption of the first reference image",
-                             field="prompt")
+            give = "give a prompt, or caption tokens N to use a caption of the first reference image"
+            raise InputError(f"the prompt is empty ({give})" if blank else give, field="prompt")
         return prompt
     if prompt is not None:
         raise InputError("give a prompt or caption tokens, not both", field="caption_tokens")

@@ -217,9 +217,8 @@ def _routes(api: FastAPI, server: Server) -> None:
                 axes[key] = [v if v is None else server.runs_file(v, f"axes.{key}") for v in axes[key]]
         base = recipe.to_dict()
         references = base.pop("references")
-        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
         with field("recipe", prefix=True):  # a field of the fixed part is a recipe field
-            spec, config = sweep_spec(references, prompt, base, axes, config, caption_tokens=body.caption_tokens)
+            spec, config = sweep_spec(references, body.prompt, base, axes, config, caption_tokens=body.caption_tokens)
         title = f"sweep of {', '.join(axes)}: {len(spec.cells)} cells"
         with server.new_run(body.name, "sweep") as (run, out):
             return server.job_dict(server.run_job("sweep", title, spec, config, run, out))
