@@ -214,3 +214,72 @@ def test_no_mode_list_is_typed_again_in_the_cli():
     for values in lists:
         for sep in (" | ", ", ", "|", ","):
             assert sep.join(map(str, values[:2])) not in source, (values, sep)
+
+
+# -- e. the web page's presets are the shipped recipe files that --recipe reads ---------------------
+
+
+def test_shipped_recipes_are_the_web_presets_and_load_with_recipe(client, ref, tmp_path):
+    from llm_dit.cli import build_parser
+    from llm_dit.cli.conditioning import recipe_from_args
+    from llm_dit.conditioning.recipe import SHIPPED, Recipe, read_recipe_file, shipped_recipes
+    from llm_dit.config import resolve_config
+
+    names = shipped_recipes()
+    assert {"style_transfer", "recommended", "pure_text"} <= set(names)
+    offered = client.get("/api/options").json()["presets"]
+    assert sorted(offered) == names
+    cfg = resolve_config("tiny")
+    for name in names:
+        web = offered[name]
+        expected = Recipe.from_dict(web["recipe"])
+        # --recipe NAME and --recipe path/NAME.toml: the recipe the page fills in
+        for given in (name, str(SHIPPED / f"{name}.toml")):
+            args = build_parser().parse_args(["generate", "--recipe", given, "--prompt", "x", "--out", "o.png"])
+            assert recipe_from_args(args, cfg) == expected, (name, given)
+        f = read_recipe_file(name)
+        assert (f.title, f.note, f.generation, f.caption_tokens) == (
+            web["title"], web["note"], web["generation"], web["caption_tokens"])
+    assert offered["style_transfer"]["generation"] == {"steps": 4}
+    assert offered["recommended"]["caption_tokens"] == 1024
+    # they ship in the package (package data), and a copy elsewhere reads the same
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "recipes/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["llm_dit"]
+    copy = tmp_path / "mine.toml"
+    copy.write_text((SHIPPED / "style_transfer.toml").read_text())
+    assert Recipe.load(copy) == Recipe.load("style_transfer")
+
+
+def test_generate_applies_a_shipped_recipes_suggestions_under_the_flags(ref, tmp_path, capsys, monkeypatch):
+    from llm_dit.conditioning import run
+
+    seen = {}
+
+    def stop(config, recipe, prompt, caption_tokens=None, **_):
+        seen.update(steps=config.generation.steps, prompt=prompt, caption_tokens=caption_tokens,
+                    blend=recipe.blend, alpha=recipe.alpha)
+        raise InputError("stopped before any model loads")
+
+    monkeypatch.setattr(run, "generate_from_recipe", stop)
+    base = ["generate", "--profile", "tiny", "--image", ref, "--out", str(tmp_path / "o.png")]
+    assert _cli_error([*base, "--recipe", "style_transfer", "--prompt", "a cat"], capsys) == \
+        "stopped before any model loads"
+    assert seen == {"steps": 4, "prompt": "a cat", "caption_tokens": None, "blend": "adain_per_dim", "alpha": 0.4}
+    _cli_error([*base, "--recipe", "style_transfer", "--prompt", "a cat", "--steps", "2", "--vl-alpha", "0.6"], capsys)
+    assert (seen["steps"], seen["alpha"]) == (2, 0.6)  # flags win
+    _cli_error([*base, "--recipe", "recommended"], capsys)
+    assert (seen["prompt"], seen["caption_tokens"]) == (None, 1024)  # the caption method
+    _cli_error([*base, "--recipe", "recommended", "--prompt", "a cat"], capsys)
+    assert (seen["prompt"], seen["caption_tokens"]) == ("a cat", None)
+
+
+def test_an_unknown_recipe_name_says_what_is_shipped(tmp_path, capsys):
+    from llm_dit.conditioning.recipe import shipped_recipes
+
+    base = ["generate", "--profile", "tiny", "--prompt", "a cat", "--out", str(tmp_path / "o.png")]
+    assert "did you mean style_transfer?" in _cli_error([*base, "--recipe", "style_transfr"], capsys)
+    assert f"shipped: {', '.join(shipped_recipes())}" in _cli_error([*base, "--recipe", "zzz"], capsys)
+    assert _cli_error([*base, "--recipe", str(tmp_path / "none.toml")], capsys) == \
+        f"recipe file {tmp_path / 'none.toml'} does not exist"

@@ -95,7 +95,9 @@ def overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k and not k.startswith("recipe.") and v is not None}
 
 
-def config(args: argparse.Namespace):
+def config(args: argparse.Namespace, defaults: dict | None = None):
+    """The Config the flags ask for; ``defaults`` (dotted keys, e.g. a shipped recipe's suggested
+    steps) apply under the flags."""
     from ..config import resolve_config
 
-    return resolve_config(args.profile, args.config, overrides(args))
+    return resolve_config(args.profile, args.config, {**(defaults or {}), **overrides(args)})

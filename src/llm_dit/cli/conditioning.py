@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
+from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference, shipped_recipes
 from ..errors import InputError
 from .common import one_of
 
 RECIPE = "recipe."
+#: ``--recipe``'s help, with the shipped recipes' names (the web page's presets).
+RECIPE_HELP = f"a recipe file, or a shipped recipe: {', '.join(shipped_recipes())}"
 
 
 def add_recipe_flags(p: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image (default 1)")
     r.add_argument("--role", action="append", metavar="ROLE",
                    help=one_of(Reference, "role") + ", per --image (default content)")
-    r.add_argument("--recipe", metavar="FILE.toml", help="start from a recipe file (flags override its fields)")
+    r.add_argument("--recipe", metavar="NAME|FILE.toml", help=RECIPE_HELP + "; flags override its fields")
     r.add_argument("--save-recipe", metavar="FILE.toml", help="also write the resolved recipe")
     r.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
     r.add_argument("--backend", dest=RECIPE + "backend", help=one_of(Recipe, "backend"))
@@ -100,7 +102,7 @@ def recipe_from_args(args: argparse.Namespace, config):
     """The :class:`Recipe` the flags describe (on top of ``--recipe``), not yet resolved."""
     from ..conditioning import Recipe
 
-    base = Recipe.load(args.recipe) if args.recipe else None
+    base = Recipe.load(args.recipe) if args.recipe else None  # a file, or a shipped recipe by name
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
     for key in FILE_FIELDS:
         if fields.get(key):

@@ -10,7 +10,7 @@ from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
 from .common import add_config_flags, add_generation_flags, config, one_of
-from .conditioning import absolute, references_from_args
+from .conditioning import RECIPE_HELP, absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
@@ -71,7 +71,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--role", action="append", metavar="ROLE", help=one_of(Reference, "role") + ", per --image")
     p.add_argument("--prompt", help="the prompt (or --caption-tokens N: the reference's caption)")
     p.add_argument("--caption-tokens", type=int, metavar="N", help="the prompt is a caption of about N tokens")
-    p.add_argument("--recipe", metavar="FILE.toml", help="the fixed part of every cell")
+    p.add_argument("--recipe", metavar="NAME|FILE.toml", help=RECIPE_HELP + ": the fixed part of every cell")
     p.add_argument("--grid", metavar="FILE.toml", help="[recipe] fixed fields and [axes] lists, as a file")
     axes = p.add_argument_group("axes (comma lists; one value = a fixed field)")
     for flag, (_, metavar, what) in AXIS_FLAGS.items():

@@ -47,7 +47,7 @@ from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
 from . import files
-from .form import PRESETS, generation_controls, recipe_controls
+from .form import generation_controls, presets, recipe_controls
 from .guard import Guard
 from .jobs import JOBS_FILE, TERMINAL, Job, JobQueue
 from .server import ExperimentBody, GenerateBody, RecipeBody, Server, SweepBody, field
@@ -156,7 +156,7 @@ def _routes(api: FastAPI, server: Server) -> None:
         from ..experiments.cells import GENERATION_AXES
 
         return {"profile": server.config.profile, "recipe": recipe_controls(server.config),
-                "generation": generation_controls(server.config), "presets": PRESETS,
+                "generation": generation_controls(server.config), "presets": presets(),
                 "sweepable": [c["name"] for c in recipe_controls(server.config)] + list(GENERATION_AXES) + ["method"],
                 "max_upload_mb": server.max_upload / 2**20}
 
