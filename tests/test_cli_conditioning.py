@@ -147,8 +147,8 @@ def test_caption_as_prompt(refdir, tmp_path, capsys):
     assert meta["prompt"] == expected and meta["caption"]["tokens"] <= 16
     assert meta["config"]["encoder"]["max_length"] == 1504
     for args, words in ((["--prompt", "x", "--caption-tokens", "16", "--image", str(refdir / "a.png")],
-                         "give --prompt, or --caption-tokens"),
-                        (["--caption-tokens", "16"], "captions the first reference image")):
+                         "give a prompt or caption tokens, not both"),
+                        (["--caption-tokens", "16"], "caption the first reference image: give one")):
         rc = main(["generate", *small, *args, "--out", str(tmp_path / "bad.png")])
         err = capsys.readouterr().err
         assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err

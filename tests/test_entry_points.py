@@ -56,7 +56,7 @@ def _python(case: str, ref: str, tmp_path):
         "empty sweep list": (lambda: sweep_spec([{"image": ref}], "a cat", {}, {"alpha": []}, cfg),
                              "the sweep list for 'alpha' is empty"),
         "missing model path": (lambda: ZImage.load(cfg.replace(**{"models.z_image": MISSING})), "does not exist"),
-        "empty prompt": (lambda: generate_from_recipe(cfg, Recipe(backend="text"), ""), "the prompt is empty"),
+        "empty prompt": (lambda: generate_from_recipe(cfg, Recipe(backend="text"), ""), "give a prompt"),
     }[case]
 
 
@@ -90,7 +90,7 @@ CLI = {
     "layer 99": (["--alphas", "0.5,1", "--vary", "hidden_layer=99"], "hidden layer 99 is out of range"),
     "empty sweep list": (["--vary", "alpha="], "empty value in the list"),
     "missing model path": (["--alphas", "0.5,1", "--z-image", MISSING], "does not exist"),
-    "empty prompt": (["--alphas", "0.5,1", "--prompt", " "], "a sweep needs a prompt"),
+    "empty prompt": (["--alphas", "0.5,1", "--prompt", " "], "give a prompt"),
 }
 TOML = {  # (flag, file text, what the sentence says)
     "invalid TOML": ("--recipe", "alpha = \n", "not valid TOML"),

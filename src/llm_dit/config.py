@@ -294,6 +294,26 @@ def _section_for(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     return model
 
 
+def field_choices(cls: type[BaseModel], name: str) -> tuple[Any, ...]:
+    """The values a field of ``cls`` may take when its type is a ``Literal`` (``None`` left out, and
+    other members of a union such as ``float | Literal["text"]`` too); ``()`` when it is no choice.
+
+    What the command line's help lists and the web form offers comes from here, so a mode added to a
+    type shows up in both without being typed again.
+    """
+    import types
+    import typing
+
+    def literals(ann) -> list[Any]:
+        if typing.get_origin(ann) is Literal:
+            return list(typing.get_args(ann))
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            return [v for a in typing.get_args(ann) for v in literals(a)]
+        return []
+
+    return tuple(dict.fromkeys(literals(cls.model_fields[name].annotation)))
+
+
 def validate_model(cls: type[BaseModel], data: dict[str, Any], what: str, error: type = ConfigError):
     """``cls.model_validate(data)`` with the first error as one line (``error`` raised)."""
     try:

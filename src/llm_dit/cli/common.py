@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import EncoderConfig, RuntimeConfig, VLConfig, field_choices
 from ..errors import InputError
 
 
@@ -19,6 +20,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # one line, not usage + message
         raise InputError(f"{self.prog}: {message}")
+
+
+def one_of(model, name: str, sep: str = " | ") -> str:
+    """``"a | b | c"``: the values of the field ``name`` of ``model`` (a Config section or the Recipe),
+    read from its type (:func:`~llm_dit.config.field_choices`), never typed again here."""
+    return sep.join(str(v) for v in field_choices(model, name))
 
 
 def int_list(text: str) -> list[int]:
@@ -37,12 +44,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", default="default", help="profile name (default: default)")
     g.add_argument("--config", metavar="FILE", help="a TOML file that defines or extends profiles")
     g.add_argument("--device", dest="runtime.device", help="auto | cpu | cuda | cuda:N | mps")
-    g.add_argument("--dtype", dest="runtime.dtype", help="auto | float32 | bfloat16 | float16")
-    g.add_argument("--offload", dest="runtime.offload", help="none | encoder | model | group_block | group_leaf")
+    g.add_argument("--dtype", dest="runtime.dtype", help=one_of(RuntimeConfig, "dtype"))
+    g.add_argument("--offload", dest="runtime.offload", help=one_of(RuntimeConfig, "offload"))
     g.add_argument("--compile", dest="runtime.compile", action="store_const", const=True,
                    help="torch.compile the DiT blocks and the VAE decoder (the first picture pays the compilation)")
     g.add_argument("--attention", dest="runtime.attention",
-                   help="diffusers attention backend: native | _native_cudnn | _native_flash | flash | ...")
+                   help="diffusers attention backend: " + one_of(RuntimeConfig, "attention"))
     g.add_argument("--batch-size", dest="runtime.batch_size", type=int,
                    help="experiments: cells with the same settings generated together (default 1)")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -65,9 +72,8 @@ def add_encoder_flags(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("text encoder")
     e.add_argument("--hidden-layer", dest="encoder.hidden_layer", type=int, help="hidden_states index (default -2)")
     e.add_argument("--max-length", dest="encoder.max_length", type=int, help="caption tokens, at most 1504")
-    e.add_argument(
-        "--long-prompt-mode", dest="encoder.long_prompt_mode", help="truncate | interpolate | pool | attention_pool"
-    )
+    e.add_argument("--long-prompt-mode", dest="encoder.long_prompt_mode",
+                   help=one_of(EncoderConfig, "long_prompt_mode"))
 
 
 def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bool = True) -> None:
@@ -80,17 +86,18 @@ def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bo
         g.add_argument("--layers", dest="vl.layers", type=int_list, metavar="K[,K...]",
                        help="hidden_states indices, e.g. --layers=-6,-2")
         if tokens:
-            g.add_argument("--tokens", dest="vl.token_selection",
-                           help="full | text_only | user_text | image_only | image_no_markers")
+            g.add_argument("--tokens", dest="vl.token_selection", help=one_of(VLConfig, "token_selection"))
         g.add_argument("--pool", dest="vl.pool", type=int, help="average K x K neighbourhoods of the image-token grid")
-        g.add_argument("--backend", dest="vl.backend", help="vl | splice")
+        g.add_argument("--backend", dest="vl.backend", help=one_of(VLConfig, "backend"))
 
 
 def overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k and not k.startswith("recipe.") and v is not None}
 
 
-def config(args: argparse.Namespace):
+def config(args: argparse.Namespace, defaults: dict | None = None):
+    """The Config the flags ask for; ``defaults`` (dotted keys, e.g. a shipped recipe's suggested
+    steps) apply under the flags."""
     from ..config import resolve_config
 
-    return resolve_config(args.profile, args.config, overrides(args))
+    return resolve_config(args.profile, args.config, {**(defaults or {}), **overrides(args)})

@@ -10,21 +10,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..conditioning.recipe import FILE_FIELDS
+from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference, shipped_recipes
 from ..errors import InputError
+from .common import one_of
 
 RECIPE = "recipe."
+#: ``--recipe``'s help, with the shipped recipes' names (the web page's presets).
+RECIPE_HELP = f"a recipe file, or a shipped recipe: {', '.join(shipped_recipes())}"
 
 
 def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("vision conditioning (a Recipe; see README 'Conditioning recipes')")
     r.add_argument("--image", action="append", metavar="REF", help="a reference image (repeat for several)")
     r.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image (default 1)")
-    r.add_argument("--role", action="append", metavar="ROLE", help="content | style, per --image (default content)")
-    r.add_argument("--recipe", metavar="FILE.toml", help="start from a recipe file (flags override its fields)")
+    r.add_argument("--role", action="append", metavar="ROLE",
+                   help=one_of(Reference, "role") + ", per --image (default content)")
+    r.add_argument("--recipe", metavar="NAME|FILE.toml", help=RECIPE_HELP + "; flags override its fields")
     r.add_argument("--save-recipe", metavar="FILE.toml", help="also write the resolved recipe")
     r.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
-    r.add_argument("--backend", dest=RECIPE + "backend", help="text | vl | splice")
+    r.add_argument("--backend", dest=RECIPE + "backend", help=one_of(Recipe, "backend"))
     r.add_argument("--vl-text", dest=RECIPE + "vl_text", metavar="TEXT",
                    help="the VL chat's text; {prompt} stands for the prompt (default: the prompt)")
     r.add_argument("--no-vl-text", action="store_const", const="", dest=RECIPE + "vl_text",
@@ -32,8 +36,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--vl-system-prompt", dest=RECIPE + "system_prompt", metavar="TEXT")
     r.add_argument("--vl-layer", dest=RECIPE + "hidden_layer", type=int, metavar="K",
                    help="VL hidden_states index (default -6)")
-    r.add_argument("--tokens", dest=RECIPE + "token_selection",
-                   help="full | text_only | user_text | image_only | image_no_markers")
+    r.add_argument("--tokens", dest=RECIPE + "token_selection", help=one_of(Recipe, "token_selection"))
     r.add_argument("--max-pixels", dest=RECIPE + "max_pixels", type=int, help="pixel budget per reference image")
     r.add_argument("--pool", dest=RECIPE + "pool", type=int, help="average K x K neighbourhoods of image tokens")
     r.add_argument("--intra-ratio", dest=RECIPE + "vl_intra_blend_ratio", type=float, metavar="R",
@@ -43,29 +46,29 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--image-layer", dest=RECIPE + "image_layer", type=int, metavar="K",
                    help="layer of the image part")
     r.add_argument("--text-layer", dest=RECIPE + "text_layer", type=int, metavar="K", help="layer of the text part")
-    r.add_argument("--image-tokens", dest=RECIPE + "image_tokens", help="image_no_markers | image_only")
-    r.add_argument("--text-tokens", dest=RECIPE + "text_tokens", help="text_only | user_text")
+    r.add_argument("--image-tokens", dest=RECIPE + "image_tokens", help=one_of(Recipe, "image_tokens"))
+    r.add_argument("--text-tokens", dest=RECIPE + "text_tokens", help=one_of(Recipe, "text_tokens"))
     r.add_argument("--adapter", dest=RECIPE + "adapter", metavar="FILE",
                    help="a linear map of VL states to the text encoder's (llm-dit stats adapter)")
-    r.add_argument("--norm", dest=RECIPE + "normalization_mode", help="none | global | per_dim | hybrid | whiten | cross")
+    r.add_argument("--norm", dest=RECIPE + "normalization_mode", help=one_of(Recipe, "normalization_mode"))
     r.add_argument("--target-std", dest=RECIPE + "target_std", type=_target_std, metavar="STD|text",
                    help="global normalization target (default: the text embedding's std)")
     r.add_argument("--reference-stats", dest=RECIPE + "reference_stats", metavar="FILE",
                    help="statistics from 'llm-dit stats reference' (default: computed and cached)")
-    r.add_argument("--outlier-mask", dest=RECIPE + "outlier_mask", help="none | zero | clamp | scale | restore")
+    r.add_argument("--outlier-mask", dest=RECIPE + "outlier_mask", help=one_of(Recipe, "outlier_mask"))
     r.add_argument("--outlier-threshold", dest=RECIPE + "outlier_threshold", type=float, metavar="T")
     r.add_argument("--token-budget", dest=RECIPE + "token_budget", type=int, metavar="N",
                    help="at most N VL tokens per reference")
-    r.add_argument("--budget-mode", dest=RECIPE + "budget_mode", help="pool | interpolate | attention_pool | truncate")
-    r.add_argument("--blend", dest=RECIPE + "blend",
-                   help="interpolate | linear | concat | replace | adain | adain_per_dim | style_delta | "
-                        "style_mean | style_gem | style_svd")
+    r.add_argument("--budget-mode", dest=RECIPE + "budget_mode", help=one_of(Recipe, "budget_mode"))
+    r.add_argument("--blend", dest=RECIPE + "blend", help=one_of(Recipe, "blend"))
     r.add_argument("--vl-alpha", dest=RECIPE + "alpha", type=float, metavar="A", help="VL share in [0, 1]")
     r.add_argument("--schedule", dest=RECIPE + "schedule", metavar="SPEC",
                    help="alpha per step: linear:0.8:0.2 | cosine:A:B | step:A:B:FRAC | list:a,b,... ")
-    r.add_argument("--resample", dest=RECIPE + "resample", help="linear | area (VL sequence -> text length)")
-    r.add_argument("--magnitude", dest=RECIPE + "magnitude", help="raw | match_rms")
-    r.add_argument("--style-blend", dest=RECIPE + "style_blend", help="how style references apply (adain_per_dim)")
+    r.add_argument("--resample", dest=RECIPE + "resample",
+                   help=one_of(Recipe, "resample") + " (VL sequence -> text length)")
+    r.add_argument("--magnitude", dest=RECIPE + "magnitude", help=one_of(Recipe, "magnitude"))
+    r.add_argument("--style-blend", dest=RECIPE + "style_blend",
+                   help="how style references apply: " + one_of(Recipe, "style_blend"))
     r.add_argument("--style-alpha", dest=RECIPE + "style_alpha", type=float, metavar="A")
     r.add_argument("--gem-p", dest=RECIPE + "gem_p", type=float, metavar="P")
     r.add_argument("--svd-k", dest=RECIPE + "svd_k", type=int, metavar="K")
@@ -99,7 +102,7 @@ def recipe_from_args(args: argparse.Namespace, config):
     """The :class:`Recipe` the flags describe (on top of ``--recipe``), not yet resolved."""
     from ..conditioning import Recipe
 
-    base = Recipe.load(args.recipe) if args.recipe else None
+    base = Recipe.load(args.recipe) if args.recipe else None  # a file, or a shipped recipe by name
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
     for key in FILE_FIELDS:
         if fields.get(key):

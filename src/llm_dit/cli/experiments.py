@@ -6,22 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..conditioning.recipe import FILE_FIELDS
+from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
+from ..config import MetricsConfig
 from ..errors import InputError
-from .common import add_config_flags, add_generation_flags, config
-from .conditioning import absolute, references_from_args
+from .common import add_config_flags, add_generation_flags, config, one_of
+from .conditioning import RECIPE_HELP, absolute, references_from_args
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
     "alphas": ("alpha", "A,B,..", "VL share per cell"),
     "layers": ("hidden_layer", "K,K,..", "VL hidden layers (use --layers=-2,-6)"),
-    "tokens": ("token_selection", "SEL,..", "full, text_only, user_text, image_only, image_no_markers"),
-    "norms": ("normalization_mode", "MODE,..", "none, global, per_dim, hybrid, whiten, cross"),
-    "blends": ("blend", "MODE,..", "interpolate, linear, concat, replace, adain, adain_per_dim, style_delta, ..."),
-    "masks": ("outlier_mask", "MODE,..", "none, zero, clamp, scale, restore"),
+    "tokens": ("token_selection", "SEL,..", one_of(Recipe, "token_selection", ", ")),
+    "norms": ("normalization_mode", "MODE,..", one_of(Recipe, "normalization_mode", ", ")),
+    "blends": ("blend", "MODE,..", one_of(Recipe, "blend", ", ")),
+    "masks": ("outlier_mask", "MODE,..", one_of(Recipe, "outlier_mask", ", ")),
     "intra_ratios": ("vl_intra_blend_ratio", "R,..", "image:text mixing ratios"),
     "budgets": ("token_budget", "N,..", "VL tokens per reference"),
-    "backends": ("backend", "B,..", "text, vl, splice"),
+    "backends": ("backend", "B,..", one_of(Recipe, "backend", ", ")),
     "target_stds": ("target_std", "STD,..", "global normalization targets (numbers or 'text')"),
     "methods": ("method", "M,..", "seed 004: caption (VL text = the caption) and/or generic (with --caption-tokens)"),
 }
@@ -36,7 +37,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
-    p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: auto | on | off")
+    p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: " + one_of(MetricsConfig, "vqa"))
     p.add_argument("--clip", dest="metrics.clip", metavar="DIR", help="a local CLIP folder: image-prompt score")
     p.add_argument("--siglip", dest="metrics.siglip", metavar="DIR", help="a local SigLIP folder: image-prompt score")
     p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
@@ -67,10 +68,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="the cartesian product of recipe fields: images, grids, report")
     p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")
     p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image")
-    p.add_argument("--role", action="append", metavar="ROLE", help="content | style, per --image")
+    p.add_argument("--role", action="append", metavar="ROLE", help=one_of(Reference, "role") + ", per --image")
     p.add_argument("--prompt", help="the prompt (or --caption-tokens N: the reference's caption)")
     p.add_argument("--caption-tokens", type=int, metavar="N", help="the prompt is a caption of about N tokens")
-    p.add_argument("--recipe", metavar="FILE.toml", help="the fixed part of every cell")
+    p.add_argument("--recipe", metavar="NAME|FILE.toml", help=RECIPE_HELP + ": the fixed part of every cell")
     p.add_argument("--grid", metavar="FILE.toml", help="[recipe] fixed fields and [axes] lists, as a file")
     axes = p.add_argument_group("axes (comma lists; one value = a fixed field)")
     for flag, (_, metavar, what) in AXIS_FLAGS.items():
@@ -93,12 +94,10 @@ def add_parsers(sub) -> None:
 
 
 def cmd_experiments(args) -> int:
-    from ..experiments.presets import EXPERIMENTS, Inputs
+    from ..experiments.presets import catalog
 
-    for e in EXPERIMENTS.values():
-        images = [f"/ref{i}.png" for i in range(e.images)]
-        full, quick = len(e.cells(Inputs(images, False))), len(e.cells(Inputs(images, True)))
-        print(f"{e.name:24s} {full:3d} cells ({quick} quick)  {e.summary}")
+    for e in catalog():
+        print(f"{e['name']:24s} {e['cells']:3d} cells ({e['quick_cells']} quick)  {e['summary']}")
     return 0
 
 
@@ -234,19 +233,12 @@ def _recipe_fields(args) -> dict:
     return fields
 
 
-def _split(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",")]
-    if not all(values):
-        raise InputError(f"empty value in the list '{text}'")
-    return values
-
-
 def sweep_axes(args) -> tuple[dict, dict]:
     """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
     import tomllib
 
     from ..conditioning import Recipe
-    from ..experiments.cells import coerce
+    from ..experiments.cells import sweep_axis
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
     axes: dict[str, list] = {}
@@ -271,15 +263,15 @@ def sweep_axes(args) -> tuple[dict, dict]:
     for flag, (field, _, _) in AXIS_FLAGS.items():
         text = getattr(args, "axis_" + flag)
         if text is not None:
-            axes[field] = [coerce(field, v) for v in _split(text)]
+            axes[field] = sweep_axis(field, text)[1]
     if args.axis_schedules:
         axes["schedule"] = list(args.axis_schedules)
     for item in args.vary or []:
         key, sep, values = item.partition("=")
         if not sep or not key.strip():
             raise InputError(f"--vary takes FIELD=V1,V2 (got '{item}')")
-        key = key.strip().removeprefix("generation.")
-        axes[key] = [coerce(key, v) for v in _split(values)]
+        key, axes_values = sweep_axis(key, values)
+        axes[key] = axes_values
     fixed = {k: v[0] for k, v in axes.items() if isinstance(v, list) and len(v) == 1}
     return {**base, **{k: v for k, v in fixed.items() if k in Recipe.model_fields}}, \
         {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}

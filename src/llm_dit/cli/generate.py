@@ -10,16 +10,21 @@ from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
+    from ..conditioning.recipe import check_prompt_or_caption, read_recipe_file
     from ..conditioning.run import generate_from_recipe, write_generated
     from ..images import check_output_path, load_image
     from .conditioning import recipe_from_args
 
     # Everything a user can get wrong is checked before any model loads (the recipe and its
     # references by generate_from_recipe, which checks them before its first stage).
-    cfg = config(args)
+    # a shipped recipe's suggestions (steps, the caption method) apply where no flag says otherwise
+    shipped = read_recipe_file(args.recipe) if args.recipe else None
+    cfg = config(args, shipped.config_overrides() if shipped else None)
     resolved = recipe_from_args(args, cfg).resolve(cfg)
-    if (args.prompt is None) == (args.caption_tokens is None):
-        raise InputError("give --prompt, or --caption-tokens N (the prompt is a caption of the first --image)")
+    caption_tokens = args.caption_tokens
+    if caption_tokens is None and args.prompt is None and shipped is not None:
+        caption_tokens = shipped.caption_tokens
+    prompt = check_prompt_or_caption(args.prompt, caption_tokens, len(resolved.references))
     out = check_output_path(args.out)
     sidecar = out.with_suffix(".json")
     init = load_image(args.init_image, "init image") if args.init_image else None
@@ -29,8 +34,8 @@ def cmd_generate(args) -> int:
         check_output_path(args.save_recipe, ".toml")
 
     progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
-    result = generate_from_recipe(cfg, resolved, args.prompt, init_image=init, log=progress,
-                                  caption_tokens=args.caption_tokens)
+    result = generate_from_recipe(cfg, resolved, prompt, init_image=init, log=progress,
+                                  caption_tokens=caption_tokens)
     rec = result.record
     text = rec["text_encoding"]
     if text["truncated"]:

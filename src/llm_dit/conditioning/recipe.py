@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,8 @@ StyleMode = Literal[STYLE_MODES]
 FILE_FIELDS = ("adapter", "reference_stats")
 #: Weights whose sum is closer to zero than this are refused.
 _MIN_WEIGHT_SUM = 1e-8
+#: Recipes shipped with the package (``NAME.toml``): ``--recipe NAME`` and the web page's presets.
+SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class _Strict(BaseModel):
@@ -166,17 +169,11 @@ class Recipe(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
-        """Read a ``.toml`` or ``.json`` recipe; relative image paths are taken from the file's folder."""
-        import tomllib
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"recipe file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"recipe file {path} is not valid TOML: {e}") from None
+        """Read a ``.toml`` or ``.json`` recipe, or a shipped one by name (:func:`recipe_file`); a file
+        with a ``[recipe]`` table (a shipped recipe, a metadata file) gives that table. Relative image
+        paths are taken from the file's folder."""
+        path = recipe_file(path)
+        data = _read_file(path)
         if isinstance(data, dict) and isinstance(data.get("recipe"), dict):
             data = data["recipe"]  # a metadata file: its recipe
         refs = data.get("references") if isinstance(data, dict) else None
@@ -188,6 +185,107 @@ class Recipe(_Strict):
             if isinstance(value, str) and value and not Path(value).is_absolute():
                 data[key] = str(path.parent / value)
         return cls.from_dict(data)
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped recipes (``src/llm_dit/recipes/NAME.toml``), sorted."""
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def recipe_file(name_or_path: str | Path) -> Path:
+    """The file ``--recipe`` means: a path as given, or the shipped recipe of that name (a bare word
+    that is no file here, e.g. ``style_transfer``)."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix or len(path.parts) != 1:
+        if not path.is_file():
+            raise InputError(f"recipe file {path} does not exist")
+        return path
+    if (SHIPPED / f"{path.name}.toml").is_file():
+        return SHIPPED / f"{path.name}.toml"
+    import difflib
+
+    names = shipped_recipes()
+    close = difflib.get_close_matches(path.name, names, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"shipped: {', '.join(names)}"
+    raise InputError(f"no recipe file {path} here and no shipped recipe of that name; {hint}")
+
+
+def _read_file(path: Path) -> Any:
+    """The table a ``.json`` or ``.toml`` file holds."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                          f"{e}") from None
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """A recipe file as ``--recipe`` and the web page's presets read it: the recipe, and what a
+    shipped recipe suggests beside it (a title and note for the page, generation settings such as
+    ``{"steps": 4}``, and ``caption_tokens`` for the caption method). Plain recipe files have none."""
+
+    name: str
+    recipe: Recipe
+    title: str = ""
+    note: str = ""
+    generation: dict[str, Any] = field(default_factory=dict)
+    caption_tokens: int | None = None
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The suggested generation settings as dotted config overrides (flags given still win)."""
+        return {f"generation.{k}": v for k, v in self.generation.items()}
+
+
+def read_recipe_file(name_or_path: str | Path) -> RecipeFile:
+    """Read a recipe file or a shipped recipe (:func:`recipe_file`); the recipe through
+    :meth:`Recipe.load`, the suggestions from the top of a ``.toml`` file with a ``[recipe]`` table."""
+    from ..config import GenerationConfig
+
+    path = recipe_file(name_or_path)
+    recipe = Recipe.load(path)
+    data = _read_file(path) if path.suffix == ".toml" else {}
+    if not isinstance(data.get("recipe"), dict):
+        return RecipeFile(path.stem, recipe)
+    generation = data.get("generation", {})
+    if not isinstance(generation, dict) or set(generation) - set(GenerationConfig.model_fields):
+        raise ConfigError(f"recipe file {path}: [generation] takes {', '.join(GenerationConfig.model_fields)}")
+    tokens = data.get("caption_tokens")
+    if tokens is not None and (not isinstance(tokens, int) or not 1 <= tokens <= MAX_CAPTION_TOKENS):
+        raise ConfigError(f"recipe file {path}: caption_tokens must be a whole number in 1..{MAX_CAPTION_TOKENS}")
+    return RecipeFile(path.stem, recipe, str(data.get("title", "")), str(data.get("note", "")), dict(generation),
+                      tokens)
+
+
+def check_prompt_or_caption(prompt: str | None, caption_tokens: int | None, references: int) -> str | None:
+    """The prompt a generation uses, after the one rule every door applies: a prompt, or
+    ``caption_tokens`` (the prompt is then Qwen3-VL's caption of the first of the ``references``
+    reference images, about that many tokens, 1..1504), never both and never neither.
+
+    A prompt of only white space counts as none given (and the sentence says it is empty). Returns
+    the prompt, or None when a caption will be the prompt. The command line, the web app,
+    :func:`~llm_dit.conditioning.run.generate_from_recipe` and sweeps all call this, so they refuse
+    the same input with the same sentence (and field).
+    """
+    blank = prompt is not None and not prompt.strip()
+    if blank:
+        prompt = None
+    if caption_tokens is None:
+        if prompt is None:
+            give = "give a prompt, or caption tokens N to use a caption of the first reference image"
+            raise InputError(f"the prompt is empty ({give})" if blank else give, field="prompt")
+        return prompt
+    if prompt is not None:
+        raise InputError("give a prompt or caption tokens, not both", field="caption_tokens")
+    if references < 1:
+        raise InputError("caption tokens caption the first reference image: give one", field="caption_tokens")
+    if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
+        raise InputError(f"caption tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
+                         field="caption_tokens")
+    return None
 
 
 def _drop_none(value):

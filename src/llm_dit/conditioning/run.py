@@ -30,7 +30,7 @@ from ..images import load_image
 from ..vl.adapter import LinearAdapter
 from ..vl.reference import ReferenceStats
 from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
-from .recipe import Recipe
+from .recipe import Recipe, check_prompt_or_caption
 from .style import neutral_image
 
 Log = Callable[[str], None]
@@ -216,25 +216,6 @@ def check_recipe(recipe: Recipe, config: Config, prompt: str, loaded: Loaded | N
     return Checked(requests, adapter, stats)
 
 
-def check_prompt_or_caption(prompt: str | None, caption_tokens: int | None, has_reference: bool) -> str | None:
-    """The prompt to use (None: a caption of the first reference will be), or one sentence naming the
-    field that is wrong: give a prompt or ``caption_tokens`` (1..``MAX_CAPTION_TOKENS``, with a
-    reference to caption), not both. A blank prompt counts as none."""
-    if prompt is not None and not prompt.strip():
-        prompt = None
-    if prompt is None and caption_tokens is None:
-        raise InputError("give a prompt (or caption_tokens to use a caption of the first reference)", field="prompt")
-    if prompt is not None and caption_tokens is not None:
-        raise InputError("give a prompt or caption_tokens, not both", field="caption_tokens")
-    if caption_tokens is not None:
-        if not has_reference:
-            raise InputError("caption_tokens captions the first reference image: give one", field="caption_tokens")
-        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
-            raise InputError(f"caption_tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
-                             field="caption_tokens")
-    return prompt
-
-
 @dataclass(frozen=True)
 class Prepared:
     """One generation, checked and ready: the stages below take it and check nothing again."""
@@ -250,7 +231,7 @@ class Prepared:
 def prepare(config: Config, recipe: Recipe, prompt: str | None, caption_tokens: int | None = None) -> Prepared:
     """Check a generation and load what the checks need (see :class:`Prepared`); an error names its
     ``field`` (``prompt``, ``caption_tokens``, or the recipe's own)."""
-    prompt = check_prompt_or_caption(prompt, caption_tokens, bool(recipe.references))
+    prompt = check_prompt_or_caption(prompt, caption_tokens, len(recipe.references))
     if caption_tokens is not None:
         config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
     recipe = recipe.resolve(config)

@@ -191,6 +191,25 @@ def coerce(key: str, value: Any) -> Any:
     return text
 
 
+def sweep_axis(key: str, values: str | list[Any]) -> tuple[str, list[Any]]:
+    """One sweep axis as a person gives it: ``(field, values)``, e.g. ``("alpha", "0.3, 0.5")``.
+
+    ``key``: a recipe field, a generation setting (``steps`` or ``generation.steps``) or ``method``.
+    ``values``: a comma list of text, or a list; each text value is typed as the field takes it
+    (:func:`coerce`), other values pass as they are. Returns the field's name and the typed list;
+    :func:`sweep_cells` then checks the field and the values. The command line (``--alphas``,
+    ``--vary FIELD=V1,V2``) and the web app's sweep form both call this.
+    """
+    key = key.strip().removeprefix("generation.")
+    if isinstance(values, str):
+        items: list[Any] = [v.strip() for v in values.split(",")]
+        if not all(items):
+            raise InputError(f"empty value in the list '{values}'", field=f"axes.{key}")
+    else:
+        items = list(values)
+    return key, [coerce(key, v) for v in items]
+
+
 def _kind_name(kind) -> str:
     return {str: "text", int: "whole number"}.get(kind, "number")
 

@@ -343,3 +343,15 @@ def get_experiment(name: str) -> Experiment:
         hint = f"; did you mean {close[0]}?" if close else "; 'llm-dit experiments' lists them"
         raise InputError(f"unknown experiment {name!r}{hint}")
     return EXPERIMENTS[name]
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The named experiments as ``llm-dit experiments`` and the web app's list show them, in order:
+    ``name``, ``summary``, ``images`` (reference images it takes), ``caption`` (it writes its own
+    prompts), and its number of ``cells`` and ``quick_cells`` (text baselines included)."""
+    out = []
+    for e in EXPERIMENTS.values():
+        images = [f"/ref{i}.png" for i in range(e.images)]  # the cell count depends on the count of images only
+        out.append({"name": e.name, "summary": e.summary, "images": e.images, "caption": e.caption,
+                    "cells": len(e.cells(Inputs(images, False))), "quick_cells": len(e.cells(Inputs(images, True)))})
+    return out

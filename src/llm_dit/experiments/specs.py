@@ -79,19 +79,12 @@ def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any],
                save_embeddings: bool = False) -> tuple[RunSpec, Config]:
     """The :class:`RunSpec` of a sweep: every combination of ``axes`` (typed values) over the fixed
     recipe fields ``base``, with ``references`` (``[{"image", "weight"?, "role"?}]``, absolute paths)."""
+    from ..conditioning.recipe import check_prompt_or_caption
     from .cells import sweep_cells
     from .presets import slice_grids
 
-    if caption_tokens is None and (prompt is None or not prompt.strip()):
-        raise InputError("a sweep needs a prompt, or caption tokens to use a caption of the reference", field="prompt")
+    prompt = check_prompt_or_caption(prompt, caption_tokens, len(references))
     if caption_tokens is not None:
-        if prompt is not None:
-            raise InputError("give a prompt or caption tokens, not both", field="caption_tokens")
-        if not references:
-            raise InputError("caption tokens caption the reference: give a reference image", field="caption_tokens")
-        if not 1 <= caption_tokens <= MAX_CAPTION_TOKENS:
-            raise InputError(f"caption tokens must be in 1..{MAX_CAPTION_TOKENS} (got {caption_tokens})",
-                             field="caption_tokens")
         config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
     if not axes:
         raise InputError("nothing to sweep: give at least one list of values (e.g. alpha 0.3,0.5)", field="axes")

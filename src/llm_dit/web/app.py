@@ -47,7 +47,7 @@ from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
 from . import files
-from .form import PRESETS, generation_controls, recipe_controls
+from .form import generation_controls, presets, recipe_controls
 from .guard import Guard
 from .jobs import JOBS_FILE, TERMINAL, Job, JobQueue
 from .server import ExperimentBody, GenerateBody, RecipeBody, Server, SweepBody, field
@@ -156,20 +156,15 @@ def _routes(api: FastAPI, server: Server) -> None:
         from ..experiments.cells import GENERATION_AXES
 
         return {"profile": server.config.profile, "recipe": recipe_controls(server.config),
-                "generation": generation_controls(server.config), "presets": PRESETS,
+                "generation": generation_controls(server.config), "presets": presets(),
                 "sweepable": [c["name"] for c in recipe_controls(server.config)] + list(GENERATION_AXES) + ["method"],
                 "max_upload_mb": server.max_upload / 2**20}
 
     @api.get("/api/experiments")
     def experiments():
-        from ..experiments.presets import EXPERIMENTS, Inputs
+        from ..experiments.presets import catalog
 
-        out = []
-        for e in EXPERIMENTS.values():
-            images = [f"/ref{i}.png" for i in range(e.images)]
-            out.append({"name": e.name, "summary": e.summary, "images": e.images, "caption": e.caption,
-                        "cells": len(e.cells(Inputs(images, False))), "quick_cells": len(e.cells(Inputs(images, True)))})
-        return out
+        return catalog()
 
     @api.post("/api/uploads", status_code=201)
     async def upload(file: UploadFile = File(...)):
@@ -199,24 +194,23 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/sweeps", status_code=202)
     def sweep(body: SweepBody):
-        from ..experiments.cells import coerce
+        from ..experiments.cells import sweep_axis
         from ..experiments.specs import sweep_spec
 
         config = server.generation_config(body.generation)
         recipe = server.recipe(body.recipe)
         axes = {}
         for key, values in body.axes.items():
-            key = key.removeprefix("generation.")
+            key, values = sweep_axis(key, values)
             if key == "references":
                 raise InputError("references cannot be swept here: run one sweep per reference", field="axes.references")
-            axes[key] = [coerce(key, v) for v in values]
+            axes[key] = values
             if key in FILE_FIELDS:
                 axes[key] = [v if v is None else server.runs_file(v, f"axes.{key}") for v in axes[key]]
         base = recipe.to_dict()
         references = base.pop("references")
-        prompt = body.prompt if body.prompt is None or body.prompt.strip() else None
         with field("recipe", prefix=True):  # a field of the fixed part is a recipe field
-            spec, config = sweep_spec(references, prompt, base, axes, config, caption_tokens=body.caption_tokens)
+            spec, config = sweep_spec(references, body.prompt, base, axes, config, caption_tokens=body.caption_tokens)
         title = f"sweep of {', '.join(axes)}: {len(spec.cells)} cells"
         with server.new_run(body.name, "sweep") as (run, out):
             return server.job_dict(server.run_job("sweep", title, spec, config, run, out))

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from ..conditioning.recipe import FILE_FIELDS, Recipe
+from ..conditioning.recipe import FILE_FIELDS, Recipe, read_recipe_file, shipped_recipes
 from ..conditioning.schedule import Schedule
 from ..config import Config, GenerationConfig
 
@@ -39,29 +39,6 @@ HELP = {
     "style_alpha": "how much the style references apply (default: alpha)",
 }
 GENERATION_FIELDS = ("steps", "seed", "width", "height", "shift", "guidance_scale")
-#: The seeds' recommended settings, as a recipe and generation settings the page fills in.
-PRESETS: dict[str, dict[str, Any]] = {
-    "style_transfer": {
-        "title": "Style transfer best settings (seed 003)",
-        "note": "layer -6, full token sequence, adain_per_dim, alpha 0.4, 4 steps",
-        "recipe": {"backend": "vl", "hidden_layer": -6, "token_selection": "full", "blend": "adain_per_dim",
-                   "alpha": 0.4},
-        "generation": {"steps": 4},
-    },
-    "recommended": {
-        "title": "Recommended defaults (seed 004)",
-        "note": "layer -6, alpha 0.5, the caption method: the prompt is a 1024-token caption of the reference",
-        "recipe": {"backend": "vl", "hidden_layer": -6, "alpha": 0.5, "vl_text": "{prompt}"},
-        "caption_tokens": 1024,
-    },
-    "pure_text": {
-        "title": "Pure text (Z-Image as shipped)",
-        "note": "no VL conditioning: the baseline",
-        "recipe": {"backend": "text"},
-    },
-}
-
-
 def _bounds(info) -> dict[str, float]:
     out = {}
     for m in info.metadata:
@@ -124,4 +101,17 @@ def generation_controls(config: Config) -> list[dict[str, Any]]:
         if name in ("width", "height"):
             c["step"] = 16
         out.append(c)
+    return out
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """The page's presets: the shipped recipes (``src/llm_dit/recipes/*.toml``), read as ``--recipe
+    NAME`` reads them. ``recipe`` holds the fields the file sets (the page resets the others),
+    ``generation`` and ``caption_tokens`` what it suggests beside them."""
+    out = {}
+    for name in shipped_recipes():
+        f = read_recipe_file(name)
+        out[name] = {"title": f.title or name, "note": f.note,
+                     "recipe": f.recipe.model_dump(mode="json", exclude_unset=True),
+                     "generation": f.generation, "caption_tokens": f.caption_tokens}
     return out

@@ -40,7 +40,8 @@ class GenerateBody(_Body):
 
 
 class SweepBody(GenerateBody):
-    axes: dict[str, list[Any]] = Field(description="field -> values (text values are typed as the field takes them)")
+    axes: dict[str, list[Any] | str] = Field(description="field -> values: a list, or a comma list as text (text "
+                                                        "values are typed as the field takes them)")
     name: str | None = Field(None, description="the run folder's name (default: sweep-DATE-TIME)")
 
 

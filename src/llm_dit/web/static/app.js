@@ -234,8 +234,8 @@ async function saveRecipe() {
 async function runSweep() {
   showError("#form-error", null);
   const field = $("#sweep-field").value;
-  const values = $("#sweep-values").value.split(",").map((s) => s.trim()).filter((s) => s);
-  const body = { ...collect(), axes: { [field]: values } };
+  // the server splits and types the comma list, as it does for the command line's --vary
+  const body = { ...collect(), axes: { [field]: $("#sweep-values").value } };
   try {
     const job = await api("/api/sweeps", { body });
     go("/runs/" + encodeURIComponent(job.run));
