@@ -257,12 +257,12 @@ def test_generate_applies_a_shipped_recipes_suggestions_under_the_flags(ref, tmp
 
     seen = {}
 
-    def stop(config, recipe, prompt, caption_tokens=None, **_):
-        seen.update(steps=config.generation.steps, prompt=prompt, caption_tokens=caption_tokens,
-                    blend=recipe.blend, alpha=recipe.alpha)
+    def stop(prepared, *_, **__):
+        seen.update(steps=prepared.config.generation.steps, prompt=prepared.prompt,
+                    caption_tokens=prepared.caption_tokens, blend=prepared.recipe.blend, alpha=prepared.recipe.alpha)
         raise InputError("stopped before any model loads")
 
-    monkeypatch.setattr(run, "generate_from_recipe", stop)
+    monkeypatch.setattr(run, "generate", stop)
     base = ["generate", "--profile", "tiny", "--image", ref, "--out", str(tmp_path / "o.png")]
     assert _cli_error([*base, "--recipe", "style_transfer", "--prompt", "a cat"], capsys) == \
         "stopped before any model loads"

@@ -10,21 +10,21 @@ from .common import config, overrides
 
 
 def cmd_generate(args) -> int:
-    from ..conditioning.recipe import check_prompt_or_caption, read_recipe_file
-    from ..conditioning.run import generate_from_recipe, write_generated
+    from ..conditioning.recipe import read_recipe_file
+    from ..conditioning.run import generate, prepare, write_generated
     from ..images import check_output_path, load_image
     from .conditioning import recipe_from_args
 
-    # Everything a user can get wrong is checked before any model loads (the recipe and its
-    # references by generate_from_recipe, which checks them before its first stage).
+    # Everything a user can get wrong is checked before any model loads: the prompt, the recipe, its
+    # references and files (prepare, whose result generate uses as is), the output paths.
     # a shipped recipe's suggestions (steps, the caption method) apply where no flag says otherwise
     shipped = read_recipe_file(args.recipe) if args.recipe else None
     cfg = config(args, shipped.config_overrides() if shipped else None)
-    resolved = recipe_from_args(args, cfg).resolve(cfg)
     caption_tokens = args.caption_tokens
     if caption_tokens is None and args.prompt is None and shipped is not None:
         caption_tokens = shipped.caption_tokens
-    prompt = check_prompt_or_caption(args.prompt, caption_tokens, len(resolved.references))
+    prepared = prepare(cfg, recipe_from_args(args, cfg), args.prompt, caption_tokens)
+    resolved, cfg = prepared.recipe, prepared.config
     out = check_output_path(args.out)
     sidecar = out.with_suffix(".json")
     init = load_image(args.init_image, "init image") if args.init_image else None
@@ -34,8 +34,7 @@ def cmd_generate(args) -> int:
         check_output_path(args.save_recipe, ".toml")
 
     progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
-    result = generate_from_recipe(cfg, resolved, prompt, init_image=init, log=progress,
-                                  caption_tokens=caption_tokens)
+    result = generate(prepared, init_image=init, log=progress)
     rec = result.record
     text = rec["text_encoding"]
     if text["truncated"]:
