@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli before it joined the standard library
+    import tomli as tomllib
 
 #: Z-Image's caption limit: RoPE tables of ``axes_lens[0] = 1536`` minus one 32-token pad block.
 MAX_CAPTION_TOKENS = 1504

@@ -243,9 +243,8 @@ def _split(text: str) -> list[str]:
 
 def sweep_axes(args) -> tuple[dict, dict]:
     """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
-    import tomllib
-
     from ..conditioning import Recipe
+    from ..config import tomllib
     from ..experiments.cells import coerce
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}

@@ -167,7 +167,7 @@ class Recipe(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         """Read a ``.toml`` or ``.json`` recipe; relative image paths are taken from the file's folder."""
-        import tomllib
+        from ..config import tomllib
 
         path = Path(path)
         if not path.is_file():
