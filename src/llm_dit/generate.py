@@ -190,7 +190,7 @@ class ZImage:
             if step_embeds is None or i + 1 >= n:
                 return {}
             return {"prompt_embeds": [self._to_dit(f(i + 1, n) if f is not None else e)
-                                      for f, e in zip(step_embeds, firsts)]}
+                                      for f, e in zip(step_embeds, firsts, strict=True)]}
 
         return on_step_end
 

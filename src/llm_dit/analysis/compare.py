@@ -135,7 +135,8 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
         ax1.set_title(f"layer {k}: text-encoder reference vs Qwen3-VL tokens")
         ax1.legend(markerscale=5)
         if std["vl_image"] is not None:
-            ratio = [math.log10(max(v, 1e-12) / max(r, 1e-12)) for v, r in zip(std["vl_image"], std["reference"])]
+            pairs = zip(std["vl_image"], std["reference"], strict=True)  # one std per dimension each
+            ratio = [math.log10(max(v, 1e-12) / max(r, 1e-12)) for v, r in pairs]
             ax2.scatter(dims, ratio, s=2, color="tab:red")
             for o in entry.get("outliers_vl_image", [])[:8]:
                 sign = 1 if o["direction"] == "vl_high" else -1

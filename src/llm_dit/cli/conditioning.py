@@ -47,7 +47,8 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--text-tokens", dest=RECIPE + "text_tokens", help="text_only | user_text")
     r.add_argument("--adapter", dest=RECIPE + "adapter", metavar="FILE",
                    help="a linear map of VL states to the text encoder's (llm-dit stats adapter)")
-    r.add_argument("--norm", dest=RECIPE + "normalization_mode", help="none | global | per_dim | hybrid | whiten | cross")
+    r.add_argument("--norm", dest=RECIPE + "normalization_mode",
+                   help="none | global | per_dim | hybrid | whiten | cross")
     r.add_argument("--target-std", dest=RECIPE + "target_std", type=_target_std, metavar="STD|text",
                    help="global normalization target (default: the text embedding's std)")
     r.add_argument("--reference-stats", dest=RECIPE + "reference_stats", metavar="FILE",

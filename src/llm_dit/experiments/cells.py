@@ -221,8 +221,8 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
     for values in axes.values():
         total *= len(values)
     if total > MAX_SWEEP_CELLS:
-        raise InputError(f"the sweep has {total} cells, over the limit of {MAX_SWEEP_CELLS}; split it into several runs",
-                         field="axes")
+        raise InputError(f"the sweep has {total} cells, over the limit of {MAX_SWEEP_CELLS}; "
+                         "split it into several runs", field="axes")
     keys = list(axes)
     cells = []
     for combo in itertools.product(*(axes[k] for k in keys)):

@@ -243,7 +243,8 @@ class VLEmbeddingExtractor:
         ``image``: a path, a PIL image, or a list of them (or None). ``hidden_layer``: one index or a
         list (transformers' ``hidden_states`` convention). ``token_selection`` or one seed flag picks
         the tokens (none: the full sequence). ``max_pixels`` bounds each image's pixels (and so its
-        tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool`` neighbourhoods of each image's token grid.
+        tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool`` neighbourhoods
+        of each image's token grid.
         Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization).
         """
         selection = resolve_token_selection(token_selection, text_tokens_only, image_tokens_only,

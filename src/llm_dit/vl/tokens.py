@@ -129,7 +129,8 @@ def compute_token_masks(input_ids: torch.Tensor, special: SpecialIds) -> TokenMa
     spans: list[tuple[int, int]] = []
     starts = torch.nonzero(vstart).flatten().tolist()
     ends = torch.nonzero(vend).flatten().tolist()
-    for s, e in zip(starts, ends):
+    # Any id sequence gets masks (tests/test_properties.py): unbalanced markers pair up as far as they go.
+    for s, e in zip(starts, ends, strict=False):
         spans.append((s + 1, e))
     return TokenMasks(full, text_only, user_text, image_only, image_no_markers, spans)
 
@@ -208,7 +209,7 @@ def pool_image_tokens(
     id_pieces: list[torch.Tensor] = []
     new_grids: list[tuple[int, int]] = []
     prev = 0
-    for (start, end), (gh, gw) in zip(masks.image_spans, token_grids):
+    for (start, end), (gh, gw) in zip(masks.image_spans, token_grids, strict=True):  # lengths checked above
         if end - start != gh * gw:
             raise ValueError(f"image span of {end - start} tokens does not match its {gh}x{gw} grid")
         nh, nw = -(-gh // k), -(-gw // k)
