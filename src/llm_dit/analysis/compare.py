@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS
+from ..protocols import Extractor
 from ..vl.outliers import get_outlier_dimensions
+from ..vl.result import VLExtractionResult
 from .reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
 
 
@@ -63,7 +66,7 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 def compare_embedding_stats(
-    extractor, tokenizer, text_encoder, image: Image.Image, prompt: str, layers: list[int],
+    extractor: Extractor, tokenizer, text_encoder, image: Image.Image, prompt: str, layers: list[int],
     model_name: str, threshold: float = 10.0, prompts_file: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS, pool: int = 1, system_prompt: str | None = None,
 ) -> dict:
@@ -71,23 +74,27 @@ def compare_embedding_stats(
     refs = compute_reference_stats(
         tokenizer, text_encoder, read_prompts(prompts_file) + [prompt], layers, model_name=model_name
     )
-    kw = dict(hidden_layer=layers, max_pixels=max_pixels, pool=pool, system_prompt=system_prompt)
-    vl = extractor.extract(image, prompt, **kw)
-    gray = extractor.extract(Image.new("RGB", image.size, (128, 128, 128)), prompt, **kw)
+    def extract(im: Image.Image) -> VLExtractionResult:
+        return extractor.extract(im, prompt, hidden_layer=layers, max_pixels=max_pixels, pool=pool,
+                                 system_prompt=system_prompt)
+
+    vl = extract(image)
+    gray = extract(Image.new("RGB", image.size, (128, 128, 128)))
     masks = vl.masks
     first_image = masks.image_spans[0][0] - 1 if masks.image_spans else len(masks.full)
     before = torch.zeros_like(masks.full)
     before[:first_image] = True
+    per_layer: dict[str, dict] = {}
     report = {"prompt": prompt, "model": vl.model, "backend": vl.backend, "threshold": threshold,
               "max_pixels": max_pixels, "pool": pool,
               "massive_factor": MASSIVE_FACTOR, "token_counts": masks.counts(), "token_grids": vl.token_grids,
-              "layers": {}}
+              "layers": per_layer}
     for k in layers:
         ref = refs[k]
         h, hg = vl.hidden_states[k], gray.hidden_states[k]
         img, txt = h[masks.image_no_markers], h[masks.text_only]
         massive = ref.std > MASSIVE_FACTOR * ref.std.median()
-        entry = {
+        entry: dict[str, Any] = {
             "reference": ref.provenance(),
             "massive_dims": torch.nonzero(massive).flatten().tolist(),
             "std": {
@@ -110,7 +117,7 @@ def compare_embedding_stats(
             entry[f"outliers_{name}"] = (
                 [o.__dict__ for o in get_outlier_dimensions(x, ref, threshold)] if len(x) > 1 else []
             )
-        report["layers"][str(k)] = entry
+        per_layer[str(k)] = entry
     return report
 
 

@@ -143,6 +143,7 @@ def plan_jobs(pending: list[Cell], resolved: dict[str, Recipe], captions: dict[i
     for c in pending:
         cfg = c.config(config)
         text = prompt if c.caption is None else captions[c.caption]
+        assert text is not None, "a run without a prompt captions every cell (checked by its spec)"
         recipe = effective_recipe(resolved[c.name])
         recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
         key = generation_key(recipe, text, cfg)

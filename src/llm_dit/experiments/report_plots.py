@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 Job = tuple[str, str, dict]  # (plot kind, file, data): plain lists and numbers, cheap to send to a process
 
@@ -46,7 +48,7 @@ def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict], look_at: t
         values = {k: {r["name"]: [r["metrics"][k], None, None] for r in done if _is_number(r["metrics"].get(k))}
                   for k in keys}
         jobs.append(metrics_job(str(plots / "metrics.png"), done, values))
-    ratios = {}
+    ratios: dict[str, list[list[float]]] = {}
     for name in names:
         s = stats.get(name)
         if s is None or "vl_std" not in s or len(ratios) == 12:
@@ -62,8 +64,9 @@ def draw(kind: str, path: str, data: dict) -> str:
     """Draw one plot of :func:`plot_jobs` into ``path`` (in this process or a worker's)."""
     from ..analysis.plots import pyplot, save_figure
 
-    fig = {"std_per_cell": _std_per_cell, "metrics": _metrics, "per_dim_ratio": _per_dim_ratio}[kind](pyplot(),
-                                                                                                     **data)
+    drawers: dict[str, Callable[..., Any]] = {"std_per_cell": _std_per_cell, "metrics": _metrics,
+                                              "per_dim_ratio": _per_dim_ratio}
+    fig = drawers[kind](pyplot(), **data)
     return str(save_figure(fig, path, durable=False))  # a report file: made again by `llm-dit report`
 
 
@@ -269,6 +272,7 @@ class PlotWorkers:
         replies = []
         for i, job in enumerate(jobs):
             proc = self.procs[i % len(self.procs)]
+            assert proc.stdin is not None, "the workers are started with stdin=PIPE"
             proc.stdin.write(json.dumps(job) + "\n")
             proc.stdin.flush()
             replies.append(_Reply(proc))
@@ -284,7 +288,8 @@ class PlotWorkers:
             proc.wait()
             for f in (proc.stdin, proc.stdout):
                 with contextlib.suppress(OSError):
-                    f.close()
+                    if f is not None:  # both are pipes (see __init__)
+                        f.close()
 
 
 if __name__ == "__main__":

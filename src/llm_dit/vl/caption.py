@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..config import DEFAULT_MAX_PIXELS
 from ..errors import LlmDitError
+from ..protocols import Captioner
 
 DEFAULT_SYSTEM_PROMPT = (
     "You write captions for a text-to-image model. Describe the image in one detailed paragraph: the "
@@ -62,7 +63,7 @@ class Caption:
 
 
 def caption_image(
-    extractor,
+    extractor: Captioner,
     image,
     min_tokens: int = 0,
     max_new_tokens: int = 1024,
@@ -82,7 +83,7 @@ def caption_image(
     if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
         raise LlmDitError(f"temperature must be a number >= 0 (got {temperature})")
     thinking_model = extractor.variant == "thinking"
-    best = None
+    best: Caption | None = None
     for attempt in range(attempts):
         t = temperature + 0.1 * attempt if temperature > 0 else 0.0
         raw = extractor.generate(prompt, image, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
@@ -95,6 +96,7 @@ def caption_image(
             return best
         if temperature == 0:
             break  # greedy decoding would repeat itself
+    assert best is not None, "attempts >= 1 (checked above)"
     budget_hit = best.thinking is not None and CLOSE not in best.raw
     why = "the reasoning used the whole token budget" if budget_hit else f"it had {best.tokens} tokens"
     raise LlmDitError(
