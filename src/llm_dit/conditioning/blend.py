@@ -234,7 +234,6 @@ BLEND_MODES: dict[str, BlendFn] = {
     "style_gem": _style_vector_mode("gem"),
     "style_svd": _style_vector_mode("svd"),
 }
-assert set(BLEND_MODES) == set(get_args(BlendMode)), "BlendMode names the keys of BLEND_MODES"
 #: Modes that add to or restyle the text, keeping its tokens (usable for ``style`` references).
 StyleMode = Literal["adain", "adain_per_dim", "style_delta", "style_mean", "style_gem", "style_svd"]
 STYLE_MODES: tuple[str, ...] = get_args(StyleMode)
