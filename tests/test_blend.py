@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -67,6 +68,12 @@ def test_area_keeps_every_token_and_linear_aliases():
     assert torch.allclose(B.resample(x, 10, "area").mean(), x.mean(), atol=1e-3)
     lin = B.resample(x, 10, "linear")  # two taps per output: 0 or 0.5 depending on the phase
     assert float((lin - x.mean()).abs().max()) > 0.15
+
+
+def test_the_recipe_types_name_exactly_the_registered_modes():
+    # BlendMode and StyleMode are written out for the type checker; the registry is what runs
+    assert set(get_args(B.BlendMode)) == set(B.BLEND_MODES)
+    assert set(B.STYLE_MODES) <= set(B.BLEND_MODES)
 
 
 def test_resample_rejects_bad_method():

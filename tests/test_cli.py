@@ -103,7 +103,10 @@ CASES = [
 ]
 
 
-@pytest.mark.reliability('bad input', "generate with bad flags and files: missing, text, truncated and empty images; bad recipe fields, schedules and weights; layers out of range; sizes not multiples of 16; steps 0 and 'abc'; invalid and missing TOML; unknown profile; missing model folders; empty prompts",
+@pytest.mark.reliability('bad input', "generate with bad flags and files: missing, text, truncated and empty images; "
+                         "bad recipe fields, schedules and weights; layers out of range; sizes not multiples of 16; "
+                         "steps 0 and 'abc'; invalid and missing TOML; unknown profile; missing model folders; "
+                         "empty prompts",
                          'one line on stderr, non-zero exit, no traceback, nothing written')
 @pytest.mark.parametrize("extra, needle", CASES, ids=[c[1][:40] for c in CASES])
 def test_user_errors_are_one_line_and_write_nothing(files, capsys, extra, needle):

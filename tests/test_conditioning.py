@@ -80,7 +80,8 @@ def test_single_reference_equals_select_normalize_blend(refs, extractor, tiny_co
     torch.testing.assert_close(cond.at(0.4), blend_interpolate(vl, text, 0.4))
     assert torch.equal(cond.at(0.0), text)
     s = cond.stats(0.4)
-    assert s["vl_shape"] == list(vl.shape) and s["blended_std"] == pytest.approx(float(cond.at(0.4).std(unbiased=False)))
+    assert s["vl_shape"] == list(vl.shape)
+    assert s["blended_std"] == pytest.approx(float(cond.at(0.4).std(unbiased=False)))
 
 
 def test_intra_and_multi_layer_mix_the_parts_of_one_pass(refs, extractor, tiny_config, text):

@@ -60,8 +60,8 @@ def _python(case: str, ref: str, tmp_path):
     }[case]
 
 
-@pytest.mark.reliability("bad input", "the issue's bad settings through the Python API: invalid TOML, an unknown key, a "
-                         "wrong type, steps 0, a width of 100, alpha 1.5, layer 99, an empty sweep list, a missing "
+@pytest.mark.reliability("bad input", "the issue's bad settings through the Python API: invalid TOML, an unknown key, "
+                         "a wrong type, steps 0, a width of 100, alpha 1.5, layer 99, an empty sweep list, a missing "
                          "model path, an empty prompt", "an LlmDitError of one sentence naming it")
 @pytest.mark.parametrize("case", CASES)
 def test_python_api(case, ref, tmp_path):

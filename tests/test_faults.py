@@ -46,8 +46,10 @@ sys.exit(main(sys.argv[4:]))
 """
 
 
-@pytest.mark.reliability('faults', "SIGKILL at 10 different points of a 4-cell run (just before or after a file's rename, from run.json to the report), then the same command",
-                         'every cell exactly once, every PNG whole, metadata.json valid and in agreement with the files, no temporary left')
+@pytest.mark.reliability('faults', "SIGKILL at 10 different points of a 4-cell run (just before or after a file's "
+                         "rename, from run.json to the report), then the same command",
+                         'every cell exactly once, every PNG whole, metadata.json valid and in agreement with the '
+                         'files, no temporary left')
 @pytest.mark.parametrize("k, when", KILL_POINTS)
 def test_killed_at_a_rename_then_rerun_loses_and_repeats_nothing(refs, tmp_path, capsys, k, when):
     out = tmp_path / "run"
@@ -135,6 +137,7 @@ def test_a_full_disk_or_read_only_folder_stops_the_run_in_one_line_and_it_resume
         assert main(args) == 1
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("llm-dit")]
     assert len(lines) == 1 and lines[0].startswith(f"llm-dit: error: cannot write into the run folder {out} (")
-    assert os.strerror(getattr(errno, err)) in lines[0] and ".tmp" not in lines[0] and "run the same command" in lines[0]
+    assert os.strerror(getattr(errno, err)) in lines[0]
+    assert ".tmp" not in lines[0] and "run the same command" in lines[0]
     assert main(args) == 0
     check_complete(out, 4)

@@ -142,7 +142,7 @@ def test_a_batch_gives_each_image_its_own_generation(zimage):
     steps = []
     batch = zimage.generate_batch([a, b, switch], on_step=lambda done, n: steps.append(done))
     alone = [zimage.generate(c) for c in (a, b, switch)]
-    for got, want in zip(batch, alone):
+    for got, want in zip(batch, alone, strict=True):
         diff = np.abs(np.asarray(got, dtype=np.int16) - np.asarray(want, dtype=np.int16))
         assert diff.max() <= 1  # float32 rounding of batched kernels, nothing more
     assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))

@@ -80,7 +80,8 @@ def test_no_module_imports_from_a_higher_layer():
 
 @pytest.mark.parametrize(("where", "line", "bad"), [
     ("vl/chat.py", "from ..experiments.runner import run\n", "vl (layer 4) imports llm_dit.experiments.runner"),
-    ("conditioning/blend.py", "    from ..analysis import metrics\n", "conditioning (layer 7) imports llm_dit.analysis"),
+    ("conditioning/blend.py", "    from ..analysis import metrics\n",
+     "conditioning (layer 7) imports llm_dit.analysis"),
     ("models/loading.py", "from llm_dit.pool import ModelPool\n", "models (layer 2) imports llm_dit.pool"),
 ])
 def test_the_check_catches_an_upward_import(tmp_path, where, line, bad):

@@ -66,8 +66,8 @@ def test_color_histogram_distance_equals_a_numpy_chi_square():
 def test_ssim_and_psnr():
     a = smooth(128)
     assert M.ssim_psnr(a, a) == (pytest.approx(1.0), math.inf)
-    noisy = Image.fromarray(np.clip(np.asarray(a).astype(int) + np.random.default_rng(0).integers(-40, 40, (128, 128, 3)),
-                                    0, 255).astype(np.uint8))
+    noise = np.random.default_rng(0).integers(-40, 40, (128, 128, 3))
+    noisy = Image.fromarray(np.clip(np.asarray(a).astype(int) + noise, 0, 255).astype(np.uint8))
     ssim, psnr = M.ssim_psnr(noisy, a)
     x = np.asarray(noisy, dtype=np.float64) / 255
     y = np.asarray(a, dtype=np.float64) / 255

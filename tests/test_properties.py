@@ -82,7 +82,9 @@ def within(y: torch.Tensor, x: torch.Tensor) -> bool:
 # -- blend modes ---------------------------------------------------------------------------------
 
 
-@pytest.mark.reliability('bad input', 'every blend mode on random [tokens, dim] pairs: 1-40 tokens of unequal lengths, scales 1e-3 to 1e4, massive entries, constant rows, a constant tensor; float32, float16, bfloat16; alpha in [0, 1]',
+@pytest.mark.reliability('bad input', 'every blend mode on random [tokens, dim] pairs: 1-40 tokens of unequal '
+                         'lengths, scales 1e-3 to 1e4, massive entries, constant rows, a constant tensor; float32, '
+                         'float16, bfloat16; alpha in [0, 1]',
                          'finite float32 output of the documented length')
 @pytest.mark.parametrize("mode", list(BLEND_MODES))
 @given(tv=pairs(), alpha=st.floats(0, 1), max_tokens=st.integers(1, 80))
@@ -109,7 +111,8 @@ def test_alpha_zero_gives_the_text_back_exactly(mode, tv):
     assert torch.equal(blend(mode, text, vl, 0.0), text.float())
 
 
-@pytest.mark.reliability('bad input', 'NaN, +inf or -inf at a random position of the text or the VL input, every blend mode',
+@pytest.mark.reliability('bad input',
+                         'NaN, +inf or -inf at a random position of the text or the VL input, every blend mode',
                          'InputError in one sentence')
 @pytest.mark.parametrize("mode", list(BLEND_MODES))
 @given(tv=pairs(), bad=st.sampled_from((math.nan, math.inf, -math.inf)), where=st.integers(0, 10**6),
@@ -242,7 +245,8 @@ def test_pool_grid_shape_range_and_mean(h, w, k, x):
 SPECIAL = SpecialIds(vision_start=5, vision_end=6, image_pad=7, im_start=1, im_end=2, user_header=(1, 3))
 
 
-@pytest.mark.reliability('bad input', 'token masks of random id sequences (unbalanced vision markers, headers anywhere)',
+@pytest.mark.reliability('bad input',
+                         'token masks of random id sequences (unbalanced vision markers, headers anywhere)',
                          "masks of the sequence's length: text and image partition it")
 @given(ids=st.lists(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), min_size=1, max_size=60))
 def test_token_masks_partition_any_id_sequence(ids):

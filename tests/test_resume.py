@@ -169,9 +169,12 @@ def test_a_mistake_in_the_models_writes_nothing_and_blocks_nothing(refs, tmp_pat
     assert main(compare_args("alpha_sweep", refs, out)) == 0
 
 
-@pytest.mark.reliability('reproducibility', 'compare --from DIR/metadata.json of a sweep, with its reference in place and moved',
+@pytest.mark.reliability('reproducibility',
+                         'compare --from DIR/metadata.json of a sweep, with its reference in place and moved',
                          'the same run key and byte-identical PNGs; the same pixels once moved')
-@pytest.mark.reliability('reproducibility', "what a sweep records of what made it: metadata.json and each run.json session", "the installed torch, diffusers and transformers versions, the checkout's "
+@pytest.mark.reliability('reproducibility',
+                         "what a sweep records of what made it: metadata.json and each run.json session",
+                         "the installed torch, diffusers and transformers versions, the checkout's "
                          "git revision, the whole resolved config")
 def test_compare_from_metadata_reruns_the_run_byte_for_byte(refs, tmp_path, capsys):
     """`compare --from DIR/metadata.json` repeats a run (here a sweep) with its recorded cells and

@@ -57,7 +57,7 @@ def test_real_special_token_layout(zimage, tiny_vl_dir):
         base = ids[0]
         assert ids == list(range(base, base + len(ADDED_TOKENS)))  # contiguous, real order
         # Real offsets: <|endoftext|> 151643, <|vision_start|> 151652, <|image_pad|> 151655, </think> 151668
-        offs = {t: i - base for t, i in zip([t for t, _ in ADDED_TOKENS], ids)}
+        offs = {t: i - base for t, i in zip([t for t, _ in ADDED_TOKENS], ids, strict=True)}
         assert (offs["<|vision_start|>"], offs["<|image_pad|>"], offs["</think>"]) == (9, 12, 25)
         assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
         text = "<|im_start|>user\n<think>x</think><|vision_start|><|image_pad|><|vision_end|><|im_end|>"

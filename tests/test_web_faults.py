@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import itertools
 import json
 import threading
 import time
@@ -84,7 +85,7 @@ def test_fifty_submissions_at_once(config, tmp_path):
         assert len({j["id"] for j in jobs}) == 41 and len(set(runs)) == 16
         ended = sorted((wait(Http(url), j["id"]) for j in jobs), key=lambda j: j["started"])
     assert [j["state"] for j in ended] == ["done"] * 41
-    assert all(a["finished"] <= b["started"] for a, b in zip(ended, ended[1:]))  # one at a time
+    assert all(a["finished"] <= b["started"] for a, b in itertools.pairwise(ended))  # one at a time
     assert [j["id"] for j in ended] == sorted(j["id"] for j in jobs)  # in the order they were taken
     for run in runs:
         check_complete(tmp_path / run, 1 if run == "one" else 2)
@@ -192,7 +193,8 @@ def serving(runs: Path, log: Path):
         proc.wait(10)
 
 
-@pytest.mark.reliability("faults", "a jobs record that is not JSON, or has a job of the wrong types, when the server starts",
+@pytest.mark.reliability("faults",
+                         "a jobs record that is not JSON, or has a job of the wrong types, when the server starts",
                          "a warning naming the file, which is set aside; the server starts with an empty list")
 @pytest.mark.parametrize("text", ["{cut sho", '{"jobs": [{"id": 7, "kind": "generate"}]}',
                                   '{"jobs": [{"id": "0001-1", "kind": "generate", "title": "t", "state": "done", '

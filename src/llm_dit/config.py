@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli before it joined the standard library
+    import tomli as tomllib
 
 #: Z-Image's caption limit: RoPE tables of ``axes_lens[0] = 1536`` minus one 32-token pad block.
 MAX_CAPTION_TOKENS = 1504
@@ -48,8 +54,9 @@ class ModelsConfig(_Section):
 
 #: diffusers attention backends llm-dit offers (``set_attention_backend``): PyTorch's SDPA choosing its
 #: kernel (``native``), or SDPA held to one kernel. Others need extra packages (flash-attn, sageattention).
-ATTENTION_BACKENDS = ("native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math",
-                      "flash", "_flash_3", "sage", "xformers")
+AttentionBackend = Literal["native", "_native_cudnn", "_native_flash", "_native_efficient", "_native_math",
+                          "flash", "_flash_3", "sage", "xformers"]
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
 
 class RuntimeConfig(_Section):
@@ -74,7 +81,7 @@ class RuntimeConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     offload: Literal["none", "encoder", "model", "group_block", "group_leaf"] = "none"
     compile: bool = False
-    attention: Literal[ATTENTION_BACKENDS] = "native"
+    attention: AttentionBackend = "native"
     batch_size: int = Field(1, ge=1, le=64)
     #: Models kept loaded between jobs of a long-lived process (``llm-dit serve``): ``all`` keeps
     #: Z-Image and Qwen3-VL side by side; ``one`` keeps one at a time (loading one unloads the other).
@@ -259,7 +266,7 @@ def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[leaf] = value
 
 
-def describe_error(err: dict[str, Any], root: type[BaseModel] = None, what: str = "config key") -> str:
+def describe_error(err: ErrorDetails, root: type[BaseModel] | None = None, what: str = "config key") -> str:
     """One line for one pydantic error: the dotted key, what is wrong, what was given."""
     root = root or Config
     loc = ".".join(str(p) for p in err["loc"])

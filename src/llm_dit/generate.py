@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
 from PIL import Image, ImageOps
@@ -26,10 +27,28 @@ from PIL import Image, ImageOps
 from .config import MAX_CAPTION_TOKENS, Config, GenerationConfig
 from .embeddings import check_embedding
 from .models.loading import Placement, load_z_image_pipeline, offload_text_encoder, resolve_placement
+from .protocols import OnStep
 from .text import TextEncoding, encode_prompt
 
+#: Per-step conditioning: ``(i, n) -> [L, D]``, the embeddings for step ``i`` of the ``n`` that run.
 StepEmbeds = Callable[[int, int], torch.Tensor]
-OnStep = Callable[[int, int], None]
+
+
+class ZImagePipe(Protocol):
+    """What is used of diffusers' ``ZImagePipeline`` and ``ZImageImg2ImgPipeline`` (diffusers registers
+    a pipeline's modules when it is built, so its classes declare none of them)."""
+
+    transformer: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+    @property
+    def components(self) -> dict[str, Any]: ...
+
+    def __call__(self, **kwargs: Any) -> Any: ...
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None: ...
 
 
 def check_embeddings(emb: torch.Tensor, dim: int) -> torch.Tensor:
@@ -49,20 +68,24 @@ class ZImage:
     """Z-Image-Turbo loaded once: text encoding with its own encoder, and generation."""
 
     config: Config
-    pipe: object
+    pipe: ZImagePipe | None  # None once unloaded
     placement: Placement
-    _img2img: object = None
+    _img2img: ZImagePipe | None = None
 
     @classmethod
     def load(cls, config: Config) -> ZImage:
         placement = resolve_placement(config.runtime)
         return cls(config=config, pipe=load_z_image_pipeline(config, placement), placement=placement)
 
+    def _loaded(self) -> ZImagePipe:
+        assert self.pipe is not None, "this ZImage was unloaded (unload() frees it for good)"
+        return self.pipe
+
     # -- text ---------------------------------------------------------------------------------
 
     @property
     def caption_dim(self) -> int:
-        return int(self.pipe.transformer.config.cap_feat_dim)
+        return int(self._loaded().transformer.config.cap_feat_dim)
 
     def encode(
         self,
@@ -73,9 +96,10 @@ class ZImage:
     ) -> TextEncoding:
         """Encode ``prompt`` with the pipeline's own text encoder; unset options come from the config."""
         enc = self.config.encoder
+        pipe = self._loaded()
         return encode_prompt(
-            self.pipe.tokenizer,
-            self.pipe.text_encoder,
+            pipe.tokenizer,
+            pipe.text_encoder,
             prompt,
             hidden_layer=enc.hidden_layer if hidden_layer is None else hidden_layer,
             max_length=max_length or enc.max_length,
@@ -86,22 +110,24 @@ class ZImage:
 
     def _to_dit(self, emb: torch.Tensor) -> torch.Tensor:
         check_embeddings(emb, self.caption_dim)
-        return emb.to(device=self.placement.device, dtype=self.pipe.transformer.dtype)
+        return emb.to(device=self.placement.device, dtype=self._loaded().transformer.dtype)
 
     def _set_shift(self, shift: float) -> None:
-        scheduler = self.pipe.scheduler
+        pipe = self._loaded()
+        scheduler = pipe.scheduler
         if scheduler.config.get("use_dynamic_shifting", False):
             # A resolution-dependent shift would silently override ours (upstream ran at 1.15).
             scheduler = type(scheduler).from_config(scheduler.config, use_dynamic_shifting=False, shift=shift)
-            self.pipe.scheduler = scheduler
+            pipe.scheduler = scheduler
             self._img2img = None
         scheduler.set_shift(shift)
 
-    def img2img_pipeline(self):
+    def img2img_pipeline(self) -> ZImagePipe:
         if self._img2img is None:
             from diffusers import ZImageImg2ImgPipeline
 
-            self._img2img = ZImageImg2ImgPipeline(**self.pipe.components)  # shares weights, loads nothing
+            # shares weights, loads nothing; cast: diffusers' class declares none of its modules
+            self._img2img = cast(ZImagePipe, ZImageImg2ImgPipeline(**self._loaded().components))
             self._img2img.set_progress_bar_config(leave=False)
         return self._img2img
 
@@ -140,7 +166,7 @@ class ZImage:
         g = generation or self.config.generation
         self._set_shift(g.shift)
         if init_image is None:
-            pipe, n_steps, extra = self.pipe, g.steps, {}
+            pipe, n_steps, extra = self._loaded(), g.steps, {}
         elif len(conditionings) > 1:
             raise ValueError("img2img generates one image at a time")
         else:
@@ -157,7 +183,7 @@ class ZImage:
                 negative_embeds = self.encode_negative()
             extra["negative_prompt_embeds"] = [self._to_dit(negative_embeds)] * len(conditionings)
         prompt_embeds = [self._to_dit(e) for e in firsts]
-        offload_text_encoder(self.pipe)  # offload = "encoder": its memory is the DiT's while it runs
+        offload_text_encoder(self._loaded())  # offload = "encoder": its memory is the DiT's while it runs
         if on_step is not None:
             on_step(0, n_steps)
         generators = [torch.Generator("cpu").manual_seed(g.seed) for _ in conditionings]
@@ -174,9 +200,9 @@ class ZImage:
 
     def encode_negative(self) -> torch.Tensor:
         """The empty prompt, which diffusers uses as the negative prompt for guidance."""
-        enc = self.config.encoder
+        enc, pipe = self.config.encoder, self._loaded()
         return encode_prompt(
-            self.pipe.tokenizer, self.pipe.text_encoder, "", enc.hidden_layer, enc.max_length, allow_empty=True
+            pipe.tokenizer, pipe.text_encoder, "", enc.hidden_layer, enc.max_length, allow_empty=True
         ).embeddings
 
     def _step_callback(self, step_embeds: list[StepEmbeds | None] | None, firsts: list[torch.Tensor],
@@ -190,7 +216,7 @@ class ZImage:
             if step_embeds is None or i + 1 >= n:
                 return {}
             return {"prompt_embeds": [self._to_dit(f(i + 1, n) if f is not None else e)
-                                      for f, e in zip(step_embeds, firsts)]}
+                                      for f, e in zip(step_embeds, firsts, strict=True)]}
 
         return on_step_end
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS
+from ..protocols import Extractor
 from ..vl.outliers import get_outlier_dimensions
 from ..vl.reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
+from ..vl.result import VLExtractionResult
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -76,7 +79,7 @@ class CompareOptions:
     system_prompt: str | None = None
 
 
-def compare_embedding_stats(extractor, tokenizer, text_encoder, image: Image.Image, prompt: str,
+def compare_embedding_stats(extractor: Extractor, tokenizer, text_encoder, image: Image.Image, prompt: str,
                             options: CompareOptions) -> dict:
     """The numbers behind the plots, as one JSON-ready dict (see the module docstring)."""
     o = options
@@ -84,23 +87,27 @@ def compare_embedding_stats(extractor, tokenizer, text_encoder, image: Image.Ima
     refs = compute_reference_stats(
         tokenizer, text_encoder, read_prompts(o.prompts_file) + [prompt], layers, model_name=o.model_name
     )
-    kw = dict(hidden_layer=layers, max_pixels=max_pixels, pool=pool, system_prompt=o.system_prompt)
-    vl = extractor.extract(image, prompt, **kw)
-    gray = extractor.extract(Image.new("RGB", image.size, (128, 128, 128)), prompt, **kw)
+    def extract(im: Image.Image) -> VLExtractionResult:
+        return extractor.extract(im, prompt, hidden_layer=layers, max_pixels=max_pixels, pool=pool,
+                                 system_prompt=o.system_prompt)
+
+    vl = extract(image)
+    gray = extract(Image.new("RGB", image.size, (128, 128, 128)))
     masks = vl.masks
     first_image = masks.image_spans[0][0] - 1 if masks.image_spans else len(masks.full)
     before = torch.zeros_like(masks.full)
     before[:first_image] = True
+    per_layer: dict[str, dict] = {}
     report = {"prompt": prompt, "model": vl.model, "backend": vl.backend, "threshold": threshold,
               "max_pixels": max_pixels, "pool": pool,
               "massive_factor": MASSIVE_FACTOR, "token_counts": masks.counts(), "token_grids": vl.token_grids,
-              "layers": {}}
+              "layers": per_layer}
     for k in layers:
         ref = refs[k]
         h, hg = vl.hidden_states[k], gray.hidden_states[k]
         img, txt = h[masks.image_no_markers], h[masks.text_only]
         massive = ref.std > MASSIVE_FACTOR * ref.std.median()
-        entry = {
+        entry: dict[str, Any] = {
             "reference": ref.provenance(),
             "massive_dims": torch.nonzero(massive).flatten().tolist(),
             "std": {
@@ -123,7 +130,7 @@ def compare_embedding_stats(extractor, tokenizer, text_encoder, image: Image.Ima
             entry[f"outliers_{name}"] = (
                 [o.__dict__ for o in get_outlier_dimensions(x, ref, threshold)] if len(x) > 1 else []
             )
-        report["layers"][str(k)] = entry
+        per_layer[str(k)] = entry
     return report
 
 
@@ -148,7 +155,8 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
         ax1.set_title(f"layer {k}: text-encoder reference vs Qwen3-VL tokens")
         ax1.legend(markerscale=5)
         if std["vl_image"] is not None:
-            ratio = [math.log10(max(v, 1e-12) / max(r, 1e-12)) for v, r in zip(std["vl_image"], std["reference"])]
+            pairs = zip(std["vl_image"], std["reference"], strict=True)  # one std per dimension each
+            ratio = [math.log10(max(v, 1e-12) / max(r, 1e-12)) for v, r in pairs]
             ax2.scatter(dims, ratio, s=2, color="tab:red")
             for o in entry.get("outliers_vl_image", [])[:8]:
                 sign = 1 if o["direction"] == "vl_high" else -1

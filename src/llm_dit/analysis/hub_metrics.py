@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -23,11 +24,25 @@ from ..errors import InputError, ModelLoadError
 KINDS = ("clip", "siglip")
 
 
+class ClipLike(Protocol):
+    """A transformers CLIP or SigLIP model: both towers' projected features (a tensor or an output)."""
+
+    def get_text_features(self, **inputs: torch.Tensor) -> Any: ...
+
+    def get_image_features(self, *, pixel_values: torch.Tensor) -> Any: ...
+
+
+class Processor(Protocol):
+    """A transformers processor: text and/or images in, ``{name: tensor}`` out."""
+
+    def __call__(self, **kwargs: Any) -> Any: ...
+
+
 @dataclass
 class EmbeddingScorer:
     name: str
-    model: object
-    processor: object
+    model: ClipLike
+    processor: Processor
     device: torch.device
 
     @classmethod
@@ -41,7 +56,7 @@ class EmbeddingScorer:
             raise ModelLoadError(f"could not load the {name} model from {path}: {type(e).__name__}: {e}") from e
         if not hasattr(model, "get_image_features") or not hasattr(model, "get_text_features"):
             raise ModelLoadError(f"{path} is not a CLIP-like model (no image and text features)")
-        return cls(name, model, processor, device)
+        return cls(name, cast(ClipLike, model), processor, device)  # both methods checked just above
 
     @torch.no_grad()
     def score(self, image, prompt: str) -> float:

@@ -52,7 +52,9 @@ def ssim_psnr(image: Image.Image, other: Image.Image, device: str | torch.device
 
     size = _metric_size(image.size)
     a, b = _tensor(image, size).to(device), _tensor(other, size).to(device)
-    ssim = float(structural_similarity_index_measure(a, b, data_range=1.0))
+    ssim_t = structural_similarity_index_measure(a, b, data_range=1.0)
+    assert isinstance(ssim_t, torch.Tensor), "one number (a tuple comes only with return_full_image=True)"
+    ssim = float(ssim_t)
     mse = float(torch.mean((a - b) ** 2))
     psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(a, b, data_range=1.0))
     return ssim, psnr

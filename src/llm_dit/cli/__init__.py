@@ -118,7 +118,7 @@ def _quiet_libraries() -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
-        diffusers.logging.set_verbosity_error()
+        diffusers.utils.logging.set_verbosity_error()
         # Loading bars of many small files are noise; the denoising bar (the long part) stays.
         transformers.logging.disable_progress_bar()
         diffusers.utils.logging.disable_progress_bar()

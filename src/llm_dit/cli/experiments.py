@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
 from .common import add_config_flags, add_generation_flags, config, one_of
 from .conditioning import RECIPE_HELP, absolute, references_from_args
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..experiments.specs import RunSpec, SpecMaker
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
@@ -120,7 +125,7 @@ def _caption(args) -> str | None:
     return text
 
 
-def _trials(args, cfg, image_sets: list[list[str]], make) -> int | None:
+def _trials(args, cfg, image_sets: list[list[str]], make: SpecMaker) -> int | None:
     """Run ``make(images, config) -> (spec, config)`` once per image set x seed when the command asks
     for trials (``--images`` with several images, or ``--seeds``); None when it asks for one run."""
     from ..experiments.trials import plan_trials, run_trials, seeds_from
@@ -207,7 +212,7 @@ def cmd_compare(args) -> int:
 
     caption, fields, cfg = _caption(args), _recipe_fields(args), config(args)
 
-    def make(images, cfg):
+    def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         return experiment_spec(args.experiment, images, args.prompt, cfg, quick=args.quick, caption=caption,
                                save_embeddings=args.save_embeddings, recipe=fields)
 
@@ -235,9 +240,8 @@ def _recipe_fields(args) -> dict:
 
 def sweep_axes(args) -> tuple[dict, dict]:
     """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
-    import tomllib
-
     from ..conditioning import Recipe
+    from ..config import tomllib
     from ..experiments.cells import sweep_axis
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
@@ -290,7 +294,7 @@ def cmd_sweep(args) -> int:
             axes[key] = [v if v is None else absolute(v) for v in axes[key]]
     cfg = config(args)
 
-    def make(images, cfg):
+    def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         refs = references if not args.images else [{"image": im} for im in images]
         return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=args.caption_tokens, caption=caption,
                           save_embeddings=args.save_embeddings)

@@ -47,8 +47,9 @@ def cmd_generate(args) -> int:
     if args.save_recipe:
         resolved.save(args.save_recipe)
     g = cfg.generation
+    alpha = resolved.schedule.spec() if isinstance(rec["alpha"], list) and resolved.schedule else rec["alpha"]
     how = "text only" if not resolved.uses_vl else (
-        f"{resolved.backend}, {resolved.blend} alpha {rec['alpha'] if not isinstance(rec['alpha'], list) else resolved.schedule.spec()}, "
+        f"{resolved.backend}, {resolved.blend} alpha {alpha}, "
         f"{len(resolved.references)} reference(s), vl_std {rec['vl_std']:.4g}, blended_std {rec['blended_std']:.4g}")
     print(f"wrote {out} and {sidecar.name} ({g.width}x{g.height}, {g.steps} steps, seed {g.seed}, {how}, "
           f"{rec['seconds']:.1f} s)")

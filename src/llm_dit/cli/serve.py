@@ -45,7 +45,8 @@ def cmd_serve(args) -> int:
 
         from ..web.app import create_app
     except ImportError as e:
-        raise InputError(f"the web app needs the 'web' extra ({e.name} is missing): pip install 'llm-dit[web]'") from None
+        raise InputError(
+            f"the web app needs the 'web' extra ({e.name} is missing): pip install 'llm-dit[web]'") from None
     from ..models.loading import resolve_model_path, resolve_placement
 
     token = args.token or os.environ.get(TOKEN_ENV) or None

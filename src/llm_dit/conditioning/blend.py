@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -216,6 +217,9 @@ def _style_vector_mode(kind: str) -> BlendFn:
     return fn
 
 
+#: The names of :data:`BLEND_MODES`, as a type (a recipe's ``blend`` field).
+BlendMode = Literal["interpolate", "linear", "concat", "replace", "adain", "adain_per_dim", "style_delta",
+                    "style_mean", "style_gem", "style_svd"]
 #: Every blend mode, one signature: ``(text, vl, alpha, options) -> [L, D]``. For ``style_delta``
 #: the ``vl`` argument is the delta ``style - neutral``.
 BLEND_MODES: dict[str, BlendFn] = {
@@ -231,7 +235,8 @@ BLEND_MODES: dict[str, BlendFn] = {
     "style_svd": _style_vector_mode("svd"),
 }
 #: Modes that add to or restyle the text, keeping its tokens (usable for ``style`` references).
-STYLE_MODES = ("adain", "adain_per_dim", "style_delta", "style_mean", "style_gem", "style_svd")
+StyleMode = Literal["adain", "adain_per_dim", "style_delta", "style_mean", "style_gem", "style_svd"]
+STYLE_MODES: tuple[str, ...] = get_args(StyleMode)
 
 
 def blend(mode: str, text: torch.Tensor, vl: torch.Tensor, alpha: float, options: BlendOptions | None = None):

@@ -27,6 +27,7 @@ normalized (``normalization_mode``, the paired text embedding giving ``target_st
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -68,8 +69,14 @@ class ExtractionRequest:
 def _layers(recipe: Recipe) -> tuple[int, int, int]:
     """(plain, image part, text part) layers."""
     k = recipe.hidden_layer
+    assert k is not None, "a resolved recipe has its hidden layer (Recipe.resolve)"
     return k, recipe.image_layer if recipe.image_layer is not None else k, \
         recipe.text_layer if recipe.text_layer is not None else k
+
+
+def _selection(recipe: Recipe) -> str:
+    assert recipe.token_selection is not None, "a resolved recipe has its token selection (Recipe.resolve)"
+    return recipe.token_selection
 
 
 def _sources(recipe: Recipe) -> list[Reference | None]:
@@ -93,7 +100,7 @@ def _source_requests(recipe: Recipe, prompt: str, image: str | None, neutral: bo
     if image is None and text is None:
         raise InputError("the VL chat would be empty: give a reference image or VL text")
     if recipe.vl_intra_blend_ratio is None:
-        check_selection_possible(recipe.token_selection, int(image is not None), text is not None)
+        check_selection_possible(_selection(recipe), int(image is not None), text is not None)
         return {"main": req(image, text, [plain])}
     check_selection_possible(recipe.text_tokens, 1, text is not None)
     if image is None:
@@ -174,6 +181,8 @@ def _prepare(result: VLExtractionResult, selection: str, layer: int, inputs: _In
     info = {"token_selection": sel.token_selection, "hidden_layer": layer, "tokens": int(x.shape[0]),
             "original_std": norm.original_std, "scaled_std": norm.scaled_std, "scale_factor": norm.scale_factor}
     if recipe.outlier_mask != "none":
+        if ref is None:
+            raise InputError(f"outlier masking needs reference statistics of layer {layer} (llm-dit stats reference)")
         x, masked = mask_outlier_dimensions(x, ref, recipe.outlier_threshold, recipe.outlier_mask)
         info["outliers"] = {"masked_dimensions": masked["masked_dimensions"], "threshold": recipe.outlier_threshold}
     return x, info
@@ -185,7 +194,7 @@ def _source_sequence(passes: dict, results: dict, inputs: _Inputs, name: str) ->
     plain, img_layer, txt_layer = _layers(recipe)
     got = {k: results[r] for k, r in passes.items()}
     if recipe.vl_intra_blend_ratio is None:
-        x, info = _prepare(got["main"], recipe.token_selection, plain, inputs, name)
+        x, info = _prepare(got["main"], _selection(recipe), plain, inputs, name)
     else:
         img_res, txt_res = (got["main"], got["main"]) if "main" in got else (got["style"], got["content"])
         img, i_info = _prepare(img_res, recipe.image_tokens, img_layer, inputs, f"{name} (image part)")
@@ -205,7 +214,11 @@ def _source_sequence(passes: dict, results: dict, inputs: _Inputs, name: str) ->
 def _combine(parts: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
     total = sum(w for _, w in parts)
     n = max(x.shape[0] for x, _ in parts)
-    return sum(resample(x, n, "area") * (w / total) for x, w in parts)
+    scaled = [resample(x, n, "area") * (w / total) for x, w in parts]
+    out = scaled[0]
+    for x in scaled[1:]:  # summed left to right, as the sources are listed
+        out = out + x
+    return out
 
 
 @dataclass
@@ -255,19 +268,19 @@ class Conditioning:
         """The seeds' numbers (``vl_shape``, ``vl_std``, ``blended_std``) and the RMS of each part."""
         y = self.at(alpha)
         vl = self.content if self.content is not None else self.style
-        out = {
+        out: dict[str, Any] = {
             "alpha": alpha,
             "vl_shape": list(vl.shape) if vl is not None else None,
             "vl_std": float(vl.std(unbiased=False)) if vl is not None else None,
             "text_std": float(self.text.std(unbiased=False)),
             "blended_std": float(y.std(unbiased=False)),
             "blended_shape": list(y.shape),
-            "rms": {"text": typical_rms(self.text), "blended": typical_rms(y)},
         }
+        rms = out["rms"] = {"text": typical_rms(self.text), "blended": typical_rms(y)}
         if self.content is not None:
-            out["rms"]["content"] = typical_rms(self.content)
+            rms["content"] = typical_rms(self.content)
         if self.style is not None:
-            out["rms"]["style"] = typical_rms(self.style)
+            rms["style"] = typical_rms(self.style)
             out["style_shape"] = list(self.style.shape)
         return out
 

@@ -25,14 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError, LlmDitError
-from ..vl.normalize import NORMALIZATION_MODES
-from .blend import BLEND_MODES, STYLE_MODES
+from ..vl.normalize import NormalizationMode
+from .blend import BlendMode, StyleMode
 from .schedule import Schedule, parse_schedule
 
 Backend = Literal["text", "vl", "splice"]
 TokenSelection = Literal["full", "text_only", "user_text", "image_only", "image_no_markers"]
-BlendMode = Literal[tuple(BLEND_MODES)]
-StyleMode = Literal[STYLE_MODES]
 #: Recipe fields that name files (besides the references' images).
 FILE_FIELDS = ("adapter", "reference_stats")
 #: Weights whose sum is closer to zero than this are refused.
@@ -74,7 +72,7 @@ class Recipe(_Strict):
     text_tokens: Literal["text_only", "user_text"] = "text_only"
     # statistics
     adapter: str | None = None  # a linear map to the text encoder's space (llm-dit stats adapter), before normalizing
-    normalization_mode: Literal[NORMALIZATION_MODES] = "global"
+    normalization_mode: NormalizationMode = "global"
     target_std: float | Literal["text"] = "text"
     reference_stats: str | None = None
     outlier_mask: Literal["none", "zero", "clamp", "scale", "restore"] = "none"

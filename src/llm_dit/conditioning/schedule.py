@@ -57,24 +57,32 @@ class Schedule(BaseModel):
                 raise ValueError(f"schedule values must lie in [0, 1] (got {bad[0]})")
         return self
 
+    def _listed(self) -> list[float]:
+        assert self.values is not None, "a list schedule has its values (checked in _fields)"
+        return self.values
+
     def check_steps(self, steps: int) -> None:
         """Refuse a list that does not cover exactly ``steps`` steps."""
-        if self.kind == "list" and len(self.values) != steps:
-            raise InputError(f"the alpha schedule lists {len(self.values)} values but the run has {steps} steps")
+        if self.kind == "list" and len(self._listed()) != steps:
+            raise InputError(f"the alpha schedule lists {len(self._listed())} values but the run has {steps} steps")
 
     def alpha(self, i: int, steps: int) -> float:
         p = i / (steps - 1) if steps > 1 else 0.0
+        if self.kind == "list":
+            self.check_steps(steps)
+            return float(self._listed()[i])
+        start, end = self.start, self.end
+        assert start is not None, f"a {self.kind} schedule has its start (checked in _fields)"
         if self.kind == "constant":
-            return self.start
+            return start
+        assert end is not None, f"a {self.kind} schedule has its end (checked in _fields)"
         if self.kind == "linear":
-            return self.start + (self.end - self.start) * p
+            return start + (end - start) * p
         if self.kind == "cosine":
-            return self.end + (self.start - self.end) * (1 + math.cos(math.pi * p)) / 2
-        if self.kind == "step":
-            # f N can land a hair above an integer (0.28 * 25 = 7.000000000000001): count steps exactly.
-            return self.start if i < math.ceil(round(self.at * steps, 9)) else self.end
-        self.check_steps(steps)
-        return float(self.values[i])
+            return end + (start - end) * (1 + math.cos(math.pi * p)) / 2
+        assert self.at is not None, "a step schedule has its switch point (checked in _fields)"
+        # f N can land a hair above an integer (0.28 * 25 = 7.000000000000001): count steps exactly.
+        return start if i < math.ceil(round(self.at * steps, 9)) else end
 
     def alphas(self, steps: int) -> list[float]:
         self.check_steps(steps)
@@ -86,7 +94,7 @@ class Schedule(BaseModel):
     def spec(self) -> str:
         """The text form."""
         if self.kind == "list":
-            return "list:" + ",".join(f"{v:g}" for v in self.values)
+            return "list:" + ",".join(f"{v:g}" for v in self._listed())
         parts = [self.start, self.end, self.at][: {"constant": 1, "linear": 2, "cosine": 2, "step": 3}[self.kind]]
         return ":".join([self.kind, *(f"{v:g}" for v in parts)])
 
@@ -111,7 +119,7 @@ def parse_schedule(text: str) -> Schedule:
                  "step": ["start", "end", "at"]}[kind]
         if len(nums) != len(names):
             raise InputError(f"schedule '{s}': {kind} takes {len(names)} number(s) ({':'.join(names)})")
-        return Schedule(kind=kind, **dict(zip(names, nums, strict=True)))
+        return Schedule.model_validate({"kind": kind, **dict(zip(names, nums, strict=True))})
     except InputError:
         raise
     except ValueError as e:

@@ -169,7 +169,7 @@ def coerce(key: str, value: Any) -> Any:
     from ..config import GenerationConfig
 
     info = Recipe.model_fields.get(key) or GenerationConfig.model_fields.get(key)
-    if info is None:
+    if info is None or info.annotation is None:  # every field of both models is annotated
         return value
     text, low = value.strip(), value.strip().lower()
     candidates: list[Any] = [None] if low in ("none", "null") else []
@@ -240,28 +240,28 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
     for values in axes.values():
         total *= len(values)
     if total > MAX_SWEEP_CELLS:
-        raise InputError(f"the sweep has {total} cells, over the limit of {MAX_SWEEP_CELLS}; split it into several runs",
-                         field="axes")
+        raise InputError(f"the sweep has {total} cells, over the limit of {MAX_SWEEP_CELLS}; "
+                         "split it into several runs", field="axes")
     keys = list(axes)
     cells = []
     for combo in itertools.product(*(axes[k] for k in keys)):
-        values = dict(zip(keys, combo, strict=True))
-        recipe_part = {k: v for k, v in values.items() if k in fields}
-        gen = {k: v for k, v in values.items() if k in GENERATION_AXES}
-        if "method" in values:
-            if values["method"] not in METHODS:
-                raise InputError(f"method must be one of {', '.join(METHODS)} (got {values['method']!r})",
+        point = dict(zip(keys, combo, strict=True))  # this cell's value of every axis
+        recipe_part = {k: v for k, v in point.items() if k in fields}
+        gen = {k: v for k, v in point.items() if k in GENERATION_AXES}
+        if "method" in point:
+            if point["method"] not in METHODS:
+                raise InputError(f"method must be one of {', '.join(METHODS)} (got {point['method']!r})",
                                  field="axes.method")
-            recipe_part["vl_text"] = METHODS[values["method"]]
+            recipe_part["vl_text"] = METHODS[point["method"]]
         fields_ = {**base, **recipe_part}
         if fields_.get("backend") == "text":  # the pure-text side of a backend sweep: no references
             fields_.pop("references", None)
         try:
             recipe = Recipe.from_dict(fields_)
         except LlmDitError as e:  # a swept value: the error names its axis
-            if e.field in values:
+            if e.field in point:
                 e.field = f"axes.{e.field}"
             raise
-        params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in values.items()}
+        params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in point.items()}
         cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
     return with_baselines(cells)  # which checks the names, baselines included

@@ -62,7 +62,7 @@ def layout(title: str, lead: list[Panel], cells: list[tuple[dict[str, Any], Pane
         # cells without parameters (the text-only baseline a run adds) join the reference in the
         # leading column when the others vary something: never inside the row of what varies
         varies = any(p for p, _ in cells)
-        flat = [panel for p, panel in cells if p or not varies]
+        flat: list[Panel | None] = [panel for p, panel in cells if p or not varies]
         lead = lead + [panel for p, panel in cells if varies and not p]
         return Layout(title, lead, [flat[i:i + MAX_COLUMNS] for i in range(0, len(flat), MAX_COLUMNS)] or [[]])
     inside = [(p, panel) for p, panel in cells if rows in p and cols in p]
@@ -153,11 +153,11 @@ def render(lay: Layout, size: int = PANEL) -> Image.Image:
         if two_d:
             d.text((pad + lead_w, y + size // 2), _fit_text(d, lay.row_labels[i], small, gutter - 2 * pad), fill=FG,
                    font=small, anchor="lm")
-        for j, panel in enumerate(row):
+        for j, cell in enumerate(row):  # None: an empty place of the table
             x = x0 + j * (size + pad)
-            canvas.paste(_thumb(panel, size, small), (x, y))
-            if panel is not None:
-                _label(d, panel.label, x, y, size, small, two_d)
+            canvas.paste(_thumb(cell, size, small), (x, y))
+            if cell is not None:
+                _label(d, cell.label, x, y, size, small, two_d)
     return canvas
 
 

@@ -160,7 +160,7 @@ def plan_jobs(pending: list[Cell], prepared: PreparedRun, captions: dict[int, st
     for c in pending:
         cfg = c.config(prepared.config)
         text = prepared.spec.prompt if c.caption is None else captions[c.caption]
-        assert text is not None  # a cell without a caption has the run's prompt (checked)
+        assert text is not None, "a run without a prompt captions every cell (checked by its spec)"
         recipe = effective_recipe(prepared.resolved[c.name])
         recipe = recipe.resolve(cfg) if recipe.backend == "text" else recipe
         key = generation_key(recipe, text, cfg)

@@ -1,8 +1,8 @@
 """What a finished cell leaves in the run folder: its PNG, its record, its statistics.
 
 The PNG is written first (:func:`write_picture`) and the record last (:func:`write_cell`), so a
-record on disk means a finished cell (see :mod:`folder`). ``alpha`` in a record is what the cell asked for: 0 for pure text, one number, or one
-per step under a schedule.
+record on disk means a finished cell (see :mod:`folder`). ``alpha`` in a record is what the cell
+asked for: 0 for pure text, one number, or one per step under a schedule.
 """
 
 from __future__ import annotations

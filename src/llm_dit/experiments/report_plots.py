@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 Job = tuple[str, str, dict]  # (plot kind, file, data): plain lists and numbers, cheap to send to a process
 
@@ -46,7 +48,7 @@ def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict], look_at: t
         values = {k: {r["name"]: [r["metrics"][k], None, None] for r in done if _is_number(r["metrics"].get(k))}
                   for k in keys}
         jobs.append(metrics_job(str(plots / "metrics.png"), done, values))
-    ratios = {}
+    ratios: dict[str, list[list[float]]] = {}
     for name in names:
         s = stats.get(name)
         if s is None or "vl_std" not in s or len(ratios) == 12:
@@ -62,8 +64,9 @@ def draw(kind: str, path: str, data: dict) -> str:
     """Draw one plot of :func:`plot_jobs` into ``path`` (in this process or a worker's)."""
     from ..analysis.plots import pyplot, save_figure
 
-    fig = {"std_per_cell": _std_per_cell, "metrics": _metrics, "per_dim_ratio": _per_dim_ratio}[kind](pyplot(),
-                                                                                                     **data)
+    drawers: dict[str, Callable[..., Any]] = {"std_per_cell": _std_per_cell, "metrics": _metrics,
+                                              "per_dim_ratio": _per_dim_ratio}
+    fig = drawers[kind](pyplot(), **data)
     return str(save_figure(fig, path, durable=False))  # a report file: made again by `llm-dit report`
 
 
@@ -138,9 +141,10 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
     height = 2.8 if x else max(2.6, 0.28 * len(order) + 1.2)
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols + 2.6, height * rows + 0.8), squeeze=False)
     handles: dict[str, object] = {}
-    for ax, (metric, vals) in zip(axes.flat, values.items()):
+    # a grid of rows x cols panels holds n metrics; the spare panel (odd n) is hidden below
+    for ax, (metric, vals) in zip(axes.flat, values.items(), strict=False):
         if x:
-            for i, (name, members) in enumerate(lines.items()):
+            for name, members in lines.items():
                 pts = sorted((xs[c], *vals[c]) for c in members if c in vals and c in xs)
                 if not pts:
                     continue
@@ -148,7 +152,7 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
                 h = ax.plot(px, py, marker="o", markersize=6, linewidth=1.6, label=name or "cells")[0]
                 err = [(p[1] - p[2], p[3] - p[1]) for p in pts if p[2] is not None]
                 if len(err) == len(pts):
-                    ax.errorbar(px, py, yerr=list(zip(*err)), fmt="none", ecolor=h.get_color(), capsize=3)
+                    ax.errorbar(px, py, yerr=list(zip(*err, strict=True)), fmt="none", ecolor=h.get_color(), capsize=3)
                 handles.setdefault(name or "cells", h)
             ax.set_xlabel(x)
         else:
@@ -158,7 +162,7 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
             err = [(vals[c][0] - vals[c][1], vals[c][2] - vals[c][0]) for c in order
                    if c in vals and vals[c][1] is not None]
             if err and len(err) == len(order):
-                ax.errorbar(means, ys, xerr=list(zip(*err)), fmt="none", ecolor=h.get_color(), capsize=3)
+                ax.errorbar(means, ys, xerr=list(zip(*err, strict=True)), fmt="none", ecolor=h.get_color(), capsize=3)
             ax.set_yticks(ys, order if ax in axes[:, 0] else [""] * len(order), fontsize=8)
             ax.invert_yaxis()
         if baseline.get(metric) is not None:
@@ -184,7 +188,7 @@ def _metrics(plt, x: str | None, xs: dict, lines: dict[str, list[str]], values: 
 def _per_dim_ratio(plt, ratios: dict[str, list[list[float]]]):
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
     for name, pair in ratios.items():
-        for ax, ratio in zip((ax1, ax2), pair):
+        for ax, ratio in zip((ax1, ax2), pair, strict=True):  # pair: the vl_std and blended_std ratios
             ax.plot(range(len(ratio)), ratio, ".", markersize=1.5, linestyle="none", label=name)
             for d in sorted(range(len(ratio)), key=lambda i: -abs(ratio[i]))[:3]:
                 ax.annotate(str(d), (d, ratio[d]), fontsize=7)
@@ -266,6 +270,7 @@ class PlotWorkers:
         replies = []
         for i, job in enumerate(jobs):
             proc = self.procs[i % len(self.procs)]
+            assert proc.stdin is not None, "the workers are started with stdin=PIPE"
             proc.stdin.write(json.dumps(job) + "\n")
             proc.stdin.flush()
             replies.append(_Reply(proc))
@@ -281,7 +286,8 @@ class PlotWorkers:
             proc.wait()
             for f in (proc.stdin, proc.stdout):
                 with contextlib.suppress(OSError):
-                    f.close()
+                    if f is not None:  # both are pipes (see __init__)
+                        f.close()
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def compare_runs(folders: list[Path], target: Path, embedded: bool = False) -> P
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{len(folders)} runs compared</title>",
              f"<style>{CSS}</style></head><body><h1>{len(folders)} runs compared</h1>", tiny_banner(metas[0])]
     metrics: list[str] = []
-    for folder, name, meta in zip(folders, names, metas):
+    for folder, name, meta in zip(folders, names, metas, strict=True):
         rel = os.path.relpath(folder.resolve(), target.resolve().parent)
         grid = "summary_grid.png" if meta.get("kind") == "trials" else "comparison_grid.png"
         ev = meta["evidence"]

@@ -6,12 +6,17 @@ things with the same sentence (and the web app reports the field at fault).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError
 from .plan import RunSpec
+
+#: What a command builds its runs with: ``(reference images, config) -> (spec, the config it runs with)``
+#: (one call per trial when a command runs trials).
+SpecMaker = Callable[[list[str], Config], tuple[RunSpec, Config]]
 
 
 def experiment_spec(name: str, images: list[str], prompt: str | None, config: Config, quick: bool = False,
@@ -156,6 +161,9 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
 
 def _moved(recipe: dict, moved: dict[str, str]) -> dict:
     """``recipe`` with its reference images' paths replaced per ``moved``."""
-    refs = [{**r, "image": moved.get(r.get("image"), r.get("image"))} if isinstance(r, dict) else r
+    def image(path: Any) -> Any:  # anything not a path is left for the recipe's validation to name
+        return moved.get(path, path) if isinstance(path, str) else path
+
+    refs = [{**r, "image": image(r.get("image"))} if isinstance(r, dict) else r
             for r in recipe.get("references") or []]
     return {**recipe, "references": refs} if refs else recipe

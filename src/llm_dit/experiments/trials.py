@@ -24,6 +24,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import InputError
 from ..io import write_json
+from ..protocols import Models
 from . import folder
 from .cells import safe_name
 from .plan import RunSpec, Summary
@@ -119,7 +120,8 @@ def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, ech
     if procs.main:
         _prepare(out, plan)
     procs.wait()
-    pool = ModelPool()  # each run's profile decides what stays loaded between them (runtime.keep_models)
+    # each run's profile decides what stays loaded between them (runtime.keep_models)
+    pool: Models = ModelPool()
     total = skipped = generated = 0
     failed: list[str] = []
     try:

@@ -88,7 +88,7 @@ def write_trial_grids(out: Path, meta: dict, metas: dict[str, dict]) -> list[Pat
              [(str(by_trial[n]["seed"]), n) for n in names], [ref])
     firsts = [next(t["name"] for t in meta["trials"] if t["image"] == im) for im in meta["images"]]
     grid("summary_grid.png", f"{meta['experiment']}: a row per image (seed {meta['seeds'][0]})", "image",
-         [(f"{k} ({Path(im).name})", n) for k, (im, n) in enumerate(zip(meta["images"], firsts), 1)], [])
+         [(f"{k} ({Path(im).name})", n) for k, (im, n) in enumerate(zip(meta["images"], firsts, strict=True), 1)], [])
     return written
 
 

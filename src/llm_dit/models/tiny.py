@@ -152,7 +152,7 @@ user assistant system image text style content reference prompt caption layer to
 
 
 def _template(name: str) -> str:
-    return resources.files("llm_dit.models").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("llm_dit.models").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
 def qwen3_chat_template() -> str:
@@ -184,13 +184,15 @@ def build_tokenizer(chat_template: str):
     vocab = raw.get_vocab()
     merges = [tuple(m) for m in json.loads(raw.to_str())["model"]["merges"]]
     base = len(vocab)
-    for i, (tok, _) in enumerate(ADDED_TOKENS):
-        vocab[tok] = base + i
+    for i, (name, _) in enumerate(ADDED_TOKENS):
+        vocab[name] = base + i
 
     tok = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
-        unk_token=None,
+        # transformers annotates merges as strings and unk_token as required; it passes both to tokenizers'
+        # BPE, which takes (left, right) pairs and no unknown token: the real layout.
+        merges=merges,  # type: ignore[arg-type]
+        unk_token=None,  # type: ignore[arg-type]
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         model_max_length=131072,

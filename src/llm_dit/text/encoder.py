@@ -94,6 +94,7 @@ def run_text_encoder(
     if image_features is None:
         kwargs["input_ids"] = input_ids
     else:
+        assert image_token_id is not None, "image features replace the embeddings of their slot token"
         embeds = text_encoder.get_input_embeddings()(input_ids)
         slots = input_ids[0] == image_token_id
         if int(slots.sum()) != image_features.shape[0]:

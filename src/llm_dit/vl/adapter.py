@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..protocols import Extractor
 from ..text.capture import canonical_layer
 
 _META_KEY = "llm_dit_adapter"
@@ -71,7 +72,9 @@ def _load(path: str, mtime: int) -> LinearAdapter:  # mtime: a rewritten file is
     keys = ("vl_layer", "vl_num_layers", "text_layer", "text_num_layers")
     if "weight" not in t or "bias" not in t or any(k not in meta for k in keys):
         raise InputError(f"{path} is not an llm-dit adapter file")
-    return LinearAdapter(t["weight"], t["bias"], *(int(meta[k]) for k in keys),
+    return LinearAdapter(t["weight"], t["bias"], vl_layer=int(meta["vl_layer"]),
+                         vl_num_layers=int(meta["vl_num_layers"]), text_layer=int(meta["text_layer"]),
+                         text_num_layers=int(meta["text_num_layers"]),
                          info={k: v for k, v in meta.items() if k not in keys})
 
 
@@ -82,7 +85,7 @@ def _find(seq: list[int], sub: list[int]) -> int:
     return -1
 
 
-def gather_pairs(extractor, tokenizer, text_encoder, prompts: list[str], vl_layer: int,
+def gather_pairs(extractor: Extractor, tokenizer, text_encoder, prompts: list[str], vl_layer: int,
                  text_layer: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """``(X, Y, tokens per prompt)``: VL and text-encoder states of each prompt's own tokens."""
     from ..text import encode_prompt
@@ -121,8 +124,8 @@ def relative_residual(pred: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred - y).norm() / (y - y.mean(0)).norm().clamp_min(1e-12))
 
 
-def fit_adapter(extractor, tokenizer, text_encoder, prompts: list[str], vl_layer: int = -6, text_layer: int = -2,
-                ridge: float = 1e-2, holdout: float = 0.2) -> LinearAdapter:
+def fit_adapter(extractor: Extractor, tokenizer, text_encoder, prompts: list[str], vl_layer: int = -6,
+                text_layer: int = -2, ridge: float = 1e-2, holdout: float = 0.2) -> LinearAdapter:
     """Fit on the first prompts, report residuals on the last ``holdout`` share, then refit on all."""
     x, y, counts = gather_pairs(extractor, tokenizer, text_encoder, prompts, vl_layer, text_layer)
     n_test = sum(counts[len(counts) - max(1, round(holdout * len(counts))):]) if len(counts) > 1 else 0

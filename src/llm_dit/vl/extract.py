@@ -18,6 +18,7 @@ import gc
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -85,7 +86,9 @@ def load_text_encoder(z_image: str, device: torch.device, dtype: torch.dtype):
 
     source = resolve_model_path(z_image, "z_image")
     try:
-        encoder = Qwen3Model.from_pretrained(source, subfolder="text_encoder", dtype=dtype).to(device).eval()
+        encoder = Qwen3Model.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
+        # transformers types PreTrainedModel.to through a decorator that loses its device argument
+        encoder = encoder.to(device).eval()  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
     except Exception as e:
         raise ModelLoadError(f"could not load Z-Image's text encoder from '{z_image}': {_first_line(e)}") from e
@@ -111,6 +114,7 @@ class VLEmbeddingExtractor:
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         self.cache = cache or ExtractionCache(0)
         self.offload = "none"  # runtime.offload it was placed under (from_pretrained)
+        self._fingerprint: str | None = None  # computed once, on first use
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -201,7 +205,7 @@ class VLEmbeddingExtractor:
     def fingerprint(self) -> str:
         """The model's identity for the cache: name, backend, dtype, configs, and a checksum of the
         weights (the sum of every parameter tensor), so re-saved weights at the same path miss."""
-        if getattr(self, "_fingerprint", None):
+        if self._fingerprint:
             return self._fingerprint
         parts = [self.model_name, self.backend, str(self.dtype)]
         for m in (self.model, self.vision, self.text_encoder):
@@ -278,7 +282,8 @@ class VLEmbeddingExtractor:
             states = self._forward_vl(inputs, wanted)
         else:
             states = self._forward_splice(inputs, wanted)
-        patch_grids = [tuple(int(v) for v in g) for g in inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist()]
+        grids_thw = inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist()
+        patch_grids = [(int(t), int(h), int(w)) for t, h, w in grids_thw]
         merge = self.processor.image_processor.merge_size
         result = VLExtractionResult(
             hidden_states={k: states[k] for k in wanted},
@@ -356,7 +361,7 @@ class VLEmbeddingExtractor:
         batch = self._batch(run_processor(self.processor, build_messages(images, prompt, system_prompt), images,
                                           max_pixels))
         sample = temperature > 0
-        kwargs = dict(do_sample=sample, max_new_tokens=max_new_tokens)
+        kwargs: dict[str, Any] = dict(do_sample=sample, max_new_tokens=max_new_tokens)
         if sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
             if seed is not None:

@@ -24,6 +24,7 @@ Statistics are layer-matched: a reference computed at one layer is refused for a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
@@ -31,7 +32,8 @@ from ..embeddings import check_embedding
 from ..errors import InputError
 from .reference import ReferenceStats
 
-NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten", "cross")
+NormalizationMode = Literal["none", "global", "per_dim", "hybrid", "whiten", "cross"]
+NORMALIZATION_MODES: tuple[str, ...] = get_args(NormalizationMode)
 #: Modes that need reference statistics.
 REFERENCE_MODES = ("per_dim", "hybrid", "whiten", "cross")
 def _check_input(x: torch.Tensor) -> torch.Tensor:
@@ -123,16 +125,18 @@ def normalize(
         y = x
     elif mode == "global":
         y, _ = scale_global(x, global_target())
-    elif mode == "per_dim":
-        y = normalize_per_dim(x, reference, clip_sigma)
-    elif mode == "hybrid":
-        y = hybrid_weight * normalize_per_dim(x, reference, clip_sigma) + (1 - hybrid_weight) * scale_global(
-            x, global_target()
-        )[0]
-    elif mode == "cross":
-        y, _ = scale_global(normalize_per_dim(x, reference, clip_sigma), global_target())
     else:
-        y = whiten(x, reference)
+        assert reference is not None, "the REFERENCE_MODES have their statistics (checked above)"
+        if mode == "per_dim":
+            y = normalize_per_dim(x, reference, clip_sigma)
+        elif mode == "hybrid":
+            y = hybrid_weight * normalize_per_dim(x, reference, clip_sigma) + (1 - hybrid_weight) * scale_global(
+                x, global_target()
+            )[0]
+        elif mode == "cross":
+            y, _ = scale_global(normalize_per_dim(x, reference, clip_sigma), global_target())
+        else:
+            y = whiten(x, reference)
     before = float(x.std(unbiased=False))
     after = float(y.std(unbiased=False))
     return Normalized(y, mode, before, after, after / before if before > 0 else 1.0)

@@ -110,7 +110,7 @@ def check_layer_match(reference: ReferenceStats, layer: int, num_layers: int, fo
 def read_prompts(path: str | Path | None = None) -> list[str]:
     """Prompts, one per line (``#`` comments and blank lines skipped); the shipped corpus by default."""
     if path is None:
-        text = resources.files("llm_dit").joinpath("data", "reference_prompts.txt").read_text(encoding="utf-8")
+        text = resources.files("llm_dit").joinpath("data").joinpath("reference_prompts.txt").read_text(encoding="utf-8")
     else:
         p = Path(path)
         if not p.is_file():

@@ -25,6 +25,7 @@ of them means ``full`` (upstream silently defaulted to text-only).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,9 @@ class SpecialIds:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> SpecialIds:
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    def from_dict(cls, d: dict[str, Any]) -> SpecialIds:
+        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**fields)
 
 
 @dataclass
@@ -129,7 +131,8 @@ def compute_token_masks(input_ids: torch.Tensor, special: SpecialIds) -> TokenMa
     spans: list[tuple[int, int]] = []
     starts = torch.nonzero(vstart).flatten().tolist()
     ends = torch.nonzero(vend).flatten().tolist()
-    for s, e in zip(starts, ends):
+    # Any id sequence gets masks (tests/test_properties.py): unbalanced markers pair up as far as they go.
+    for s, e in zip(starts, ends, strict=False):
         spans.append((s + 1, e))
     return TokenMasks(full, text_only, user_text, image_only, image_no_markers, spans)
 
@@ -212,7 +215,7 @@ def pool_image_tokens(
     id_pieces: list[torch.Tensor] = []
     new_grids: list[tuple[int, int]] = []
     prev = 0
-    for (start, end), (gh, gw) in zip(masks.image_spans, token_grids):
+    for (start, end), (gh, gw) in zip(masks.image_spans, token_grids, strict=True):  # lengths checked above
         if end - start != gh * gw:
             raise ValueError(f"image span of {end - start} tokens does not match its {gh}x{gw} grid")
         nh, nw = -(-gh // k), -(-gw // k)

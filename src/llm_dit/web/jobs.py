@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import Cancelled, LlmDitError, out_of_memory_message
 from ..io import write_json
+from ..protocols import Models
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 #: Finished jobs kept for the page (the oldest are forgotten first).
@@ -111,7 +112,7 @@ class Job:
 class JobQueue:
     """Jobs in submission order, run one at a time by one worker thread."""
 
-    def __init__(self, pool, idle_unload: float = 900.0, record: Path | None = None):
+    def __init__(self, pool: Models, idle_unload: float = 900.0, record: Path | None = None):
         self.pool = pool
         self.idle_unload = idle_unload
         self.record = record  # the jobs file (None: the jobs live only as long as the server)

@@ -102,7 +102,8 @@ class Server:
         for i, ref in enumerate(refs):
             if not isinstance(ref, dict):
                 raise InputError(f"recipe.references.{i} must be a table with 'image'", field=f"recipe.references.{i}")
-            mapped.append({**ref, "image": files.upload_path(self.runs, ref.get("image"), f"recipe.references.{i}.image")})
+            image = files.upload_path(self.runs, ref.get("image"), f"recipe.references.{i}.image")
+            mapped.append({**ref, "image": image})
         if mapped:
             data["references"] = mapped
         if data.get("backend") is None and not mapped:
