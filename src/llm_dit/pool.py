@@ -13,7 +13,13 @@ The pool is not thread-safe: one worker uses it (the web app's job queue has one
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .config import Config
+
+if TYPE_CHECKING:
+    from .generate import ZImage
+    from .vl.extract import VLEmbeddingExtractor
 
 
 def _z_key(config: Config) -> tuple:
@@ -33,9 +39,10 @@ class ModelPool:
         """``keep``: ``all`` or ``one`` whatever the configuration says (a one-shot command that stages
         its models itself); None: each call's ``runtime.keep_models``."""
         self.keep = keep
-        self._z = None  # (key, ZImage)
-        self._vl = None  # (key, VLEmbeddingExtractor with its language model)
-        self._splice = None  # (key, VLEmbeddingExtractor borrowing Z-Image's text encoder)
+        self._z: tuple[tuple, ZImage] | None = None  # (key, ZImage)
+        self._vl: tuple[tuple, VLEmbeddingExtractor] | None = None  # (key, the extractor with its language model)
+        # (key, the extractor borrowing Z-Image's text encoder)
+        self._splice: tuple[tuple, VLEmbeddingExtractor] | None = None
 
     # -- what is loaded ----------------------------------------------------------------------
 

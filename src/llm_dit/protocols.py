@@ -7,7 +7,7 @@
   either backend: ``vl`` or ``splice``).
 * :class:`Captioner`: an extractor with Qwen3-VL's language model head, which also writes text and
   scores answers (the ``vl`` backend only).
-* :class:`Models`: where the layers above get loaded models from (:class:`~llm_dit.models.pool.ModelPool`:
+* :class:`Models`: where the layers above get loaded models from (:class:`~llm_dit.pool.ModelPool`:
   Z-Image, the VL extractor, the splice extractor), and give them back.
 
 Protocols rather than the classes themselves: a caller states what it uses, tests pass small fakes,

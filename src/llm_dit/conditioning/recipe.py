@@ -210,7 +210,7 @@ def recipe_file(name_or_path: str | Path) -> Path:
 
 def _read_file(path: Path) -> Any:
     """The table a ``.json`` or ``.toml`` file holds."""
-    import tomllib
+    from ..config import tomllib
 
     try:
         text = path.read_text(encoding="utf-8")

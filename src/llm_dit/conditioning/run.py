@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
 from ..config import MAX_CAPTION_TOKENS, Config
 from ..errors import InputError, LlmDitError
 from ..images import load_image
+from ..protocols import OnStep
 from ..vl.adapter import LinearAdapter
 from ..vl.reference import ReferenceStats
 from .build import Conditioning, ExtractionRequest, build_conditioning, plan_extractions, reference_stats_layers
@@ -34,13 +35,11 @@ from .recipe import Recipe, check_prompt_or_caption
 from .style import neutral_image
 
 Log = Callable[[str], None]
-#: ``on_step(done, total)`` after each denoising step; it may raise Cancelled to stop.
-OnStep = Callable[[int, int], None]
 #: Stands for a caption not written yet, when a recipe is checked before captioning.
 CAPTION_STANDIN = "a caption"
 
 if TYPE_CHECKING:
-    from ..pool import ModelPool
+    from ..protocols import Models
 
 
 def load_references(recipe: Recipe) -> dict[str, Image.Image]:
@@ -140,7 +139,8 @@ def _layers_in(spec: str, backend: str) -> int | None:
     try:
         if backend == "vl":
             return AutoConfig.from_pretrained(resolve_model_path(spec, "vl")).text_config.num_hidden_layers
-        return AutoConfig.from_pretrained(resolve_model_path(spec, "z_image"), subfolder="text_encoder").num_hidden_layers
+        z_image = resolve_model_path(spec, "z_image")
+        return AutoConfig.from_pretrained(z_image, subfolder="text_encoder").num_hidden_layers
     except Exception:
         return None
 
@@ -155,10 +155,11 @@ class Checked:
 
 
 #: Files the checks loaded, by path: cells of one run naming the same file share one load.
-Loaded = dict[str, object]
+Loaded = dict[str, Any]
+_T = TypeVar("_T")
 
 
-def _load_once(loaded: Loaded | None, path: str, load: Callable[[str], object]) -> object:
+def _load_once(loaded: Loaded | None, path: str, load: Callable[[str], _T]) -> _T:
     if loaded is None:
         return load(path)
     if path not in loaded:
@@ -189,6 +190,7 @@ def check_recipe(recipe: Recipe, config: Config, prompt: str, loaded: Loaded | N
     requests = plan_extractions(recipe, prompt)
     if not requests:
         return Checked(requests, None, None)
+    assert recipe.backend is not None, "a resolved recipe names its backend (Recipe.resolve)"
     n = _num_layers(config, recipe.backend)
     if n is not None:
         for k in recipe_layers(recipe):
@@ -197,18 +199,16 @@ def check_recipe(recipe: Recipe, config: Config, prompt: str, loaded: Loaded | N
             except LlmDitError as e:  # the field that asked for the layer
                 e.field = next((f for f in ("image_layer", "text_layer") if getattr(recipe, f) == k), "hidden_layer")
                 raise
-    adapter = None
+    adapter: LinearAdapter | None = None
     if recipe.adapter:
         if not Path(recipe.adapter).is_file():
             raise InputError(f"adapter file {recipe.adapter} does not exist")
         adapter = _load_once(loaded, recipe.adapter, LinearAdapter.load)  # a broken file fails here, not later
-        assert isinstance(adapter, LinearAdapter)
         for k in recipe_layers(recipe):
             adapter.check_layer(k, n if n is not None else adapter.vl_num_layers)
-    stats = None
+    stats: ReferenceStats | None = None
     if recipe.reference_stats and reference_stats_layers(recipe):
-        stats = _load_once(loaded, recipe.reference_stats, ReferenceStats.load)  # a missing or broken file fails here
-        assert isinstance(stats, ReferenceStats)
+        stats = _load_once(loaded, recipe.reference_stats, ReferenceStats.load)  # a missing or broken file: here
         if recipe.normalization_mode == "whiten" and stats.covariance is None:
             raise InputError("whiten needs reference statistics with a covariance (stats reference --covariance)")
         for k in reference_stats_layers(recipe):
@@ -245,7 +245,7 @@ def generate_from_recipe(
     prompt: str | None,
     init_image: Image.Image | None = None,
     log: Log | None = None,
-    models: ModelPool | None = None,
+    models: Models | None = None,
     on_step: OnStep | None = None,
     caption_tokens: int | None = None,
 ) -> Generated:
@@ -258,7 +258,7 @@ def generate_from_recipe(
 
 
 def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log | None = None,
-             models: ModelPool | None = None, on_step: OnStep | None = None) -> Generated:
+             models: Models | None = None, on_step: OnStep | None = None) -> Generated:
     """The picture of a :class:`Prepared` generation (stages 2-4 of the module docstring).
 
     ``models``: a :class:`~llm_dit.pool.ModelPool` whose models are used and kept (a server);
@@ -361,6 +361,7 @@ def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: d
         "recipe": r.to_dict(),
     }
     if len(set(alphas)) > 1:
+        assert r.schedule is not None, "alphas that vary over the steps come from a schedule"
         record["schedule"] = {"spec": r.schedule.spec(), "alphas": alphas,
                               "blended_std_per_step": [cond.stats(a)["blended_std"] for a in alphas]}
     if text_summary is not None:

@@ -193,7 +193,8 @@ class PictureStage:
         """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time
         (a job pictured by a finished cell stands alone; baselines are not batched with the rest)."""
         aliases = self.aliases
-        size, batch = self.ctx.config.runtime.batch_size, []
+        size = self.ctx.config.runtime.batch_size
+        batch: list[Job] = []
         for job in jobs:
             if batch and (job.key in aliases or len(batch) >= size or batch[0].is_text != job.is_text
                           or batch[0].config.generation != job.config.generation):
@@ -274,8 +275,10 @@ class PictureStage:
             memo = _stats_memo(job)
             if memo and memo not in self.stats_memo:
                 given = job.files.stats if job.files is not None else None
-                self.stats_memo[memo] = _attempt(reference_stats_for, job.recipe, job.config, model.pipe.tokenizer,
-                                                 model.pipe.text_encoder, self.ctx.echo, given)
+                pipe = model.pipe
+                assert pipe is not None, "a loaded ZImage has its pipeline"
+                self.stats_memo[memo] = _attempt(reference_stats_for, job.recipe, job.config, pipe.tokenizer,
+                                                 pipe.text_encoder, self.ctx.echo, given)
 
     def _conditioning(self, job: Job) -> tuple:
         """The conditioning of ``job``: (conditioning, per-step embeddings, text encoding, timings);

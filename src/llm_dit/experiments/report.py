@@ -79,7 +79,7 @@ def build_metadata(out: Path, found: folder.RunFolder | None = None) -> dict:
         "sessions": sessions,
         "counts": counts,
         "warnings": degenerate(results),  # comparisons that compare nothing (see checks.py)
-        "answers": answers(run["name"], evidence, {r["name"]: r.get("params") or {} for r in results}),
+        "answers": answers(run["name"], evidence, {c.name: c.params for c in found.cells}),
         "evidence": evidence,  # one trial: the values of the records, the differences between cells
         "results": results,
     }
@@ -186,8 +186,8 @@ def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) 
     meta = build_metadata(out)
     write_json(out / "metadata.json", meta, durable=False)
     specs = [GridSpec(**g) for g in meta["plan"]["grids"] or []]
-    plots = _start_plots(out, meta, workers)
+    drawing = _start_plots(out, meta, workers)
     grids = write_grids(out, meta, specs, thumbnails)
-    plots = _collect(plots)
+    plots = _collect(drawing)
     write_findings(out, meta, meta["evidence"], grids[0].name if grids else None)
     return write_html(out, meta, grids, plots)

@@ -42,6 +42,7 @@ from ..conditioning.run import CAPTION_STANDIN, Checked, Loaded, check_recipe, r
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
+from ..protocols import OnStep
 from ..provenance import provenance
 from . import folder
 from .cells import Cell, check_unique, effective_recipe
@@ -51,16 +52,14 @@ from .processes import Processes
 if TYPE_CHECKING:
     from ..conditioning.recipe import Recipe
     from ..generate import ZImage
-    from ..pool import ModelPool
-    from ..vl.extract import VLEmbeddingExtractor
+    from ..protocols import Captioner
+    from ..protocols import Models as ModelsProvider
 
 log = logging.getLogger(__name__)
 
 Echo = Callable[[str], None]
 #: ``on_cell(done, total, name)`` after each finished cell; it may raise Cancelled to stop the run.
 OnCell = Callable[[int, int, str], None]
-#: ``on_step(done, total)`` after each denoising step; it may raise Cancelled to stop the run.
-OnStep = Callable[[int, int], None]
 
 
 # -- 0. prepare ----------------------------------------------------------------------------------
@@ -117,7 +116,7 @@ class RunContext:
 
     prepared: PreparedRun
     out: Path
-    pool: ModelPool
+    pool: ModelsProvider
     own: bool  # the run loaded its models itself (it frees them; the VL after extraction unless it scores)
     procs: Processes
     echo: Echo
@@ -171,12 +170,12 @@ class Held:
 class Models:
     """The run's models while loaded (taken from the pool, which owns them)."""
 
-    vl: VLEmbeddingExtractor | None = None  # Qwen3-VL: captions, extraction, VQA
+    vl: Captioner | None = None  # Qwen3-VL: captions, extraction, VQA
     z_image: ZImage | None = None
     scorers: list = field(default_factory=list)  # optional CLIP / SigLIP scorers from local folders
     notes: list[str] = field(default_factory=list)  # metrics skipped, and why
 
-    def load_vl(self, ctx: RunContext) -> VLEmbeddingExtractor:
+    def load_vl(self, ctx: RunContext) -> Captioner:
         t0 = time.perf_counter()
         if "vl" not in ctx.pool.loaded():  # a shared pool (a server, trials) may hold it already
             ctx.echo(f"loading Qwen3-VL ({ctx.config.models.vl})")
@@ -383,7 +382,7 @@ def close_run(ctx: RunContext, run_file: dict, session: dict, sessions: list[dic
 
 
 def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = None, progress: bool = True,
-                 models: ModelPool | None = None, on_step: OnStep | None = None, on_cell: OnCell | None = None,
+                 models: ModelsProvider | None = None, on_step: OnStep | None = None, on_cell: OnCell | None = None,
                  procs: Processes | None = None) -> Summary:
     """Run a :class:`PreparedRun` into ``out`` (stages 1 to 5; see the module docstring).
 
@@ -402,7 +401,7 @@ def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = Non
         raise err from None
 
 
-def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, models: ModelPool | None,
+def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, models: ModelsProvider | None,
          on_step: OnStep | None, on_cell: OnCell | None, procs: Processes | None) -> Summary:
     from ..pool import ModelPool
 

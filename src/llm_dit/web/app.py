@@ -36,6 +36,7 @@ import json
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -91,9 +92,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
     _routes(api, server)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     _docs(api)
-    app = Guard(api, server)
-    app.server, app.api = server, api
-    return app
+    return Guard(api, server)
 
 
 def _docs(api: FastAPI) -> None:
@@ -167,7 +166,7 @@ def _routes(api: FastAPI, server: Server) -> None:
         return catalog()
 
     @api.post("/api/uploads", status_code=201)
-    async def upload(file: UploadFile = File(...)):
+    async def upload(file: Annotated[UploadFile, File()]):
         data = await file.read()
         return await asyncio.to_thread(files.save_upload, runs, data, file.filename or "upload")
 
@@ -203,7 +202,8 @@ def _routes(api: FastAPI, server: Server) -> None:
         for key, values in body.axes.items():
             key, values = sweep_axis(key, values)
             if key == "references":
-                raise InputError("references cannot be swept here: run one sweep per reference", field="axes.references")
+                raise InputError("references cannot be swept here: run one sweep per reference",
+                                 field="axes.references")
             axes[key] = values
             if key in FILE_FIELDS:
                 axes[key] = [v if v is None else server.runs_file(v, f"axes.{key}") for v in axes[key]]
