@@ -7,8 +7,6 @@ doors to it. Start from :func:`resolve_config` and :class:`ZImage`.
 from .config import MAX_CAPTION_TOKENS, Config, resolve_config
 from .errors import ConfigError, InputError, LlmDitError, ModelLoadError
 
-__version__ = "0.1.0"
-
 __all__ = [
     "MAX_CAPTION_TOKENS",
     "Config",
@@ -16,9 +14,21 @@ __all__ = [
     "InputError",
     "LlmDitError",
     "ModelLoadError",
+    "__version__",
     "ZImage",
     "resolve_config",
 ]
+
+
+def _version() -> str:
+    """The installed package's version: pyproject.toml holds the one literal, the package metadata
+    carries it here (read when first asked for: importing ``importlib.metadata`` costs start-up)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("llm-dit")
+    except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH that was never installed
+        return "0+unknown"
 
 
 def __getattr__(name):  # ZImage pulls in torch and diffusers: import it only when asked for
@@ -26,4 +36,7 @@ def __getattr__(name):  # ZImage pulls in torch and diffusers: import it only wh
         from .generate import ZImage
 
         return ZImage
+    if name == "__version__":
+        globals()["__version__"] = version = _version()
+        return version
     raise AttributeError(name)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 @functools.cache
 def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("llm-dit", "torch", "diffusers", "transformers", "accelerate", "safetensors"):
+    from . import __version__
+
+    out = {"llm-dit": __version__}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "safetensors"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from ..config import MAX_CAPTION_TOKENS
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
+from ..modes import STYLE_MODES  # noqa: F401  (re-exported: the names live where torch is not needed)
 
 RESAMPLE_METHODS = ("linear", "area")
 #: Added to standard deviations before dividing (as the seeds' AdaIN).
@@ -62,7 +63,7 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
 def resample(x: torch.Tensor, n: int, method: str = "linear") -> torch.Tensor:
     """``[L, D] -> [n, D]`` by ``linear`` or ``area`` (see the module docstring); ``L == n`` is a no-op."""
     if method not in RESAMPLE_METHODS:
-        raise InputError(f"unknown resampling '{method}'; choose one of {', '.join(RESAMPLE_METHODS)}")
+        raise InputError(unknown_choice("resampling", method, RESAMPLE_METHODS))
     if n < 1:
         raise InputError(f"cannot resample to {n} tokens")
     if x.shape[0] == n:
@@ -230,12 +231,10 @@ BLEND_MODES: dict[str, BlendFn] = {
     "style_gem": _style_vector_mode("gem"),
     "style_svd": _style_vector_mode("svd"),
 }
-#: Modes that add to or restyle the text, keeping its tokens (usable for ``style`` references).
-STYLE_MODES = ("adain", "adain_per_dim", "style_delta", "style_mean", "style_gem", "style_svd")
 
 
 def blend(mode: str, text: torch.Tensor, vl: torch.Tensor, alpha: float, options: BlendOptions | None = None):
     """Apply the named mode (see :data:`BLEND_MODES`)."""
     if mode not in BLEND_MODES:
-        raise InputError(f"unknown blend mode '{mode}'; choose one of {', '.join(BLEND_MODES)}")
+        raise InputError(unknown_choice("blend mode", mode, BLEND_MODES))
     return BLEND_MODES[mode](text, vl, alpha, options or BlendOptions())

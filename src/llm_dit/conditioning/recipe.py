@@ -24,13 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError, LlmDitError
-from ..vl.normalize import NORMALIZATION_MODES
-from .blend import BLEND_MODES, STYLE_MODES
+from ..modes import BLEND_MODE_NAMES, NORMALIZATION_MODES, STYLE_MODES
 from .schedule import Schedule, parse_schedule
 
 Backend = Literal["text", "vl", "splice"]
 TokenSelection = Literal["full", "text_only", "user_text", "image_only", "image_no_markers"]
-BlendMode = Literal[tuple(BLEND_MODES)]
+BlendMode = Literal[BLEND_MODE_NAMES]
 StyleMode = Literal[STYLE_MODES]
 #: Recipe fields that name files (besides the references' images).
 FILE_FIELDS = ("adapter", "reference_stats")

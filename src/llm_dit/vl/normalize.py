@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
+from ..modes import NORMALIZATION_MODES
 
-NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid", "whiten", "cross")
 #: Modes that need reference statistics.
 REFERENCE_MODES = ("per_dim", "hybrid", "whiten", "cross")
 _META_KEY = "llm_dit_reference"
@@ -183,7 +183,7 @@ def normalize(
     """Apply one of :data:`NORMALIZATION_MODES` (see the module docstring)."""
     x = _check_input(x)
     if mode not in NORMALIZATION_MODES:
-        raise InputError(f"unknown normalization '{mode}'; choose one of {', '.join(NORMALIZATION_MODES)}")
+        raise InputError(unknown_choice("normalization", mode, NORMALIZATION_MODES))
     if mode in REFERENCE_MODES and reference is None:
         raise InputError(f"normalization '{mode}' needs reference statistics (llm-dit stats reference)")
     if not 0.0 <= hybrid_weight <= 1.0:
