@@ -7,10 +7,14 @@ Thinking model gets room for its reasoning on top (seed 004 gave 2500 tokens for
 
 from __future__ import annotations
 
+import logging
+
 from ..config import Config
 from ..vl.caption import DEFAULT_SYSTEM_PROMPT, caption_image
 
 THINKING_BUDGET = 1536
+
+log = logging.getLogger(__name__)
 
 
 def _tokenizer(vl, config: Config):
@@ -40,6 +44,7 @@ def make_caption(vl, image, n: int, config: Config, given: str | None = None) ->
     words = max(8, round(0.75 * n))
     request = f"Describe this image in detail, in about {words} words."
     budget = n + (THINKING_BUDGET if vl.variant == "thinking" else 0)
+    log.info(f"caption of about {n} tokens ({words} words asked, {budget} new tokens at most)")
     cap = caption_image(vl, image, max_new_tokens=budget, prompt=request, system_prompt=DEFAULT_SYSTEM_PROMPT,
                         seed=config.generation.seed, max_pixels=config.vl.max_pixels)
     text, tokens = cut(cap.caption, n, tok)
