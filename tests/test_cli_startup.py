@@ -6,10 +6,10 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import llm_dit
 
@@ -17,13 +17,13 @@ SRC = Path(llm_dit.__file__).resolve().parents[1]
 ROOT = SRC.parent
 HEAVY = ("torch", "diffusers", "transformers", "matplotlib", "PIL")
 
-PROBE = """
+PROBE = f"""
 import contextlib, io, json, sys
 from llm_dit.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
     rc = main(sys.argv[1:])
-print(json.dumps({"rc": rc, "out": out.getvalue(), "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+print(json.dumps({{"rc": rc, "out": out.getvalue(), "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
 
 
 def _probe(*args: str) -> dict:
@@ -43,7 +43,8 @@ def test_commands_without_models_import_no_tensor_library(args):
 
 def test_reading_a_recipe_imports_no_torch():
     code = ("import sys; from llm_dit.conditioning.recipe import Recipe; from llm_dit.experiments.presets import "
-            "EXPERIMENTS; Recipe.from_dict({'blend': 'adain'}); print([m for m in ('torch', 'PIL') if m in sys.modules])")
+            "EXPERIMENTS; Recipe.from_dict({'blend': 'adain'}); "
+            "print([m for m in ('torch', 'PIL') if m in sys.modules])")
     env = dict(os.environ, PYTHONPATH=str(SRC))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

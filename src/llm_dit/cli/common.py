@@ -42,8 +42,8 @@ class Parser(argparse.ArgumentParser):
                 return f"{message}: a value that starts with '-' goes after '=', as in {flag}={after[0]}"
             return message
         m = re.fullmatch(r"argument ([^:]+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
-        if m:  # the subcommand names: "did you mean"
-            return message + did_you_mean(m.group(2), re.findall(r"'([^']*)'", m.group(3)))
+        if m:  # the subcommand names: "did you mean" (Python 3.12.8+ lists them without quotes)
+            return message + did_you_mean(m.group(2), [c.strip(" '") for c in m.group(3).split(",")])
         return message
 
 
