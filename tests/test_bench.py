@@ -62,3 +62,13 @@ def test_multi_gpu(tmp_path):
     data = bench("multi_gpu", tmp_path)
     assert data["pixel_diff"] <= 1 and data["resume"]["pixel_diff"] <= 1  # the same pictures, any process count
     assert 0 < data["resume"]["killed_with"] < 16
+
+
+def test_cli_startup(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "cli_startup.py"), "--repeats", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "cli_startup.json").read_text())
+    assert [r[0] for r in data["rows"]] == ["python -c pass", "llm-dit --help", "llm-dit --version",
+                                           "llm-dit experiments", "llm-dit profiles", "llm-dit config"]
+    assert all(float(v) > 0 for r in data["rows"] for v in r[1:])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from llm_dit.conditioning import blend as B
+from llm_dit.conditioning import sequence as Q
 from llm_dit.conditioning import style as S
 from llm_dit.errors import InputError
 
@@ -57,28 +58,30 @@ def close(a, b, tol=1e-5):
 @pytest.mark.parametrize("L,n", [(1, 1), (1, 4), (4, 1), (5, 3), (3, 5), (100, 7), (7, 100)])
 def test_resample_matches_the_written_out_formulas(L, n):
     x = rand(L, L * 31 + n)
-    close(B.resample(x, n, "linear"), ref_linear_resample(x.numpy(), n))
-    close(B.resample(x, n, "area"), ref_area_resample(x.numpy(), n))
+    close(Q.resample(x, n, "linear"), ref_linear_resample(x.numpy(), n))
+    close(Q.resample(x, n, "area"), ref_area_resample(x.numpy(), n))
 
 
 def test_area_keeps_every_token_and_linear_aliases():
     """Squeezing 1000 tokens into 10: the area mean equals the true mean; linear sees a few tokens."""
     x = torch.zeros(1000, D)
     x[::3] = 1.0  # a periodic "grid" pattern, one row in three
-    assert torch.allclose(B.resample(x, 10, "area").mean(), x.mean(), atol=1e-3)
-    lin = B.resample(x, 10, "linear")  # two taps per output: 0 or 0.5 depending on the phase
+    assert torch.allclose(Q.resample(x, 10, "area").mean(), x.mean(), atol=1e-3)
+    lin = Q.resample(x, 10, "linear")  # two taps per output: 0 or 0.5 depending on the phase
     assert float((lin - x.mean()).abs().max()) > 0.15
 
 
 def test_the_recipe_types_name_exactly_the_registered_modes():
-    # BlendMode and StyleMode are written out for the type checker; the registry is what runs
-    assert set(get_args(B.BlendMode)) == set(B.BLEND_MODES)
-    assert set(B.STYLE_MODES) <= set(B.BLEND_MODES)
+    # the names live in llm_dit.modes (no torch) for recipes and --help; the registry is what runs
+    from llm_dit import modes
+
+    assert get_args(modes.BlendMode) == tuple(B.BLEND_MODES)
+    assert set(modes.STYLE_MODES) <= set(B.BLEND_MODES)
 
 
 def test_resample_rejects_bad_method():
     with pytest.raises(InputError, match="choose one of linear, area"):
-        B.resample(rand(3, 0), 2, "cubic")
+        Q.resample(rand(3, 0), 2, "cubic")
 
 
 # -- content modes ------------------------------------------------------------------------------
@@ -223,13 +226,13 @@ def test_style_vectors(n):
 def test_match_rms_and_typical_rms():
     x = rand(5, 23)
     x[2] = 0.0
-    y = B.match_rms(x, 2.0)
+    y = Q.match_rms(x, 2.0)
     rms = np.sqrt((y.numpy() ** 2).mean(1))
     close(rms[[0, 1, 3, 4]], [2.0] * 4)
     assert torch.equal(y[2], torch.zeros(D))
     x = torch.ones(5, D)
     x[0] *= 1000  # one massive token does not move the median
-    assert B.typical_rms(x) == pytest.approx(1.0)
+    assert Q.typical_rms(x) == pytest.approx(1.0)
 
 
 # -- registry and errors ------------------------------------------------------------------------
@@ -244,6 +247,16 @@ def test_every_mode_one_signature_and_alpha_zero_keeps_the_text():
         else:
             close(out, text)
         assert B.blend(mode, text, vl, 0.7).shape[1] == D
+
+
+def test_the_registrys_alpha0_fact_holds_bit_for_bit():
+    """``alpha0_is_text`` lets a run picture an alpha-0 cell as its pure-text baseline (cells.
+    effective_recipe): true exactly where alpha 0 gives back the text embedding bit for bit."""
+    from llm_dit.modes import ALPHA0_IS_TEXT
+
+    text, vl = rand(5, 24) * 3, rand(12, 25)
+    for mode in B.BLEND_MODES:
+        assert torch.equal(B.blend(mode, text, vl, 0.0), text) is (mode in ALPHA0_IS_TEXT), mode
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), "0.5", True])

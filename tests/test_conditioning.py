@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from llm_dit.conditioning import Recipe, Reference, build_conditioning, parse_schedule, plan_extractions
-from llm_dit.conditioning.blend import blend_adain_per_dim, blend_interpolate, match_rms, typical_rms
+from llm_dit.conditioning.blend import blend_adain_per_dim, blend_interpolate
 from llm_dit.conditioning.build import Conditioning
 from llm_dit.conditioning.run import run_extractions
+from llm_dit.conditioning.sequence import match_rms, typical_rms
 from llm_dit.errors import InputError
 from llm_dit.vl.normalize import normalize
 

@@ -16,8 +16,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_dit.conditioning.blend import BLEND_MODES, BlendOptions, blend, resample
+from llm_dit.conditioning.blend import BLEND_MODES, BlendOptions, blend
 from llm_dit.conditioning.schedule import parse_schedule
+from llm_dit.conditioning.sequence import resample
 from llm_dit.conditioning.style import STYLE_VECTORS, style_vector
 from llm_dit.errors import InputError
 from llm_dit.text.long_prompt import LONG_PROMPT_MODES, fit_length

@@ -27,7 +27,8 @@ def test_rerun_skips_finished_cells_and_refuses_a_different_run(refs, tmp_path, 
     assert "4 cells: 4 already done, 0 picture(s) generated" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name in stamps}
     assert main([*args, "--seed", "7"]) == 2
-    assert "holds a different run" in capsys.readouterr().err
+    assert "holds a different run (alpha_sweep; settings that differ: config.generation.seed: 42 -> 7)" \
+        in capsys.readouterr().err
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     assert main(compare_args("alpha_sweep", refs, tmp_path / "other")) == 2

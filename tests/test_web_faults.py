@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import itertools
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -199,11 +200,12 @@ def serving(runs: Path, log: Path):
 @pytest.mark.parametrize("text", ["{cut sho", '{"jobs": [{"id": 7, "kind": "generate"}]}',
                                   '{"jobs": [{"id": "0001-1", "kind": "generate", "title": "t", "state": "done", '
                                   '"progress": [1]}]}'], ids=["not JSON", "an id that is a number", "bad progress"])
-def test_an_unreadable_jobs_record_is_set_aside(config, tmp_path, capsys, text):
+def test_an_unreadable_jobs_record_is_set_aside(config, tmp_path, caplog, text):
     (tmp_path / ".jobs.json").write_text(text)
     with TestClient(create_app(config, tmp_path, start_worker=False)) as c:
         assert c.get("/api/jobs").json() == []
         assert c.get("/api/files/.jobs.json.unreadable").status_code == 404  # hidden: never served
         assert c.post("/api/generate", json={"prompt": PROMPT}).status_code == 202  # and works
-    assert "could not be read" in capsys.readouterr().err
+    warned = [r for r in caplog.records if r.name == "llm_dit.web.jobs" and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "could not be read" in warned[0].getMessage()  # the logger says it (on stderr)
     assert (tmp_path / ".jobs.json.unreadable").read_text() == text

@@ -7,8 +7,6 @@ doors to it. Start from :func:`resolve_config` and :class:`ZImage`.
 from .config import MAX_CAPTION_TOKENS, Config, resolve_config
 from .errors import ConfigError, InputError, LlmDitError, ModelLoadError
 
-__version__ = "0.1.0"
-
 __all__ = [
     "MAX_CAPTION_TOKENS",
     "Config",
@@ -16,6 +14,7 @@ __all__ = [
     "InputError",
     "LlmDitError",
     "ModelLoadError",
+    "__version__",
     "ZImage",
     "resolve_config",
 ]
@@ -26,4 +25,9 @@ def __getattr__(name):  # ZImage pulls in torch and diffusers: import it only wh
         from .generate import ZImage
 
         return ZImage
+    if name == "__version__":  # read when first asked for: importing importlib.metadata costs start-up
+        from .provenance import version
+
+        globals()["__version__"] = value = version()
+        return value
     raise AttributeError(name)

@@ -23,7 +23,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from .errors import ConfigError
+from .errors import ConfigError, closest, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -241,7 +241,8 @@ def profile_names(config_file: str | Path | None = None) -> list[str]:
 
 def _flatten_profile(name: str, profiles: dict[str, dict[str, Any]], seen: tuple[str, ...] = ()) -> dict:
     if name not in profiles:
-        raise ConfigError(f"unknown profile '{name}'; available: {', '.join(sorted(profiles))}")
+        raise ConfigError(f"unknown profile '{name}'; available: {', '.join(sorted(profiles))}"
+                          f"{did_you_mean(name, profiles)}")
     if name in seen:
         raise ConfigError(f"profile inheritance loops: {' -> '.join(seen + (name,))}")
     table = dict(profiles[name])
@@ -281,6 +282,9 @@ def describe_error(err: ErrorDetails, root: type[BaseModel] | None = None, what:
     got = err.get("input")
     shown = "" if isinstance(got, dict) or "got" in msg else f" (got {got!r})"
     where = f"{what} '{loc}': " if loc else f"{what.split()[0]}: "
+    if kind == "literal_error" and shown:  # a name not among the choices: the closest one, if any
+        close = closest(got, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
+        shown = f" (got {got!r}; did you mean '{close}'?)" if close else shown
     return f"{where}{msg[0].lower() + msg[1:]}{shown}"
 
 

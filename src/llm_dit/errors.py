@@ -7,6 +7,33 @@ that sentence and exits non-zero; anything else is a bug and is reported as such
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+
+def closest(given: object, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The one of ``choices`` closest to ``given`` (difflib's ratio ``2 M / (len(a) + len(b))`` of
+    ``M`` matching characters at least ``cutoff``), or None: what a "did you mean" names."""
+    if not isinstance(given, str):
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(given, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(given: object, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``" (did you mean 'tiny'?)"`` when one of ``choices`` is close to ``given``, else ``""``: the
+    tail of an "unknown X" sentence."""
+    close = closest(given, choices, cutoff)
+    return f" (did you mean '{close}'?)" if close else ""
+
+
+def unknown_choice(what: str, given: object, choices: Iterable[str]) -> str:
+    """``"unknown blend mode 'interpolat'; choose one of interpolate, linear, ... (did you mean
+    'interpolate'?)"``: the one sentence for a name that is not one of the choices."""
+    choices = list(choices)
+    return f"unknown {what} '{given}'; choose one of {', '.join(choices)}{did_you_mean(given, choices)}"
+
 
 class LlmDitError(Exception):
     """A user-facing error: ``str(err)`` is one clear sentence; ``field`` names the setting at fault

@@ -8,10 +8,19 @@ from importlib import metadata
 from pathlib import Path
 
 
+def version() -> str:
+    """llm-dit's version: pyproject.toml holds the one literal, the package metadata carries it here
+    (``llm_dit.__version__``, ``llm-dit --version``, run records and the web API all read this)."""
+    try:
+        return metadata.version("llm-dit")
+    except metadata.PackageNotFoundError:  # a source tree on PYTHONPATH that was never installed
+        return "0+unknown"
+
+
 @functools.cache
 def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("llm-dit", "torch", "diffusers", "transformers", "accelerate", "safetensors"):
+    out = {"llm-dit": version()}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "safetensors"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -6,17 +6,23 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from ..errors import LlmDitError, out_of_memory_message
-from . import experiments, generate, serve, stats, vl
+from . import experiments, generate, logs, serve, stats, vl
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
 from .conditioning import add_recipe_flags
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="llm-dit", description="Zero-shot vision conditioning of Z-Image with Qwen3-VL.")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    # taken from anywhere on the line by logs.split_verbosity before argparse reads it; listed here for --help
+    parser.add_argument("-v", "--verbose", action="count", help="more messages (debug); anywhere on the line")
+    parser.add_argument("-q", "--quiet", action="count",
+                        help="fewer messages: warnings and errors only (-qq: errors only); anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("generate", help="an image from a prompt, optionally conditioned on reference images")
@@ -107,32 +113,40 @@ def build_parser() -> Parser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
+#: Commands that load no model: they print from the configuration and the catalog alone, and start
+#: without importing torch, diffusers or transformers (tests/test_cli_startup.py).
+_NO_MODELS = {"experiments", "profiles", "config"}
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    try:
-        import diffusers
-        import transformers
 
-        transformers.logging.set_verbosity_error()
-        diffusers.utils.logging.set_verbosity_error()
-        # Loading bars of many small files are noise; the denoising bar (the long part) stays.
-        transformers.logging.disable_progress_bar()
-        diffusers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
+class _Version(argparse.Action):
+    """``--version``: the package metadata's version, read only when asked for (start-up stays short)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..provenance import version
+
+        print(f"llm-dit {version()}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv, level = logs.split_verbosity(sys.argv[1:] if argv is None else list(argv))
+    undo_logging = logs.setup(level)
+    try:
+        return _main(argv)
+    finally:
+        undo_logging()
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     args = None
     try:
         args = build_parser().parse_args(argv)
-        _quiet_libraries()
+        if args.command not in _NO_MODELS:  # importing diffusers for `llm-dit config` would cost seconds
+            logs.quiet_libraries()
         return args.func(args)
     except LlmDitError as e:
         if debug:
@@ -142,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llm-dit: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as e:  # --help
+    except SystemExit as e:  # --help, --version
         return int(e.code or 0)
+    except BrokenPipeError:  # `llm-dit config | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return 0
     except Exception as e:  # a bug, or the GPU out of memory: still one line, with the way to see more
         if debug:
             raise
@@ -155,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-dit: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of the text still buffered for
+    the closed pipe does not end in a second BrokenPipeError at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (tests)
+        pass
 
 
 def _offload(args) -> str | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from ..config import EncoderConfig, RuntimeConfig, VLConfig, field_choices
-from ..errors import InputError
+from ..errors import InputError, did_you_mean
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -14,12 +16,43 @@ class _Formatter(argparse.HelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the CLI prefixes ``llm-dit: error: `` once) that say what was
+    probably meant: the closest flag or command, and ``--layers=-6,-2`` for a value with a leading minus."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self._given: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._given = list(sys.argv[1:] if args is None else args)
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # refused here, where this (sub)command's own flags are known for the suggestion
+            self.error(unrecognized(extras, list(self._option_string_actions)))
+        return namespace, extras
 
     def error(self, message: str):  # one line, not usage + message
-        raise InputError(f"{self.prog}: {message}")
+        raise InputError(self._hint(message))
+
+    def _hint(self, message: str) -> str:
+        m = re.fullmatch(r"argument ([^:]+): expected one argument", message)
+        if m:  # argparse reads a value like -6,-2 as a flag: the value goes after '='
+            flag = m.group(1).split("/")[-1]
+            after = self._given[self._given.index(flag) + 1:] if flag in self._given else []
+            if after and after[0].startswith("-"):
+                return f"{message}: a value that starts with '-' goes after '=', as in {flag}={after[0]}"
+            return message
+        m = re.fullmatch(r"argument ([^:]+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:  # the subcommand names: "did you mean" (Python 3.12.8+ lists them without quotes)
+            return message + did_you_mean(m.group(2), [c.strip(" '") for c in m.group(3).split(",")])
+        return message
+
+
+def unrecognized(extras: list[str], flags: list[str]) -> str:
+    """``unrecognized arguments: --stesp 3 (did you mean '--steps'?)``: the closest flag of the first
+    unknown one (a stricter cutoff than for names: flags share their ``--``)."""
+    first = next((e.split("=", 1)[0] for e in extras if e.startswith("--")), None)
+    return f"unrecognized arguments: {' '.join(extras)}" + (did_you_mean(first, flags, 0.75) if first else "")
 
 
 def one_of(model, name: str, sep: str = " | ") -> str:

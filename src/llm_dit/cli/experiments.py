@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from .conditioning import RECIPE_HELP, absolute, references_from_args
 if TYPE_CHECKING:
     from ..config import Config
     from ..experiments.specs import RunSpec, SpecMaker
+
+log = logging.getLogger(__name__)  # the runner's progress lines: stderr, hidden by -q
 
 #: Sweep flags (comma lists) and the recipe field each one varies.
 AXIS_FLAGS = {
@@ -138,7 +141,7 @@ def _trials(args, cfg, image_sets: list[list[str]], make: SpecMaker) -> int | No
     for trial in plan_trials(firsts, seeds):
         images = image_sets[firsts.index(trial.image)]
         trials.append((trial, *make(images, cfg.replace(**{"generation.seed": trial.seed}))))
-    return _report(run_trials(trials, args.out, progress=not args.no_progress), args)
+    return _report(run_trials(trials, args.out, echo=log.info, progress=not args.no_progress), args)
 
 
 def _image_sets(args, images_per_set: int) -> list[list[str]]:
@@ -158,7 +161,7 @@ def _image_sets(args, images_per_set: int) -> list[list[str]]:
 def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
-    return _report(run(spec, cfg, args.out, progress=not args.no_progress), args)
+    return _report(run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress), args)
 
 
 def _report(summary, args) -> int:

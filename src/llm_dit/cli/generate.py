@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 
 from ..errors import InputError
 from .common import config, overrides
+
+log = logging.getLogger(__name__)
 
 
 def cmd_generate(args) -> int:
@@ -33,16 +35,13 @@ def cmd_generate(args) -> int:
     if args.save_recipe:
         check_output_path(args.save_recipe, ".toml")
 
-    progress = (lambda msg: print(msg, file=sys.stderr)) if resolved.uses_vl else None
+    progress = log.info if resolved.uses_vl else None  # stderr, hidden by -q (cli/logs.py)
     result = generate(prepared, init_image=init, log=progress)
     rec = result.record
     text = rec["text_encoding"]
     if text["truncated"]:
-        print(
-            f"note: the prompt has {text['prompt_tokens']} tokens with its template; cut to {text['max_length']} "
-            "(raise --max-length up to 1504, or pick a --long-prompt-mode)",
-            file=sys.stderr,
-        )
+        log.warning(f"the prompt has {text['prompt_tokens']} tokens with its template; cut to {text['max_length']} "
+                    "(raise --max-length up to 1504, or pick a --long-prompt-mode)")
     write_generated(out, result, str(args.init_image) if args.init_image else None)
     if args.save_recipe:
         resolved.save(args.save_recipe)

@@ -6,14 +6,7 @@ text back exactly for every mode except ``replace``. The seeds' argument orders 
 (``blend_interpolate(vl, text, ...)``, ``blend_adain(text, vl, ...)``); :data:`BLEND_MODES` gives
 all of them one signature ``(text, vl, alpha, options) -> [L, D]`` so an experiment can name them.
 
-Resampling a sequence to ``n`` tokens (:func:`resample`):
-
-* ``linear`` (the seeds): ``F.interpolate(mode="linear", align_corners=False)``; output ``j`` reads
-  position ``p_j = (j + 0.5) L / n - 0.5`` (clamped) with two taps. Squeezing ~1000 image tokens into
-  ~20 keeps ~40 of them and drops the rest: aliasing.
-* ``area``: adaptive average pooling; output ``j`` averages input window
-  ``[floor(jL/n), ceil((j+1)L/n))``, so every token contributes. When ``n > L`` each window holds one
-  token: tokens are repeated.
+Sequences of different lengths meet through :func:`~llm_dit.conditioning.sequence.resample`.
 
 A note on magnitude: Z-Image's caption embedder begins with an RMSNorm per token, so multiplying
 whole tokens by a constant does not change the image. Scale matters only where tokens are mixed.
@@ -23,16 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 
 from ..config import MAX_CAPTION_TOKENS
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
+from ..modes import STYLE_MODES  # noqa: F401  (re-exported: the names live where torch is not needed)
+from .sequence import resample
+from .style import style_vector
 
-RESAMPLE_METHODS = ("linear", "area")
 #: Added to standard deviations before dividing (as the seeds' AdaIN).
 EPS = 1e-5
 
@@ -58,38 +51,6 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"{name} must be a number in [0, 1] (got {alpha!r})")
     return float(alpha)
-
-
-def resample(x: torch.Tensor, n: int, method: str = "linear") -> torch.Tensor:
-    """``[L, D] -> [n, D]`` by ``linear`` or ``area`` (see the module docstring); ``L == n`` is a no-op."""
-    if method not in RESAMPLE_METHODS:
-        raise InputError(f"unknown resampling '{method}'; choose one of {', '.join(RESAMPLE_METHODS)}")
-    if n < 1:
-        raise InputError(f"cannot resample to {n} tokens")
-    if x.shape[0] == n:
-        return x
-    seq = x.T[None].float()  # [1, D, L]: F.interpolate works along the last axis
-    if method == "linear":
-        out = F.interpolate(seq, size=n, mode="linear", align_corners=False)
-    else:
-        out = F.adaptive_avg_pool1d(seq, n)
-    return out[0].T
-
-
-def token_rms(x: torch.Tensor) -> torch.Tensor:
-    """``[L, D] -> [L]``: ``sqrt(mean_d x[i, d]^2)``."""
-    return x.float().pow(2).mean(-1).sqrt()
-
-
-def typical_rms(x: torch.Tensor) -> float:
-    """The median token RMS: robust to the few massive-activation tokens of a real Qwen3 sequence."""
-    return float(token_rms(x).median())
-
-
-def match_rms(x: torch.Tensor, target: float) -> torch.Tensor:
-    """Scale every token to RMS ``target``; all-zero tokens stay zero."""
-    r = token_rms(x)[:, None]
-    return torch.where(r > 0, x * (target / torch.where(r > 0, r, 1.0)), x)
 
 
 # -- content modes ------------------------------------------------------------------------------
@@ -208,20 +169,17 @@ BlendFn = Callable[[torch.Tensor, torch.Tensor, float, BlendOptions], torch.Tens
 
 
 def _style_vector_mode(kind: str) -> BlendFn:
-    def fn(text, vl, alpha, o):
-        from .style import style_vector
-
+    def fn(text: torch.Tensor, vl: torch.Tensor, alpha: float, o: BlendOptions) -> torch.Tensor:
         return blend_style_vector(text, style_vector(check_embedding(vl, "the VL embedding"), kind, o.gem_p, o.svd_k),
                                   alpha)
 
     return fn
 
 
-#: The names of :data:`BLEND_MODES`, as a type (a recipe's ``blend`` field).
-BlendMode = Literal["interpolate", "linear", "concat", "replace", "adain", "adain_per_dim", "style_delta",
-                    "style_mean", "style_gem", "style_svd"]
-#: Every blend mode, one signature: ``(text, vl, alpha, options) -> [L, D]``. For ``style_delta``
-#: the ``vl`` argument is the delta ``style - neutral``.
+#: Every blend mode, one signature ``(text, vl, alpha, options) -> [L, D]``: the names of
+#: :data:`llm_dit.modes.BlendMode` in its order (the facts about each, such as
+#: :data:`~llm_dit.modes.ALPHA0_IS_TEXT`, are there too, where no torch is needed). For
+#: ``style_delta`` the ``vl`` argument is the delta ``style - neutral``.
 BLEND_MODES: dict[str, BlendFn] = {
     "interpolate": lambda t, v, a, o: blend_interpolate(v, t, a, o.resample),
     "linear": lambda t, v, a, o: blend_linear(v, t, a),
@@ -234,13 +192,10 @@ BLEND_MODES: dict[str, BlendFn] = {
     "style_gem": _style_vector_mode("gem"),
     "style_svd": _style_vector_mode("svd"),
 }
-#: Modes that add to or restyle the text, keeping its tokens (usable for ``style`` references).
-StyleMode = Literal["adain", "adain_per_dim", "style_delta", "style_mean", "style_gem", "style_svd"]
-STYLE_MODES: tuple[str, ...] = get_args(StyleMode)
 
 
 def blend(mode: str, text: torch.Tensor, vl: torch.Tensor, alpha: float, options: BlendOptions | None = None):
     """Apply the named mode (see :data:`BLEND_MODES`)."""
     if mode not in BLEND_MODES:
-        raise InputError(f"unknown blend mode '{mode}'; choose one of {', '.join(BLEND_MODES)}")
+        raise InputError(unknown_choice("blend mode", mode, BLEND_MODES))
     return BLEND_MODES[mode](text, vl, alpha, options or BlendOptions())

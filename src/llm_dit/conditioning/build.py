@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..config import MAX_CAPTION_TOKENS
+from ..embeddings import check_embedding
 from ..errors import InputError
 from ..text.long_prompt import fit_length
 from ..vl.adapter import LinearAdapter
@@ -40,8 +41,9 @@ from ..vl.outliers import mask_outlier_dimensions
 from ..vl.reference import ReferenceStats, check_layer_match
 from ..vl.result import VLExtractionResult
 from ..vl.tokens import check_selection_possible
-from .blend import BlendOptions, blend, check_embedding, match_rms, resample, typical_rms
+from .blend import BlendOptions, blend
 from .recipe import Recipe, Reference
+from .sequence import match_rms, resample, typical_rms
 from .style import compute_style_delta
 
 

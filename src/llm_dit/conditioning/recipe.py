@@ -25,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError, LlmDitError
-from ..vl.normalize import NormalizationMode
-from .blend import BlendMode, StyleMode
+from ..modes import BlendMode, NormalizationMode, StyleMode
 from .schedule import Schedule, parse_schedule
 
 Backend = Literal["text", "vl", "splice"]

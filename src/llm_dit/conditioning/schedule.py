@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
 
 SCHEDULE_KINDS = ("constant", "linear", "cosine", "step", "list")
 _Alpha = Field(None, ge=0.0, le=1.0)
@@ -111,7 +111,7 @@ def parse_schedule(text: str) -> Schedule:
             kind, rest = ("list" if "," in s else "constant"), s
         kind = kind.strip()
         if kind not in SCHEDULE_KINDS:
-            raise InputError(f"unknown schedule '{kind}'; choose one of {', '.join(SCHEDULE_KINDS)}")
+            raise InputError(unknown_choice("schedule", kind, SCHEDULE_KINDS))
         if kind == "list":
             return Schedule(kind="list", values=[float(v) for v in rest.split(",") if v.strip()])
         nums = [float(v) for v in rest.split(":")]

@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..errors import InputError
-from .blend import check_embedding, resample
+from ..embeddings import check_embedding
+from ..errors import InputError, unknown_choice
+from .sequence import resample
 
 STYLE_VECTORS = ("mean", "gem", "svd")
 #: The seeds' neutral image: solid mid gray.
@@ -69,4 +70,4 @@ def style_vector(x: torch.Tensor, kind: str = "mean", p: float = 3.0, k: int = 1
         return gem_pool(x, p)
     if kind == "svd":
         return svd_style_vector(x, k)
-    raise InputError(f"unknown style vector '{kind}'; choose one of {', '.join(STYLE_VECTORS)}")
+    raise InputError(unknown_choice("style vector", kind, STYLE_VECTORS))

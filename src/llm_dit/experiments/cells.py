@@ -22,6 +22,7 @@ from typing import Any
 from ..conditioning.recipe import Recipe
 from ..config import Config
 from ..errors import InputError, LlmDitError
+from ..modes import ALPHA0_IS_TEXT
 
 #: Generation settings a cell may vary (the rest of ``[generation]`` is the run's).
 GENERATION_AXES = ("steps", "seed", "shift", "guidance_scale")
@@ -93,17 +94,12 @@ def name_from(params: dict[str, Any]) -> str:
 
 # -- equivalence ---------------------------------------------------------------------------------
 
-#: Blends that return the text embedding exactly at alpha 0 (``0 * x + 1 * text``; concat adds 0 tokens).
-_ALPHA0_IS_TEXT = ("interpolate", "linear", "concat", "adain", "adain_per_dim", "style_delta",
-                   "style_mean", "style_gem", "style_svd")
-
-
 def effective_recipe(recipe: Recipe) -> Recipe:
     """The recipe that gives the same picture, simplest form: the pure-text recipe when the VL part
     cannot change the embedding (alpha 0 at every step, no style reference, raw magnitude)."""
     if recipe.backend == "text":
         return Recipe(backend="text")
-    if recipe.magnitude != "raw" or recipe.blend not in _ALPHA0_IS_TEXT:
+    if recipe.magnitude != "raw" or recipe.blend not in ALPHA0_IS_TEXT:
         return recipe
     alpha_zero = recipe.alpha == 0 if recipe.schedule is None else (
         recipe.schedule.kind == "constant" and recipe.schedule.start == 0)

@@ -33,8 +33,10 @@ run folder per trial). Statuses, one vocabulary for everyone:
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,9 @@ RUN_STATUSES = ("running", "failed", "complete", "incomplete")
 #: file system, no permission, a file too large.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 RESERVED = {"metadata", "run", "report", "comparison_grid", "reference"}
+#: Runtime settings that decide how fast or in how much memory a picture is made, not the picture:
+#: outside the run key (``plan.run_key``), and not named when a folder is refused.
+RUNTIME_NOT_IN_KEY = ("offload", "keep_models", "compile", "attention", "batch_size")
 
 
 def reference_name(i: int) -> str:
@@ -73,6 +78,58 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def _key_view(plan: dict) -> dict:
+    """The part of a run's plan that its run key covers (see ``plan.run_key``): not the grids, the
+    metrics, the speed and memory settings, the cache or which GPU of the machine."""
+    view = {k: v for k, v in plan.items() if k not in ("grids", "run_key", "sessions")}
+    cfg = copy.deepcopy(view.get("config") or {})
+    cfg.pop("metrics", None)
+    runtime = cfg.get("runtime") or {}
+    for key in RUNTIME_NOT_IN_KEY:
+        runtime.pop(key, None)
+    if isinstance(runtime.get("device"), str):
+        runtime["device"] = runtime["device"].split(":")[0]
+    (cfg.get("vl") or {}).pop("cache_gb", None)
+    view["config"] = cfg
+    return view
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _differences(old: Any, new: Any, path: str) -> Iterator[str]:
+    """Dotted paths where ``old`` and ``new`` differ, with both values (``config.generation.steps: 9 -> 4``);
+    list items that carry a ``name`` (cells) are named by it."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in [*old, *(k for k in new if k not in old)]:
+            at = f"{path}.{k}" if path else str(k)
+            if k not in new or k not in old:
+                yield f"{at}: {_short(old.get(k))} -> {_short(new.get(k))}"
+            else:
+                yield from _differences(old[k], new[k], at)
+    elif isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            yield f"{path}: {len(old)} -> {len(new)} entries"
+            return
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            name = a.get("name") if isinstance(a, dict) and a.get("name") == (b or {}).get("name") else None
+            yield from _differences(a, b, f"{path}[{name}]" if name else f"{path}.{i}")
+    elif old != new:
+        yield f"{path}: {_short(old)} -> {_short(new)}"
+
+
+def differing(existing: dict, plan: dict, limit: int = 3) -> str:
+    """What differs between the run a folder holds and this one, for the refusal: the first ``limit``
+    settings (``config.generation.steps: 9 -> 4, prompt: 'a cat' -> 'a dog'``), else the files."""
+    found = list(_differences(_key_view(existing), _key_view(plan), ""))
+    if not found:  # the same settings: the run key covers the reference images' bytes as well
+        return "the same settings, but the reference images' contents differ"
+    more = f" and {len(found) - limit} more" if len(found) > limit else ""
+    return "settings that differ: " + ", ".join(found[:limit]) + more
+
+
 def prepare(out: Path, run_key: str, plan: dict) -> dict:
     """Make ``out`` ready for this run; refuse a folder that holds something else.
 
@@ -83,7 +140,8 @@ def prepare(out: Path, run_key: str, plan: dict) -> dict:
     if existing is not None and existing.get("run_key") != run_key:
         if any((out / "cells").glob("*.json")):
             what = existing.get("name", "another run")
-            raise InputError(f"{out} holds a different run ({what}, other settings); give a new --out or remove it")
+            raise InputError(f"{out} holds a different run ({what}; {differing(existing, plan)}); give a new --out "
+                             "or remove it")
         existing = None  # a run that finished no cell (it failed to start): replaced, its references too
         for ref in out.glob("reference*.png"):
             ref.unlink()

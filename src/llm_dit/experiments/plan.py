@@ -20,6 +20,7 @@ from ..conditioning.recipe import FILE_FIELDS, Recipe
 from ..conditioning.run import Checked, Loaded, check_recipe
 from ..config import Config
 from .cells import Cell, digest, effective_recipe, generation_key
+from .folder import RUNTIME_NOT_IN_KEY
 from .presets import GridSpec
 
 
@@ -80,10 +81,6 @@ def _digest_of(path: str, mtime_ns: int, size: int) -> str:
 def _file_digest(path: str) -> str:
     st = Path(path).stat()  # cached per (path, mtime, size): a file is read once per run, not per cell
     return _digest_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-
-
-#: Runtime settings that decide how fast or in how much memory a picture is made, not the picture.
-RUNTIME_NOT_IN_KEY = ("offload", "keep_models", "compile", "attention", "batch_size")
 
 
 def run_key(spec: RunSpec, config: Config) -> str:

@@ -20,7 +20,6 @@ from typing import Any
 from ..conditioning.recipe import Recipe
 from ..errors import InputError
 from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, with_baselines
-from .grid import varied
 
 DESCRIBE_SEEN = "Describe what you see."  # seed 000's description variant
 INSTRUCTION = "Generate an image following this description: {prompt}"
@@ -261,6 +260,8 @@ def caption_alignment(x: Inputs) -> list[Cell]:
 def slice_grids(cells: list[Cell]) -> list[GridSpec]:
     """With three varied parameters: one 2-D grid per value of each, over the other two (seed 004's
     ``grid_method_caption.png``, ``grid_layer-6.png``, ``grid_alpha0.5.png``)."""
+    from .grid import varied  # grid imports Pillow; listing the experiments needs none of it
+
     keys = varied([c.params for c in cells if c.params])
     if len(keys) != 3:
         return []

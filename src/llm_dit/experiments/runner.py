@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -417,7 +416,7 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
         if ":" in prepared.config.runtime.device:
             prepared = _replace_config(prepared, prepared.config.replace(**{"runtime.device": "cuda"}))
     ctx = RunContext(prepared, out, ModelPool(keep="all") if models is None else models, models is None,
-                     procs, echo or _stderr, progress, on_step, on_cell)
+                     procs, echo or log.info, progress, on_step, on_cell)
     key = run_key(ctx.spec, ctx.config)
     ctx.keys = {c.name: cell_key(key, c) for c in ctx.spec.cells}
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -461,10 +460,6 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
             loaded.release(ctx)
     return Summary(ctx.out, len(ctx.spec.cells), len(done), generated, failed, main=procs.main,
                    stages=dict(ctx.timings))
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def _replace_config(prepared: PreparedRun, config: Config) -> PreparedRun:

@@ -17,7 +17,7 @@ launcher's processes are joined once. Running the same command again resumes eve
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from . import folder
 from .cells import safe_name
 from .plan import RunSpec, Summary
 
+log = logging.getLogger(__name__)
 #: Most trials one command may plan.
 MAX_TRIALS = 200
 
@@ -113,7 +114,7 @@ def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, ech
     from .trials_report import write_trials_report
 
     out = Path(out)
-    echo = echo or (lambda msg: print(msg, file=sys.stderr))
+    echo = echo or log.info
     first = trials[0][1]
     plan = {"name": first.name, "trials": [{"name": t.name, "image": t.image, "seed": t.seed} for t, _, _ in trials]}
     procs = Processes()

@@ -88,6 +88,35 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+#: huggingface_hub's errors for weights that are neither cached here nor reachable.
+_NO_WEIGHTS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "RepositoryNotFoundError", "EntryNotFoundError")
+#: The hint that ends such a failure: the tiny models need no download.
+NO_WEIGHTS_HINT = "no weights here? try --profile tiny"
+
+
+def lacks_weights(spec: str, err: BaseException) -> bool:
+    """Whether loading the hub id ``spec`` failed because its weights are not on this machine (not
+    cached, and no network or no such repository), as opposed to a broken local folder or a bug."""
+    if not _HUB_ID.fullmatch(spec) or Path(os.path.expanduser(spec)).exists():
+        return False
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:  # the whole chain: transformers wraps the hub's error
+        seen.add(id(e))
+        text = str(e)
+        if type(e).__name__ in _NO_WEIGHTS or "not fully cached locally" in text or "couldn't connect" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def load_failure(what: str, spec: str, err: BaseException) -> ModelLoadError:
+    """The one-line error for a model that did not load: ``could not load <what> from '<spec>':
+    <first line of the cause>``, ending with :data:`NO_WEIGHTS_HINT` when the weights are not here."""
+    hint = f"; {NO_WEIGHTS_HINT}" if lacks_weights(spec, err) else ""
+    return ModelLoadError(f"could not load {what} from '{spec}': {_first_line(err)}{hint}")
+
+
 def load_z_image_pipeline(config: Config, placement: Placement | None = None):
     """``ZImagePipeline.from_pretrained`` on the configured model, placed per the runtime policy.
 
@@ -100,7 +129,7 @@ def load_z_image_pipeline(config: Config, placement: Placement | None = None):
     try:
         pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
     except Exception as e:  # hub errors, missing files, corrupt weights: all one line
-        raise ModelLoadError(f"could not load Z-Image from '{config.models.z_image}': {_first_line(e)}") from e
+        raise load_failure("Z-Image", config.models.z_image, e) from e
     place_pipeline(pipe, placement)
     apply_speed(pipe, config.runtime)
     pipe.set_progress_bar_config(leave=False)

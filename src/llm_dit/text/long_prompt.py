@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..config import MAX_CAPTION_TOKENS
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
 
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 
@@ -98,5 +98,5 @@ _MODES = {"truncate": truncate, "interpolate": interpolate, "pool": pool, "atten
 def fit_length(x: torch.Tensor, max_len: int = MAX_CAPTION_TOKENS, mode: str = "truncate") -> torch.Tensor:
     """Shorten ``x: [L, D]`` to at most ``max_len`` tokens with ``mode`` (see the module docstring)."""
     if mode not in _MODES:
-        raise InputError(f"unknown long-prompt mode '{mode}'; choose one of {', '.join(LONG_PROMPT_MODES)}")
+        raise InputError(unknown_choice("long-prompt mode", mode, LONG_PROMPT_MODES))
     return _MODES[mode](x, max_len)

@@ -17,14 +17,18 @@ image tokens is exactly the question; the fit reports held-out residuals next to
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
+from ..progress import progress
 from ..protocols import Extractor
 from ..text.capture import canonical_layer
+
+log = logging.getLogger(__name__)
 
 _META_KEY = "llm_dit_adapter"
 
@@ -91,7 +95,7 @@ def gather_pairs(extractor: Extractor, tokenizer, text_encoder, prompts: list[st
     from ..text import encode_prompt
 
     xs, ys, counts = [], [], []
-    for prompt in prompts:
+    for prompt in progress(prompts, len(prompts), "adapter: states of", "prompts", log):
         r = extractor.extract(None, prompt, hidden_layer=vl_layer, token_selection="user_text")
         ids = r.input_ids[r.masks.get("user_text")].tolist()
         enc = encode_prompt(tokenizer, text_encoder, prompt, hidden_layer=text_layer, max_length=1504)
@@ -128,6 +132,8 @@ def fit_adapter(extractor: Extractor, tokenizer, text_encoder, prompts: list[str
                 text_layer: int = -2, ridge: float = 1e-2, holdout: float = 0.2) -> LinearAdapter:
     """Fit on the first prompts, report residuals on the last ``holdout`` share, then refit on all."""
     x, y, counts = gather_pairs(extractor, tokenizer, text_encoder, prompts, vl_layer, text_layer)
+    log.info(f"adapter: ridge fit on {x.shape[0]} token pairs of {len(counts)} prompts "
+             f"({x.shape[1]} -> {y.shape[1]} dims)")
     n_test = sum(counts[len(counts) - max(1, round(holdout * len(counts))):]) if len(counts) > 1 else 0
     info = {"prompts": len(counts), "tokens": int(x.shape[0]), "ridge": ridge, "model_vl": extractor.model_name}
     if n_test:

@@ -8,11 +8,14 @@ a line before ``<think>``: :func:`parse_thinking_content` handles each case.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ..config import DEFAULT_MAX_PIXELS, Config
 from ..errors import LlmDitError
 from ..protocols import Captioner
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You write captions for a text-to-image model. Describe the image in one detailed paragraph: the "
@@ -91,12 +94,15 @@ def caption_image(extractor: Captioner, image, request: CaptionRequest | None = 
     best: Caption | None = None
     for attempt in range(r.attempts):
         t = temperature + 0.1 * attempt if temperature > 0 else 0.0
+        log.info(f"caption: attempt {attempt + 1}/{r.attempts}, up to {r.max_new_tokens} new tokens"
+                 + (f" for at least {min_tokens}" if min_tokens else "") + f" (temperature {t:.2g})")
         raw = extractor.generate(r.prompt, image, system_prompt=r.system_prompt, max_new_tokens=r.max_new_tokens,
                                  temperature=t, top_p=r.top_p, top_k=r.top_k, seed=r.seed + attempt,
                                  max_pixels=r.max_pixels)
         caption, thinking = parse_thinking_content(raw, started_in_thinking=thinking_model)
         n = len(extractor.tokenizer(caption, add_special_tokens=False).input_ids) if caption else 0
         best = Caption(caption, thinking, raw, n, attempt + 1)
+        log.info(f"caption: {n} tokens" + (" (after the model's thinking)" if thinking is not None else ""))
         if n >= max(min_tokens, 1):
             return best
         if temperature == 0:

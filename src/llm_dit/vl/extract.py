@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError, ModelLoadError, unknown_choice
 from ..images import load_image
-from ..models.loading import _first_line, resolve_model_path
+from ..models.loading import load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
@@ -91,7 +91,7 @@ def load_text_encoder(z_image: str, device: torch.device, dtype: torch.dtype):
         encoder = encoder.to(device).eval()  # type: ignore[arg-type]
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
     except Exception as e:
-        raise ModelLoadError(f"could not load Z-Image's text encoder from '{z_image}': {_first_line(e)}") from e
+        raise load_failure("Z-Image's text encoder", z_image, e) from e
     return encoder, tokenizer
 
 
@@ -140,13 +140,13 @@ class VLEmbeddingExtractor:
         layers are moved to the GPU as they run (diffusers' group offloading at leaf level).
         """
         if backend not in BACKENDS:
-            raise InputError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+            raise InputError(unknown_choice("backend", backend, BACKENDS))
         dev, dt = _auto_device(device, dtype)
         source = resolve_model_path(id_or_path, "vl")
         try:
             processor = load_processor(source)
         except Exception as e:
-            raise ModelLoadError(f"could not load the Qwen3-VL processor from '{id_or_path}': {_first_line(e)}") from e
+            raise load_failure("the Qwen3-VL processor", str(id_or_path), e) from e
         variant = detect_variant(processor.tokenizer)
         model = None
         if backend == "vl":
@@ -158,7 +158,7 @@ class VLEmbeddingExtractor:
                 model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).eval()
                 model = place_language_model(model, Placement(dev, dt, offload))
             except Exception as e:
-                raise ModelLoadError(f"could not load Qwen3-VL from '{id_or_path}': {_first_line(e)}") from e
+                raise load_failure("Qwen3-VL", str(id_or_path), e) from e
         else:
             if text_encoder is None:
                 if z_image is None:
@@ -169,8 +169,7 @@ class VLEmbeddingExtractor:
             except ModelLoadError:
                 raise
             except Exception as e:
-                raise ModelLoadError(f"could not load the Qwen3-VL vision tower from '{id_or_path}': "
-                                     f"{_first_line(e)}") from e
+                raise load_failure("the Qwen3-VL vision tower", str(id_or_path), e) from e
             if vision.config.out_hidden_size != text_encoder.config.hidden_size:
                 raise ModelLoadError(
                     f"the vision tower emits {vision.config.out_hidden_size}-d features but the text encoder is "

@@ -24,16 +24,14 @@ Statistics are layer-matched: a reference computed at one layer is refused for a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
+from ..modes import NORMALIZATION_MODES, NormalizationMode  # noqa: F401  (re-exported)
 from .reference import ReferenceStats
 
-NormalizationMode = Literal["none", "global", "per_dim", "hybrid", "whiten", "cross"]
-NORMALIZATION_MODES: tuple[str, ...] = get_args(NormalizationMode)
 #: Modes that need reference statistics.
 REFERENCE_MODES = ("per_dim", "hybrid", "whiten", "cross")
 def _check_input(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +100,7 @@ def normalize(
     """Apply one of :data:`NORMALIZATION_MODES` (see the module docstring)."""
     x = _check_input(x)
     if mode not in NORMALIZATION_MODES:
-        raise InputError(f"unknown normalization '{mode}'; choose one of {', '.join(NORMALIZATION_MODES)}")
+        raise InputError(unknown_choice("normalization", mode, NORMALIZATION_MODES))
     if mode in REFERENCE_MODES and reference is None:
         raise InputError(f"normalization '{mode}' needs reference statistics (llm-dit stats reference)")
     if not 0.0 <= hybrid_weight <= 1.0:

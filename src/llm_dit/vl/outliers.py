@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..embeddings import check_embedding
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
 from .reference import ReferenceStats
 
 MASK_MODES = ("none", "zero", "clamp", "scale", "restore")
@@ -78,7 +78,7 @@ def mask_outlier_dimensions(
 ) -> tuple[torch.Tensor, dict]:
     """Apply ``mode`` to the outlier dimensions; returns the new tensor and what was done."""
     if mode not in MASK_MODES:
-        raise InputError(f"unknown outlier masking '{mode}'; choose one of {', '.join(MASK_MODES)}")
+        raise InputError(unknown_choice("outlier masking", mode, MASK_MODES))
     outliers = get_outlier_dimensions(x, reference, threshold)
     y = x.float().clone()
     dims = torch.tensor([o.dim for o in outliers], dtype=torch.long)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, unknown_choice
 
 TOKEN_SELECTIONS = ("full", "text_only", "user_text", "image_only", "image_no_markers")
 
@@ -81,7 +81,7 @@ class TokenMasks:
 
     def get(self, selection: str) -> torch.Tensor:
         if selection not in TOKEN_SELECTIONS:
-            raise InputError(f"unknown token selection '{selection}'; choose one of {', '.join(TOKEN_SELECTIONS)}")
+            raise InputError(unknown_choice("token selection", selection, TOKEN_SELECTIONS))
         return getattr(self, selection)
 
     def image(self, i: int, markers: bool = True) -> torch.Tensor:
@@ -171,7 +171,7 @@ def resolve_token_selection(token_selection: str | None = None, **notes_flags: b
         raise InputError(f"token_selection='{token_selection}' contradicts the flag for '{chosen[0]}'")
     name = chosen[0] if chosen else (token_selection or "full")
     if name not in TOKEN_SELECTIONS:
-        raise InputError(f"unknown token selection '{name}'; choose one of {', '.join(TOKEN_SELECTIONS)}")
+        raise InputError(unknown_choice("token selection", name, TOKEN_SELECTIONS))
     return name
 
 

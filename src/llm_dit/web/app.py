@@ -47,6 +47,7 @@ from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
+from ..provenance import version
 from . import files
 from .form import generation_controls, presets, recipe_controls
 from .guard import Guard
@@ -85,7 +86,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
         yield
         queue.stop()
 
-    api = FastAPI(title="llm-dit", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+    api = FastAPI(title="llm-dit", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Zero-shot vision conditioning of Z-Image with Qwen3-VL: generate, sweep, run "
                               "experiments, browse run folders.")
     api.state.server = server

@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import sys
+import logging
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from typing import Any
 from ..errors import Cancelled, LlmDitError, out_of_memory_message
 from ..io import write_json
 from ..protocols import Models
+
+log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 #: Finished jobs kept for the page (the oldest are forgotten first).
@@ -158,8 +159,8 @@ class JobQueue:
             jobs = [Job.restored(j) for j in saved]
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = self.record.with_name(self.record.name + ".unreadable")
-            print(f"warning: {self.record} could not be read ({type(e).__name__}); the earlier jobs are not "
-                  f"listed; it is kept as {aside}", file=sys.stderr)
+            log.warning(f"{self.record} could not be read ({type(e).__name__}); the earlier jobs are not "
+                        f"listed; it is kept as {aside}")
             with contextlib.suppress(OSError):  # a read-only folder: the next save replaces it
                 self.record.replace(aside)
             return
@@ -182,7 +183,7 @@ class JobQueue:
             try:
                 write_json(self.record, {"jobs": jobs}, durable=False)
             except OSError as e:
-                print(f"warning: the job record {self.record} could not be written: {e}", file=sys.stderr)
+                log.warning(f"the job record {self.record} could not be written: {e}")
 
     # -- the page's side -------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class JobQueue:
             job.state, job.error = "failed", oom or f"{type(e).__name__}: {first}"
             if oom:
                 self.pool.release()
-            traceback.print_exc(file=sys.stderr)
+            log.exception(f"job {job.id} failed: {job.error}")  # the traceback, for whoever runs the server
         finally:
             job.finished = time.time()
             job.version += 1
