@@ -40,10 +40,11 @@ NOTEST = {
     "gpu": "needs a CUDA GPU",
     "make": "sets up .venv itself (make)",
     "launch": "starts several processes (accelerate launch, torchrun)",
-    "server": "needs a running llm-dit serve",
+    "server": "starts or needs a running llm-dit serve",
+    "repo": "works on the repository itself (the test suite, lint, types)",
 }
 # The marked blocks stay few: an example that can run on the tiny profile must run.
-MAX_NOTEST = 12
+MAX_NOTEST = 14
 # Subcommands that load models, so an example must say which ones (never the 20 GB default).
 LOADS_MODELS = {"generate", "compare", "sweep", "extract", "caption", "stats", "config", "serve"}
 
@@ -168,6 +169,8 @@ def run_bash(cmd: str, expect: tuple[int, str] | None, cwd: Path, env: dict[str,
     code, message = expect or (0, "")
     assert rc == code, f"{cmd}\nexit {rc}, the page says {code}\n{out}\n{err}"
     assert message in err, f"{cmd}\nstderr lacks the page's {message!r}:\n{err}"
+    if code == 0 and argv[1:2] in (["compare"], ["sweep"]):
+        assert "report:" in out, f"{cmd} printed no report path:\n{out}"
 
 
 # One interpreter per page runs its python blocks in order, each as its own ``__main__`` script (a
@@ -194,7 +197,8 @@ def run_python(scripts: list[tuple[Block, Path]], cwd: Path, env: dict[str, str]
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_examples_run(page, tmp_path, monkeypatch, capsys):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")  # `.venv/bin/python` lines, as in the repository
+    for name in (".venv", "bench"):  # `.venv/bin/python bench/...` lines work as in the repository
+        (tmp_path / name).symlink_to(ROOT / name)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.chdir(tmp_path)
     ran = 0
