@@ -3,7 +3,7 @@
 ``llm-dit serve --profile tiny`` runs as a separate process (the command a person types). The test
 fills the generate form, uploads a reference, waits for the picture, starts a named experiment,
 watches its run page fill in, opens a cell's record and the report, and saves a screenshot of each
-page under its temporary folder (and under ``$LLM_DIT_SCREENSHOTS`` when set: the README's images).
+page under its temporary folder (and under ``$LLM_DIT_SCREENSHOTS`` when set: docs/web.md's images).
 
 Skipped, with the reason, where Chromium, chromedriver or Selenium is missing.
 """

@@ -20,7 +20,7 @@ RECIPE_HELP = f"a recipe file, or a shipped recipe: {', '.join(shipped_recipes()
 
 
 def add_recipe_flags(p: argparse.ArgumentParser) -> None:
-    r = p.add_argument_group("vision conditioning (a Recipe; see README 'Conditioning recipes')")
+    r = p.add_argument_group("vision conditioning (a Recipe; see docs/recipes.md)")
     r.add_argument("--image", action="append", metavar="REF", help="a reference image (repeat for several)")
     r.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image (default 1)")
     r.add_argument("--role", action="append", metavar="ROLE",

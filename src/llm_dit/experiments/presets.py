@@ -1,6 +1,6 @@
 """The named experiments of the research notes, as lists of cells (seed 000-004; names as there).
 
-Conventions (the README's "Experiments" section lists every cell):
+Conventions (docs/experiments.md lists every cell):
 
 * "pure VL" cells use the ``replace`` blend: the DiT sees the VL sequence itself (alpha 1), not a
   copy resampled to the prompt's length;
