@@ -70,6 +70,7 @@ class Captioner(Extractor, Protocol):
 
     variant: str  # "instruct" or "thinking"
     tokenizer: Any  # the VL tokenizer (Qwen3-4B's vocabulary)
+    model: Any  # Qwen3-VL itself (None once unloaded)
 
     def generate(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
 
 from ..config import EncoderConfig, RuntimeConfig, VLConfig, field_choices
 from ..errors import InputError, did_you_mean
@@ -19,12 +20,12 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (the CLI prefixes ``llm-dit: error: `` once) that say what was
     probably meant: the closest flag or command, and ``--layers=-6,-2`` for a value with a leading minus."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
         self._given: list[str] = []
 
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_known_args(self, args=None, namespace=None):
         self._given = list(sys.argv[1:] if args is None else args)
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:  # refused here, where this (sub)command's own flags are known for the suggestion

@@ -1,4 +1,4 @@
-"""``llm-dit stats reference`` and ``llm-dit stats compare``."""
+"""``llm-dit stats reference``, ``llm-dit stats compare`` and ``llm-dit stats adapter``."""
 
 from __future__ import annotations
 

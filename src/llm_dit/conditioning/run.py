@@ -295,8 +295,9 @@ def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log
             extractions = run_extractions(pool.splice(config), requests, images, log)
             if own:
                 pool.release("splice")  # its vision tower is not needed to generate
-        stats = reference_stats_for(recipe, config, model.pipe.tokenizer, model.pipe.text_encoder, log,
-                                    prepared.checked.stats)
+        pipe = model.pipe
+        assert pipe is not None, "a loaded ZImage has its pipeline"
+        stats = reference_stats_for(recipe, config, pipe.tokenizer, pipe.text_encoder, log, prepared.checked.stats)
         cond = build_conditioning(recipe, prompt, text.embeddings, extractions, stats, prepared.checked.adapter)
         g = config.generation
         t_gen = time.perf_counter()

@@ -269,6 +269,7 @@ def plots_beside(model: ZImage) -> bool:
 def load_z_image(ctx: RunContext, models: Models) -> ZImage:
     t0 = time.perf_counter()
     models.z_image = model = ctx.pool.z_image(ctx.config)
+    assert model.pipe is not None, "a loaded ZImage has its pipeline"
     model.pipe.set_progress_bar_config(disable=True)  # the bar over cells is the one to watch
     ctx.time("load_z_image", t0)
     from ..analysis.hub_metrics import load_scorers
