@@ -102,12 +102,14 @@ def main() -> None:
         shutil.rmtree(out)
 
     def sweep_inline():  # diagnostic: cells finished on the generating thread, one after the other
-        real = futures.ThreadPoolExecutor
-        futures.ThreadPoolExecutor = Inline
+        from llm_dit.experiments import pictures as stage
+
+        real = stage.ThreadPoolExecutor
+        stage.ThreadPoolExecutor = Inline  # the picture stage's finishing and PNG threads
         try:
             sweep("inline")
         finally:
-            futures.ThreadPoolExecutor = real
+            stage.ThreadPoolExecutor = real
 
     def sweep_switch():  # diagnostic: the interpreter hands the GIL over every 1 ms instead of 5 ms
         before = sys.getswitchinterval()

@@ -129,7 +129,7 @@ def test_vl_defaults_agree_with_the_python_api():
     import inspect
 
     from llm_dit.vl import VLEmbeddingExtractor
-    from llm_dit.vl.caption import caption_image
+    from llm_dit.vl.caption import CaptionRequest
     from llm_dit.vl.tokens import resolve_token_selection
 
     c = resolve_config("default").vl
@@ -137,5 +137,5 @@ def test_vl_defaults_agree_with_the_python_api():
     assert [extract["hidden_layer"].default] == c.layers
     assert extract["max_pixels"].default == c.max_pixels
     assert inspect.signature(VLEmbeddingExtractor.generate).parameters["max_pixels"].default == c.max_pixels
-    assert inspect.signature(caption_image).parameters["max_pixels"].default == c.max_pixels
+    assert CaptionRequest().max_pixels == c.max_pixels
     assert extract["pool"].default == c.pool and resolve_token_selection() == c.token_selection

@@ -11,9 +11,17 @@ from datetime import datetime
 
 
 def parser(description: str):
+    """The CLI's one-line-error parser, except that flags it does not know are handed back (they
+    go on to ``llm-dit``), not refused."""
+    import argparse
+
     from llm_dit.cli.common import Parser
 
-    return Parser(description=description, prog=sys.argv[0].rsplit("/", 1)[-1])
+    class Forwarding(Parser):
+        def parse_known_args(self, args=None, namespace=None):
+            return argparse.ArgumentParser.parse_known_args(self, args, namespace)
+
+    return Forwarding(description=description, prog=sys.argv[0].rsplit("/", 1)[-1])
 
 
 def default_dir(name: str) -> str:
