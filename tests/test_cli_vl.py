@@ -95,7 +95,8 @@ def test_caption_writes_caption_and_raw(tmp_path, img, capsys):
     rc, _, err = run(["caption", "--profile", "tiny", "--image", str(img), "--min-tokens", "500",
                       "--max-new-tokens", "4", "--temperature", "0", "--out", str(tmp_path / "c2.txt")], capsys)
     assert rc == 2 and "no usable caption" in err[-1] and not (tmp_path / "c2.txt").exists()
-    assert err[0].startswith("caption: attempt 1/3") and err[-1].startswith("llm-dit: error: ")  # progress, then the error
+    # progress first, the error last
+    assert err[0].startswith("caption: attempt 1/3") and err[-1].startswith("llm-dit: error: ")
 
 
 def test_stats_reference_and_compare(tmp_path, img, capsys):
