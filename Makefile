@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 # Lint and type checks first: zero findings from ruff over src and tests and from mypy over src (its
 # settings are in pyproject.toml; .mypy_cache keeps it incremental, ~70 s cold, seconds warm).
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests bench experiments
 	$(VENV)/bin/mypy src
 
 test: lint

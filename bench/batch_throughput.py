@@ -11,9 +11,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-import torch
-
 import common
+import torch
 
 PROMPTS = [common.PROMPT, "A red vintage car parked in front of a bakery, morning light, film photo",
            "An astronaut reading a newspaper on a park bench, oil painting",
@@ -42,7 +41,8 @@ def main() -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            t = common.medians({"b": lambda b=b: model.generate_batch(embs[:b], generation=g)}, args)["b"]["median"]
+            call = {"b": lambda b=b, g=g: model.generate_batch(embs[:b], generation=g)}
+            t = common.medians(call, args)["b"]["median"]
             peak = common.gib(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else 0.0
             single = single or t
             rows.append([f"{side}x{side}", b, t, b / t, (b / t) / (1 / single), peak])

@@ -19,12 +19,13 @@ import gc
 import json
 import shutil
 import sys
-from concurrent import futures
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 
 import common
+
 
 class Inline(futures.Executor):
     """An executor that runs each task at once on the calling thread (the diagnostic variant)."""
@@ -79,7 +80,7 @@ def main() -> None:
         out = scratch / f"run{next(runs)}"
         collections = []  # (generation, seconds) of the interpreter's garbage collections during the sweep
 
-        def clock(phase, info, began=[0.0]):
+        def clock(phase, info, began=[0.0]):  # noqa: B006 (the start time, kept between calls)
             if phase == "start":
                 began[0] = time.perf_counter()
             else:

@@ -17,9 +17,8 @@ import sys
 import tempfile
 import time
 
-import torch
-
 import common
+import torch
 
 #: (label, profile, overrides) measured; the rtx4090 and low_vram rows are the shipped profiles.
 CASES = [

@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+import common
 import numpy as np
 from PIL import Image
-
-import common
 
 ALPHAS = "0,0.15,0.3,0.45,0.6,0.75,0.9,1"
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 
+import common
 import numpy as np
 import torch
-
-import common
 
 
 def dit_inputs(model, emb, g):

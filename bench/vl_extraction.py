@@ -12,10 +12,9 @@ states to the CPU as float32. The states are compared: ours must equal ``hidden_
 
 from __future__ import annotations
 
+import common
 import torch
 from PIL import Image
-
-import common
 
 
 def main() -> None:
