@@ -25,8 +25,8 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/llm-dit compare --experiment vl_only_vs_qwen3 --profile tiny --image examples/house.png \
 		--prompt "A simple cartoon house with a red roof" --out $(OUT)/vl_only_vs_qwen3
 
-# Lint and type checks first: zero findings from ruff over src and tests and from mypy over src (its
-# settings are in pyproject.toml; .mypy_cache keeps it incremental, ~70 s cold, seconds warm).
+# Lint and type checks first: zero findings from ruff over src, tests, bench and the seed scripts and
+# from mypy over src (settings in pyproject.toml; .mypy_cache keeps mypy incremental, ~70 s cold).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench experiments
 	$(VENV)/bin/mypy src
