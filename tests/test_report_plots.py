@@ -82,3 +82,23 @@ def test_a_run_with_plot_workers_leaves_none_behind(refs, tmp_path, monkeypatch)
     assert main(compare_args("alpha_sweep", refs, out)) == 0
     assert all((out / "plots" / f"{n}.png").is_file() for n in PLOTS)  # so drawn by the workers
     assert len(started) == 3 and all(p.poll() is not None for p in started)  # and every worker ended
+
+
+def test_a_plot_worker_draws_every_plot_without_torch(run_dir, tmp_path):
+    """The workers get ready beside a GPU run and draw its plots once the last picture is made: a plot
+    that imports torch there (1-2 s) keeps the report waiting (BENCHMARKS.md, section 3)."""
+    import json
+    import subprocess
+    import sys
+
+    meta = report.build_metadata(run_dir)
+    stats = {r["name"]: s for r in meta["results"] if (s := report._stats(run_dir, r["name"]))}
+    jobs = [(kind, str(tmp_path / f"{kind}.png"), data)
+            for kind, _, data in report_plots.plot_jobs(run_dir, meta["results"], stats)]
+    assert {kind for kind, _, _ in jobs} == set(PLOTS)
+    code = ("import json, sys\nfrom llm_dit.experiments.report_plots import _ready, draw\n_ready()\n"
+            "for job in json.loads(sys.stdin.read()):\n    draw(*job)\n"
+            "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(jobs), capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout) == [] and all((tmp_path / f"{n}.png").is_file() for n in PLOTS)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..analysis.metrics import METRIC_INFO
+from ..analysis.metric_info import METRIC_INFO
 from ..io import write_text
 from .presets import EXPERIMENTS
 from .report_tables import direction, fmt_number, look_at_first, ranks, warnings_block

@@ -32,7 +32,7 @@ def plot_jobs(out: Path, results: list[dict], stats: dict[str, dict], look_at: t
     """What to draw for the finished cells of ``results``; ``stats``: per-dimension std tensors of
     the cells that have them (``{"text_std", "vl_std", "blended_std"}``); ``look_at``: the metrics
     to show first."""
-    from ..analysis.metrics import METRIC_INFO
+    from ..analysis.metric_info import METRIC_INFO
 
     done = [r for r in results if r["status"] == "done"]
     if not done:

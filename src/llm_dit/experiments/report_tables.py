@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import math
 
-from ..analysis.metrics import METRIC_INFO
+from ..analysis.metric_info import METRIC_INFO
 
 #: Higher or lower is better, per metric (``None``: neither, e.g. a distance to the text picture,
 #: which a VL cell is meant to move away from).
