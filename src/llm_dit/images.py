@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, read_input
 
 #: Refuse images above this many pixels before decoding them (a decompression-bomb guard).
 MAX_INPUT_PIXELS = 8192 * 8192
@@ -35,8 +36,9 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
-    """Open, check and decode ``path`` into an upright RGB image."""
+def load_image(path: str | os.PathLike, what: str = "image", digests: dict[str, str] | None = None) -> Image.Image:
+    """Open, check and decode ``path`` into an upright RGB image, its bytes read once (``digests``: see
+    :func:`~llm_dit.io.read_input`)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} {p} does not exist")
@@ -47,7 +49,7 @@ def load_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(BytesIO(read_input(p, digests))) as img:
                 w, h = img.size
                 if w * h > MAX_INPUT_PIXELS:
                     raise InputError(

@@ -18,7 +18,7 @@ import functools
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -94,7 +94,7 @@ def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
     if recipe.reference_stats:
         stats = given if given is not None else ReferenceStats.load(recipe.reference_stats)
         return {k: stats for k in layers}
-    from ..io import cache_root
+    from ..io import cache_root, confined
     from ..vl.reference import compute_reference_stats, read_prompts
 
     prompts = read_prompts()
@@ -111,7 +111,8 @@ def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
             log(f"reference statistics for layer {k}: {len(prompts)} prompts through the text encoder")
         out[k] = compute_reference_stats(tokenizer, text_encoder, prompts, [k], config.models.z_image,
                                          covariance=covariance)[k]
-        out[k].save(path)
+        with confined(path.parent):  # the cache, not the run folder a run confines its writes to
+            out[k].save(path)
     return out
 
 
@@ -154,17 +155,25 @@ class Checked:
     stats: ReferenceStats | None  # its reference statistics file, loaded when its modes need one
 
 
-#: Files the checks loaded, by path: cells of one run naming the same file share one load.
-Loaded = dict[str, Any]
+@dataclass
+class Loaded:
+    """Files the checks loaded, by path: cells of one run naming the same file share one load.
+    ``digests``: the SHA-256 of the bytes each file was decoded from (reference images too), which
+    a run's keys cover: what the run records is what its pictures were made from."""
+
+    objects: dict[str, Any] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
+
+
 _T = TypeVar("_T")
 
 
-def _load_once(loaded: Loaded | None, path: str, load: Callable[[str], _T]) -> _T:
+def _load_once(loaded: Loaded | None, path: str, load: Callable[[str, dict[str, str] | None], _T]) -> _T:
     if loaded is None:
-        return load(path)
-    if path not in loaded:
-        loaded[path] = load(path)
-    return loaded[path]
+        return load(path, None)
+    if path not in loaded.objects:
+        loaded.objects[path] = load(path, loaded.digests)
+    return loaded.objects[path]
 
 
 def check_recipe(recipe: Recipe, config: Config, prompt: str, loaded: Loaded | None = None) -> Checked:

@@ -22,6 +22,7 @@ from typing import Any
 from ..conditioning.recipe import Recipe
 from ..config import Config
 from ..errors import InputError, LlmDitError
+from ..io import check_name
 from ..modes import ALPHA0_IS_TEXT
 
 #: Generation settings a cell may vary (the rest of ``[generation]`` is the run's).
@@ -34,6 +35,8 @@ SHORT = {"alpha": "alpha", "hidden_layer": "layer", "layer": "layer", "steps": "
 TEXT_ONLY = "text_only"
 #: The most cells one sweep may have (a typo in a list should not plan a million pictures).
 MAX_SWEEP_CELLS = 5000
+#: The longest caption a cell may ask for, in tokens (the caption's ``captionN.txt`` names it).
+MAX_CAPTION = 100_000
 #: Seed 004's methods: the VL chat's text is the caption itself (aligned) or a generic request.
 METHODS = {"caption": "{prompt}", "generic": "Describe this image."}
 
@@ -47,6 +50,16 @@ class Cell:
     params: dict[str, Any] = field(default_factory=dict)
     caption: int | None = None  # the prompt is the reference's caption of about this many tokens
     generation: dict[str, Any] = field(default_factory=dict)  # overrides of [generation]
+
+    def __post_init__(self) -> None:
+        # the name and the caption length become file names (NAME.png, captions/captionN.txt): a cell
+        # read from an edited record must not name a file outside its run folder
+        check_name(self.name, "a cell")
+        if self.caption is not None and (type(self.caption) is not int or not 1 <= self.caption <= MAX_CAPTION):
+            raise InputError(f"cell {self.name}: caption takes a token count in 1..{MAX_CAPTION} (got "
+                             f"{self.caption!r})")
+        if not isinstance(self.params, dict) or not isinstance(self.generation, dict):
+            raise InputError(f"cell {self.name}: params and generation are tables")
 
     def config(self, config: Config) -> Config:
         """The run's configuration with this cell's generation overrides."""
@@ -63,7 +76,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 def safe_name(text: str) -> str:
     """A file stem from anything: letters, digits and ``._+-``; at most 120 characters."""
-    out = _UNSAFE.sub("-", text).strip("-.")[:120]
+    out = _UNSAFE.sub("-", text).strip("-.")[:120].rstrip("-.")
     if not out:
         raise InputError(f"cannot make a file name from {text!r}")
     return out

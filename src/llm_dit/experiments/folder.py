@@ -27,7 +27,13 @@ run folder per trial). Statuses, one vocabulary for everyone:
 * a cell (:data:`CELL_STATUSES`): ``done`` (its record says it finished), ``failed`` (its record says
   it failed), ``pending`` (no readable record yet);
 * a run or a trials folder (:data:`RUN_STATUSES`): ``running`` (a job of this server runs it),
-  ``failed`` (a cell failed), ``complete`` (every planned cell done), ``incomplete`` (the rest).
+  ``failed`` (a cell failed), ``complete`` (every planned cell done), ``incomplete`` (the rest),
+  ``damaged`` (its ``run.json`` cannot be read as a run: :class:`DamagedRun` says why).
+
+Everything read back is checked before it is used, since a folder may be damaged (a power cut) or
+edited (a folder shared by someone else): names that become paths must match
+:data:`~llm_dit.io.NAME`, a record counts only when whole (:func:`whole`; else its cell is made
+again), and a ``run.json`` that is not a whole plan (:func:`plan_problem`) is named in one sentence.
 """
 
 from __future__ import annotations
@@ -39,18 +45,18 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from PIL import Image
 
 from ..errors import InputError, WriteError
-from ..io import write_json
+from ..io import NAME, write_json
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.json"
 CAPTIONS = "captions"
 CELL_STATUSES = ("done", "failed", "pending")
-RUN_STATUSES = ("running", "failed", "complete", "incomplete")
+RUN_STATUSES = ("running", "failed", "complete", "incomplete", "damaged")
 #: What a write can fail with that no retry of the same write fixes: a full disk or quota, a read-only
 #: file system, no permission, a file too large.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -62,6 +68,71 @@ RUNTIME_NOT_IN_KEY = ("offload", "keep_models", "compile", "attention", "batch_s
 
 def reference_name(i: int) -> str:
     return "reference.png" if i == 0 else f"reference_{i + 1}.png"
+
+
+class DamagedRun(InputError):
+    """A run folder whose ``run.json`` is there but cannot be read as a run (cut short by a power cut,
+    zeroed, edited): one sentence naming the file and what is wrong with it."""
+
+
+#: The fields of a finished cell's record that readers index (the report, resume, the web app).
+DONE_FIELDS = {"name": str, "success": bool, "file": str, "params": dict, "recipe": dict, "metrics": dict,
+               "conditioning": dict, "generation": dict, "timings": dict, "generation_key": str, "cell_key": str}
+FAILED_FIELDS = {"name": str, "success": bool, "error": str, "params": dict, "recipe": dict}
+
+
+def whole(rec: Any, name: str) -> TypeGuard[dict]:
+    """Whether ``rec`` is a whole record of the cell ``name``: every field its readers index, of its
+    type, its picture the cell's own ``NAME.png``, its metrics numbers. Anything else (a record cut
+    short, hand-edited, of another version) counts as no record: the cell is made again."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("success"), bool):
+        return False
+    fields = DONE_FIELDS if rec["success"] else FAILED_FIELDS
+    if any(not isinstance(rec.get(k), kind) for k, kind in fields.items()) or rec["name"] != name:
+        return False
+    if rec["success"]:
+        return rec["file"] == f"{name}.png" and "fingerprint" in rec and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in rec["metrics"].values())
+    return True
+
+
+def _kinds(table: dict, fields: dict[str, tuple]) -> str | None:
+    for k, kinds in fields.items():
+        if not isinstance(table.get(k), kinds):
+            return k
+    return None
+
+
+def plan_problem(plan: Any) -> str | None:
+    """What makes ``plan`` (a ``run.json``'s content) unreadable as a run, in a few words; None when it
+    is whole. The fields checked are those the report, resume and the web app read."""
+    if not isinstance(plan, dict):
+        return "is not a run's plan (empty, cut short or overwritten)"
+    missing = _kinds(plan, {"name": (str,), "run_key": (str,), "images": (list,), "cells": (list,),
+                            "config": (dict,), "prompt": (str, type(None)), "details": (dict, type(None)),
+                            "grids": (list, type(None)), "sessions": (list, type(None))})
+    if missing is not None:
+        return f"has no valid {missing!r} ({'none' if missing not in plan else 'it is ' + _short(plan[missing])})"
+    if not all(isinstance(x, dict) for x in plan.get("sessions") or []):
+        return "has sessions that are not tables"
+    if not all(isinstance(im, str) for im in plan["images"]):
+        return "lists an image that is not a path"
+    cfg = plan["config"]
+    if _kinds(cfg, {"generation": (dict,), "models": (dict,)}) or _kinds(
+            cfg["generation"], {k: (int,) for k in ("seed", "steps", "width", "height")}) or _kinds(
+            cfg["models"], {"z_image": (str,), "vl": (str,)}):
+        return "has no valid config (generation seed, steps, size; models)"
+    names = set()
+    for c in plan["cells"]:
+        if not isinstance(c, dict) or _kinds(c, {"name": (str,), "params": (dict,), "recipe": (dict,)}):
+            return "lists a cell that is not a table with a name, params and a recipe"
+        if not NAME.fullmatch(c["name"]) or c["name"] in names:
+            return f"lists a cell named {c['name'][:60]!r}, not a file name of its own"
+        names.add(c["name"])
+    for g in plan.get("grids") or []:
+        if not isinstance(g, dict) or not isinstance(g.get("file"), str) or not NAME.fullmatch(g["file"]):
+            return "lists a grid whose file is not a file name"
+    return None
 
 
 def check_cell_names(names: list[str]) -> None:
@@ -130,28 +201,50 @@ def differing(existing: dict, plan: dict, limit: int = 3) -> str:
     return "settings that differ: " + ", ".join(found[:limit]) + more
 
 
-def prepare(out: Path, run_key: str, plan: dict) -> dict:
+def _foreign_records(out: Path, cell_keys: dict[str, str]) -> list[str]:
+    """Names of the records in ``out/cells`` that are not of this run's cells (``{name: cell key}``)."""
+    found = []
+    for p in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
+        rec = read_json(p)
+        if not isinstance(rec, dict) or cell_keys.get(p.stem) != rec.get("cell_key"):
+            found.append(p.stem)
+    return found
+
+
+def prepare(out: Path, run_key: str, plan: dict, cell_keys: dict[str, str] | None = None) -> dict:
     """Make ``out`` ready for this run; refuse a folder that holds something else.
 
-    Returns the run file's content (with its earlier sessions when resuming)."""
+    ``cell_keys``: ``{cell name: cell key}`` of this run; when ``run.json`` is gone or damaged, records
+    that all carry this run's keys say the folder is this run's (it is resumed and ``run.json`` written
+    again); a record of anything else refuses the folder. Returns the run file's content (with its
+    earlier sessions when resuming)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
     existing = read_json(out / RUN_FILE) if out.is_dir() else None
-    if existing is not None and existing.get("run_key") != run_key:
+    readable = is_plan(existing)
+    if is_plan(existing) and existing["run_key"] != run_key:
         if any((out / "cells").glob("*.json")):
-            what = existing.get("name", "another run")
-            raise InputError(f"{out} holds a different run ({what}; {differing(existing, plan)}); give a new --out "
-                             "or remove it")
+            raise InputError(f"{out} holds a different run ({existing['name']}; {differing(existing, plan)}); give a "
+                             "new --out or remove it")
         existing = None  # a run that finished no cell (it failed to start): replaced, its references too
         for ref in out.glob("reference*.png"):
             ref.unlink()
-    elif existing is None and out.is_dir() and any(out.iterdir()):
+    elif not readable and ((out / RUN_FILE).exists() or (out / "cells").is_dir()):
+        # run.json damaged (a power cut, an edit) or removed: this run's if every record says so
+        foreign = _foreign_records(out, cell_keys or {})
+        if foreign:
+            state = "damaged" if (out / RUN_FILE).exists() else "missing"
+            raise InputError(f"{out} holds a run whose {RUN_FILE} is {state} and whose cells ("
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) are not this "
+                             "command's; give a new --out, or run the command that made it")
+        existing = None  # written again below; the sessions it listed are lost
+    elif not readable and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and holds no llm-dit run; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted, now removed
         with contextlib.suppress(OSError):
             tmp.unlink()
-    run = {**plan, "run_key": run_key, "sessions": (existing or {}).get("sessions", [])}
+    run = {**plan, "run_key": run_key, "sessions": (existing or {}).get("sessions") or []}
     write_json(out / RUN_FILE, run)
     return run
 
@@ -174,10 +267,9 @@ def finished(out: Path, name: str, cell_key: str) -> dict | None:
     conditioning was written before it was recorded, by a version whose runs could give a ``vl`` cell
     the ``splice`` extraction of the same chat: never trusted, the cell is made again."""
     rec = read_json(record_path(out, name))
-    if not isinstance(rec, dict) or not rec.get("success") or rec.get("cell_key") != cell_key \
-            or "fingerprint" not in rec:
+    if not whole(rec, name) or not rec["success"] or rec["cell_key"] != cell_key:
         return None
-    return rec if png_opens(out / rec.get("file", f"{name}.png")) else None
+    return rec if png_opens(out / rec["file"]) else None
 
 
 def write_record(out: Path, name: str, record: dict) -> None:
@@ -185,11 +277,11 @@ def write_record(out: Path, name: str, record: dict) -> None:
 
 
 def records(out: Path, names: list[str]) -> dict[str, dict]:
-    """Every readable record among ``names`` (finished or failed)."""
+    """Every whole record (:func:`whole`) among ``names`` (finished or failed)."""
     out_records = {}
     for n in names:
         rec = read_json(record_path(out, n))
-        if isinstance(rec, dict):
+        if whole(rec, n):
             out_records[n] = rec
     return out_records
 
@@ -273,17 +365,29 @@ def run_status(counts: dict[str, int], running: bool = False) -> str:
     return "complete" if counts["pending"] == 0 and counts["done"] else "incomplete"
 
 
-def read_run(out: Path) -> RunFolder | None:
-    """The run in ``out``, or None when it holds no readable ``run.json`` with a list of cells.
+def damaged(out: Path, problem: str) -> DamagedRun:
+    return DamagedRun(f"{out / RUN_FILE} {problem}; run the command that made the run again with the same --out "
+                      "to resume it (its whole cells are kept), or give another folder")
 
-    Plan entries that are not a table with a string ``name`` are skipped (a hand-edited file)."""
-    plan = read_json(out / RUN_FILE) if out.is_dir() else None
-    if not isinstance(plan, dict) or not isinstance(plan.get("cells"), list):
+
+def is_plan(plan: Any) -> TypeGuard[dict]:
+    """Whether ``plan`` is a whole run plan (:func:`plan_problem` finds nothing)."""
+    return plan_problem(plan) is None
+
+
+def read_run(out: Path) -> RunFolder | None:
+    """The run in ``out``; None when it holds none. A ``run.json`` that is not a whole plan
+    (:func:`plan_problem`), or missing beside cell records, raises :class:`DamagedRun`; records that
+    are not whole count as none."""
+    if not (out / RUN_FILE).is_file():
+        if (out / "cells").is_dir():  # cells without their plan: a run whose run.json was lost
+            raise damaged(out, "is missing")
         return None
-    entries = [c for c in plan["cells"] if isinstance(c, dict) and isinstance(c.get("name"), str)]
-    recs = records(out, [c["name"] for c in entries])
-    cells = tuple(CellState(c["name"], c.get("params") or {}, c.get("recipe") or {}, recs.get(c["name"]))
-                  for c in entries)
+    plan = read_json(out / RUN_FILE)
+    if not is_plan(plan):
+        raise damaged(out, plan_problem(plan) or "")
+    recs = records(out, [c["name"] for c in plan["cells"]])
+    cells = tuple(CellState(c["name"], c["params"], c["recipe"], recs.get(c["name"])) for c in plan["cells"])
     return RunFolder(out, plan, cells, read_captions(out))
 
 
@@ -293,5 +397,8 @@ def read_trials(out: Path) -> tuple[dict, dict[str, RunFolder | None]] | None:
     plan = read_json(out / TRIALS_FILE) if out.is_dir() else None
     if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
         return None
-    names = [t["name"] for t in plan["trials"] if isinstance(t, dict) and isinstance(t.get("name"), str)]
-    return plan, {n: read_run(out / n) for n in names}
+    if not all(isinstance(t, dict) and isinstance(t.get("name"), str) and NAME.fullmatch(t["name"])
+               for t in plan["trials"]):  # a trial's name is a folder of ``out``: never a path
+        raise DamagedRun(f"{out / TRIALS_FILE} lists a trial whose name is not a folder name; run the command "
+                         "that made it again with the same --out, or give another folder")
+    return plan, {t["name"]: read_run(out / t["name"]) for t in plan["trials"]}

@@ -23,6 +23,7 @@ from ..conditioning.build import build_conditioning, reference_stats_layers
 from ..conditioning.run import conditioning_record, reference_stats_for
 from ..errors import LlmDitError
 from ..images import load_image
+from ..io import confining
 from . import folder, records
 from .plan import Job, text_key
 
@@ -68,8 +69,8 @@ class PictureStage:
         which shortens what is left to do after the last picture. Cells are finished in order, all of
         them before this returns. Under several processes every process's baselines are on disk
         before any other picture is scored."""
-        with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-cells") as finisher,
-              ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-png") as self.writer):
+        with (ThreadPoolExecutor(1, "llm-dit-cells", initializer=confining()) as finisher,
+              ThreadPoolExecutor(1, "llm-dit-png", initializer=confining()) as self.writer):
             if self.ctx.procs.count > 1:
                 finishing = self._generate(baselines, done, bar, finisher)
                 for f in finishing:

@@ -59,7 +59,7 @@ class PreparedRun:
     references: list[Image.Image]  # ``spec.images``, loaded and checked, in order
     resolved: dict[str, Recipe]  # cell name -> its recipe resolved against its configuration
     checked: dict[str, Checked]  # cell name -> its planned extractions and loaded files
-    loaded: Loaded = field(default_factory=dict)  # the files the checks loaded, by path
+    loaded: Loaded = field(default_factory=Loaded)  # the files the checks loaded, by path, and their digests
 
 
 @dataclass
@@ -83,9 +83,10 @@ def _file_digest(path: str) -> str:
     return _digest_of(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
 
-def run_key(spec: RunSpec, config: Config) -> str:
+def run_key(spec: RunSpec, config: Config, digests: dict[str, str] | None = None) -> str:
     """Equal for the same command: what decides the pictures (not metrics, memory and speed settings,
-    caching or which GPU)."""
+    caching or which GPU). ``digests``: of the reference images as they were read and decoded
+    (``Loaded.digests``); a file not in it is read now."""
     cfg = config.to_dict()
     cfg.pop("metrics", None)
     for key in RUNTIME_NOT_IN_KEY:
@@ -96,7 +97,7 @@ def run_key(spec: RunSpec, config: Config) -> str:
     plan = spec.plan(config)
     plan.pop("config")
     plan.pop("grids")
-    return digest(plan, cfg, [_file_digest(p) for p in spec.images])
+    return digest(plan, cfg, [(digests or {}).get(p) or _file_digest(p) for p in spec.images])
 
 
 def recipe_files(recipe: Recipe) -> list[str]:
@@ -105,10 +106,11 @@ def recipe_files(recipe: Recipe) -> list[str]:
     return [p for p in paths if p]
 
 
-def cell_key(key: str, cell: Cell) -> str:
+def cell_key(key: str, cell: Cell, digests: dict[str, str] | None = None) -> str:
     """The run key, the cell's declaration and the bytes of every file its recipe reads (a refitted
-    adapter or an edited reference makes the cell stale)."""
-    files = {p: _file_digest(p) if Path(p).is_file() else None for p in recipe_files(cell.recipe)}
+    adapter or an edited reference makes the cell stale; ``digests``: see :func:`run_key`)."""
+    files = {p: (digests or {}).get(p) or (_file_digest(p) if Path(p).is_file() else None)
+             for p in recipe_files(cell.recipe)}
     return digest(key, cell.name, cell.recipe.to_dict(), cell.caption, cell.generation, files)
 
 

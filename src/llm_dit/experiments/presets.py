@@ -19,6 +19,7 @@ from typing import Any
 
 from ..conditioning.recipe import Recipe
 from ..errors import InputError
+from ..io import check_name
 from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, with_baselines
 
 DESCRIBE_SEEN = "Describe what you see."  # seed 000's description variant
@@ -35,6 +36,11 @@ class GridSpec:
     where: dict[str, Any] = field(default_factory=dict)
     rows: str | None = None
     cols: str | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.file, "a grid", "grids")  # written into the run folder: never a path
+        if not self.file.endswith(".png"):
+            raise InputError(f"a grid's file is a .png (got {self.file!r})", field="grids")
 
 
 @dataclass(frozen=True)

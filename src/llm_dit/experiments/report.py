@@ -182,12 +182,15 @@ def _collect(started: tuple[list, list]) -> list[Path]:
 def write_report(out: str | Path, thumbnails: dict | None = None, workers=None) -> Path:
     """metadata.json, the grids, the plots and report.html of the run in ``out`` (``thumbnails``: see
     :func:`write_grids`; ``workers``: see :func:`_start_plots`; they draw while the grids are written)."""
+    from ..io import confined
+
     out = Path(out)
-    meta = build_metadata(out)
-    write_json(out / "metadata.json", meta, durable=False)
-    specs = [GridSpec(**g) for g in meta["plan"]["grids"] or []]
-    drawing = _start_plots(out, meta, workers)
-    grids = write_grids(out, meta, specs, thumbnails)
-    plots = _collect(drawing)
-    write_findings(out, meta, meta["evidence"], grids[0].name if grids else None)
-    return write_html(out, meta, grids, plots)
+    with confined(out):  # whatever the folder's records say, the report writes only inside it
+        meta = build_metadata(out)
+        write_json(out / "metadata.json", meta, durable=False)
+        specs = [GridSpec(**g) for g in meta["plan"]["grids"] or []]
+        drawing = _start_plots(out, meta, workers)
+        grids = write_grids(out, meta, specs, thumbnails)
+        plots = _collect(drawing)
+        write_findings(out, meta, meta["evidence"], grids[0].name if grids else None)
+        return write_html(out, meta, grids, plots)

@@ -87,14 +87,14 @@ def prepare_run(spec: RunSpec, config: Config) -> PreparedRun:
                          "--profile rtx4090), give the caption (--caption), or --vqa off")
     check_unique(spec.cells)
     folder.check_cell_names([c.name for c in spec.cells])
+    loaded = Loaded()  # each file read once: its digest (the run key's) is of the bytes decoded here
     references = []
     for i, path in enumerate(spec.images):
-        im = load_image(path, f"reference image {i + 1}")
+        im = load_image(path, f"reference image {i + 1}", loaded.digests)
         check_aspect_ratio(im)
         references.append(im)
     resolved: dict[str, Recipe] = {}
     checked: dict[str, Checked] = {}
-    loaded: Loaded = {}
     for c in spec.cells:
         cfg = c.config(config)
         prompt = spec.prompt if c.caption is None else CAPTION_STANDIN
@@ -202,7 +202,7 @@ def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]
     the others) and the records of the cells finished already."""
     run_file = None
     if ctx.procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
-        run_file = folder.prepare(ctx.out, key, ctx.spec.plan(ctx.config))
+        run_file = folder.prepare(ctx.out, key, ctx.spec.plan(ctx.config), ctx.keys)
         for i, im in enumerate(ctx.prepared.references):
             if not (ctx.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
                 save_png(im, ctx.out / folder.reference_name(i))
@@ -392,8 +392,11 @@ def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = Non
     :class:`~llm_dit.errors.Cancelled` to stop the run (its report is still written). ``procs``: the
     :class:`~llm_dit.experiments.processes.Processes` of several runs in a row (trials), left open;
     without it the run joins the launcher's processes and leaves them at its end."""
+    from ..io import confined
+
     try:
-        return _run(prepared, Path(out), echo, progress, models, on_step, on_cell, procs)
+        with confined(out):  # names are checked where they enter; this catches what a check missed
+            return _run(prepared, Path(out), echo, progress, models, on_step, on_cell, procs)
     except OSError as e:  # a full disk or a folder that takes no writes: one sentence, and how to resume
         err = folder.write_error(e, Path(out))
         if err is None:
@@ -418,8 +421,9 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
             prepared = _replace_config(prepared, prepared.config.replace(**{"runtime.device": "cuda"}))
     ctx = RunContext(prepared, out, ModelPool(keep="all") if models is None else models, models is None,
                      procs, echo or log.info, progress, on_step, on_cell)
-    key = run_key(ctx.spec, ctx.config)
-    ctx.keys = {c.name: cell_key(key, c) for c in ctx.spec.cells}
+    digests = prepared.loaded.digests  # of the bytes the checks read: the pictures' inputs
+    key = run_key(ctx.spec, ctx.config, digests)
+    ctx.keys = {c.name: cell_key(key, c, digests) for c in ctx.spec.cells}
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     run_file, done = open_folder(ctx, key)
     ctx.time("setup", started)  # processes, the folder, the references written

@@ -148,14 +148,17 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
                       c.get("generation") or {}) for c in plan["cells"]]
         grids = [GridSpec(**g) for g in plan.get("grids") or []]
         config = Config.from_dict(recorded)
+        images = [moved.get(im, im) for im in plan["images"]]
+        name, prompt, caption, details = plan["name"], plan["prompt"], plan.get("given_caption"), plan.get("details")
+        if not isinstance(name, str) or not all(isinstance(x, (str, type(None))) for x in (prompt, caption)) \
+                or not isinstance(details, (dict, type(None))):
+            raise TypeError("a field of the wrong type")
     except LlmDitError as e:
         raise InputError(f"{p} records a run this version cannot repeat: {e}", field=where) from None
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError):
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
         raise InputError(f"{p} {broken}", field=where) from None
-    images = [moved.get(im, im) for im in plan["images"]]
-    spec = RunSpec(plan["name"], images, plan["prompt"], cells, grids, quick=bool(plan.get("quick")),
-                   caption=plan.get("given_caption"), save_embeddings=save_embeddings,
-                   details=plan.get("details") or {})
+    spec = RunSpec(name, images, prompt, cells, grids, quick=bool(plan.get("quick")), caption=caption,
+                   save_embeddings=save_embeddings, details=details or {})
     return spec, config
 
 

@@ -140,17 +140,20 @@ def write_trials_html(out: Path, meta: dict, grids: list[Path], plots: list[Path
 def write_trials_report(out: str | Path, rebuild_trials: bool = False) -> Path:
     """The combined metadata.json, grids and report.html of the trials in ``out`` (``rebuild_trials``:
     each trial's own report first, as ``llm-dit report`` does)."""
+    from ..io import confined
+
     out = Path(out)
-    if rebuild_trials:
-        plan = folder.read_json(out / folder.TRIALS_FILE) or {}
-        for t in plan.get("trials") or []:
-            if (out / t["name"] / folder.RUN_FILE).is_file():
-                write_report(out / t["name"])
-    meta, by_name = build_trials_metadata(out)
-    write_json(out / "metadata.json", meta, durable=False)
-    grids = write_trial_grids(out, meta, by_name)
-    write_findings(out, meta, meta["evidence"], "summary_grid.png")
-    return write_trials_html(out, meta, grids, write_trials_plot(out, meta, next(iter(by_name.values()))))
+    with confined(out):  # whatever trials.json says, the report writes only inside the folder
+        if rebuild_trials:
+            found = folder.read_trials(out)
+            for name, run in (found[1] if found else {}).items():
+                if run is not None:
+                    write_report(out / name)
+        meta, by_name = build_trials_metadata(out)
+        write_json(out / "metadata.json", meta, durable=False)
+        grids = write_trial_grids(out, meta, by_name)
+        write_findings(out, meta, meta["evidence"], "summary_grid.png")
+        return write_trials_html(out, meta, grids, write_trials_plot(out, meta, next(iter(by_name.values()))))
 
 
 def write_trials_plot(out: Path, meta: dict, first: dict) -> list[Path]:

@@ -63,23 +63,28 @@ class LinearAdapter:
         return save_tensors(path, {"weight": self.weight, "bias": self.bias}, _META_KEY, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> LinearAdapter:
+    def load(cls, path: str | Path, digests: dict[str, str] | None = None) -> LinearAdapter:
+        """The adapter in ``path`` (``digests``: see :func:`~llm_dit.io.read_input`)."""
         p = Path(path)
-        return _load(str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
+        adapter, digest = _load(str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
+        if digests is not None:
+            digests[str(path)] = digest
+        return adapter
 
 
 @functools.lru_cache(maxsize=4)
-def _load(path: str, mtime: int) -> LinearAdapter:  # mtime: a rewritten file is read again
+def _load(path: str, mtime: int) -> tuple[LinearAdapter, str]:  # mtime: a rewritten file is read again
     from ..io import load_tensors
 
-    meta, t = load_tensors(path, _META_KEY, "adapter")
+    read: dict[str, str] = {}
+    meta, t = load_tensors(path, _META_KEY, "adapter", read)
     keys = ("vl_layer", "vl_num_layers", "text_layer", "text_num_layers")
     if "weight" not in t or "bias" not in t or any(k not in meta for k in keys):
         raise InputError(f"{path} is not an llm-dit adapter file")
     return LinearAdapter(t["weight"], t["bias"], vl_layer=int(meta["vl_layer"]),
                          vl_num_layers=int(meta["vl_num_layers"]), text_layer=int(meta["text_layer"]),
                          text_num_layers=int(meta["text_num_layers"]),
-                         info={k: v for k, v in meta.items() if k not in keys})
+                         info={k: v for k, v in meta.items() if k not in keys}), read[path]
 
 
 def _find(seq: list[int], sub: list[int]) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..io import cache_root
+from ..io import cache_root, confined
 
 
 def image_digest(image: Image.Image) -> str:
@@ -66,7 +66,8 @@ class ExtractionCache:
         if not self.enabled:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        result.save(self.path(key))
+        with confined(self.root):  # the cache, not the run folder a run confines its writes to
+            result.save(self.path(key))
         self.evict()
 
     def evict(self) -> None:

@@ -79,10 +79,11 @@ class ReferenceStats:
         return save_tensors(path, {k: v.float() for k, v in tensors.items()}, _META_KEY, self.provenance())
 
     @classmethod
-    def load(cls, path: str | Path) -> ReferenceStats:
+    def load(cls, path: str | Path, digests: dict[str, str] | None = None) -> ReferenceStats:
+        """The statistics in ``path`` (``digests``: see :func:`~llm_dit.io.read_input`)."""
         from ..io import load_tensors
 
-        meta, t = load_tensors(path, _META_KEY, "reference statistics")
+        meta, t = load_tensors(path, _META_KEY, "reference statistics", digests)
         known = {"model", "layer", "num_layers", "num_tokens", "num_prompts", "excluded_tokens", "has_covariance"}
         return cls(
             mean=t["mean"], std=t["std"], min=t["min"], max=t["max"], covariance=t.get("covariance"),

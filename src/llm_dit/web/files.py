@@ -8,7 +8,7 @@ Everything the server writes or serves lies inside ``--runs``::
       NAME/                    run folders of sweeps and experiments (see llm_dit.experiments.folder)
 
 A path from a request is resolved inside ``RUNS`` or not at all (:func:`inside`): absolute paths,
-``..`` parts, hidden names and links that lead outside give ``None``, which the routes answer 404.
+``..`` parts, hidden names and links that lead outside or to a hidden name give ``None``, which the routes answer 404.
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def inside(root: Path, rel: str) -> Path | None:
         return None
     path = root.joinpath(*parts)
     try:
-        path.resolve().relative_to(root.resolve())
-    except (ValueError, OSError):
+        real = path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return None
+    if any(p.startswith(".") for p in real.parts):  # a link to a hidden file (the jobs record) inside
         return None
     return path
 
@@ -113,11 +115,15 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
     for d in runs.iterdir():
         if not d.is_dir() or d.name.startswith("."):
             continue
-        if (d / folder.TRIALS_FILE).is_file():
-            if (entry := _trials_entry(runs, d, active)) is not None:
-                out.append(entry)
+        try:
+            if (d / folder.TRIALS_FILE).is_file():
+                if (entry := _trials_entry(runs, d, active)) is not None:
+                    out.append(entry)
+                continue
+            run = folder.read_run(d)
+        except folder.DamagedRun as e:  # listed, marked, with what is wrong; the others still listed
+            out.append(_damaged_entry(runs, d, str(e)))
             continue
-        run = folder.read_run(d)
         if run is None:
             continue
         counts, modified = run.counts(), _modified(d)
@@ -132,6 +138,14 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
         })
     out.sort(key=lambda r: r.pop("_t"), reverse=True)
     return out
+
+
+def _damaged_entry(runs: Path, d: Path, problem: str) -> dict:
+    """A folder that holds a run (or trials) no one can read: its name, ``damaged``, and why."""
+    modified = d.stat().st_mtime
+    return {"name": d.name, "experiment": "(cannot be read)", "prompt": problem, "quick": None, "cells": 0, "done": 0,
+            "failed": 0, "status": "damaged", "error": problem, "modified": _iso(modified), "_t": modified,
+            "grid": None, "report": None}
 
 
 def _trials_entry(runs: Path, d: Path, active: set[str]) -> dict | None:
@@ -195,9 +209,15 @@ def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     d = inside(runs, name)
     if d is None or "/" in name or not d.is_dir():
         return None
-    if (d / folder.TRIALS_FILE).is_file():
-        return _trials_detail(runs, d, name, active)
-    run = folder.read_run(d)
+    try:
+        if (d / folder.TRIALS_FILE).is_file():
+            return _trials_detail(runs, d, name, active)
+        run = folder.read_run(d)
+    except folder.DamagedRun as e:
+        entry = {k: v for k, v in _damaged_entry(runs, d, str(e)).items() if k != "_t"}
+        return {**entry, "kind": "run", "summary": "", "grids": [], "plots": [],
+                "references": [], "metadata": None, "captions": {}, "details": {}, "config": None,
+                "sessions": [], "cells": []}
     if run is None:
         return None
     cells = []

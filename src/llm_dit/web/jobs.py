@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, LlmDitError, out_of_memory_message
-from ..io import write_json
+from ..io import NAME, write_json
 from ..protocols import Models
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ class Job:
         if not all(isinstance(saved.get(k), str) for k in ("id", "kind", "title", "state")) or \
                 not isinstance(saved.get("progress", {}), dict):
             raise TypeError("a recorded job lacks its id, kind, title, state or progress")
+        if not NAME.fullmatch(saved["id"]) or not (saved.get("run") is None or isinstance(saved["run"], str)
+                                                   and NAME.fullmatch(saved["run"])):
+            raise TypeError("a recorded job's id or run is not a name")  # ids and runs name files and folders
         job = cls(saved["kind"], saved["title"], _gone, **{k: saved[k] for k in _SAVED[3:] if k in saved},
                   id=saved["id"])
         if job.state not in TERMINAL:

@@ -5,7 +5,6 @@ the field at fault named (:func:`field`)."""
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -17,12 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
+from ..io import check_name
 from . import files
 from .form import GENERATION_FIELDS
 from .jobs import Job, JobQueue
-
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
-
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -129,8 +126,8 @@ class Server:
     def new_run(self, name: str | None, kind: str):
         """``(name, folder)`` of a new run, reserved while the request is checked and submitted (two
         requests never get one folder)."""
-        if name is not None and not RUN_NAME.fullmatch(name.strip()):
-            raise InputError(f"a run name takes letters, digits and ._+- only (got {name!r})", field="name")
+        if name is not None:
+            check_name(name.strip(), "a run", field="name")
         with self._names:
             if name is not None:
                 run = name.strip()

@@ -384,6 +384,8 @@ function renderRun(d) {
     d.prompt ? `“${d.prompt}”` : "captions as prompts", " · ",
     d.report ? el("a", { href: d.report, target: "_blank", id: "report-link" }, "report.html") : "report when done",
     ...(d.metadata ? [" · ", el("a", { href: d.metadata, target: "_blank" }, "metadata.json")] : []));
+  // a folder whose run.json cannot be read: what is wrong, and nothing else to show
+  if (d.status === "damaged") $("#run-info").replaceChildren(el("span", { class: "state damaged" }, "damaged"), " " + d.error);
   const job = d.job && ["queued", "running"].includes(d.job.state) ? d.job : null;
   const missing = d.cells.length - done;
   // an interrupted, cancelled or failed run: its finished cells are kept, the missing ones made again
