@@ -28,7 +28,8 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,119}")
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # as the configuration and the recipe: nan and inf (which JSON bodies can carry) are no number
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GenerateBody(_Body):
