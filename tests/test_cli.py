@@ -74,7 +74,7 @@ CASES = [
     (["--image", "{d}/ok.png", "--vl-layer", "99"], "hidden layer 99 is out of range for a vl model with 16 layers"),
     (["--image", "{d}/ok.png", "--backend", "splice", "--vl-layer", "-20"], "out of range for a splice model"),
     (["--image", "{d}/ok.png", "--intra-ratio", "0.5", "--text-layer", "20"], "hidden layer 20 is out of range"),
-    (["--image", "{d}/ok.png", "--target-std", "inf"], "target_std must be positive"),
+    (["--image", "{d}/ok.png", "--target-std", "inf"], "--target-std must be a finite number or 'text' (got inf)"),
     (["--image", "{d}/ok.png", "--norm", "per_dim", "--reference-stats", "{d}/ref-2.safetensors"],
      "reference statistics are for layer 15 of 16, the embeddings for layer 11 of 16"),
     (["--image", "{d}/ok.png", "--norm", "whiten", "--reference-stats", "{d}/ref-6.safetensors"],

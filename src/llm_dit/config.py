@@ -18,12 +18,13 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from .errors import ConfigError, closest, did_you_mean
+from .limits import MAX_LAYER, MAX_PIXELS, MAX_POOL, MAX_SEED
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,11 +39,15 @@ DEFAULT_VL_LAYER = -6
 DEFAULT_MAX_PIXELS = 1024 * 1024
 
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
+#: A ``hidden_states`` index (transformers' convention): bounded here so that a mistyped one is refused
+#: before a model loads; the model's own layer count is checked once it has (see :mod:`llm_dit.limits`).
+LayerIndex = Annotated[int, Field(ge=-(MAX_LAYER + 1), le=MAX_LAYER)]
 
 
 class _Section(BaseModel):
-    # strict: "9" is not a number and true is not an integer; extra keys are errors, not ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # strict: "9" is not a number and true is not an integer; extra keys are errors, not ignored;
+    # allow_inf_nan=False: nan and inf are no setting (nan passes every ``ge``/``le`` test).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelsConfig(_Section):
@@ -104,7 +109,7 @@ class EncoderConfig(_Section):
     or encoded whole and compressed to ``max_length`` by ``long_prompt_mode``.
     """
 
-    hidden_layer: int = -2
+    hidden_layer: LayerIndex = -2
     max_length: int = Field(512, ge=1, le=MAX_CAPTION_TOKENS)
     long_prompt_mode: LongPromptMode = "truncate"
 
@@ -117,7 +122,7 @@ class GenerationConfig(_Section):
     width: int = Field(1024, ge=16, le=4096)
     height: int = Field(1024, ge=16, le=4096)
     shift: float = Field(3.0, gt=0.0, le=100.0)
-    seed: int = Field(42, ge=0, le=2**63 - 1)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
     strength: float = Field(0.6, gt=0.0, le=1.0)
 
     @field_validator("width", "height")
@@ -138,10 +143,10 @@ class VLConfig(_Section):
     """
 
     backend: Literal["vl", "splice"] = "vl"
-    layers: list[int] = Field(default_factory=lambda: [DEFAULT_VL_LAYER], min_length=1)
+    layers: list[LayerIndex] = Field(default_factory=lambda: [DEFAULT_VL_LAYER], min_length=1)
     token_selection: Literal["full", "text_only", "user_text", "image_only", "image_no_markers"] = "full"
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, le=16384 * 16384)
-    pool: int = Field(1, ge=1, le=32)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, le=MAX_PIXELS)
+    pool: int = Field(1, ge=1, le=MAX_POOL)
     system_prompt: str = ""
     cache_gb: float = Field(4.0, ge=0.0)
 

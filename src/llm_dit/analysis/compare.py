@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..config import DEFAULT_MAX_PIXELS
+from ..limits import MAX_LAYER, MAX_PIXELS, MAX_POOL, check_number
 from ..protocols import Extractor
 from ..vl.outliers import get_outlier_dimensions
 from ..vl.reference import MASSIVE_FACTOR, compute_reference_stats, read_prompts
@@ -77,6 +78,14 @@ class CompareOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     pool: int = 1
     system_prompt: str | None = None
+
+    def __post_init__(self) -> None:  # refused here, before any model runs (``stats compare --threshold``)
+        check_number(self.threshold, "threshold", gt=1)
+        if self.max_pixels is not None:
+            check_number(self.max_pixels, "max_pixels", whole=True, ge=1024, le=MAX_PIXELS)
+        check_number(self.pool, "pool", whole=True, ge=1, le=MAX_POOL)
+        for k in self.layers:
+            check_number(k, "a layer", whole=True, ge=-(MAX_LAYER + 1), le=MAX_LAYER)
 
 
 def compare_embedding_stats(extractor: Extractor, tokenizer, text_encoder, image: Image.Image, prompt: str,

@@ -11,8 +11,9 @@ import os
 import sys
 
 from ..errors import LlmDitError, out_of_memory_message
+from ..limits import MAX_CAPTION_ATTEMPTS, MAX_NEW_TOKENS, MAX_RIDGE, MAX_TEMPERATURE
 from . import experiments, generate, logs, serve, stats, vl
-from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags
+from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags, count, layer_index, number
 from .conditioning import add_recipe_flags
 
 
@@ -52,10 +53,14 @@ def build_parser() -> Parser:
     p = sub.add_parser("caption", help="caption an image with Qwen3-VL (Instruct or Thinking)")
     p.add_argument("--image", required=True, metavar="IMG")
     p.add_argument("--out", required=True, metavar="caption.txt")
-    p.add_argument("--min-tokens", type=int, help="retry until the caption has this many tokens (default 0)")
-    p.add_argument("--max-new-tokens", type=int, help="generation budget, thinking included (default 1024)")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default 0.6)")
-    p.add_argument("--attempts", type=int, help="tries to reach --min-tokens (default 3)")
+    p.add_argument("--min-tokens", type=count(0, MAX_NEW_TOKENS), metavar="N",
+                   help="retry until the caption has this many tokens (default 0)")
+    p.add_argument("--max-new-tokens", type=count(1, MAX_NEW_TOKENS), metavar="N",
+                   help="generation budget, thinking included (default 1024)")
+    p.add_argument("--temperature", type=number(ge=0, le=MAX_TEMPERATURE), metavar="T",
+                   help="0 = greedy (default 0.6)")
+    p.add_argument("--attempts", type=count(1, MAX_CAPTION_ATTEMPTS), metavar="N",
+                   help="tries to reach --min-tokens (default 3)")
     p.add_argument("--prompt", help="the request (default: 'Describe this image in detail.')")
     p.add_argument("--system-prompt", help="replace the captioning system prompt ('' for none)")
     p.add_argument("--seed", dest="generation.seed", type=int)
@@ -67,7 +72,7 @@ def build_parser() -> Parser:
     ssub = p.add_subparsers(dest="stats_command", required=True, parser_class=Parser)
     s = ssub.add_parser("reference", help="per-dimension statistics of Z-Image's text encoder at one layer")
     s.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the shipped corpus)")
-    s.add_argument("--layer", type=int, default=-2, help="hidden_states index (default -2)")
+    s.add_argument("--layer", type=layer_index, default=-2, metavar="L", help="hidden_states index (default -2)")
     s.add_argument("--covariance", action="store_true", help="also store the [D, D] covariance (for whiten)")
     s.add_argument("--exclude-massive", action="store_true", help="leave out massive-activation tokens")
     s.add_argument("--out", required=True, metavar="ref.safetensors")
@@ -77,7 +82,7 @@ def build_parser() -> Parser:
     s = ssub.add_parser("compare", help="per-dimension statistics: text encoder vs VL image and text tokens")
     s.add_argument("--image", required=True, metavar="IMG")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--threshold", type=float, help="outlier std ratio (default 10)")
+    s.add_argument("--threshold", type=number(gt=1), metavar="R", help="outlier std ratio (default 10)")
     s.add_argument("--prompts", metavar="FILE", help="reference corpus (default: the shipped one)")
     s.add_argument("--out", required=True, metavar="DIR")
     add_vl_flags(s, tokens=False)
@@ -85,10 +90,13 @@ def build_parser() -> Parser:
     s.set_defaults(func=stats.cmd_stats_compare)
 
     s = ssub.add_parser("adapter", help="fit a linear map from Qwen3-VL states to the text encoder's (on text alone)")
-    s.add_argument("--vl-layer", type=int, default=-6, help="the VL layer it maps (default -6)")
-    s.add_argument("--text-layer", type=int, help="the text-encoder layer it maps to (default: encoder.hidden_layer)")
+    s.add_argument("--vl-layer", type=layer_index, default=-6, metavar="K",
+                   help="the VL layer it maps (default -6)")
+    s.add_argument("--text-layer", type=layer_index, metavar="K",
+                   help="the text-encoder layer it maps to (default: encoder.hidden_layer)")
     s.add_argument("--prompts", metavar="FILE", help="one prompt per line (default: the shipped corpus)")
-    s.add_argument("--ridge", type=float, default=0.01, help="ridge strength, relative to the mean variance")
+    s.add_argument("--ridge", type=number(gt=0, le=MAX_RIDGE), default=0.01, metavar="R",
+                   help="ridge strength, relative to the mean variance")
     s.add_argument("--out", required=True, metavar="adapter.safetensors")
     add_vl_flags(s, extraction=False)
     add_config_flags(s)

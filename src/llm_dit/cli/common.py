@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import EncoderConfig, RuntimeConfig, VLConfig, field_choices
 from ..errors import InputError, did_you_mean
+from ..limits import MAX_LAYER, number_problem
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -36,6 +37,9 @@ class Parser(argparse.ArgumentParser):
         raise InputError(self._hint(message))
 
     def _hint(self, message: str) -> str:
+        m = re.fullmatch(r"argument ([^:]+): (must be .*)", message)
+        if m:  # a number flag's own sentence (number, count): "--ridge must be ..."
+            return f"{m.group(1).split('/')[-1]} {m.group(2)}"
         m = re.fullmatch(r"argument ([^:]+): expected one argument", message)
         if m:  # argparse reads a value like -6,-2 as a flag: the value goes after '='
             flag = m.group(1).split("/")[-1]
@@ -60,6 +64,50 @@ def one_of(model, name: str, sep: str = " | ") -> str:
     """``"a | b | c"``: the values of the field ``name`` of ``model`` (a Config section or the Recipe),
     read from its type (:func:`~llm_dit.config.field_choices`), never typed again here."""
     return sep.join(str(v) for v in field_choices(model, name))
+
+
+def number(gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None):
+    """An argparse ``type`` for a float flag: a finite number within the bounds, else the one line
+    ``--ridge must be a finite number greater than 0 ... (got nan)``. Flags that set a Config or Recipe
+    field take ``number()`` (finite; the field's bounds are the model's), others their bounds here."""
+
+    def parse(text: str) -> float:
+        value: float | None
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        problem = number_problem(value, gt=gt, ge=ge, lt=lt, le=le)
+        if problem is not None or value is None:
+            raise argparse.ArgumentTypeError(f"must be {problem} (got {text})")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def count(ge: int | None = None, le: int | None = None):
+    """An argparse ``type`` for an integer flag that sets no Config or Recipe field (those take
+    ``int``: the field has the bounds): a whole number in ``ge..le``, else one line naming the flag."""
+
+    def parse(text: str) -> int:
+        value: int | None
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        problem = number_problem(value, whole=True, ge=ge, le=le)
+        if problem is not None or value is None:
+            raise argparse.ArgumentTypeError(f"must be {problem} (got {text})")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def layer_index(text: str) -> int:
+    """An argparse ``type`` for a ``hidden_states`` index of a flag that sets no Config field."""
+    return count(ge=-(MAX_LAYER + 1), le=MAX_LAYER)(text)
 
 
 def int_list(text: str) -> list[int]:
@@ -96,9 +144,9 @@ def add_generation_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", dest="generation.steps", type=int)
     g.add_argument("--width", dest="generation.width", type=int)
     g.add_argument("--height", dest="generation.height", type=int)
-    g.add_argument("--shift", dest="generation.shift", type=float)
-    g.add_argument("--guidance-scale", dest="generation.guidance_scale", type=float)
-    g.add_argument("--strength", dest="generation.strength", type=float, help="img2img strength (0, 1]")
+    g.add_argument("--shift", dest="generation.shift", type=number())
+    g.add_argument("--guidance-scale", dest="generation.guidance_scale", type=number())
+    g.add_argument("--strength", dest="generation.strength", type=number(), help="img2img strength (0, 1]")
     add_encoder_flags(p)
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference, shipped_recipes
 from ..errors import InputError
-from .common import one_of
+from ..limits import number_problem
+from .common import number, one_of
 
 RECIPE = "recipe."
 #: ``--recipe``'s help, with the shipped recipes' names (the web page's presets).
@@ -22,7 +23,7 @@ RECIPE_HELP = f"a recipe file, or a shipped recipe: {', '.join(shipped_recipes()
 def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("vision conditioning (a Recipe; see docs/recipes.md)")
     r.add_argument("--image", action="append", metavar="REF", help="a reference image (repeat for several)")
-    r.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image (default 1)")
+    r.add_argument("--weight", action="append", type=number(), metavar="W", help="weight of each --image (default 1)")
     r.add_argument("--role", action="append", metavar="ROLE",
                    help=one_of(Reference, "role") + ", per --image (default content)")
     r.add_argument("--recipe", metavar="NAME|FILE.toml", help=RECIPE_HELP + "; flags override its fields")
@@ -39,7 +40,7 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--tokens", dest=RECIPE + "token_selection", help=one_of(Recipe, "token_selection"))
     r.add_argument("--max-pixels", dest=RECIPE + "max_pixels", type=int, help="pixel budget per reference image")
     r.add_argument("--pool", dest=RECIPE + "pool", type=int, help="average K x K neighbourhoods of image tokens")
-    r.add_argument("--intra-ratio", dest=RECIPE + "vl_intra_blend_ratio", type=float, metavar="R",
+    r.add_argument("--intra-ratio", dest=RECIPE + "vl_intra_blend_ratio", type=number(), metavar="R",
                    help="vl_intra_blend_ratio: R x image tokens + (1-R) x text tokens of the VL chat")
     r.add_argument("--dual", dest=RECIPE + "dual_extraction", action="store_const", const=True,
                    help="image part from a pass without text, text part from a pass without the image")
@@ -56,12 +57,12 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--reference-stats", dest=RECIPE + "reference_stats", metavar="FILE",
                    help="statistics from 'llm-dit stats reference' (default: computed and cached)")
     r.add_argument("--outlier-mask", dest=RECIPE + "outlier_mask", help=one_of(Recipe, "outlier_mask"))
-    r.add_argument("--outlier-threshold", dest=RECIPE + "outlier_threshold", type=float, metavar="T")
+    r.add_argument("--outlier-threshold", dest=RECIPE + "outlier_threshold", type=number(), metavar="T")
     r.add_argument("--token-budget", dest=RECIPE + "token_budget", type=int, metavar="N",
                    help="at most N VL tokens per reference")
     r.add_argument("--budget-mode", dest=RECIPE + "budget_mode", help=one_of(Recipe, "budget_mode"))
     r.add_argument("--blend", dest=RECIPE + "blend", help=one_of(Recipe, "blend"))
-    r.add_argument("--vl-alpha", dest=RECIPE + "alpha", type=float, metavar="A", help="VL share in [0, 1]")
+    r.add_argument("--vl-alpha", dest=RECIPE + "alpha", type=number(), metavar="A", help="VL share in [0, 1]")
     r.add_argument("--schedule", dest=RECIPE + "schedule", metavar="SPEC",
                    help="alpha per step: linear:0.8:0.2 | cosine:A:B | step:A:B:FRAC | list:a,b,... ")
     r.add_argument("--resample", dest=RECIPE + "resample",
@@ -69,18 +70,22 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--magnitude", dest=RECIPE + "magnitude", help=one_of(Recipe, "magnitude"))
     r.add_argument("--style-blend", dest=RECIPE + "style_blend",
                    help="how style references apply: " + one_of(Recipe, "style_blend"))
-    r.add_argument("--style-alpha", dest=RECIPE + "style_alpha", type=float, metavar="A")
-    r.add_argument("--gem-p", dest=RECIPE + "gem_p", type=float, metavar="P")
+    r.add_argument("--style-alpha", dest=RECIPE + "style_alpha", type=number(), metavar="A")
+    r.add_argument("--gem-p", dest=RECIPE + "gem_p", type=number(), metavar="P")
     r.add_argument("--svd-k", dest=RECIPE + "svd_k", type=int, metavar="K")
 
 
 def _target_std(text: str):
     if text == "text":
         return text
+    value: float | None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'text', got '{text}'") from None
+        value = None
+    if value is None or number_problem(value) is not None:  # the range is the recipe's
+        raise argparse.ArgumentTypeError(f"must be a finite number or 'text' (got {text})")
+    return value
 
 
 def absolute(path: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
-from .common import add_config_flags, add_generation_flags, config, one_of
+from .common import add_config_flags, add_generation_flags, config, number, one_of
 from .conditioning import RECIPE_HELP, absolute, references_from_args
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--image", action="append", metavar="IMG", help="the reference image (twice for multi_reference)")
     p.add_argument("--prompt", help="the prompt (caption experiments write their own)")
     p.add_argument("--quick", action="store_true", help="the experiment's short version")
-    p.add_argument("--outlier-threshold", type=float, metavar="T",
+    p.add_argument("--outlier-threshold", type=number(), metavar="T",
                    help="the outlier masks' threshold in every VL cell (default 10: std ratio to the text encoder's)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="a recipe field set in every VL cell, e.g. --set max_pixels=262144 (repeat)")
@@ -75,7 +75,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("sweep", help="the cartesian product of recipe fields: images, grids, report")
     p.add_argument("--image", action="append", metavar="IMG", help="a reference image (repeat for several)")
-    p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each --image")
+    p.add_argument("--weight", action="append", type=number(), metavar="W", help="weight of each --image")
     p.add_argument("--role", action="append", metavar="ROLE", help=one_of(Reference, "role") + ", per --image")
     p.add_argument("--prompt", help="the prompt (or --caption-tokens N: the reference's caption)")
     p.add_argument("--caption-tokens", type=int, metavar="N", help="the prompt is a caption of about N tokens")

@@ -9,7 +9,8 @@ import socket
 from pathlib import Path
 
 from ..errors import InputError
-from .common import config
+from ..limits import MAX_UPLOAD_MB
+from .common import config, number
 
 TOKEN_ENV = "LLM_DIT_TOKEN"
 
@@ -23,8 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", default="outputs/runs", metavar="DIR",
                    help="the runs folder: uploads, pictures and run folders (default outputs/runs)")
     p.add_argument("--token", help=f"required on every request (or set {TOKEN_ENV}); needed when --host is not local")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, metavar="MB", help="request size limit (default 25)")
-    p.add_argument("--idle-unload", type=float, default=900.0, metavar="SECONDS",
+    p.add_argument("--max-upload-mb", type=number(gt=0, le=MAX_UPLOAD_MB), default=25.0, metavar="MB",
+                   help=f"request size limit (default 25, at most {MAX_UPLOAD_MB})")
+    p.add_argument("--idle-unload", type=number(ge=0), default=900.0, metavar="SECONDS",
                    help="unload the models after this long without a job (default 900; 0 = never)")
     add_config_flags(p)
     p.set_defaults(func=cmd_serve)
@@ -57,8 +59,6 @@ def cmd_serve(args) -> int:
         raise InputError("the token takes letters, digits and ._~- only, at least 8 of them (it travels in links)")
     if not 1 <= args.port <= 65535:
         raise InputError(f"--port must be in 1..65535 (got {args.port})")
-    if args.max_upload_mb <= 0:
-        raise InputError(f"--max-upload-mb must be positive (got {args.max_upload_mb})")
     cfg = config(args)
     resolve_placement(cfg.runtime)  # a device that is not there: refused now
     for kind in ("z_image", "vl"):  # so is a model folder that is not there (not at the first job)

@@ -54,8 +54,6 @@ def cmd_stats_compare(args) -> int:
     check_prompt(args.prompt)
     image = load_image(args.image, "image")
     check_aspect_ratio(image)
-    if args.threshold is not None and args.threshold <= 1:
-        raise InputError(f"--threshold must be a ratio greater than 1 (got {args.threshold})")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
@@ -90,8 +88,6 @@ def cmd_stats_adapter(args) -> int:
 
     cfg = config(args)
     out = check_output_path(args.out, ".safetensors")
-    if args.ridge <= 0:
-        raise InputError(f"--ridge must be positive (got {args.ridge})")
     prompts = read_prompts(args.prompts)
     text_layer = cfg.encoder.hidden_layer if args.text_layer is None else args.text_layer
     encoder, tokenizer = _text_encoder(cfg)

@@ -52,20 +52,14 @@ def cmd_caption(args) -> int:
     out = check_output_path(args.out, ".txt")
     image = load_image(args.image, "image")
     check_aspect_ratio(image)
-    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
-        raise InputError(f"--temperature must be a number >= 0 (got {args.temperature})")
-    for name in ("min_tokens", "max_new_tokens", "attempts"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "min_tokens" else 1):
-            raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'min_tokens' else 1}")
-    extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
     given = {k: getattr(args, k) for k in ("min_tokens", "max_new_tokens", "prompt", "temperature", "attempts")}
     if args.system_prompt is not None:
         given["system_prompt"] = args.system_prompt or None  # '' means no system turn
-    request = CaptionRequest(  # flags not given keep the request's defaults
+    request = CaptionRequest(  # flags not given keep the request's defaults; checked before the model loads
         seed=cfg.generation.seed, max_pixels=cfg.vl.max_pixels,
         **{k: v for k, v in given.items() if v is not None or k == "system_prompt"},
     )
+    extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
     cap = caption_image(extractor, image, request)
     stem = out.with_suffix("")
     write_text(Path(f"{stem}.raw.txt"), cap.raw)

@@ -19,12 +19,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import MAX_CAPTION_TOKENS, Config, LongPromptMode, validate_model
+from ..config import MAX_CAPTION_TOKENS, Config, LayerIndex, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError, LlmDitError
+from ..limits import MAX_PIXELS, MAX_POOL, MAX_SVD_K, MAX_TARGET_STD, MAX_WEIGHT, expectation
 from ..modes import BlendMode, NormalizationMode, StyleMode
 from .schedule import Schedule, parse_schedule
 
@@ -39,14 +40,15 @@ SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan=False: every float field refuses nan and inf (nan passes every ge/le test)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Reference(_Strict):
     """One reference image: its weight among the references of its role, and its role."""
 
     image: str = Field(min_length=1)
-    weight: float = Field(1.0, allow_inf_nan=False)
+    weight: float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT)
     role: Literal["content", "style"] = "content"
 
 
@@ -58,24 +60,25 @@ class Recipe(_Strict):
     # extraction
     vl_text: str = "{prompt}"  # "{prompt}" is replaced by the prompt; "" = no text in the VL chat
     system_prompt: str | None = None
-    hidden_layer: int | None = None
+    hidden_layer: LayerIndex | None = None
     token_selection: TokenSelection | None = None
-    max_pixels: int | None = Field(None, ge=1024)
-    pool: int | None = Field(None, ge=1, le=32)
+    max_pixels: int | None = Field(None, ge=1024, le=MAX_PIXELS)
+    pool: int | None = Field(None, ge=1, le=MAX_POOL)
     # intra-VL (seed 002 phase 2), dual extraction (phase 3), multi-layer (phase 4)
     vl_intra_blend_ratio: float | None = Field(None, ge=0.0, le=1.0)
     dual_extraction: bool = False
-    image_layer: int | None = None
-    text_layer: int | None = None
+    image_layer: LayerIndex | None = None
+    text_layer: LayerIndex | None = None
     image_tokens: Literal["image_no_markers", "image_only"] = "image_no_markers"
     text_tokens: Literal["text_only", "user_text"] = "text_only"
     # statistics
     adapter: str | None = None  # a linear map to the text encoder's space (llm-dit stats adapter), before normalizing
     normalization_mode: NormalizationMode = "global"
-    target_std: float | Literal["text"] = "text"
+    # nan and inf reach _target_std (one sentence with the range), not the union's per-member errors
+    target_std: Annotated[float, Field(allow_inf_nan=True)] | Literal["text"] = "text"
     reference_stats: str | None = None
     outlier_mask: Literal["none", "zero", "clamp", "scale", "restore"] = "none"
-    outlier_threshold: float = Field(10.0, gt=1.0, allow_inf_nan=False)
+    outlier_threshold: float = Field(10.0, gt=1.0)
     # length
     token_budget: int | None = Field(None, ge=1, le=MAX_CAPTION_TOKENS)
     budget_mode: LongPromptMode = "pool"
@@ -88,7 +91,14 @@ class Recipe(_Strict):
     style_blend: StyleMode = "adain_per_dim"
     style_alpha: float | None = Field(None, ge=0.0, le=1.0)
     gem_p: float = Field(3.0, gt=0.0, le=100.0)
-    svd_k: int = Field(10, ge=1)
+    svd_k: int = Field(10, ge=1, le=MAX_SVD_K)
+
+    @field_validator("target_std")
+    @classmethod
+    def _target_std(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not (math.isfinite(v) and 0 < v <= MAX_TARGET_STD):
+            raise ValueError(f"must be {expectation(gt=0, le=MAX_TARGET_STD)}, or 'text' (got {v})")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -96,8 +106,6 @@ class Recipe(_Strict):
             raise ValueError("backend 'text' takes no reference images (use backend vl or splice)")
         if self.adapter and self.backend == "splice":
             raise ValueError("an adapter maps Qwen3-VL's states; the splice backend already reads Qwen3-4B's")
-        if isinstance(self.target_std, float) and not (math.isfinite(self.target_std) and self.target_std > 0):
-            raise ValueError(f"target_std must be positive or 'text' (got {self.target_std})")
         if self.vl_intra_blend_ratio is None:
             for name in ("dual_extraction", "image_layer", "text_layer"):
                 if getattr(self, name) not in (None, False):

@@ -20,7 +20,7 @@ Text form (CLI, web): ``0.3`` | ``constant:0.3`` | ``linear:0.8:0.2`` | ``cosine
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,13 +31,14 @@ _Alpha = Field(None, ge=0.0, le=1.0)
 
 
 class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     kind: Literal["constant", "linear", "cosine", "step", "list"]
     start: float | None = _Alpha
     end: float | None = _Alpha
     at: float | None = Field(None, ge=0.0, le=1.0)
-    values: list[float] | None = None
+    # nan among the values reaches _fields' sentence ("must lie in [0, 1] (got nan)")
+    values: list[Annotated[float, Field(allow_inf_nan=True)]] | None = None
 
     @model_validator(mode="after")
     def _fields(self) -> Schedule:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..embeddings import check_embedding
 from ..errors import InputError, unknown_choice
+from ..limits import MAX_SVD_K, check_number
 from .sequence import resample
 
 STYLE_VECTORS = ("mean", "gem", "svd")
@@ -44,8 +45,7 @@ def mean_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 def gem_pool(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
-    if not p > 0:
-        raise InputError(f"the GeM exponent p must be positive (got {p})")
+    check_number(p, "the GeM exponent p", gt=0)
     # m * mean((|x|/m)^p)^(1/p) in float64: |x|^p itself overflows float32 for activations ~1e3 at p ~ 13.
     a = x.double().abs()
     m = a.max(0).values
@@ -54,8 +54,7 @@ def gem_pool(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
 
 
 def svd_style_vector(x: torch.Tensor, k: int = 10) -> torch.Tensor:
-    if k < 1:
-        raise InputError(f"svd_k must be at least 1 (got {k})")
+    check_number(k, "svd_k", whole=True, ge=1, le=MAX_SVD_K)
     u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
     k = min(k, s.shape[0])
     return ((u[:, :k] * s[:k]) @ vh[:k]).mean(0).float()

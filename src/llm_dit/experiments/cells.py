@@ -219,6 +219,18 @@ def sweep_axis(key: str, values: str | list[Any]) -> tuple[str, list[Any]]:
     return key, [coerce(key, v) for v in items]
 
 
+def _check_generation_value(key: str, value: Any) -> None:
+    """Refuse a swept generation value out of its ``[generation]`` range, naming the axis."""
+    from pydantic import ValidationError
+
+    from ..config import GenerationConfig, describe_error
+
+    try:
+        GenerationConfig.model_validate({key: float(value) if key in ("shift", "guidance_scale") else value})
+    except ValidationError as e:
+        raise InputError(describe_error(e.errors()[0], GenerationConfig, "sweep value"), field=f"axes.{key}") from None
+
+
 def _kind_name(kind) -> str:
     return {str: "text", int: "whole number"}.get(kind, "number")
 
@@ -245,6 +257,8 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
                 if isinstance(v, bool) or not isinstance(v, kind):
                     raise InputError(f"the sweep list for {key!r} holds {v!r}, not a {_kind_name(kind)}",
                                      field=f"axes.{key}")
+                if key in GENERATION_AXES:  # its range (and nan, inf) now, not when the run reaches the cell
+                    _check_generation_value(key, v)
     total = 1
     for values in axes.values():
         total *= len(values)

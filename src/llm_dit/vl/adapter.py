@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..limits import MAX_LAYER, MAX_RIDGE, check_number
 from ..progress import progress
 from ..protocols import Extractor
 from ..text.capture import canonical_layer
@@ -117,8 +118,7 @@ def gather_pairs(extractor: Extractor, tokenizer, text_encoder, prompts: list[st
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, b)`` of the module docstring."""
-    if ridge <= 0:
-        raise InputError(f"ridge must be positive (got {ridge})")
+    check_number(ridge, "ridge", gt=0, le=MAX_RIDGE)
     x, y = x.double(), y.double()
     mx, my = x.mean(0), y.mean(0)
     xc, yc = x - mx, y - my
@@ -135,7 +135,14 @@ def relative_residual(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 def fit_adapter(extractor: Extractor, tokenizer, text_encoder, prompts: list[str], vl_layer: int = -6,
                 text_layer: int = -2, ridge: float = 1e-2, holdout: float = 0.2) -> LinearAdapter:
-    """Fit on the first prompts, report residuals on the last ``holdout`` share, then refit on all."""
+    """Fit on the first prompts, report residuals on the last ``holdout`` share, then refit on all.
+
+    ``ridge``: the ridge strength relative to the mean variance, in ``(0, MAX_RIDGE]``; checked (with
+    the layers and ``holdout``) before any prompt is encoded."""
+    check_number(ridge, "ridge", gt=0, le=MAX_RIDGE)
+    check_number(holdout, "holdout", ge=0, lt=1)
+    for name, layer in (("vl_layer", vl_layer), ("text_layer", text_layer)):
+        check_number(layer, name, whole=True, ge=-(MAX_LAYER + 1), le=MAX_LAYER)
     x, y, counts = gather_pairs(extractor, tokenizer, text_encoder, prompts, vl_layer, text_layer)
     log.info(f"adapter: ridge fit on {x.shape[0]} token pairs of {len(counts)} prompts "
              f"({x.shape[1]} -> {y.shape[1]} dims)")

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 
 from ..config import DEFAULT_MAX_PIXELS, Config
 from ..errors import LlmDitError
+from ..limits import (
+    MAX_CAPTION_ATTEMPTS,
+    MAX_NEW_TOKENS,
+    MAX_PIXELS,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOP_K,
+    check_number,
+)
 from ..protocols import Captioner
 
 log = logging.getLogger(__name__)
@@ -80,16 +89,24 @@ class CaptionRequest:
     seed: int = 42  # attempt ``i`` samples with ``seed + i``
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
+    def __post_init__(self) -> None:
+        """Every number in its range (:mod:`llm_dit.limits`), refused here: before a model generates."""
+        check_number(self.min_tokens, "min_tokens", whole=True, ge=0, le=MAX_NEW_TOKENS)
+        check_number(self.max_new_tokens, "max_new_tokens", whole=True, ge=1, le=MAX_NEW_TOKENS)
+        check_number(self.attempts, "attempts", whole=True, ge=1, le=MAX_CAPTION_ATTEMPTS)
+        check_number(self.temperature, "temperature", ge=0, le=MAX_TEMPERATURE)
+        check_number(self.top_p, "top_p", gt=0, le=1)
+        check_number(self.top_k, "top_k", whole=True, ge=0, le=MAX_TOP_K)
+        check_number(self.seed, "seed", whole=True, ge=0, le=MAX_SEED)
+        if self.max_pixels is not None:
+            check_number(self.max_pixels, "max_pixels", whole=True, ge=1024, le=MAX_PIXELS)
+
 
 def caption_image(extractor: Captioner, image, request: CaptionRequest | None = None) -> Caption:
     """Caption ``image``; retry (temperature +0.1 each time, new seed) until the caption has at least
     ``request.min_tokens`` tokens, else fail with one sentence that says what to change."""
-    r = request or CaptionRequest()
+    r = request or CaptionRequest()  # its numbers are checked when it is made
     min_tokens, temperature = r.min_tokens, r.temperature
-    if min_tokens < 0 or r.attempts < 1:
-        raise LlmDitError("min_tokens must be >= 0 and attempts >= 1")
-    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
-        raise LlmDitError(f"temperature must be a number >= 0 (got {temperature})")
     thinking_model = extractor.variant == "thinking"
     best: Caption | None = None
     for attempt in range(r.attempts):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..errors import InputError
+from ..limits import MAX_PIXELS, check_number
 
 #: Qwen's resizing refuses images whose long side is more than 200 times the short side.
 MAX_ASPECT_RATIO = 200
@@ -76,8 +77,7 @@ def pixel_bounds(processor, max_pixels: int | None) -> dict | None:
     """The processor ``size`` override for a pixel budget (``None``: the checkpoint's own)."""
     if max_pixels is None:
         return None
-    if max_pixels < 32 * 32:
-        raise InputError(f"max_pixels must be at least 1024 (one 32x32 token; got {max_pixels})")
+    check_number(max_pixels, "max_pixels", whole=True, ge=32 * 32, le=MAX_PIXELS)  # at least one 32x32 token
     min_pixels = processor.image_processor.size.get("shortest_edge", 32 * 32)
     return {"shortest_edge": min(min_pixels, max_pixels), "longest_edge": max_pixels}
 

@@ -26,6 +26,7 @@ from PIL import Image
 from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
 from ..errors import InputError, ModelLoadError, unknown_choice
 from ..images import load_image
+from ..limits import MAX_NEW_TOKENS, MAX_POOL, MAX_TOP_K, check_number
 from ..models.loading import load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
@@ -249,8 +250,7 @@ class VLEmbeddingExtractor:
         :meth:`VLExtractionResult.select` (normalization).
         """
         selection = resolve_token_selection(token_selection, **take_notes_flags(select_kwargs))
-        if not isinstance(pool, int) or pool < 1:
-            raise InputError(f"pool must be a whole number >= 1 (got {pool})")
+        check_number(pool, "pool", whole=True, ge=1, le=MAX_POOL)
         layers = list(dict.fromkeys([hidden_layer] if isinstance(hidden_layer, int) else list(hidden_layer)))
         canon = {k: canonical_layer(k, self.num_layers, f"{self.backend} model") for k in layers}
         images = self._images(image)
@@ -352,10 +352,10 @@ class VLEmbeddingExtractor:
         if self.model is None:
             raise InputError("text generation needs the full Qwen3-VL model (backend 'vl')")
         self._check_resident("caption generation")
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
-        if temperature < 0:
-            raise InputError(f"temperature must be >= 0 (got {temperature})")
+        check_number(max_new_tokens, "max_new_tokens", whole=True, ge=1, le=MAX_NEW_TOKENS)
+        check_number(temperature, "temperature", ge=0)  # a caption's retries raise it past MAX_TEMPERATURE
+        check_number(top_p, "top_p", gt=0, le=1)
+        check_number(top_k, "top_k", whole=True, ge=0, le=MAX_TOP_K)
         images = self._images(image)
         batch = self._batch(run_processor(self.processor, build_messages(images, prompt, system_prompt), images,
                                           max_pixels))

@@ -29,6 +29,7 @@ import torch
 
 from ..embeddings import check_embedding
 from ..errors import InputError, unknown_choice
+from ..limits import MAX_RIDGE, check_number
 from ..modes import NORMALIZATION_MODES, NormalizationMode  # noqa: F401  (re-exported)
 from .reference import ReferenceStats
 
@@ -45,8 +46,7 @@ def _dim_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def scale_global(x: torch.Tensor, target_std: float) -> tuple[torch.Tensor, float]:
     """``x * target / std(x)`` and the factor; a constant ``x`` gets factor 1."""
     x = _check_input(x)
-    if target_std <= 0:
-        raise InputError(f"target std must be positive (got {target_std})")
+    check_number(target_std, "target std", gt=0)
     sd = float(x.std(unbiased=False))
     factor = target_std / sd if sd > 0 else 1.0
     return x * factor, factor
@@ -54,8 +54,8 @@ def scale_global(x: torch.Tensor, target_std: float) -> tuple[torch.Tensor, floa
 
 def normalize_per_dim(x: torch.Tensor, reference: ReferenceStats, clip_sigma: float | None = 3.0) -> torch.Tensor:
     x = _check_input(x)
-    if clip_sigma is not None and clip_sigma <= 0:
-        raise InputError(f"clip sigma must be positive (got {clip_sigma})")
+    if clip_sigma is not None:
+        check_number(clip_sigma, "clip sigma", gt=0)
     mu, sd = _dim_moments(x)
     z = torch.where(sd > 0, (x - mu) / torch.where(sd > 0, sd, 1.0), torch.zeros_like(x))
     if clip_sigma is not None:
@@ -65,6 +65,7 @@ def normalize_per_dim(x: torch.Tensor, reference: ReferenceStats, clip_sigma: fl
 
 def whiten(x: torch.Tensor, reference: ReferenceStats, ridge: float = 1e-3) -> torch.Tensor:
     x = _check_input(x)
+    check_number(ridge, "whitening ridge", gt=0, le=MAX_RIDGE)
     n = x.shape[0]
     mu = x.mean(0)
     xc = (x - mu).double()

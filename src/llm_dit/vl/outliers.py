@@ -24,6 +24,7 @@ import torch
 
 from ..embeddings import check_embedding
 from ..errors import InputError, unknown_choice
+from ..limits import check_number
 from .reference import ReferenceStats
 
 MASK_MODES = ("none", "zero", "clamp", "scale", "restore")
@@ -40,8 +41,7 @@ class OutlierDim:
 
 
 def _check(x: torch.Tensor, reference: ReferenceStats, threshold: float) -> torch.Tensor:
-    if not isinstance(threshold, (int, float)) or threshold <= 1:
-        raise InputError(f"outlier threshold must be a ratio greater than 1 (got {threshold})")
+    check_number(threshold, "outlier threshold", gt=1)
     if x.ndim != 2 or x.shape[0] < 2:
         raise InputError(f"outlier statistics need a [tokens, dim] tensor of at least 2 tokens (got {tuple(x.shape)})")
     if x.shape[1] != reference.std.shape[0]:

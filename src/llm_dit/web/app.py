@@ -47,6 +47,7 @@ from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
+from ..limits import MAX_UPLOAD_MB, check_number
 from ..provenance import version
 from . import files
 from .form import generation_controls, presets, recipe_controls
@@ -66,7 +67,10 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
     """The ASGI app (FastAPI behind the guard); its :class:`Server` is ``app.server``.
 
     ``hosts``: the Host names requests may carry (``llm-dit serve`` on a local address without a
-    token: ``localhost``, ``127.0.0.1``, ``::1``); None accepts any."""
+    token: ``localhost``, ``127.0.0.1``, ``::1``); None accepts any. ``max_upload``: bytes, at most
+    ``MAX_UPLOAD_MB`` MiB; ``idle_unload``: seconds (0: never); both checked before anything is made."""
+    check_number(max_upload, "max_upload", whole=True, ge=1, le=MAX_UPLOAD_MB * 2**20)
+    check_number(idle_unload, "idle_unload", ge=0)
     import transformers  # noqa: F401  imported once here: lazy imports race across request threads
     from transformers import AutoConfig  # noqa: F401
 

@@ -57,6 +57,9 @@ def _control(name: str, info, default: Any) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "nullable": nullable, "default": default, "help": HELP.get(name, ""),
                          **_bounds(info)}
     one = inner[0] if len(inner) == 1 else None
+    if one is not None and typing.get_origin(one) is typing.Annotated:  # e.g. LayerIndex | None: its bounds
+        one, *meta = typing.get_args(one)
+        c.update({k: v for m in meta for k, v in _bounds(m).items()})
     if one is not None and typing.get_origin(one) is Literal:
         c.update(kind="enum", options=list(typing.get_args(one)))
     elif one is bool:

@@ -25,7 +25,8 @@ from .jobs import Job, JobQueue
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # as the configuration and the recipe: nan and inf (which JSON bodies can carry) are no number
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class GenerateBody(_Body):
