@@ -11,6 +11,7 @@
       stats/NAME.safetensors   per-dimension std of the text, VL and blended embeddings
       embeddings/NAME.safetensors   the embeddings themselves (--save-embeddings)
       metadata.json, comparison_grid.png, grid_*.png, plots/, report.html    built from the above
+      .lock                    held (flock) by the process writing the run, which it names (:mod:`lock`)
 
 Every file is written to a temporary name and renamed. A cell counts as finished only when its
 record says so, carries this run's key, and its PNG opens (every chunk's checksum verified); anything
@@ -21,8 +22,9 @@ picture or record that did not reach the disk fails that check and its cell is m
 (run.json as a run starts) and saved embeddings, which nothing checks, are flushed.
 
 This module owns the format: the runner writes through it, and the report, the web app and resume
-read through :func:`read_run` / :func:`read_trials` (a trials folder holds ``trials.json`` and one
-run folder per trial). Statuses, one vocabulary for everyone:
+read through :func:`read_run` / :func:`read_trials` (a trials folder holds ``trials.json``, its own
+``.lock`` and one run folder per trial). One process writes a folder at a time: the runner takes its
+lock (:mod:`lock`) before :func:`prepare` writes or removes anything. Statuses, one vocabulary for everyone:
 
 * a cell (:data:`CELL_STATUSES`): ``done`` (its record says it finished), ``failed`` (its record says
   it failed), ``pending`` (no readable record yet);
@@ -45,6 +47,7 @@ from PIL import Image
 
 from ..errors import InputError, WriteError
 from ..io import write_json
+from . import lock
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.json"
@@ -130,12 +133,22 @@ def differing(existing: dict, plan: dict, limit: int = 3) -> str:
     return "settings that differ: " + ", ".join(found[:limit]) + more
 
 
-def prepare(out: Path, run_key: str, plan: dict) -> dict:
-    """Make ``out`` ready for this run; refuse a folder that holds something else.
-
-    Returns the run file's content (with its earlier sessions when resuming)."""
+def check_out(out: Path, plan_file: str = RUN_FILE, what: str = "run") -> None:
+    """Refuse an output that is no place for a run (``plan_file``: trials too): a file, or a folder
+    of files but no llm-dit plan (its lock and temporary files aside: a run just starting). Reads
+    only, so it comes before the folder's lock is taken (and again under it, in :func:`prepare`)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")
+    if out.is_dir() and read_json(out / plan_file) is None and any(not lock.is_ours(p.name) for p in out.iterdir()):
+        raise InputError(f"{out} is not empty and holds no llm-dit {what}; give a new or empty folder")
+
+
+def prepare(out: Path, run_key: str, plan: dict) -> dict:
+    """Make ``out`` ready for this run; refuse a folder that holds something else. The caller holds
+    the folder's lock (:mod:`lock`): this rewrites run.json and removes temporary files.
+
+    Returns the run file's content (with its earlier sessions when resuming)."""
+    check_out(out)
     existing = read_json(out / RUN_FILE) if out.is_dir() else None
     if existing is not None and existing.get("run_key") != run_key:
         if any((out / "cells").glob("*.json")):
@@ -145,8 +158,6 @@ def prepare(out: Path, run_key: str, plan: dict) -> dict:
         existing = None  # a run that finished no cell (it failed to start): replaced, its references too
         for ref in out.glob("reference*.png"):
             ref.unlink()
-    elif existing is None and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no llm-dit run; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted, now removed
         with contextlib.suppress(OSError):
