@@ -65,6 +65,13 @@ class WriteError(LlmDitError):
     exit_code = 1
 
 
+class FolderBusy(LlmDitError):
+    """A run folder that another process is writing now, for the same run (its lock is held): the
+    machine's state, not the input; the same command succeeds once that process has ended."""
+
+    exit_code = 1
+
+
 class Cancelled(BaseException):
     """Raised from a progress hook to stop work at once (the web app's cancel button).
 

@@ -141,7 +141,7 @@ def _trials(args, cfg, image_sets: list[list[str]], make: SpecMaker) -> int | No
     for trial in plan_trials(firsts, seeds):
         images = image_sets[firsts.index(trial.image)]
         trials.append((trial, *make(images, cfg.replace(**{"generation.seed": trial.seed}))))
-    return _report(run_trials(trials, args.out, echo=log.info, progress=not args.no_progress), args)
+    return _report(run_trials(trials, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait"), args)
 
 
 def _image_sets(args, images_per_set: int) -> list[list[str]]:
@@ -161,7 +161,9 @@ def _image_sets(args, images_per_set: int) -> list[list[str]]:
 def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
-    return _report(run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress), args)
+    # the same run already being written into --out (the same command started twice): wait for it,
+    # then resume; another run there is refused (experiments/lock.py)
+    return _report(run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait"), args)
 
 
 def _report(summary, args) -> int:

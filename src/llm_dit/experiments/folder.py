@@ -11,6 +11,7 @@
       stats/NAME.safetensors   per-dimension std of the text, VL and blended embeddings
       embeddings/NAME.safetensors   the embeddings themselves (--save-embeddings)
       metadata.json, comparison_grid.png, grid_*.png, plots/, report.html    built from the above
+      .lock                    held (flock) by the process writing the run, which it names (:mod:`lock`)
 
 Every file is written to a temporary name and renamed. A cell counts as finished only when its
 record says so, carries this run's key, and its PNG opens (every chunk's checksum verified); anything
@@ -21,8 +22,9 @@ picture or record that did not reach the disk fails that check and its cell is m
 (run.json as a run starts) and saved embeddings, which nothing checks, are flushed.
 
 This module owns the format: the runner writes through it, and the report, the web app and resume
-read through :func:`read_run` / :func:`read_trials` (a trials folder holds ``trials.json`` and one
-run folder per trial). Statuses, one vocabulary for everyone:
+read through :func:`read_run` / :func:`read_trials` (a trials folder holds ``trials.json``, its own
+``.lock`` and one run folder per trial). One process writes a folder at a time: the runner takes its
+lock (:mod:`lock`) before :func:`prepare` writes or removes anything. Statuses, one vocabulary for everyone:
 
 * a cell (:data:`CELL_STATUSES`): ``done`` (its record says it finished), ``failed`` (its record says
   it failed), ``pending`` (no readable record yet);
@@ -51,6 +53,7 @@ from PIL import Image
 
 from ..errors import InputError, WriteError
 from ..io import NAME, write_json
+from . import lock
 
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.json"
@@ -211,15 +214,27 @@ def _foreign_records(out: Path, cell_keys: dict[str, str]) -> list[str]:
     return found
 
 
+def check_out(out: Path, plan_file: str = RUN_FILE, what: str = "run") -> None:
+    """Refuse an output that is no place for a run (``plan_file``: trials too): a file, or a folder
+    of files but no llm-dit plan or cell records (its lock and temporary files aside: a run just
+    starting). Reads only, so it comes before the folder's lock is taken (and again under it, in
+    :func:`prepare`); a plan that is there but damaged is :func:`prepare`'s to judge."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} exists and is not a folder")
+    if out.is_dir() and not (out / plan_file).exists() and not (out / "cells").is_dir() and any(
+            not lock.is_ours(p.name) for p in out.iterdir()):
+        raise InputError(f"{out} is not empty and holds no llm-dit {what}; give a new or empty folder")
+
+
 def prepare(out: Path, run_key: str, plan: dict, cell_keys: dict[str, str] | None = None) -> dict:
-    """Make ``out`` ready for this run; refuse a folder that holds something else.
+    """Make ``out`` ready for this run; refuse a folder that holds something else. The caller holds
+    the folder's lock (:mod:`lock`): this rewrites run.json and removes temporary files.
 
     ``cell_keys``: ``{cell name: cell key}`` of this run; when ``run.json`` is gone or damaged, records
     that all carry this run's keys say the folder is this run's (it is resumed and ``run.json`` written
     again); a record of anything else refuses the folder. Returns the run file's content (with its
     earlier sessions when resuming)."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder")
+    check_out(out)
     existing = read_json(out / RUN_FILE) if out.is_dir() else None
     readable = is_plan(existing)
     if is_plan(existing) and existing["run_key"] != run_key:
@@ -238,8 +253,6 @@ def prepare(out: Path, run_key: str, plan: dict, cell_keys: dict[str, str] | Non
                              f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}) are not this "
                              "command's; give a new --out, or run the command that made it")
         existing = None  # written again below; the sessions it listed are lost
-    elif not readable and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no llm-dit run; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.rglob(".*.tmp"):  # left by a process killed mid-write: never trusted, now removed
         with contextlib.suppress(OSError):

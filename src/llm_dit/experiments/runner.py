@@ -4,7 +4,8 @@ The stages, in the order they run (each a function below over one :class:`RunCon
 
     0. :func:`prepare_run`: reference images, every cell's recipe, layers, schedules and the files it
        names, checked and loaded into a :class:`PreparedRun`; nothing loads a model before
-    1. :func:`open_folder`: the run folder made ready; cells whose record carries this run's key and
+    1. :func:`open_folder`: the run folder locked (:mod:`lock`: another run is refused, the same
+       run waits or is refused) and made ready; cells whose record carries this run's key and
        whose PNG opens are finished and skipped
     2. Qwen3-VL (when a pending cell needs it): :func:`make_captions`, then :func:`extract` every
        unique extraction (requests that differ only in their layers share one forward pass);
@@ -22,7 +23,7 @@ Same seed for every cell (a CPU generator), so cells differ only by what the exp
 Under a launcher (``accelerate launch``, ``torchrun``; :mod:`processes`) every process plans the same
 cells, takes its share of the pictures (baselines, then the rest, each split evenly; a barrier
 between the two so that every picture is scored against its baseline), and the first process
-writes run.json's session and the report once all are done.
+holds the folder's lock, and writes run.json's session and the report once all are done.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from ..errors import InputError, LlmDitError
 from ..images import load_image, save_png
 from ..protocols import OnStep
 from ..provenance import provenance
-from . import folder
+from . import folder, lock
 from .cells import Cell, check_unique, effective_recipe
 from .plan import Job, PreparedRun, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
 from .processes import Processes
@@ -122,6 +123,8 @@ class RunContext:
     progress: bool = True
     on_step: OnStep | None = None
     on_cell: OnCell | None = None
+    if_busy: lock.IfBusy = "refuse"  # another process writes the same run in the folder: refuse, or wait
+    folder_lock: lock.FolderLock | None = None  # the folder's lock (the first process, from open_folder to the end)
     keys: dict[str, str] = field(default_factory=dict)  # cell name -> cell key
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (this process)
     cells_done: int = 0
@@ -198,10 +201,12 @@ class Models:
 
 
 def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]]:
-    """The run file's content (the first process prepares the folder for the run ``key``; None in
-    the others) and the records of the cells finished already."""
+    """The run file's content (the first process locks the folder and prepares it for the run
+    ``key``; None in the others) and the records of the cells finished already."""
     run_file = None
     if ctx.procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
+        folder.check_out(ctx.out)  # a folder that is not ours: refused before the lock file is made in it
+        ctx.folder_lock = lock.take(ctx.out, key, ctx.spec.name, ctx.if_busy, ctx.echo)  # before anything is written
         run_file = folder.prepare(ctx.out, key, ctx.spec.plan(ctx.config), ctx.keys)
         for i, im in enumerate(ctx.prepared.references):
             if not (ctx.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
@@ -383,7 +388,7 @@ def close_run(ctx: RunContext, run_file: dict, session: dict, sessions: list[dic
 
 def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = None, progress: bool = True,
                  models: ModelsProvider | None = None, on_step: OnStep | None = None, on_cell: OnCell | None = None,
-                 procs: Processes | None = None) -> Summary:
+                 procs: Processes | None = None, if_busy: lock.IfBusy = "refuse") -> Summary:
     """Run a :class:`PreparedRun` into ``out`` (stages 1 to 5; see the module docstring).
 
     ``models``: a :class:`~llm_dit.pool.ModelPool` to take models from and leave them in (a server);
@@ -391,12 +396,14 @@ def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = Non
     denoising steps, ``on_cell(done, total, name)`` finished cells; either may raise
     :class:`~llm_dit.errors.Cancelled` to stop the run (its report is still written). ``procs``: the
     :class:`~llm_dit.experiments.processes.Processes` of several runs in a row (trials), left open;
-    without it the run joins the launcher's processes and leaves them at its end."""
+    without it the run joins the launcher's processes and leaves them at its end. ``if_busy``: what
+    to do when another process is writing the same run into ``out`` (``"wait"`` for it, then resume;
+    ``"refuse"``: :class:`~llm_dit.errors.FolderBusy`); another run there is always refused."""
     from ..io import confined
 
     try:
         with confined(out):  # names are checked where they enter; this catches what a check missed
-            return _run(prepared, Path(out), echo, progress, models, on_step, on_cell, procs)
+            return _run(prepared, Path(out), echo, progress, models, on_step, on_cell, procs, if_busy)
     except OSError as e:  # a full disk or a folder that takes no writes: one sentence, and how to resume
         err = folder.write_error(e, Path(out))
         if err is None:
@@ -405,7 +412,7 @@ def run_prepared(prepared: PreparedRun, out: str | Path, echo: Echo | None = Non
 
 
 def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, models: ModelsProvider | None,
-         on_step: OnStep | None, on_cell: OnCell | None, procs: Processes | None) -> Summary:
+         on_step: OnStep | None, on_cell: OnCell | None, procs: Processes | None, if_busy: lock.IfBusy) -> Summary:
     from ..pool import ModelPool
 
     started = time.perf_counter()
@@ -420,8 +427,18 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
         if ":" in prepared.config.runtime.device:
             prepared = _replace_config(prepared, prepared.config.replace(**{"runtime.device": "cuda"}))
     ctx = RunContext(prepared, out, ModelPool(keep="all") if models is None else models, models is None,
-                     procs, echo or log.info, progress, on_step, on_cell)
-    digests = prepared.loaded.digests  # of the bytes the checks read: the pictures' inputs
+                     procs, echo or log.info, progress, on_step, on_cell, if_busy)
+    try:
+        return _run_folder(ctx, started, shared_procs)
+    finally:
+        if ctx.folder_lock is not None:  # taken by open_folder; let go once the report is written (or the run failed)
+            ctx.folder_lock.release()
+
+
+def _run_folder(ctx: RunContext, started: float, shared_procs: bool) -> Summary:
+    """Stages 1 to 5 of :func:`_run` (``started``: its start; ``shared_procs``: the caller's processes)."""
+    procs = ctx.procs
+    digests = ctx.prepared.loaded.digests  # of the bytes the checks read: the pictures' inputs
     key = run_key(ctx.spec, ctx.config, digests)
     ctx.keys = {c.name: cell_key(key, c, digests) for c in ctx.spec.cells}
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -476,6 +493,6 @@ def _replace_config(prepared: PreparedRun, config: Config) -> PreparedRun:
 def run(spec: RunSpec, config: Config, out: str | Path, echo: Echo | None = None, progress: bool = True,
         **hooks: Any) -> Summary:
     """Check ``spec`` (:func:`prepare_run`), then run it into ``out``, resuming what a previous run of
-    the same command finished; ``hooks``: ``models``, ``on_step``, ``on_cell``, ``procs`` of
-    :func:`run_prepared`."""
+    the same command finished; ``hooks``: ``models``, ``on_step``, ``on_cell``, ``procs``, ``if_busy``
+    of :func:`run_prepared`."""
     return run_prepared(prepare_run(spec, config), out, echo, progress, **hooks)

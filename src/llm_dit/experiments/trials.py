@@ -12,22 +12,30 @@
 
 A trial is an ordinary run, so each resumes, shares its cells among processes and checks its
 fingerprints as any run does; the models load once for all of them (one :class:`ModelPool`) and the
-launcher's processes are joined once. Running the same command again resumes every trial.
+launcher's processes are joined once. Running the same command again resumes every trial. The
+trials folder has a lock of its own (:mod:`lock`), held for the whole command, its run key the
+plan's: other trials are refused, the same ones wait or are refused, as for a run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import InputError
 from ..io import write_json
 from ..protocols import Models
-from . import folder
+from . import folder, lock
 from .cells import safe_name
 from .plan import RunSpec, Summary
+
+if TYPE_CHECKING:
+    from .processes import Processes
 
 log = logging.getLogger(__name__)
 #: Most trials one command may plan.
@@ -90,34 +98,55 @@ def images_from(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _prepare(out: Path, plan: dict) -> None:
-    """Make ``out`` the trials folder of ``plan``; refuse a run folder or other trials."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder")
+def _check(out: Path) -> None:
+    """Refuse a run folder, or a folder of other files, as trials folder ``out`` (reads only: before
+    its lock is taken, and again under it)."""
     if (out / folder.RUN_FILE).exists():
         raise InputError(f"{out} holds a single run; give a new --out for trials")
+    folder.check_out(out, folder.TRIALS_FILE, "trials")
+
+
+def _prepare(out: Path, plan: dict) -> None:
+    """Make ``out`` the trials folder of ``plan``; refuse a run folder or other trials. The caller
+    holds its lock."""
+    _check(out)
     existing = folder.read_json(out / folder.TRIALS_FILE)
     if existing is not None and existing.get("trials") != plan["trials"]:
         raise InputError(f"{out} holds other trials (other images or seeds); give a new --out or remove it")
-    if existing is None and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no llm-dit trials; give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / folder.TRIALS_FILE, plan)
 
 
 def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, echo=None,
-               progress: bool = True) -> Summary:
-    """Run every trial into ``out/<trial>`` (see the module docstring), then the combined report."""
-    from ..pool import ModelPool
+               progress: bool = True, if_busy: lock.IfBusy = "refuse") -> Summary:
+    """Run every trial into ``out/<trial>`` (see the module docstring), then the combined report;
+    ``if_busy``: as for :func:`~llm_dit.experiments.runner.run_prepared`."""
     from .processes import Processes
-    from .runner import run
-    from .trials_report import write_trials_report
 
     out = Path(out)
     echo = echo or log.info
     first = trials[0][1]
     plan = {"name": first.name, "trials": [{"name": t.name, "image": t.image, "seed": t.seed} for t, _, _ in trials]}
     procs = Processes()
+    held = None
+    if procs.main:
+        _check(out)  # before the lock file is made in it
+        key = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+        held = lock.take(out, key, first.name, if_busy, echo)
+    try:
+        return _run_trials(trials, out, echo, progress, procs, plan, if_busy)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: Path, echo, progress: bool, procs: Processes,
+                plan: dict, if_busy: lock.IfBusy) -> Summary:
+    """:func:`run_trials` once the first process holds the folder's lock."""
+    from ..pool import ModelPool
+    from .runner import run
+    from .trials_report import write_trials_report
+
     if procs.main:
         _prepare(out, plan)
     procs.wait()
@@ -129,7 +158,7 @@ def run_trials(trials: list[tuple[Trial, RunSpec, Config]], out: str | Path, ech
         for i, (trial, spec, config) in enumerate(trials, 1):
             if procs.main:
                 echo(f"trial {i}/{len(trials)}: {trial.name} (image {trial.image}, seed {trial.seed})")
-            s = run(spec, config, out / trial.name, echo, progress, models=pool, procs=procs)
+            s = run(spec, config, out / trial.name, echo, progress, models=pool, procs=procs, if_busy=if_busy)
             total, skipped, generated = total + s.total, skipped + s.skipped, generated + s.generated
             failed += [f"{trial.name}/{name}" for name in s.failed]
         if procs.main:

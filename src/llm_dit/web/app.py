@@ -16,7 +16,8 @@ JSON API under ``/api`` (schema and try-it page at ``/docs``):
 ``GET  /api/jobs/ID/events``           the same as server-sent events, until the job ends
 ``POST /api/jobs/ID/cancel``           drop a queued job, stop a running one
 ``GET  /api/runs``, ``/api/runs/NAME`` run folders under ``--runs``, newest first; one run whole
-``POST /api/runs/NAME/resume``         make a run's missing cells (a job; finished cells are kept)
+``POST /api/runs/NAME/resume``         make a run's missing cells (a job; finished cells are kept; 409
+                                       while a job or another process, a CLI command, writes it)
 ``GET  /api/files/PATH``               any file inside ``--runs`` (images, grids, report.html)
 =====================================  ==========================================================
 
@@ -300,12 +301,18 @@ def _routes(api: FastAPI, server: Server) -> None:
 
     @api.post("/api/runs/{name}/resume", status_code=202)
     def resume(name: str):
+        from ..experiments.lock import holder
         from ..experiments.specs import spec_from_run
 
         out = files.inside(runs, name)
         if out is None or "/" in name or not (out / folder.RUN_FILE).is_file():
             raise HTTPException(404, f"no run folder {name!r} under the runs folder")
         with server.claim(name):
+            # another process (a CLI command) writing it: answered now, not as a job that would fail
+            # (a job that starts once one did fails with the runner's own sentence)
+            if (other := holder(out)) is not None:
+                raise HTTPException(409, f"the run {name!r} is being written by another process ({other.describe()}); "
+                                         "resume it once that process has ended")
             spec, config = spec_from_run(out)
             title = f"{spec.name} {name} resumed: {len(spec.cells)} cells"
             kind = "sweep" if spec.name == "sweep" else "experiment"
