@@ -226,6 +226,9 @@ def test_the_web_app_refuses_to_resume_a_run_a_command_is_writing(refs, tmp_path
         detail = r.json()["detail"]
         assert detail.startswith(f"the run 'cli' is being written by another process (process {proc.pid}, started ")
         assert detail.endswith("); resume it once that process has ended") and c.get("/api/jobs").json() == []
+        # listed as running (a command writes it), on the list and on its page
+        assert [r["status"] for r in c.get("/api/runs").json() if r["name"] == "cli"] == ["running"]
+        assert c.get("/api/runs/cli").json()["status"] == "running"
         # a job that got as far as running it (the command started after the check): refused by the runner
         with pytest.raises(FolderBusy, match=rf"^{re.escape(str(out))} is being written by the same run in another "
                                              rf"process \(process {proc.pid}, started .*\); wait for it to finish, "
@@ -234,4 +237,5 @@ def test_the_web_app_refuses_to_resume_a_run_a_command_is_writing(refs, tmp_path
         held.flag("go")
         rc, _, stderr = held.finish(proc)
         assert rc == 0, stderr[-2000:]
+        assert c.get("/api/runs/cli").json()["status"] == "complete"
         assert c.post("/api/runs/cli/resume").status_code == 202

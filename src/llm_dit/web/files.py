@@ -107,6 +107,13 @@ def _modified(d: Path) -> float:
                (d / "cells").stat().st_mtime if (d / "cells").is_dir() else 0)
 
 
+def _running(d: Path, active: set[str]) -> bool:
+    """A job of this server runs the folder, or another process (a command) holds its lock."""
+    from ..experiments import lock
+
+    return d.name in active or lock.holder(d) is not None
+
+
 def list_runs(runs: Path, active: set[str]) -> list[dict]:
     """Every run folder and trials folder directly under ``runs``, newest first."""
     out: list[dict] = []
@@ -131,7 +138,7 @@ def list_runs(runs: Path, active: set[str]) -> list[dict]:
         out.append({
             "name": d.name, "experiment": run.plan.get("name"), "prompt": run.plan.get("prompt"),
             "quick": run.plan.get("quick"), "cells": len(run.cells), "done": counts["done"],
-            "failed": counts["failed"], "status": run.status(d.name in active),
+            "failed": counts["failed"], "status": run.status(_running(d, active)),
             "modified": _iso(modified), "_t": modified,
             "grid": url(runs, grid) if grid.is_file() else None,
             "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
@@ -164,7 +171,7 @@ def _trials_entry(runs: Path, d: Path, active: set[str]) -> dict | None:
     return {"name": d.name, "experiment": f"{plan.get('name')} ({len(plan['trials'])} trials)",
             "prompt": started[-1].plan.get("prompt") if started else None, "quick": None,
             "cells": sum(len(t.cells) for t in started), "done": counts["done"], "failed": counts["failed"],
-            "status": folder.run_status(counts, d.name in active),
+            "status": folder.run_status(counts, _running(d, active)),
             "modified": _iso(modified), "_t": modified, "grid": url(runs, grid) if grid.is_file() else None,
             "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None}
 
@@ -233,7 +240,7 @@ def run_detail(runs: Path, name: str, active: set[str]) -> dict | None:
     return {
         "summary": _summary(runs, d, run),
         "name": name, "experiment": plan.get("name"), "prompt": plan.get("prompt"), "quick": plan.get("quick"),
-        "status": run.status(name in active),
+        "status": run.status(_running(d, active)),
         "cells": cells, "grids": [url(runs, p) for p in sorted(grids, key=lambda p: p.name != "comparison_grid.png")],
         "plots": [url(runs, p) for p in plots], "references": [url(runs, p) for p in refs],
         "report": url(runs, d / "report.html") if (d / "report.html").is_file() else None,
