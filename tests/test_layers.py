@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llm_dit"
 
 #: Lowest first. A name is a top-level module or subpackage of ``llm_dit``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "protocols", "modes"),  # what goes wrong; the typed joins; the names of the modes
+    ("errors", "protocols", "modes", "interrupt"),  # what goes wrong; the typed joins; the names of the modes; Ctrl-C
     ("io", "config", "embeddings", "images", "provenance", "progress"),  # foundations: files, settings, tensors
     ("models",),  # model files: resolving, loading, placement, tiny fixtures
     ("text",),  # Z-Image's own text encoder (Qwen3-4B)
