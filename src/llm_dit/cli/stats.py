@@ -53,7 +53,7 @@ def cmd_stats_compare(args) -> int:
     cfg = config(args)
     check_prompt(args.prompt)
     image = load_image(args.image, "image")
-    check_aspect_ratio(image)
+    check_aspect_ratio(image, f"image {args.image}")
     if args.threshold is not None and args.threshold <= 1:
         raise InputError(f"--threshold must be a ratio greater than 1 (got {args.threshold})")
     out = Path(args.out)
