@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llm_dit"
 
 #: Lowest first. A name is a top-level module or subpackage of ``llm_dit``.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "protocols", "modes", "limits"),  # what goes wrong; the typed joins; the names of the modes;
-    # the bounds of numbers
+    ("errors", "protocols", "modes", "limits", "interrupt"),  # what goes wrong; the typed joins; the names of
+    # the modes; the bounds of numbers; Ctrl-C
     ("io", "config", "embeddings", "images", "provenance", "progress"),  # foundations: files, settings, tensors
     ("models",),  # model files: resolving, loading, placement, tiny fixtures
     ("text",),  # Z-Image's own text encoder (Qwen3-4B)

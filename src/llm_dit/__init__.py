@@ -4,8 +4,14 @@ The library is the product; the CLI (``llm-dit``), the experiment runner and the
 doors to it. Start from :func:`resolve_config` and :class:`ZImage`.
 """
 
-from .config import MAX_CAPTION_TOKENS, Config, resolve_config
-from .errors import ConfigError, InputError, LlmDitError, ModelLoadError
+# First, before the imports below (pydantic, then torch for most commands): a Ctrl-C from here on
+# ends `llm-dit` and `python -m llm_dit` in one line (llm_dit.interrupt); nothing for `import llm_dit`.
+from . import interrupt as _interrupt
+
+_interrupt.at_start()
+
+from .config import MAX_CAPTION_TOKENS, Config, resolve_config  # noqa: E402
+from .errors import ConfigError, InputError, LlmDitError, ModelLoadError  # noqa: E402
 
 __all__ = [
     "MAX_CAPTION_TOKENS",

@@ -210,8 +210,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+    from .io import parse_toml
+
+    try:  # nested deeper than io.MAX_NESTING: parse_toml's ConfigError, which names the file
+        return parse_toml(path.read_text(encoding="utf-8"), f"config file {path}", ConfigError)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 

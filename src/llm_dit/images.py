@@ -18,12 +18,14 @@ from typing import Any
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
-from .io import atomic_path, read_input
+from .io import atomic_path, expand_user, read_input
 
 #: Refuse images above this many pixels before decoding them (a decompression-bomb guard).
 MAX_INPUT_PIXELS = 8192 * 8192
 
 PNG_PARAMETERS_KEY = "parameters"
+#: What the temporary name of an output adds to its name (``.NAME.k2j3x9q1.tmp``, see ``io.atomic_path``).
+TEMPORARY_EXTRA = 14
 
 
 #: File suffixes taken as images where a folder of them is given (``--images DIR``).
@@ -98,19 +100,33 @@ def read_png_parameters(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(img.text[PNG_PARAMETERS_KEY])
 
 
-def check_output_path(path: str | os.PathLike, suffix: str = ".png") -> Path:
-    """Refuse an output path we could not finish writing, before any work is done."""
-    p = Path(path)
+def check_output_path(path: str | os.PathLike, suffix: str = ".png", what: str = "output") -> Path:
+    """Refuse an output path we could not finish writing, before any work is done; ``~`` expanded.
+
+    Every refusal is one sentence naming the path (``what`` and the path): the wrong suffix, a
+    folder at the path, a parent that is a file, a folder that cannot be written, a name the system
+    refuses (too long). A full disk shows only when writing: see :func:`~llm_dit.io.write_together`.
+    """
+    p = expand_user(path, what)
     if p.suffix.lower() != suffix:
-        raise InputError(f"output {p} must end in {suffix}")
-    if p.is_dir():
-        raise InputError(f"output {p} is a folder")
-    parent = p.parent if str(p.parent) else Path(".")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write to {parent}")
+        raise InputError(f"{what} {p} must end in {suffix}")
+    try:
+        if p.is_dir():
+            raise InputError(f"{what} {p} is a folder")
+        parent = p.parent if str(p.parent) else Path(".")
+        existing = parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"cannot write {what} {p}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"cannot write {what} {p}: the folder {existing} is not writable")
+        longest = os.pathconf(existing, "PC_NAME_MAX") - TEMPORARY_EXTRA if hasattr(os, "pathconf") else None
+        if longest is not None and len(os.fsencode(p.name)) > longest:
+            raise InputError(f"cannot write {what} {p}: its name is too long (at most {longest} bytes here, with "
+                             "room for the temporary it is written to first)")
+    except OSError as e:  # a name too long, a loop of links, a folder that cannot be read
+        raise InputError(f"cannot write {what} {p} ({e.strerror or e})") from None
     return p
 
 
@@ -120,5 +136,12 @@ def save_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, 
     (``compress_level`` 1 writes about twice as fast as zlib's default 6, in files ~15 % larger;
     ``durable``: see :func:`~llm_dit.io.atomic_path`)."""
     with atomic_path(path, durable) as tmp:
-        image.save(tmp, format="PNG", pnginfo=png_info(parameters or {}), compress_level=compress_level)
+        write_png(image, tmp, parameters, compress_level)
     return Path(path)
+
+
+def write_png(image: Image.Image, path: str | os.PathLike, parameters: dict[str, Any] | None = None,
+              compress_level: int = 6) -> None:
+    """Write ``image`` to ``path`` as it is (not atomically: ``path`` is a temporary of the caller),
+    with ``parameters`` as JSON in a PNG text chunk."""
+    image.save(path, format="PNG", pnginfo=png_info(parameters or {}), compress_level=compress_level)

@@ -1,18 +1,38 @@
-"""Atomic file writing: the one way this project puts a file where a later reader will trust it."""
+"""Files: atomic writing (the one way this project puts a file where a later reader will trust it),
+the one sentence for a write that failed, and the one way a TOML or JSON file a person hands us is
+parsed (its nesting bounded)."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import hashlib
 import json
 import math
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError, LlmDitError, WriteError
+from .interrupt import writing
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, published as tomli before it joined the standard library
+    import tomli as tomllib
+
+#: What a write can fail with that no retry of the same write fixes: a full disk or quota, a read-only
+#: file system, no permission, a file too large.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+#: The deepest nesting of tables and lists a TOML or JSON file may have. llm-dit's own files nest 4 or 5
+#: deep; Python's parsers and every recursive step after them (merging, copying, validating) would
+#: end in a RecursionError somewhere below 1000.
+MAX_NESTING = 64
 
 #: The grammar of every name that becomes a file or folder name (a cell, a grid, a trial, a run of the
 #: web app): letters, digits and ``._+-``, not starting with a dot or a dash, at most 120 characters.
@@ -25,8 +45,6 @@ _ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("llm_dit_wri
 
 def check_name(name: object, what: str, field: str | None = None) -> str:
     """``name`` when it matches :data:`NAME`, else an InputError naming ``what`` (``"a cell"``)."""
-    from .errors import InputError
-
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InputError(f"{what} cannot be named {name!r}: names take letters, digits and ._+- (not first: . -), "
                          "at most 120 characters", field=field)
@@ -63,8 +81,6 @@ def check_inside(path: Path) -> None:
         return
     target = path.parent.resolve() / path.name  # the folder's links resolved; the file itself is replaced
     if root != target and root not in target.parents:
-        from .errors import WriteError
-
         raise WriteError(f"refusing to write {path}: it lies outside the folder {root}")
 
 
@@ -88,20 +104,79 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     """
     p = Path(path)
     check_inside(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    with writing():  # a Ctrl-C in the command line quits once the file is in place (llm_dit.interrupt)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            if durable:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def target_of(filename: str | os.PathLike) -> Path:
+    """The file a temporary of :func:`atomic_path` stands for (``DIR/.x.png.k2j3.tmp`` -> ``DIR/x.png``);
+    any other path as it is."""
+    p = Path(filename)
+    if p.name.startswith(".") and p.name.endswith(".tmp") and p.name.count(".") >= 3:
+        return p.with_name(p.name[1:].rsplit(".", 2)[0])
+    return p
+
+
+def write_failure(e: OSError, path: str | os.PathLike) -> WriteError:
+    """One sentence for ``e``, met while writing ``path``: the file and the reason (the folder or file
+    the system names, when that is another one: a parent that is a file, a read-only folder)."""
+    why = e.strerror or str(e) or type(e).__name__
+    named = target_of(e.filename) if e.filename else None
+    if named is not None and named != Path(path):
+        why = f"{why}: {named}"
+    return WriteError(f"cannot write {path} ({why})")
+
+
+def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[Path], object]]],
+                   durable: bool = True) -> list[Path]:
+    """Write files that describe one thing (a picture and its sidecar) so that no reader ever sees
+    the last of them beside the others of another write; ``files``: ``(path, write(temporary))``.
+
+    Every file is written to a temporary first (:func:`atomic_path`) and, when ``durable``, flushed to
+    the disk; a failure there (a full disk shows in a write or in the flush) changes nothing on disk.
+    Then the last path (the one a reader trusts: "a PNG means its sidecar is complete") is
+    removed, the others are renamed into place, and the last one last. Two renames cannot be one
+    step, so a crash between them leaves the new sidecar without a picture (or the old sidecar
+    without its picture), never a picture with the sidecar of another: removing first is the choice
+    that makes a picture on disk always agree with its sidecar, at the price of an old pair losing
+    its picture when the new write dies between the two renames. A failed write is a
+    :class:`~llm_dit.errors.WriteError` naming the file and the reason.
+    """
+    paths = [Path(p) for p, _ in files]
+    at: Path | None = paths[-1]
     try:
-        yield Path(tmp)
-        if durable:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with contextlib.ExitStack() as stack:
+            tmps: dict[Path, Path] = {}
+            for p in reversed(paths):  # entered last first: renamed last
+                at = p
+                tmps[p] = stack.enter_context(atomic_path(p, durable=False))  # flushed here, before any rename
+            for p, write in zip(paths, (w for _, w in files), strict=True):
+                at = p
+                write(tmps[p])
+                if durable:
+                    with open(tmps[p], "rb+") as f:
+                        os.fsync(f.fileno())
+            at = paths[-1]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(paths[-1])
+            at = None  # the renames: the error names the temporary, hence the file
+    except OSError as e:
+        where = at or (target_of(e.filename) if e.filename else " and ".join(str(p) for p in paths))
+        raise write_failure(e, where) from None
+    return paths
 
 
 def read_input(path: str | os.PathLike, digests: dict[str, str] | None = None) -> bytes:
@@ -130,10 +205,70 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> Path:
+def json_text(data: Any) -> str:
     """Standard JSON (NaN and infinities become null, which every reader accepts), in insertion
     order: records read in the order they were written (name first, the recipe last)."""
-    return write_text(path, json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n", durable)
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, data: Any, durable: bool = True) -> Path:
+    """:func:`json_text` of ``data``, written atomically."""
+    return write_text(path, json_text(data), durable)
+
+
+def expand_user(path: str | os.PathLike, what: str = "path") -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a user that does not exist (or no home to
+    expand to) is an :class:`~llm_dit.errors.InputError` naming ``what`` (``Path.expanduser`` raises a
+    bare RuntimeError)."""
+    p = Path(path)
+    try:
+        return p.expanduser()
+    except RuntimeError:
+        user = str(path).split("/", 1)[0]
+        raise InputError(f"{what} {path}: cannot expand {user} (no such user, or no home folder)") from None
+
+
+# -- TOML and JSON a person hands us ---------------------------------------------------------------
+
+
+def nesting(data: Any) -> int:
+    """How deep tables (dicts) and lists nest in ``data`` (``1`` for ``{"a": 1}``, ``0`` for ``1``);
+    without recursion, so any depth is measured."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:  # deep enough to refuse: the rest need not be walked
+            return depth
+        stack.extend((c, depth + 1) for c in children)
+    return deepest
+
+
+def _bounded(parse: Callable[[str], Any], text: str, where: str, error: type[LlmDitError]) -> Any:
+    too_deep = error(f"{where} nests deeper than {MAX_NESTING} levels")
+    try:
+        data = parse(text)
+    except RecursionError:
+        raise too_deep from None
+    if nesting(data) > MAX_NESTING:
+        raise too_deep
+    return data
+
+
+def parse_toml(text: str, where: str, error: type[LlmDitError] = InputError) -> Any:
+    """The table of a TOML text; a text nested deeper than :data:`MAX_NESTING` (``[a.b.c...]``,
+    ``x = {a = {a = ...}}``) raises ``error("WHERE nests deeper than 64 levels")``; invalid TOML
+    raises ``tomllib.TOMLDecodeError`` (a ValueError) as before, for the caller's sentence."""
+    return _bounded(tomllib.loads, text, where, error)
+
+
+def parse_json(text: str, where: str, error: type[LlmDitError] = InputError) -> Any:
+    """The value of a JSON text, with :func:`parse_toml`'s bound on nesting; invalid JSON raises
+    ``json.JSONDecodeError`` (a ValueError)."""
+    return _bounded(json.loads, text, where, error)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dict, durable: bool = True) -> Path:
@@ -158,8 +293,6 @@ def load_tensors(path: str | os.PathLike, key: str, what: str,
     safetensors layout: 8 bytes (little-endian u64) ``n``, then ``n`` bytes of JSON header whose
     ``__metadata__`` holds our metadata as JSON under ``key``, then the tensors' bytes."""
     from safetensors.torch import load
-
-    from .errors import InputError
 
     p = Path(path)
     if not p.is_file():

@@ -13,13 +13,13 @@ enough; every run says so in its notes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, cast
 
 import torch
 
 from ..config import Config
 from ..errors import InputError, ModelLoadError
+from ..io import expand_user
 
 KINDS = ("clip", "siglip")
 
@@ -77,7 +77,7 @@ def _features(out) -> torch.Tensor:
 def check_paths(config: Config) -> None:
     for kind in KINDS:
         path = getattr(config.metrics, kind)
-        if path and not Path(path).expanduser().is_dir():
+        if path and not expand_user(path, f"metrics.{kind} folder").is_dir():
             raise InputError(f"metrics.{kind} folder {path} does not exist (leave it empty to skip this metric)")
 
 
@@ -88,7 +88,7 @@ def load_scorers(config: Config, device: torch.device) -> tuple[list[EmbeddingSc
     for kind in KINDS:
         path = getattr(config.metrics, kind)
         if path:
-            scorers.append(EmbeddingScorer.load(kind, str(Path(path).expanduser()), device))
+            scorers.append(EmbeddingScorer.load(kind, str(expand_user(path, f"metrics.{kind} folder")), device))
         else:
             notes.append(f"{kind}: skipped (set metrics.{kind} to a local folder; no model hub is used)")
     notes.append("image_reward: not available offline (its package downloads BLIP and BERT files when it loads)")

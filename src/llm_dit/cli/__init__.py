@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from .. import interrupt
 from ..errors import LlmDitError, out_of_memory_message
 from ..limits import MAX_CAPTION_ATTEMPTS, MAX_NEW_TOKENS, MAX_RIDGE, MAX_TEMPERATURE
 from . import experiments, generate, logs, serve, stats, vl
@@ -140,12 +141,18 @@ class _Version(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv, level = logs.split_verbosity(sys.argv[1:] if argv is None else list(argv))
-    undo_logging = logs.setup(level)
+    """Run one command; its exit code. A Ctrl-C ends it with ``llm-dit: interrupted`` and 130 (in
+    the command line at any moment, from the package's first line on: :mod:`llm_dit.interrupt`)."""
     try:
-        return _main(argv)
-    finally:
-        undo_logging()
+        argv, level = logs.split_verbosity(sys.argv[1:] if argv is None else list(argv))
+        undo_logging = logs.setup(level)
+        try:
+            return _main(argv)
+        finally:
+            undo_logging()
+    except KeyboardInterrupt:  # outside _main's own try: setting up, or undoing, the logging
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
 
 
 def _main(argv: list[str]) -> int:
@@ -162,8 +169,8 @@ def _main(argv: list[str]) -> int:
         print(f"llm-dit: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("llm-dit: interrupted", file=sys.stderr)
-        return 130
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_CODE
     except SystemExit as e:  # --help, --version
         return int(e.code or 0)
     except BrokenPipeError:  # `llm-dit config | head -1`: the reader has what it wanted

@@ -8,10 +8,10 @@ same sentence.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference, shipped_recipes
 from ..errors import InputError
+from ..io import expand_user
 from ..limits import number_problem
 from .common import number, one_of
 
@@ -88,14 +88,15 @@ def _target_std(text: str):
     return value
 
 
-def absolute(path: str) -> str:
-    """Paths are stored absolute: a recipe, a sidecar or a run folder then reruns from any folder."""
-    return str(Path(path).expanduser().absolute())
+def absolute(path: str, what: str = "path") -> str:
+    """Paths are stored absolute: a recipe, a sidecar or a run folder then reruns from any folder
+    (``~`` expanded; ``~nosuchuser`` refused in one line naming ``what``)."""
+    return str(expand_user(path, what).absolute())
 
 
 def references_from_args(args: argparse.Namespace) -> list[dict]:
     """``[{"image", "weight"?, "role"?}]`` from ``--image`` (absolute), ``--weight`` and ``--role``."""
-    images = [absolute(im) for im in args.image or []]
+    images = [absolute(im, "--image") for im in args.image or []]
     for flag, values in (("--weight", args.weight), ("--role", args.role)):
         if values and len(values) != len(images):
             raise InputError(f"give one {flag} per --image ({len(values)} for {len(images)} image(s))")
@@ -111,7 +112,7 @@ def recipe_from_args(args: argparse.Namespace, config):
     fields = {k[len(RECIPE):]: v for k, v in vars(args).items() if k.startswith(RECIPE) and v is not None}
     for key in FILE_FIELDS:
         if fields.get(key):
-            fields[key] = absolute(fields[key])
+            fields[key] = absolute(fields[key], key)
     if "schedule" in fields and "alpha" in fields:
         raise InputError("give --vl-alpha or --schedule, not both (a schedule sets alpha per step)")
     references = references_from_args(args)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
+from ..interrupt import unwinding
 from .common import add_config_flags, add_generation_flags, config, number, one_of
 from .conditioning import RECIPE_HELP, absolute, references_from_args
 
@@ -141,7 +142,9 @@ def _trials(args, cfg, image_sets: list[list[str]], make: SpecMaker) -> int | No
     for trial in plan_trials(firsts, seeds):
         images = image_sets[firsts.index(trial.image)]
         trials.append((trial, *make(images, cfg.replace(**{"generation.seed": trial.seed}))))
-    return _report(run_trials(trials, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait"), args)
+    with unwinding():  # as in _run
+        summary = run_trials(trials, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait")
+    return _report(summary, args)
 
 
 def _image_sets(args, images_per_set: int) -> list[list[str]]:
@@ -162,8 +165,11 @@ def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
     # the same run already being written into --out (the same command started twice): wait for it,
-    # then resume; another run there is refused (experiments/lock.py)
-    return _report(run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait"), args)
+    # then resume; another run there is refused (experiments/lock.py). A Ctrl-C stops the run through
+    # its finally blocks: its session and report are written
+    with unwinding():
+        summary = run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait")
+    return _report(summary, args)
 
 
 def _report(summary, args) -> int:
@@ -246,8 +252,8 @@ def _recipe_fields(args) -> dict:
 def sweep_axes(args) -> tuple[dict, dict]:
     """``(base recipe fields, axes)`` from --recipe, --grid and the axis flags (flags win)."""
     from ..conditioning import Recipe
-    from ..config import tomllib
     from ..experiments.cells import sweep_axis
+    from ..io import parse_toml
 
     base: dict = Recipe.load(args.recipe).to_dict() if args.recipe else {}
     axes: dict[str, list] = {}
@@ -256,7 +262,9 @@ def sweep_axes(args) -> tuple[dict, dict]:
         if not p.is_file():
             raise InputError(f"grid file {p} does not exist")
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
+            data = parse_toml(p.read_text(encoding="utf-8"), f"grid file {p}")
+        except InputError:  # nested too deep: the sentence names the file
+            raise
         except (ValueError, UnicodeDecodeError) as e:
             raise InputError(f"grid file {p} is not valid TOML: {e}") from None
         unknown = set(data) - {"recipe", "axes"}

@@ -15,6 +15,7 @@ def cmd_generate(args) -> int:
     from ..conditioning.recipe import read_recipe_file
     from ..conditioning.run import generate, prepare, write_generated
     from ..images import check_output_path, load_image
+    from ..io import write_failure
     from .conditioning import recipe_from_args
 
     # Everything a user can get wrong is checked before any model loads: the prompt, the recipe, its
@@ -28,12 +29,11 @@ def cmd_generate(args) -> int:
     prepared = prepare(cfg, recipe_from_args(args, cfg), args.prompt, caption_tokens)
     resolved, cfg = prepared.recipe, prepared.config
     out = check_output_path(args.out)
-    sidecar = out.with_suffix(".json")
+    sidecar = check_output_path(out.with_suffix(".json"), ".json", "sidecar")
     init = load_image(args.init_image, "init image") if args.init_image else None
     if args.init_image is None and overrides(args).get("generation.strength") is not None:
         raise InputError("--strength needs --init-image (img2img)")
-    if args.save_recipe:
-        check_output_path(args.save_recipe, ".toml")
+    save_recipe = check_output_path(args.save_recipe, ".toml", "--save-recipe") if args.save_recipe else None
 
     progress = log.info if resolved.uses_vl else None  # stderr, hidden by -q (cli/logs.py)
     result = generate(prepared, init_image=init, log=progress)
@@ -43,8 +43,11 @@ def cmd_generate(args) -> int:
         log.warning(f"the prompt has {text['prompt_tokens']} tokens with its template; cut to {text['max_length']} "
                     "(raise --max-length up to 1504, or pick a --long-prompt-mode)")
     write_generated(out, result, str(args.init_image) if args.init_image else None)
-    if args.save_recipe:
-        resolved.save(args.save_recipe)
+    if save_recipe:
+        try:
+            resolved.save(save_recipe)
+        except OSError as e:  # a full disk after the picture: the picture stays, the one line says what is missing
+            raise write_failure(e, save_recipe) from None
     g = cfg.generation
     alpha = resolved.schedule.spec() if isinstance(rec["alpha"], list) and resolved.schedule else rec["alpha"]
     how = "text only" if not resolved.uses_vl else (

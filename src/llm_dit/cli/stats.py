@@ -53,7 +53,7 @@ def cmd_stats_compare(args) -> int:
     cfg = config(args)
     check_prompt(args.prompt)
     image = load_image(args.image, "image")
-    check_aspect_ratio(image)
+    check_aspect_ratio(image, f"image {args.image}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output {out} exists and is not a folder")

@@ -24,8 +24,8 @@ def cmd_extract(args) -> int:
     if not images and not (text and text.strip()):
         raise InputError("nothing to extract: give --image and/or --text")
     system = args.system_prompt if args.system_prompt is not None else (cfg.vl.system_prompt or None)
-    for im in images:
-        check_aspect_ratio(im)
+    for im, path in zip(images, args.image or [], strict=True):
+        check_aspect_ratio(im, f"image {path}")
     check_selection_possible(cfg.vl.token_selection, len(images), bool(text and text.strip()))
 
     extractor = VLEmbeddingExtractor.from_config(cfg)
@@ -51,7 +51,7 @@ def cmd_caption(args) -> int:
     cfg = config(args)
     out = check_output_path(args.out, ".txt")
     image = load_image(args.image, "image")
-    check_aspect_ratio(image)
+    check_aspect_ratio(image, f"image {args.image}")
     given = {k: getattr(args, k) for k in ("min_tokens", "max_new_tokens", "prompt", "temperature", "attempts")}
     if args.system_prompt is not None:
         given["system_prompt"] = args.system_prompt or None  # '' means no system turn

@@ -217,11 +217,14 @@ def recipe_file(name_or_path: str | Path) -> Path:
 
 def _read_file(path: Path) -> Any:
     """The table a ``.json`` or ``.toml`` file holds."""
-    from ..config import tomllib
+    from ..io import parse_json, parse_toml
 
     try:
         text = path.read_text(encoding="utf-8")
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        parse = parse_json if path.suffix == ".json" else parse_toml
+        return parse(text, f"recipe file {path}", ConfigError)
+    except LlmDitError:  # nested too deep: the sentence names the file
+        raise
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
                           f"{e}") from None

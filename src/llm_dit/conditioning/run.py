@@ -50,7 +50,7 @@ def load_references(recipe: Recipe) -> dict[str, Image.Image]:
     for i, ref in enumerate(recipe.references):
         if ref.image not in images:
             im = load_image(ref.image, f"reference image {i + 1}")
-            check_aspect_ratio(im)
+            check_aspect_ratio(im, f"reference image {i + 1} {ref.image}")
             images[ref.image] = im
     return images
 
@@ -326,11 +326,13 @@ def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log
 
 
 def write_generated(out: Path, result: Generated, init_image: str | None = None) -> dict:
-    """The sidecar ``out.json`` (prompt, conditioning record, configuration, provenance), then the PNG
-    (the record without its timings in a text chunk): a PNG on disk means its sidecar is complete.
-    Returns the record."""
-    from ..images import save_png
-    from ..io import write_json
+    """The sidecar ``out.json`` (prompt, conditioning record, configuration, provenance) and the PNG
+    (the record without its timings in a text chunk), written together: a PNG on disk has the
+    sidecar of the same picture beside it, and a failed write changes nothing and is one
+    :class:`~llm_dit.errors.WriteError` naming the file (:func:`~llm_dit.io.write_together`, which
+    also says what a crash between the two renames leaves). Returns the record."""
+    from ..images import write_png
+    from ..io import json_text, write_together
     from ..provenance import provenance
 
     record = {
@@ -341,9 +343,10 @@ def write_generated(out: Path, result: Generated, init_image: str | None = None)
         "config": result.config.to_dict(),
         **provenance(),
     }
-    write_json(Path(out).with_suffix(".json"), record)
     # the PNG carries the same record less the timings, so the same command writes the same bytes
-    save_png(result.image, out, {k: v for k, v in record.items() if k not in ("generation_time", "seconds")})
+    in_png = {k: v for k, v in record.items() if k not in ("generation_time", "seconds")}
+    write_together([(Path(out).with_suffix(".json"), lambda tmp: tmp.write_text(json_text(record), encoding="utf-8")),
+                    (out, lambda tmp: write_png(result.image, tmp, in_png))])
     return record
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +51,7 @@ from typing import Any, TypeGuard
 from PIL import Image
 
 from ..errors import InputError, WriteError
-from ..io import NAME, write_json
+from ..io import NAME, WRITE_ERRNOS, parse_json, target_of, write_json
 from . import lock
 
 RUN_FILE = "run.json"
@@ -60,9 +59,6 @@ TRIALS_FILE = "trials.json"
 CAPTIONS = "captions"
 CELL_STATUSES = ("done", "failed", "pending")
 RUN_STATUSES = ("running", "failed", "complete", "incomplete", "damaged")
-#: What a write can fail with that no retry of the same write fixes: a full disk or quota, a read-only
-#: file system, no permission, a file too large.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 RESERVED = {"metadata", "run", "report", "comparison_grid", "reference"}
 #: Runtime settings that decide how fast or in how much memory a picture is made, not the picture:
 #: outside the run key (``plan.run_key``), and not named when a folder is refused.
@@ -145,9 +141,10 @@ def check_cell_names(names: list[str]) -> None:
 
 
 def read_json(path: Path) -> Any | None:
-    """The JSON at ``path``, or None when it is missing or unreadable (never trusted half-read)."""
+    """The JSON at ``path``, or None when it is missing or unreadable (never trusted half-read; nested
+    deeper than ``llm_dit.io.MAX_NESTING`` is unreadable too)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"), str(path))
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 
@@ -305,9 +302,7 @@ def write_error(e: BaseException, out: Path) -> WriteError | None:
     if not isinstance(e, OSError) or e.errno not in WRITE_ERRNOS:
         return None
     why = e.strerror or str(e)
-    where = Path(e.filename) if e.filename else None
-    if where is not None and where.name.startswith(".") and where.name.endswith(".tmp"):
-        where = where.with_name(where.name[1:].rsplit(".", 2)[0])  # the file its temporary stood for
+    where = target_of(e.filename) if e.filename else None  # a temporary: the file it stood for
     if where is None or out.resolve() in where.resolve().parents:
         file = f": {where.resolve().relative_to(out.resolve())}" if where else ""
         return WriteError(f"cannot write into the run folder {out} ({why}{file}); the cells finished so far are "

@@ -71,18 +71,24 @@ class PictureStage:
         before any other picture is scored."""
         with (ThreadPoolExecutor(1, "llm-dit-cells", initializer=confining()) as finisher,
               ThreadPoolExecutor(1, "llm-dit-png", initializer=confining()) as self.writer):
-            if self.ctx.procs.count > 1:
-                finishing = self._generate(baselines, done, bar, finisher)
-                for f in finishing:
-                    f.result()
-                self.ctx.procs.wait()
-                done = self.ctx.finished()
-                finishing += self._generate(others, done, bar, finisher)
-            else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
-                finishing = self._generate(baselines + others, done, bar, finisher)
-            waited = time.perf_counter()
-            results = [f.result() for f in finishing]
-            self.ctx.time("wait_thread", waited)  # the last cells' finishing, after the last picture
+            try:
+                if self.ctx.procs.count > 1:
+                    finishing = self._generate(baselines, done, bar, finisher)
+                    for f in finishing:
+                        f.result()
+                    self.ctx.procs.wait()
+                    done = self.ctx.finished()
+                    finishing += self._generate(others, done, bar, finisher)
+                else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
+                    finishing = self._generate(baselines + others, done, bar, finisher)
+                waited = time.perf_counter()
+                results = [f.result() for f in finishing]
+                self.ctx.time("wait_thread", waited)  # the last cells' finishing, after the last picture
+            except BaseException:  # a Ctrl-C, a cancel, an error that stops the run: the cell being finished
+                # is finished (with the writer still open: once it is shut, that cell would be recorded as
+                # failed, "cannot schedule new futures after shutdown"); the queued ones stay pending
+                finisher.shutdown(wait=True, cancel_futures=True)
+                raise
         return sum(r[0] for r in results), [name for r in results for name in r[1]]
 
     def _generate(self, jobs: list[Job], done: dict[str, dict], bar, finisher: ThreadPoolExecutor) -> list[Future]:

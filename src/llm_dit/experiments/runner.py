@@ -92,7 +92,7 @@ def prepare_run(spec: RunSpec, config: Config) -> PreparedRun:
     references = []
     for i, path in enumerate(spec.images):
         im = load_image(path, f"reference image {i + 1}", loaded.digests)
-        check_aspect_ratio(im)
+        check_aspect_ratio(im, f"reference image {i + 1} {path}")
         references.append(im)
     resolved: dict[str, Recipe] = {}
     checked: dict[str, Checked] = {}

@@ -126,10 +126,9 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
               broken: str) -> tuple[RunSpec, Config]:
     """The run recorded in the JSON file ``p``: its plan under ``plan_key`` (None: at the top, as in
     run.json) and its ``config``; ``broken`` ends the sentence for a file that is no such record."""
-    import json
-
     from ..conditioning.recipe import Recipe
     from ..errors import LlmDitError
+    from ..io import parse_json
     from .cells import Cell
     from .folder import reference_name
     from .presets import GridSpec
@@ -137,7 +136,13 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
     if not p.is_file():
         raise InputError(f"{p} does not exist", field=where)
     try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
+        meta = parse_json(p.read_text(encoding="utf-8"), str(p))
+    except InputError as e:  # nested too deep (parse_json's sentence names the file)
+        e.field = where
+        raise
+    except (OSError, ValueError):
+        raise InputError(f"{p} {broken}", field=where) from None
+    try:
         plan, recorded = (meta[plan_key] if plan_key else meta), meta["config"]
         moved = {}  # recorded path -> the run folder's copy, for references no longer where they were
         for i, im in enumerate(plan["images"]):
@@ -155,7 +160,7 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
             raise TypeError("a field of the wrong type")
     except LlmDitError as e:
         raise InputError(f"{p} records a run this version cannot repeat: {e}", field=where) from None
-    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError):
+    except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise InputError(f"{p} {broken}", field=where) from None
     spec = RunSpec(name, images, prompt, cells, grids, quick=bool(plan.get("quick")), caption=caption,
                    save_embeddings=save_embeddings, details=details or {})

@@ -18,10 +18,12 @@ from ..limits import MAX_PIXELS, check_number
 MAX_ASPECT_RATIO = 200
 
 
-def check_aspect_ratio(image: Image.Image) -> None:
+def check_aspect_ratio(image: Image.Image, name: str) -> None:
+    """Refuse an image Qwen3-VL's resizing cannot take; ``name`` says which, as ``load_image`` names an
+    image: what it is and its file (``"reference image 2 /data/strip.png"``)."""
     w, h = image.size
     if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
-        raise InputError(f"an image of {w}x{h} pixels is too elongated for Qwen3-VL (aspect ratio above "
+        raise InputError(f"{name} is {w}x{h} pixels, too elongated for Qwen3-VL (aspect ratio above "
                          f"{MAX_ASPECT_RATIO})")
 
 

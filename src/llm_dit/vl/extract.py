@@ -223,8 +223,8 @@ class VLEmbeddingExtractor:
             return []
         items = image if isinstance(image, (list, tuple)) else [image]
         images = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(im) for im in items]
-        for im in images:
-            check_aspect_ratio(im)
+        for i, (im, item) in enumerate(zip(images, items, strict=True)):
+            check_aspect_ratio(im, f"image {i + 1}" + ("" if isinstance(item, Image.Image) else f" {item}"))
         return images
 
     @torch.no_grad()

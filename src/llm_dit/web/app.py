@@ -40,14 +40,17 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
+from ..io import MAX_NESTING
 from ..limits import MAX_UPLOAD_MB, check_number
 from ..provenance import version
 from . import files
@@ -139,6 +142,15 @@ def _routes(api: FastAPI, server: Server) -> None:
         msg = err["msg"] if err["msg"][1:2].isupper() else err["msg"][:1].lower() + err["msg"][1:]  # JSON stays JSON
         return JSONResponse({"detail": f"request field '{where}': {msg}" if where else msg,
                              "field": where or None}, status_code=422)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        # FastAPI answers 400 "There was an error parsing the body" to a body json.loads cannot read for
+        # its nesting (RecursionError, some hundreds of levels deep): a request the CLI would refuse too
+        if e.status_code == 400 and isinstance(e.__cause__, RecursionError):
+            return JSONResponse({"detail": f"the request body nests deeper than {MAX_NESTING} levels", "field": None},
+                                status_code=422)
+        return await http_exception_handler(request, e)
 
     # pages: one document; the script shows the page the path names
     for path in ("/", "/runs", "/runs/{name}"):

@@ -73,7 +73,7 @@ def save_upload(runs: Path, data: bytes, filename: str) -> dict:
             f.write(data)
         try:
             image = load_image(tmp, "uploaded image")
-            check_aspect_ratio(image)
+            check_aspect_ratio(image, f"uploaded image {tmp}")
         except InputError as e:
             raise InputError(str(e).replace(str(tmp), repr(name)), field="file") from None
         if not target.exists():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import threading
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Cancelled, LlmDitError, out_of_memory_message
-from ..io import NAME, write_json
+from ..io import NAME, parse_json, write_json
 from ..protocols import Models
 
 log = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ class JobQueue:
         if self.record is None or not self.record.is_file():
             return
         try:
-            saved = json.loads(self.record.read_text(encoding="utf-8"))["jobs"]
+            saved = parse_json(self.record.read_text(encoding="utf-8"), str(self.record))["jobs"]
             jobs = [Job.restored(j) for j in saved]
         except (OSError, ValueError, KeyError, TypeError) as e:
             aside = self.record.with_name(self.record.name + ".unreadable")
