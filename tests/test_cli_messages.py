@@ -157,8 +157,10 @@ def _run_folder(out: Path, plan: dict) -> None:
 
 
 PLAN = {"name": "alpha_sweep", "prompt": "a cat", "images": ["/r.png"],
-        "cells": [{"name": "alpha0", "recipe": {"alpha": 0.0}}, {"name": "alpha1", "recipe": {"alpha": 1.0}}],
-        "grids": [], "config": {"generation": {"steps": 9, "seed": 42}, "metrics": {"vqa": "auto"},
+        "cells": [{"name": "alpha0", "params": {"alpha": 0.0}, "recipe": {"alpha": 0.0}},
+                  {"name": "alpha1", "params": {"alpha": 1.0}, "recipe": {"alpha": 1.0}}],
+        "grids": [], "config": {"generation": {"steps": 9, "seed": 42, "width": 64, "height": 64},
+                                "models": {"z_image": "tiny", "vl": "tiny"}, "metrics": {"vqa": "auto"},
                                 "runtime": {"device": "cuda:0", "batch_size": 1}, "vl": {"cache_gb": 4.0}}}
 
 

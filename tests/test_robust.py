@@ -537,7 +537,7 @@ def test_a_run_folder_nested_too_deep_is_unreadable(tmp_path, capsys):
     assert read_json(run / "run.json") is None
     assert main(["report", str(run)]) == 2
     lines = _errors(capsys.readouterr().err)
-    assert len(lines) == 1 and lines[0].startswith(f"llm-dit: error: {run} ")
+    assert len(lines) == 1 and lines[0].startswith(f"llm-dit: error: {run / 'run.json'} ")
     assert (run / "run.json").read_text() == deep
 
 

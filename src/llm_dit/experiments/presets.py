@@ -20,7 +20,7 @@ from typing import Any
 from ..conditioning.recipe import Recipe
 from ..errors import InputError
 from ..io import check_name
-from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, with_baselines
+from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, safe_name, with_baselines
 
 DESCRIBE_SEEN = "Describe what you see."  # seed 000's description variant
 INSTRUCTION = "Generate an image following this description: {prompt}"
@@ -276,7 +276,9 @@ def slice_grids(cells: list[Cell]) -> list[GridSpec]:
         a, b = [x for x in keys if x != k]
         prefix = SHORT.get(k, k + "-") or k + "_"
         for v in dict.fromkeys(c.params[k] for c in cells if k in c.params):
-            grids.append(GridSpec(f"grid_{prefix}{fmt(v)}.png", f"{k} {fmt(v)}: {a} x {b}", {k: v}, a, b))
+            # the value as in cell names (a text axis may hold "{prompt}"): a file name of the folder
+            file = safe_name(f"grid_{prefix}{fmt(v)}") + ".png"
+            grids.append(GridSpec(file, f"{k} {fmt(v)}: {a} x {b}", {k: v}, a, b))
     return grids
 
 
