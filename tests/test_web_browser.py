@@ -214,6 +214,26 @@ def test_a_cancelled_run_is_resumed_from_its_page(server, browser):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#run-cells .cell img")) == 3
 
 
+def test_a_damaged_run_folder_is_listed_and_says_what_is_wrong(server, browser, tmp_path):
+    """A folder whose run.json a power cut zeroed: on the runs page beside the others, marked
+    damaged, and its page names the file and what to do."""
+    from selenium.webdriver.common.by import By
+
+    url, runs = server
+    (runs / "broken" / "cells").mkdir(parents=True)
+    (runs / "broken" / "run.json").write_bytes(bytes(200))
+    browser.get(url + "/runs")
+    row = until(browser, lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+                                         if r.text.startswith("broken")), None), 30, "the damaged folder in the list")
+    assert "DAMAGED" in row.text.upper() and "is not a run's plan" in row.text
+    shot(browser, tmp_path, "runs-damaged")
+    browser.get(url + "/runs/broken")
+    info = until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#run-info .state.damaged").find_element(
+        By.XPATH, ".."), 30, "the damaged run's page")
+    assert "run.json is not a run's plan" in info.text and "to resume it" in info.text
+    shot(browser, tmp_path, "run-damaged")
+
+
 def test_the_single_file_report_opens_alone_in_a_browser(browser, refs, tmp_path):
     """report_single.html copied alone into an empty folder: every picture shows, nothing else loads."""
     from run_args import compare_args
