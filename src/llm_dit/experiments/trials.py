@@ -111,7 +111,7 @@ def _prepare(out: Path, plan: dict) -> None:
     holds its lock."""
     _check(out)
     existing = folder.read_json(out / folder.TRIALS_FILE)
-    if existing is not None and existing.get("trials") != plan["trials"]:
+    if isinstance(existing, dict) and existing.get("trials") != plan["trials"]:  # unreadable: written again
         raise InputError(f"{out} holds other trials (other images or seeds); give a new --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / folder.TRIALS_FILE, plan)
