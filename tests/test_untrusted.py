@@ -437,3 +437,15 @@ def test_a_link_to_a_hidden_file_is_not_served(client):
     assert client.get("/api/files/hidden_alias/secret.txt").status_code == 404
     (runs / "plain.txt").write_text("plain")
     assert client.get("/api/files/plain.txt").status_code == 200  # the check refuses the hidden, not every file
+
+
+@pytest.mark.parametrize("damage", [b"", bytes(50), b"[1, 2]", b'"trials"', b'{"trials": null}'])
+def test_a_damaged_trials_plan_is_written_again(tmp_path, damage):
+    from llm_dit.experiments.trials import _prepare
+
+    out = tmp_path / "trials"
+    out.mkdir()
+    (out / "trials.json").write_bytes(damage)
+    plan = {"name": "sweep", "trials": [{"name": "t1", "image": "a.png", "seed": 1}]}
+    _prepare(out, plan)
+    assert json.loads((out / "trials.json").read_text()) == plan

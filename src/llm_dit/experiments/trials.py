@@ -111,7 +111,8 @@ def _prepare(out: Path, plan: dict) -> None:
     holds its lock."""
     _check(out)
     existing = folder.read_json(out / folder.TRIALS_FILE)
-    if isinstance(existing, dict) and existing.get("trials") != plan["trials"]:  # unreadable: written again
+    # a plan that is not one (damaged, cut short) is written again; another plan's trials are refused
+    if isinstance(existing, dict) and isinstance(existing.get("trials"), list) and existing["trials"] != plan["trials"]:
         raise InputError(f"{out} holds other trials (other images or seeds); give a new --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / folder.TRIALS_FILE, plan)
