@@ -111,6 +111,28 @@ def test_bad_files(tmp_path):
         resolve_config("default", flat)
 
 
+@pytest.mark.reliability("bad input", "config files whose tables make no valid profile, the selected profile "
+                         "another: [profiles.tiny], a [vl] section at the top, a misspelt key in an unused profile, "
+                         "an unused profile inheriting an unknown one", "one line naming the file and the table")
+@pytest.mark.parametrize("text, table", [
+    ("[profiles.tiny]\nsteps = 4\n", "profiles"),
+    ("[vl]\nlayers = [-6, -8]\n", "vl"),
+    ('[mine]\ninherits = "tiny"\n[mine.generation]\nstepz = 4\n', "mine"),
+    ('[mine]\ninherits = "tinny"\n', "mine"),
+])
+def test_every_table_of_a_config_file_is_validated(tmp_path, text, table):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        resolve_config("tiny", path)
+    assert str(e.value).startswith(f"config file {path}: [{table}] is not a valid profile (")
+    assert "\n" not in str(e.value)
+    good = tmp_path / "good.toml"  # a partial profile and an extended shipped one are valid
+    good.write_text('[mine]\ninherits = "tiny"\n[mine.generation]\nsteps = 4\n[tiny.generation]\nseed = 3\n')
+    assert resolve_config("tiny", good).generation.seed == 3
+    assert resolve_config("mine", good).generation.steps == 4
+
+
 def test_round_trip_through_metadata():
     c = resolve_config("tiny", overrides={"generation.seed": 7, "encoder.hidden_layer": -3})
     assert Config.from_dict(c.to_dict()) == c

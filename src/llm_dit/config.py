@@ -239,7 +239,20 @@ def load_profiles(config_file: str | Path | None = None) -> dict[str, dict[str, 
                     f"config file {config_file}: top-level key '{name}' must be a profile table like [{name}]"
                 )
             profiles[name] = _deep_merge(profiles.get(name, {}), table)
+        for name in user:  # every table, used now or not: a misplaced one ([vl], [profiles.x]) is named
+            _check_profile(name, profiles, config_file)
     return profiles
+
+
+def _check_profile(name: str, profiles: dict[str, dict[str, Any]], config_file: str | Path) -> None:
+    """Refuse the table ``[name]`` of ``config_file`` unless it makes a valid profile (inherited
+    tables merged): one line naming it, and how a profile is written."""
+    try:
+        _validate({**_flatten_profile(name, profiles), "profile": name})
+    except ConfigError as e:
+        raise ConfigError(f"config file {config_file}: [{name}] is not a valid profile ({e}); a profile is a table "
+                          f"[NAME] with sections such as [NAME.generation], and inherits = \"default\" to start from "
+                          "a shipped one") from None
 
 
 def profile_names(config_file: str | Path | None = None) -> list[str]:
