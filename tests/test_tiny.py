@@ -18,7 +18,8 @@ def test_z_image_layout(tiny_z_image_dir):
         "vae/config.json",
         "scheduler/scheduler_config.json",
         "text_encoder/config.json",
-        "text_encoder/model.safetensors",
+        "text_encoder/model.safetensors.index.json",
+        "text_encoder/model-00003-of-00003.safetensors",
         "tokenizer/tokenizer.json",
         "tokenizer/tokenizer_config.json",
     ]:
@@ -39,10 +40,12 @@ def test_z_image_layout(tiny_z_image_dir):
 
 def test_qwen3_vl_layout(tiny_vl_dir, tiny_z_image_dir):
     d = tiny_vl_dir
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja",
-              "generation_config.json"]:
+    for f in ["config.json", "model.safetensors.index.json", "model-00002-of-00002.safetensors", "tokenizer.json",
+              "tokenizer_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+              "chat_template.json", "generation_config.json"]:
         assert (d / f).is_file(), f
+    assert not (d / "chat_template.jinja").exists()  # as published: the template is only in chat_template.json
+    assert "chat_template" not in json.loads((d / "tokenizer_config.json").read_text())
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["model_type"] == "qwen3_vl"
     te = json.loads((tiny_z_image_dir / "text_encoder/config.json").read_text())
@@ -77,9 +80,10 @@ def test_qwen3_chat_format(zimage):
 
 
 def test_qwen3_vl_chat_format(tiny_vl_dir):
-    from transformers import AutoTokenizer
+    from llm_dit.vl.chat import load_processor
 
-    tok = AutoTokenizer.from_pretrained(tiny_vl_dir)
+    tok, template = load_processor(str(tiny_vl_dir))  # the processor renders as the tokenizer would
+    assert template.source == "chat_template.json"
     msgs = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe what you see."}]},

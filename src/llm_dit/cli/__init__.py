@@ -57,7 +57,7 @@ def build_parser() -> Parser:
     p.add_argument("--min-tokens", type=count(0, MAX_NEW_TOKENS), metavar="N",
                    help="retry until the caption has this many tokens (default 0)")
     p.add_argument("--max-new-tokens", type=count(1, MAX_NEW_TOKENS), metavar="N",
-                   help="generation budget, thinking included (default 1024)")
+                   help="generation budget, thinking included (default 1024; 2560 for a Thinking model)")
     p.add_argument("--temperature", type=number(ge=0, le=MAX_TEMPERATURE), metavar="T",
                    help="0 = greedy (default 0.6)")
     p.add_argument("--attempts", type=count(1, MAX_CAPTION_ATTEMPTS), metavar="N",

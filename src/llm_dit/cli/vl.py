@@ -67,7 +67,8 @@ def cmd_caption(args) -> int:
         write_text(Path(f"{stem}.thinking.txt"), cap.thinking)
     write_json(Path(f"{stem}.json"), {
         "image": str(args.image), "tokens": cap.tokens, "attempts": cap.attempts, "model_variant": extractor.variant,
-        "has_thinking": cap.thinking is not None, "config": cfg.to_dict(), **provenance(),
+        "has_thinking": cap.thinking is not None, "max_new_tokens": cap.max_new_tokens,
+        "chat_template": extractor.chat_template.to_dict(), "config": cfg.to_dict(), **provenance(),
     })
     write_text(out, cap.caption + "\n")
     print(f"caption: {cap.tokens} tokens after {cap.attempts} attempt(s), model variant {extractor.variant}")

@@ -3,9 +3,16 @@
 ``build_tiny_models(out)`` writes, deterministically and in a few seconds::
 
     out/z-image/    model_index.json, transformer/, vae/, scheduler/, text_encoder/ (a Qwen3ForCausalLM
-                    checkpoint, loaded as Qwen3Model as in the real repo), tokenizer/
-    out/qwen3-vl/   config.json + model.safetensors (Qwen3VLForConditionalGeneration), tokenizer files,
-                    preprocessor_config.json, video_preprocessor_config.json, chat_template.jinja
+                    checkpoint in 3 shards, loaded as Qwen3Model as in the real repo), tokenizer/
+    out/qwen3-vl/   config.json + 2 weight shards (Qwen3VLForConditionalGeneration), tokenizer files,
+                    preprocessor_config.json, video_preprocessor_config.json, generation_config.json,
+                    chat_template.json
+
+Every file is written in the published format (``../shared/research/real-checkpoints.md``), not
+in the one today's transformers would write: configs carry ``rope_theta`` + ``rope_scaling`` and a
+4.x ``transformers_version``; ``tokenizer_config.json`` lists every added token with its flags;
+Qwen3-VL's chat template is in ``chat_template.json`` (read by the processor only), Qwen3-4B's in
+its ``tokenizer_config.json``; the image processor is named ``Qwen2VLImageProcessorFast``.
 
 Every size is small but every relationship is real: the Qwen3 hidden size equals the Qwen3-VL text
 hidden size equals the DiT's ``cap_feat_dim`` (64 here, 2560 in the real models); the DiT has the
@@ -26,7 +33,7 @@ from pathlib import Path
 
 from ..io import cache_root
 
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 #: Decoder layers of both tiny language models (36 in the real ones): enough for the seeds' layer -15.
 TINY_LAYERS = 16
 HIDDEN = 64  # plays 2560
@@ -204,6 +211,105 @@ def build_tokenizer(chat_template: str):
     return tok
 
 
+#: ``transformers_version`` as the published Qwen3-VL config carries it; Qwen3-4B's files were
+#: written by a 4.5x release too (Qwen3 arrived in 4.51). transformers 5 reads both forms.
+PUBLISHED_VL_WRITER = "4.57.0.dev0"
+PUBLISHED_TEXT_WRITER = "4.51.0"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _published_rope(section: dict) -> None:
+    """transformers 5's ``rope_parameters`` back to the published fields: ``rope_theta`` beside
+    ``rope_scaling`` (the M-RoPE fields and ``rope_type``; null for plain RoPE)."""
+    rope = dict(section.pop("rope_parameters"))
+    section["rope_theta"] = rope.pop("rope_theta")
+    section["rope_scaling"] = rope if set(rope) - {"rope_type"} else None
+
+
+def publish_config(path: Path, writer: str) -> None:
+    """Rewrite a saved ``config.json`` as the published one is written (see :func:`_published_rope`)."""
+    config = _read_json(path)
+    _published_rope(config.get("text_config", config))
+    config["transformers_version"] = writer
+    _write_json(path, config)
+
+
+def publish_tokenizer(folder: Path, chat_template: str | None) -> None:
+    """``tokenizer_config.json`` as Qwen's are published: every added token with its flags under
+    ``added_tokens_decoder``, the special ones also under ``additional_special_tokens``, and the
+    chat template inside it when ``chat_template`` is given (Qwen3-4B's way); no
+    ``chat_template.jinja`` beside it."""
+    path = folder / "tokenizer_config.json"
+    config = _read_json(path)
+    vocab = _read_json(folder / "tokenizer.json")["added_tokens"]
+    ids = {t["content"]: t["id"] for t in vocab}
+    config.update(
+        added_tokens_decoder={
+            str(ids[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                          "special": special}
+            for t, special in ADDED_TOKENS
+        },
+        additional_special_tokens=[t for t, special in ADDED_TOKENS if special and t != "<|endoftext|>"],
+        bos_token=None, clean_up_tokenization_spaces=False, errors="replace", split_special_tokens=False,
+    )
+    config.pop("chat_template", None)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    _write_json(path, config)
+
+
+#: Where a Qwen3-VL fixture keeps its chat template (:func:`write_template_layout`): ``processor``
+#: as published (``chat_template.json`` only), ``tokenizer`` (only in ``tokenizer_config.json``),
+#: ``jinja`` (transformers 5's own ``chat_template.jinja``), ``both`` (``chat_template.json`` and a
+#: *different* one in ``tokenizer_config.json``) and ``none``.
+TEMPLATE_LAYOUTS = ("processor", "tokenizer", "jinja", "both", "none")
+
+
+def other_template(template: str) -> str:
+    """The tokenizer's copy in the ``both`` layout: the same template but for system turns, which it
+    drops (so a chat with a system prompt shows which copy rendered it)."""
+    loop = "{%- for message in messages -%}"
+    assert loop in template, "the tiny Qwen3-VL template loops over the messages"
+    return template.replace(loop, "{%- for message in messages if message['role'] != 'system' -%}")
+
+
+def write_template_layout(folder: Path, layout: str, template: str) -> None:
+    """Put ``template`` (the chat template) where ``layout`` says, removing it from everywhere else."""
+    if layout not in TEMPLATE_LAYOUTS:
+        raise ValueError(f"unknown template layout {layout!r}")
+    (folder / "chat_template.json").unlink(missing_ok=True)
+    in_tokenizer = {"tokenizer": template, "both": other_template(template)}.get(layout)
+    publish_tokenizer(folder, in_tokenizer)
+    if layout in ("processor", "both"):
+        _write_json(folder / "chat_template.json", {"chat_template": template})
+    elif layout == "jinja":
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
+def mark_think_special(folder: Path) -> None:
+    """Flag ``<think>`` and ``</think>`` special in a saved tokenizer (``tokenizer.json`` and
+    ``tokenizer_config.json``): Qwen3's are not, a checkpoint's may be, and decoding must keep them."""
+    tags = ("<think>", "</think>")
+    data = _read_json(folder / "tokenizer.json")
+    for token in data["added_tokens"]:
+        if token["content"] in tags:
+            token["special"] = True
+    _write_json(folder / "tokenizer.json", data)
+    config = _read_json(folder / "tokenizer_config.json")
+    for token in config["added_tokens_decoder"].values():
+        if token["content"] in tags:
+            token["special"] = True
+    _write_json(folder / "tokenizer_config.json", config)
+
+
 def z_image_pipeline(d: Dims = TINY):
     """A ``ZImagePipeline`` of random weights at the sizes ``d`` (on the current default device)."""
     import torch
@@ -270,7 +376,14 @@ def z_image_pipeline(d: Dims = TINY):
 
 
 def _build_z_image(out: Path, d: Dims = TINY) -> None:
-    z_image_pipeline(d).save_pretrained(out, safe_serialization=True)
+    pipe = z_image_pipeline(d)
+    pipe.save_pretrained(out, safe_serialization=True)
+    # The real text encoder comes in 3 shards with an index; so does the tiny one (1 MB shards).
+    pipe.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True,
+                                      max_shard_size="1MB" if d is TINY else "5GB")
+    (out / "text_encoder" / "model.safetensors").unlink(missing_ok=True)
+    publish_config(out / "text_encoder" / "config.json", PUBLISHED_TEXT_WRITER)
+    publish_tokenizer(out / "tokenizer", qwen3_chat_template())
     # The real repo declares the encoder as Qwen3Model over a Qwen3ForCausalLM checkpoint.
     index_path = out / "model_index.json"
     index = json.loads(index_path.read_text())
@@ -334,9 +447,13 @@ def build_tiny_qwen3_vl(out: Path, thinking: bool = False, d: Dims = TINY) -> No
     from transformers import Qwen2VLImageProcessorPil
 
     model, tok = qwen3_vl_model(d, thinking)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="2MB" if d is TINY else "5GB")
+    publish_config(out / "config.json", PUBLISHED_VL_WRITER)
+    generation = _read_json(out / "generation_config.json")
+    generation.pop("_from_model_config", None)
+    _write_json(out / "generation_config.json", dict(generation, transformers_version=PUBLISHED_VL_WRITER))
     tok.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(tok.chat_template)
+    write_template_layout(out, "processor", tok.chat_template)
     # Real values: shortest_edge 65536 (min pixels), longest_edge 16777216 (max pixels). The tiny
     # model keeps images small so tests stay fast.
     low, high = d.image_pixels
@@ -349,8 +466,13 @@ def build_tiny_qwen3_vl(out: Path, thinking: bool = False, d: Dims = TINY) -> No
         size={"shortest_edge": low, "longest_edge": high},
     )
     Qwen2VLImageProcessorPil(**image_kwargs).save_pretrained(out)
+    # As published: the fast (torchvision) class is named; without torchvision transformers falls
+    # back to the PIL one, with it GPU machines take the torchvision resize (bench/cuda_smoke.py).
+    pre = _read_json(out / "preprocessor_config.json")
+    pre.update(image_processor_type="Qwen2VLImageProcessorFast", processor_class="Qwen3VLProcessor")
+    _write_json(out / "preprocessor_config.json", pre)
     video = dict(image_kwargs, processor_class="Qwen3VLProcessor", video_processor_type="Qwen3VLVideoProcessor")
-    (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True) + "\n")
+    _write_json(out / "video_preprocessor_config.json", video)
 
 
 def build_tiny_models(out: str | os.PathLike, dims: Dims = TINY, device: str = "cpu") -> Path:

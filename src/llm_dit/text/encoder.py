@@ -6,9 +6,10 @@
 
 ``hidden_states`` has ``num_hidden_layers + 1`` entries: index 0 is the token embeddings, index k
 the output of decoder layer k-1 (raw residual stream), and -1 the final-normed output. Z-Image was
-trained on -2. diffusers pads to ``max_length`` and drops the padded positions afterwards; with
-right padding and causal attention the kept positions do not see the padding; we pad the same
-way so the result is bit-identical to diffusers (the tests check this).
+trained on -2. diffusers pads to ``max_length`` on the tokenizer's ``padding_side`` and drops the
+padded positions afterwards; the attention mask keeps the real positions from seeing the padding;
+we pad the same way so the result is bit-identical to diffusers under either side (the tests check
+this).
 
 Prompts longer than ``max_length`` tokens: ``truncate`` cuts the token sequence there (as diffusers,
 which can cut off the template's closing tokens), the other modes encode the whole prompt and
@@ -74,22 +75,28 @@ def run_text_encoder(
     pad_id: int | None = 0,
     image_features: torch.Tensor | None = None,
     image_token_id: int | None = None,
+    padding_side: str = "right",
 ) -> dict[int, torch.Tensor]:
-    """``{k: hidden_states[k][0, :n]}`` (float32, CPU) of a Qwen3 encoder for canonical indices ``k``.
+    """``{k: hidden_states[k][0, real]}`` (float32, CPU, ``[n, D]``) of a Qwen3 encoder for canonical
+    indices ``k``, ``real`` being the ``n`` positions of ``ids``.
 
-    The sequence is right-padded to ``min_length`` with an attention mask, exactly as diffusers
-    does: the kept positions are mathematically independent of the padding, but the masked attention
-    kernel rounds differently from the unmasked one, and bit-exact parity with diffusers is worth
-    ~1 ms. With ``image_features: [m, D]`` (the splice backend) the input embeddings at the ``m``
+    The sequence is padded to ``min_length`` on ``padding_side`` (the tokenizer's, as diffusers
+    pads) with an attention mask, exactly as diffusers does: the kept positions are mathematically
+    independent of the padding (with left padding they sit at positions ``width - n ..``, and RoPE
+    sees only relative offsets), but the kernels round differently, and bit-exact parity with
+    diffusers is worth ~1 ms. With ``image_features: [m, D]`` (the splice backend) the input embeddings at the ``m``
     ``image_token_id`` positions are replaced by them. The pass stops after the deepest layer.
     """
     n = len(ids)
     width = max(n, min_length)
     device = text_encoder.device
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side is '{padding_side}'; a tokenizer pads 'right' or 'left'")
+    real = slice(0, n) if padding_side == "right" else slice(width - n, width)
     input_ids = torch.full((1, width), pad_id if pad_id is not None else 0, dtype=torch.long, device=device)
-    input_ids[0, :n] = torch.tensor(ids, dtype=torch.long, device=device)
+    input_ids[0, real] = torch.tensor(ids, dtype=torch.long, device=device)
     mask = torch.zeros((1, width), dtype=torch.bool, device=device)
-    mask[0, :n] = True
+    mask[0, real] = True
     kwargs: dict = {"attention_mask": mask, "use_cache": False}
     if image_features is None:
         kwargs["input_ids"] = input_ids
@@ -102,7 +109,7 @@ def run_text_encoder(
         embeds[0, slots] = image_features.to(embeds.device, embeds.dtype)
         kwargs["inputs_embeds"] = embeds
     states = capture_hidden_states(text_encoder.layers, text_encoder.norm, layers, lambda: text_encoder(**kwargs))
-    return {k: v[0, :n].float().cpu() for k, v in states.items()}
+    return {k: v[0, real].float().cpu() for k, v in states.items()}
 
 
 def format_prompt(tokenizer, prompt: str) -> str:
@@ -139,7 +146,8 @@ def encode_prompt(
     if limit and len(ids) > limit:
         raise InputError(f"the prompt has {len(ids)} tokens; the text encoder accepts at most {limit}")
 
-    emb = run_text_encoder(text_encoder, ids, [k], min_length=max_length, pad_id=tokenizer.pad_token_id)[k]
+    emb = run_text_encoder(text_encoder, ids, [k], min_length=max_length, pad_id=tokenizer.pad_token_id,
+                           padding_side=tokenizer.padding_side)[k]
     compressed = emb.shape[0] > max_length
     emb = fit_length(emb, max_length, long_prompt_mode)
     return TextEncoding(

@@ -23,6 +23,7 @@ from ..limits import (
     check_number,
 )
 from ..protocols import Captioner
+from .chat import CLOSE, OPEN
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 DEFAULT_PROMPT = "Describe this image in detail."
 
-OPEN, CLOSE = "<think>", "</think>"
+#: New tokens for a caption by default. A Thinking model reasons first, and its reasoning is generated
+#: from the same budget: it gets THINKING_BUDGET more (seed 004 gave 2500 tokens for a 1024 target).
+CAPTION_BUDGET = 1024
+THINKING_BUDGET = 1536
+
 
 
 def parse_thinking_content(text: str, started_in_thinking: bool = False) -> tuple[str, str | None]:
@@ -69,9 +74,10 @@ def parse_thinking_content(text: str, started_in_thinking: bool = False) -> tupl
 class Caption:
     caption: str
     thinking: str | None
-    raw: str
+    raw: str  # the whole reply, reasoning and think tags included
     tokens: int
     attempts: int
+    max_new_tokens: int = 0  # the generation budget it had (thinking plus caption)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ class CaptionRequest:
     prompt: str = DEFAULT_PROMPT
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT  # None: no system turn
     min_tokens: int = 0  # fewer tokens than this (or none at all): ask again
-    max_new_tokens: int = 1024  # a Thinking model's reasoning counts too
+    # Thinking and caption together; None: CAPTION_BUDGET, plus THINKING_BUDGET for a Thinking model.
+    max_new_tokens: int | None = None
     attempts: int = 3
     temperature: float = 0.6  # raised by 0.1 per attempt; 0: greedy, one attempt
     top_p: float = 0.95
@@ -92,7 +99,8 @@ class CaptionRequest:
     def __post_init__(self) -> None:
         """Every number in its range (:mod:`llm_dit.limits`), refused here: before a model generates."""
         check_number(self.min_tokens, "min_tokens", whole=True, ge=0, le=MAX_NEW_TOKENS)
-        check_number(self.max_new_tokens, "max_new_tokens", whole=True, ge=1, le=MAX_NEW_TOKENS)
+        if self.max_new_tokens is not None:
+            check_number(self.max_new_tokens, "max_new_tokens", whole=True, ge=1, le=MAX_NEW_TOKENS)
         check_number(self.attempts, "attempts", whole=True, ge=1, le=MAX_CAPTION_ATTEMPTS)
         check_number(self.temperature, "temperature", ge=0, le=MAX_TEMPERATURE)
         check_number(self.top_p, "top_p", gt=0, le=1)
@@ -108,17 +116,18 @@ def caption_image(extractor: Captioner, image, request: CaptionRequest | None = 
     r = request or CaptionRequest()  # its numbers are checked when it is made
     min_tokens, temperature = r.min_tokens, r.temperature
     thinking_model = extractor.variant == "thinking"
+    budget = r.max_new_tokens or CAPTION_BUDGET + (THINKING_BUDGET if thinking_model else 0)
     best: Caption | None = None
     for attempt in range(r.attempts):
         t = temperature + 0.1 * attempt if temperature > 0 else 0.0
-        log.info(f"caption: attempt {attempt + 1}/{r.attempts}, up to {r.max_new_tokens} new tokens"
+        log.info(f"caption: attempt {attempt + 1}/{r.attempts}, up to {budget} new tokens"
                  + (f" for at least {min_tokens}" if min_tokens else "") + f" (temperature {t:.2g})")
-        raw = extractor.generate(r.prompt, image, system_prompt=r.system_prompt, max_new_tokens=r.max_new_tokens,
+        raw = extractor.generate(r.prompt, image, system_prompt=r.system_prompt, max_new_tokens=budget,
                                  temperature=t, top_p=r.top_p, top_k=r.top_k, seed=r.seed + attempt,
                                  max_pixels=r.max_pixels)
         caption, thinking = parse_thinking_content(raw, started_in_thinking=thinking_model)
         n = len(extractor.tokenizer(caption, add_special_tokens=False).input_ids) if caption else 0
-        best = Caption(caption, thinking, raw, n, attempt + 1)
+        best = Caption(caption, thinking, raw, n, attempt + 1, budget)
         log.info(f"caption: {n} tokens" + (" (after the model's thinking)" if thinking is not None else ""))
         if n >= max(min_tokens, 1):
             return best
@@ -135,10 +144,7 @@ def caption_image(extractor: Captioner, image, request: CaptionRequest | None = 
 
 # -- captions of a target length (seed 004's caption experiments) ----------------------------
 # A caption of target ``n`` tokens is asked for in about ``0.75 n`` words (English runs about 1.33
-# tokens per word) and cut to at most ``n`` tokens of the VL tokenizer, which Qwen3-4B shares. A
-# Thinking model gets room for its reasoning on top (seed 004 gave 2500 tokens for a 1024 target).
-
-THINKING_BUDGET = 1536
+# tokens per word) and cut to at most ``n`` tokens of the VL tokenizer, which Qwen3-4B shares.
 
 
 def _tokenizer(vl: Captioner | None, config: Config):
@@ -175,4 +181,4 @@ def make_caption(vl: Captioner | None, image, n: int, config: Config,
     text, tokens = cut(cap.caption, n, tok)
     return text, {"target_tokens": n, "tokens": tokens, "source": "generated", "request": request,
                   "model_variant": vl.variant, "attempts": cap.attempts, "thinking": cap.thinking,
-                  "generated_tokens": cap.tokens}
+                  "raw": cap.raw, "generated_tokens": cap.tokens, "max_new_tokens": budget}

@@ -30,7 +30,15 @@ from ..limits import MAX_NEW_TOKENS, MAX_POOL, MAX_TOP_K, check_number
 from ..models.loading import load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
-from .chat import build_messages, check_aspect_ratio, detect_variant, load_processor, run_processor
+from .chat import (
+    ChatTemplate,
+    build_messages,
+    check_aspect_ratio,
+    decode_reply,
+    detect_variant,
+    load_processor,
+    run_processor,
+)
 from .result import VLExtractionResult
 from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection, take_notes_flags
 
@@ -115,6 +123,8 @@ class VLEmbeddingExtractor:
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         self.cache = cache or ExtractionCache(0)
         self.offload = "none"  # runtime.offload it was placed under (from_pretrained)
+        # The template the processor renders with and its source (from_pretrained resolves it).
+        self.chat_template = ChatTemplate(processor.chat_template or "", "given")
         self._fingerprint: str | None = None  # computed once, on first use
 
     # -- loading -------------------------------------------------------------------------------
@@ -145,10 +155,12 @@ class VLEmbeddingExtractor:
         dev, dt = _auto_device(device, dtype)
         source = resolve_model_path(id_or_path, "vl")
         try:
-            processor = load_processor(source)
+            processor, template = load_processor(source)
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise load_failure("the Qwen3-VL processor", str(id_or_path), e) from e
-        variant = detect_variant(processor.tokenizer)
+        variant = detect_variant(processor)
         model = None
         if backend == "vl":
             from transformers import Qwen3VLForConditionalGeneration
@@ -178,6 +190,7 @@ class VLEmbeddingExtractor:
                 )
         extractor = cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
         extractor.offload = offload
+        extractor.chat_template = template
         return extractor
 
     @classmethod
@@ -203,11 +216,12 @@ class VLEmbeddingExtractor:
         return self.text_encoder.config.num_hidden_layers
 
     def fingerprint(self) -> str:
-        """The model's identity for the cache: name, backend, dtype, configs, and a checksum of the
+        """The model's identity for the cache: name, backend, dtype, chat template, configs, and a checksum of the
         weights (the sum of every parameter tensor), so re-saved weights at the same path miss."""
         if self._fingerprint:
             return self._fingerprint
-        parts = [self.model_name, self.backend, str(self.dtype)]
+        # The template too: the same weights rendered with another template give other states.
+        parts = [self.model_name, self.backend, str(self.dtype), self.chat_template.text]
         for m in (self.model, self.vision, self.text_encoder):
             if m is not None:
                 # .cpu() per tensor: under offloading the parameters live on several devices
@@ -293,6 +307,7 @@ class VLEmbeddingExtractor:
             backend=self.backend,
             model=self.model_name,
             model_variant=self.variant,
+            chat_template=self.chat_template.to_dict(),
             vl_text=text,
             system_prompt=system_prompt,
             full_prompt=self.tokenizer.decode(ids, skip_special_tokens=False),
@@ -326,10 +341,12 @@ class VLEmbeddingExtractor:
                               grid_thw=inputs["image_grid_thw"].to(self.device))
             features = out.pooler_output
         ids = inputs["input_ids"][0].tolist()
-        # Pad as the text path does (diffusers' 512), so text-only input reproduces it bit for bit.
+        # Pad as the text path does (diffusers' 512, the tokenizer's side; Qwen3-VL and Qwen3-4B
+        # share their tokenizer), so text-only input reproduces it bit for bit.
         return run_text_encoder(
             self.text_encoder, ids, wanted, min_length=512, pad_id=self.tokenizer.pad_token_id,
             image_features=features, image_token_id=self.special.image_pad,
+            padding_side=self.tokenizer.padding_side,
         )
 
     # -- captions ------------------------------------------------------------------------------
@@ -348,7 +365,7 @@ class VLEmbeddingExtractor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> str:
         """Generate text (captions); greedy when ``temperature`` is 0. Returns the raw decoded output,
-        special tokens removed but ``<think>``/``</think>`` kept (they are not special)."""
+        special tokens removed but ``<think>``/``</think>`` kept, special or not (:func:`decode_reply`)."""
         if self.model is None:
             raise InputError("text generation needs the full Qwen3-VL model (backend 'vl')")
         self._check_resident("caption generation")
@@ -368,8 +385,7 @@ class VLEmbeddingExtractor:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         out = self.model.generate(**batch, **kwargs)
-        new = out[0, batch["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new, skip_special_tokens=True)
+        return decode_reply(self.tokenizer, out[0, batch["input_ids"].shape[1]:].tolist())
 
     @torch.no_grad()
     def answer_probability(self, image, question: str, answer: str = "Yes",

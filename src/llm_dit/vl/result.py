@@ -56,6 +56,7 @@ class VLExtractionResult:
     token_grids: list[tuple[int, int]] = field(default_factory=list)  # (h, w) image tokens, after pooling
     max_pixels: int | None = None
     pool: int = 1
+    chat_template: dict = field(default_factory=dict)  # ChatTemplate.to_dict(): source, sha256, tokenizer_differs
     # the selection
     token_selection: str = "full"
     normalization_mode: str = "none"
@@ -158,6 +159,7 @@ class VLExtractionResult:
             "backend": self.backend,
             "model": self.model,
             "model_variant": self.model_variant,
+            "chat_template": self.chat_template,
             "vl_text": self.vl_text,
             "system_prompt": self.system_prompt,
             "full_prompt": self.full_prompt,
@@ -210,6 +212,7 @@ class VLExtractionResult:
             backend=meta["backend"],
             model=meta["model"],
             model_variant=meta["model_variant"],
+            chat_template=meta.get("chat_template", {}),  # files written before it was recorded have none
             vl_text=meta["vl_text"],
             system_prompt=meta["system_prompt"],
             full_prompt=meta["full_prompt"],
