@@ -13,7 +13,7 @@ import sys
 from .. import interrupt
 from ..errors import LlmDitError, out_of_memory_message
 from ..limits import MAX_CAPTION_ATTEMPTS, MAX_NEW_TOKENS, MAX_RIDGE, MAX_TEMPERATURE
-from . import experiments, generate, logs, serve, stats, vl
+from . import doctor, experiments, generate, logs, serve, stats, vl
 from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags, count, layer_index, number
 from .conditioning import add_recipe_flags
 
@@ -102,6 +102,14 @@ def build_parser() -> Parser:
     add_vl_flags(s, extraction=False)
     add_config_flags(s)
     s.set_defaults(func=stats.cmd_stats_adapter)
+
+    p = sub.add_parser("doctor", help="check the model folders, the profile's GPU memory and the library versions "
+                       "(loads no weights); exit 1 when a check fails")
+    p.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH", help="Z-Image folder or hub id")
+    p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL folder or hub id")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
+    add_config_flags(p)
+    p.set_defaults(func=doctor.cmd_doctor)
 
     p = sub.add_parser("models", help="model utilities")
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=Parser)

@@ -27,11 +27,11 @@ from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
 from ..errors import InputError, ModelLoadError, unknown_choice
 from ..images import load_image
 from ..limits import MAX_NEW_TOKENS, MAX_POOL, MAX_TOP_K, check_number
+from ..models.chat_template import ChatTemplate
 from ..models.loading import load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import (
-    ChatTemplate,
     build_messages,
     check_aspect_ratio,
     decode_reply,

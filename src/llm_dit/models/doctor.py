@@ -1,0 +1,444 @@
+"""``llm-dit doctor``: check a user's model folders before anything loads onto a GPU.
+
+Reads configs, tokenizers, chat templates and the headers of the weight files; never a tensor.
+Every check gives one row ``(part, check, status, detail)``; a problem's detail is one actionable
+line. Expected sizes are the published ones (``tiny.FULL``) or the tiny fixture's (``tiny.TINY``);
+whatever the sizes, the relations the conditioning needs must hold: Z-Image's ``cap_feat_dim`` =
+Qwen3-4B's hidden size = Qwen3-VL's text hidden size = its vision tower's ``out_hidden_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import LlmDitError
+from .chat_template import resolve_chat_template
+from .inspect import Weights, gib, read_weights
+from .tiny import FULL, TINY, Dims
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+#: Bytes per parameter of the run dtypes.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: Working memory beside the weights for a 1024x1024 picture (activations, VAE decode), measured
+#: roughly on an H100 (BENCHMARKS.md): a margin, not a bound.
+WORKING_GIB = 3.0
+#: The tokens the conditioning reads by id, and the config keys that name them.
+VISION_TOKENS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                 "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+THINK_TAGS = ("<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class Row:
+    part: str  # "z-image", "qwen3-vl", "system"
+    check: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # shared between checks: hidden sizes, weights
+
+    def add(self, part: str, check: str, status: str, detail: str) -> None:
+        self.rows.append(Row(part, check, status, detail))
+
+    @property
+    def problems(self) -> list[Row]:
+        return [r for r in self.rows if r.status == FAIL]
+
+    def table(self) -> str:
+        """The rows as an aligned text table, then one line per problem (or "no problems")."""
+        head = ("part", "check", "status", "detail")
+        cells = [head] + [(r.part, r.check, r.status, r.detail) for r in self.rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(3)]
+        lines = ["  ".join(c[i].ljust(widths[i]) for i in range(3)) + "  " + c[3] for c in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        n = len(self.problems)
+        lines.append("")
+        lines.append("no problems found" if not n else f"{n} problem{'s' * (n != 1)}:")
+        lines += [f"  {r.part} {r.check}: {r.detail}" for r in self.problems]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"problems": len(self.problems), "rows": [r.__dict__ for r in self.rows]}
+
+
+def _read_json(path: Path) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _config(report: Report, part: str, path: Path, what: str) -> dict | None:
+    """The JSON object at ``path``, or None after a FAIL row saying what is wrong with it."""
+    if not path.is_file():
+        report.add(part, what, FAIL, f"{path} is missing: the folder is incomplete; download it again")
+        return None
+    try:
+        return _read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        report.add(part, what, FAIL, f"{path} is not valid JSON ({e}); download it again")
+        return None
+
+
+def _sizes(report: Report, part: str, check: str, actual: dict[str, Any],
+           expect: Callable[[Dims], dict[str, Any]]) -> None:
+    """One row: ``actual`` equals the published sizes, or the tiny fixture's, or differs (a warning
+    listing what differs from the published model)."""
+    shown = ", ".join(f"{k} {v}" for k, v in actual.items())
+    for dims, name in ((FULL, "published sizes"), (TINY, "the tiny fixture's sizes")):
+        if all(actual.get(k) == v for k, v in expect(dims).items()):
+            report.add(part, check, OK, f"{shown} ({name})")
+            return
+    diff = ", ".join(f"{k} {actual.get(k)} (published {v})" for k, v in expect(FULL).items() if actual.get(k) != v)
+    report.add(part, check, WARN, f"not the published architecture: {diff}")
+
+
+def _weights(report: Report, part: str, folder: Path, stem: str, what: str) -> Weights | None:
+    w = read_weights(folder, stem)
+    if not w.files:
+        report.add(part, f"{what} weights", FAIL,
+                   f"{folder} has no {stem}.safetensors or {stem}.safetensors.index.json: download the weights")
+        return None
+    if w.missing:
+        report.add(part, f"{what} weights", FAIL,
+                   f"{len(w.missing)} of {len(w.files)} shards listed in {w.index} are absent "
+                   f"({', '.join(w.missing)}): the download is incomplete; download it again")
+    for line in w.broken:
+        report.add(part, f"{what} weights", FAIL, f"{line}; download it again")
+    if w.complete:
+        dtypes = ", ".join(f"{k} {v:,}" for k, v in w.dtypes().items())
+        shards = f"{len(w.files)} shard{'s' * (len(w.files) != 1)}"
+        report.add(part, f"{what} weights", OK, f"{shards}, {gib(w.bytes_on_disk)} on disk, parameters {dtypes}")
+    return w if w.complete else None
+
+
+# -- Z-Image -----------------------------------------------------------------------------------------
+
+
+def _dit_expect(d: Dims) -> dict[str, Any]:
+    return {"dim": d.dit_dim, "n_layers": d.dit_layers, "n_refiner_layers": d.dit_refiner_layers,
+            "n_heads": d.dit_heads, "cap_feat_dim": d.text_hidden, "axes_dims": list(d.dit_axes),
+            "axes_lens": [1536, 512, 512]}
+
+
+def _text_expect(d: Dims) -> dict[str, Any]:
+    return {"hidden_size": d.text_hidden, "num_hidden_layers": d.text_layers, "num_attention_heads": d.text_heads,
+            "num_key_value_heads": d.text_kv_heads, "head_dim": d.text_head_dim}
+
+
+def check_z_image(report: Report, folder: Path) -> None:
+    """A diffusers Z-Image folder: components, configs, tokenizer, weights."""
+    part = "z-image"
+    index = _config(report, part, folder / "model_index.json", "layout")
+    if index is None:
+        return
+    if index.get("_class_name") != "ZImagePipeline":
+        report.add(part, "layout", FAIL, f"{folder}/model_index.json names {index.get('_class_name')!r}, not "
+                   "ZImagePipeline: this is not a Z-Image folder")
+        return
+    report.add(part, "layout", OK, f"ZImagePipeline folder {folder}")
+    dit = _config(report, part, folder / "transformer" / "config.json", "transformer config")
+    if dit is not None:
+        _sizes(report, part, "transformer config", {k: dit.get(k) for k in _dit_expect(FULL)}, _dit_expect)
+        report.facts["cap_feat_dim"] = dit.get("cap_feat_dim")
+    te = _config(report, part, folder / "text_encoder" / "config.json", "text encoder config")
+    if te is not None:
+        _sizes(report, part, "text encoder config", {k: te.get(k) for k in _text_expect(FULL)}, _text_expect)
+        report.facts["text_hidden"] = te.get("hidden_size")
+    vae = _config(report, part, folder / "vae" / "config.json", "vae config")
+    if vae is not None:
+        got = (vae.get("latent_channels"), vae.get("scaling_factor"), vae.get("shift_factor"))
+        status = OK if got == (16, 0.3611, 0.1159) else FAIL
+        report.add(part, "vae config", status, f"latent channels {got[0]}, scaling {got[1]}, shift {got[2]}" + (
+            "" if status == OK else " (Z-Image's VAE has 16, 0.3611, 0.1159): not Z-Image's VAE"))
+    sched = _config(report, part, folder / "scheduler" / "scheduler_config.json", "scheduler config")
+    if sched is not None:
+        report.add(part, "scheduler config", OK if sched.get("_class_name") == "FlowMatchEulerDiscreteScheduler"
+                   else WARN, f"{sched.get('_class_name')}, shift {sched.get('shift')}")
+    _tokenizer(report, part, folder / "tokenizer", needs_template=True)
+    parts = (("transformer", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
+    sizes = [_weights(report, part, folder / sub, stem, sub) for sub, stem in parts]
+    if all(sizes):
+        report.facts["z_image_weights"] = dict(zip(("transformer", "vae", "text_encoder"), sizes, strict=True))
+
+
+def _tokenizer(report: Report, part: str, folder: Path, needs_template: bool) -> Any:
+    """Load the tokenizer (files only) and check the tokens the project reads by name."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # any loader failure: one line
+        report.add(part, "tokenizer", FAIL, f"{folder}: the tokenizer does not load ({_first_line(e)})")
+        return None
+    unknown = [t for t in ("<|im_start|>", "<|im_end|>", *VISION_TOKENS.values())
+               if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
+    if unknown:
+        report.add(part, "tokenizer", FAIL,
+                   f"{folder}: the tokenizer lacks {', '.join(unknown)}: not a Qwen3 tokenizer")
+        return None
+    report.add(part, "tokenizer", OK, f"{type(tok).__name__}, {len(tok)} tokens, pads {tok.padding_side}")
+    if needs_template:
+        status = OK if isinstance(tok.chat_template, str) and tok.chat_template else FAIL
+        report.add(part, "chat template", status, "in the tokenizer" if status == OK else
+                   f"{folder} has no chat template (tokenizer_config.json or chat_template.jinja): download it again")
+    return tok
+
+
+# -- Qwen3-VL ----------------------------------------------------------------------------------------
+
+
+def _vision_expect(d: Dims) -> dict[str, Any]:
+    return {"depth": d.vision_depth, "hidden_size": d.vision_hidden, "num_heads": d.vision_heads,
+            "out_hidden_size": d.text_hidden, "deepstack_visual_indexes": list(d.deepstack)}
+
+
+def check_vl(report: Report, folder: Path) -> None:
+    """A transformers Qwen3-VL folder: config, token ids, chat template, processor, weights."""
+    part = "qwen3-vl"
+    config = _config(report, part, folder / "config.json", "config")
+    if config is None:
+        return
+    if config.get("model_type") != "qwen3_vl":
+        report.add(part, "config", FAIL, f"{folder}/config.json is model_type {config.get('model_type')!r}, not "
+                   "qwen3_vl: not a Qwen3-VL checkpoint")
+        return
+    text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+    _sizes(report, part, "text config", {k: text.get(k) for k in _text_expect(FULL)}, _text_expect)
+    _sizes(report, part, "vision config", {k: vision.get(k) for k in _vision_expect(FULL)}, _vision_expect)
+    report.facts["vl_hidden"] = (text.get("hidden_size"), vision.get("out_hidden_size"))
+    tok = _tokenizer(report, part, folder, needs_template=False)
+    if tok is not None:
+        _vl_tokens(report, part, config, tok)
+        _vl_template(report, part, folder, tok)
+    _processor(report, part, folder)
+    w = _weights(report, part, folder, "model", "model")
+    if w is not None:
+        report.facts["vl_weights"] = w
+
+
+def _vl_tokens(report: Report, part: str, config: dict, tok) -> None:
+    wrong = [f"{key} {config.get(key)} but the tokenizer's {name} is {tok.convert_tokens_to_ids(name)}"
+             for key, name in VISION_TOKENS.items() if config.get(key) != tok.convert_tokens_to_ids(name)]
+    if wrong:
+        report.add(part, "vision token ids", FAIL, f"config and tokenizer disagree: {'; '.join(wrong)}; the tokenizer "
+                   "belongs to another model")
+    else:
+        report.add(part, "vision token ids", OK, ", ".join(f"{n} {config[k]}" for k, n in VISION_TOKENS.items()))
+    ids = {t: tok.convert_tokens_to_ids(t) for t in THINK_TAGS}
+    if any(i in (None, tok.unk_token_id) for i in ids.values()):
+        report.add(part, "think tags", WARN, "the tokenizer has no <think>/</think>: a Thinking variant's reasoning "
+                   "cannot be told from its caption")
+        return
+    special = [t for t, i in ids.items() if i in tok.added_tokens_decoder and tok.added_tokens_decoder[i].special]
+    report.add(part, "think tags", OK, ", ".join(f"{t} {i}" for t, i in ids.items())
+               + (f"; marked special ({', '.join(special)}): kept in captions all the same" if special else
+                  "; not special"))
+
+
+def _vl_template(report: Report, part: str, folder: Path, tok) -> None:
+    try:
+        template = resolve_chat_template(str(folder), tok)
+    except LlmDitError as e:
+        report.add(part, "chat template", FAIL, str(e))
+        return
+    messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    try:
+        rendered = tok.apply_chat_template(messages, chat_template=template.text, tokenize=False,
+                                           add_generation_prompt=True)
+    except Exception as e:  # a template that does not render
+        report.add(part, "chat template", FAIL, f"the template in {template.source} does not render ({_first_line(e)})")
+        return
+    variant = "Thinking" if rendered.rstrip().endswith("<think>") else "Instruct"
+    differs = "; the tokenizer carries a different copy, not used (as transformers' processor)" \
+        if template.tokenizer_differs else ""
+    report.add(part, "chat template", WARN if template.tokenizer_differs else OK,
+               f"from {template.source} ({variant} variant){differs}")
+
+
+def _processor(report: Report, part: str, folder: Path) -> None:
+    pre = _config(report, part, folder / "preprocessor_config.json", "processor")
+    if pre is None:
+        return
+    from importlib.util import find_spec
+
+    # transformers takes the torchvision class the file names when torchvision is there, else PIL's
+    backend = "torchvision resize" if find_spec("torchvision") else "PIL resize: torchvision is not installed"
+    pixels = pre.get("size") or {}
+    report.add(part, "processor", OK,
+               f"{pre.get('image_processor_type')} for {pre.get('processor_class')}, patch {pre.get('patch_size')}, "
+               f"merge {pre.get('merge_size')}, pixels {pixels.get('shortest_edge')}..{pixels.get('longest_edge')} "
+               f"({backend})")
+
+
+# -- relations, memory, disk, versions ---------------------------------------------------------------
+
+
+def check_relations(report: Report) -> None:
+    """The sizes the conditioning needs to agree, across the two models."""
+    f = report.facts
+    sizes = {"Z-Image cap_feat_dim": f.get("cap_feat_dim"), "Qwen3-4B hidden": f.get("text_hidden")}
+    if "vl_hidden" in f:
+        sizes["Qwen3-VL text hidden"], sizes["Qwen3-VL vision output"] = f["vl_hidden"]
+    known = {k: v for k, v in sizes.items() if v is not None}
+    if len(known) < 2:
+        return
+    if len(set(known.values())) == 1:
+        report.add("both", "hidden sizes", OK, f"all {next(iter(known.values()))}")
+    else:
+        listed = ", ".join(f"{k} {v}" for k, v in known.items())
+        report.add("both", "hidden sizes", FAIL, f"they must be equal: {listed}; these models cannot work together")
+
+
+def check_memory(report: Report, config: Config) -> None:
+    """The profile's GPU memory need (weights in the run dtype under its offload policy, plus a
+    working margin) against the GPU of this machine; and the disk the extraction cache may fill."""
+    import torch
+
+    from .loading import resolve_placement
+
+    rt = config.runtime
+    cuda = torch.cuda.is_available()
+    if rt.device == "cuda" and not cuda:
+        report.add("system", "gpu", FAIL, f"profile {config.profile} needs a CUDA GPU and none is available: "
+                   "use --profile default (CPU) or run on a GPU machine")
+        return
+    if not cuda and rt.device == "auto":
+        report.add("system", "gpu", WARN, "no CUDA GPU: everything runs on the CPU in float32 (slow)")
+    elif rt.device not in ("auto", "cuda"):
+        report.add("system", "gpu", OK, f"profile {config.profile} runs on {rt.device}, not on a GPU")
+    if cuda:
+        placement = resolve_placement(rt)
+        per = DTYPE_BYTES.get(str(placement.dtype).removeprefix("torch."), 4)
+        z, vl = report.facts.get("z_image_weights"), report.facts.get("vl_weights")
+        if z is not None:
+            need = _peak_bytes(rt.offload, rt.keep_models, {k: w.bytes_as(per) for k, w in z.items()},
+                               vl.bytes_as(per) if vl is not None else 0)
+            total = torch.cuda.get_device_properties(0).total_memory
+            status = OK if need + WORKING_GIB * 2**30 <= total else FAIL
+            what = f"about {gib(need)} of weights + {WORKING_GIB:g} GiB working memory under offload " \
+                   f"{rt.offload!r}; {torch.cuda.get_device_name(0)} has {gib(total)}"
+            report.add("system", "gpu memory", status, what if status == OK else
+                       f"{what}: use a profile that offloads (--profile low_vram)")
+    free = shutil.disk_usage(_existing(_cache_dir())).free
+    want = config.vl.cache_gb * 2**30
+    report.add("system", "disk", OK if free >= want else WARN,
+               f"{gib(free)} free for the extraction cache (vl.cache_gb {config.vl.cache_gb:g})"
+               + ("" if free >= want else ": lower vl.cache_gb or free some space"))
+
+
+def _cache_dir() -> Path:
+    from ..io import cache_root
+
+    return cache_root()
+
+
+def _existing(p: Path) -> Path:
+    """The nearest existing folder at or above ``p`` (the cache may not exist yet)."""
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _peak_bytes(offload: str, keep: str, z: dict[str, int], vl: int) -> int:
+    """Weights resident on the GPU at the worst moment: ``none`` keeps Z-Image (and, with
+    ``keep_models = "all"``, Qwen3-VL) resident; ``encoder`` keeps the DiT and VAE and brings one
+    language model in at a time; ``model`` moves whole components; ``group_*`` one block at a time."""
+    dit, vae, te = z["transformer"], z["vae"], z["text_encoder"]
+    if offload == "none":
+        return dit + vae + te + vl if keep == "all" else max(dit + vae + te, vl)
+    if offload == "encoder":
+        return dit + vae + max(te, vl)
+    if offload == "model":
+        return max(dit, te, vl) + vae
+    return vae + max(dit, te, vl) // 30  # a block of 30 (the DiT's), the VAE whole
+
+
+def check_versions(report: Report) -> None:
+    """Each installed dependency against llm-dit's declared bounds (the tested floors)."""
+    from packaging.requirements import Requirement
+
+    try:
+        requires = metadata.requires("llm-dit") or []
+    except metadata.PackageNotFoundError:
+        report.add("system", "versions", WARN, "llm-dit is not installed (a source tree): bounds unknown; "
+                   "pip install -e .")
+        return
+    bad, seen = [], []
+    for line in requires:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an extra's tool, or another Python's
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            bad.append(f"{req.name} is not installed (needs {req.specifier})")
+            continue
+        seen.append(f"{req.name} {have}")
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            bad.append(f"{req.name} {have} is outside {req.specifier}: pip install '{req.name}{req.specifier}'")
+    for line in bad:
+        report.add("system", "versions", FAIL, line)
+    if not bad:
+        report.add("system", "versions", OK, ", ".join(s for s in seen if s.split()[0] in
+                                                        ("torch", "transformers", "diffusers", "accelerate")))
+
+
+# -- entry -------------------------------------------------------------------------------------------
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _locate(report: Report, part: str, spec: str, kind: str) -> Path | None:
+    """The local folder of a model argument: ``tiny``, a folder, or a hub id in the hub cache."""
+    from .loading import resolve_model_path
+
+    if spec == "tiny":
+        return Path(resolve_model_path(spec, kind))
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        return path
+    if path.exists():
+        report.add(part, "location", FAIL, f"{spec} is a file; give the model's folder")
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, local_files_only=True))
+    except Exception:  # not a hub id, or not in the cache
+        looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1
+        report.add(part, "location", FAIL if looks_local else WARN,
+                   f"{spec} does not exist" if looks_local else
+                   f"{spec} is not in the hub cache of this machine: it is downloaded on first use "
+                   "(or give a local folder)")
+        return None
+
+
+def diagnose(config: Config) -> Report:
+    """Every check for the models and profile of ``config``; loads no weights."""
+    report = Report()
+    z = _locate(report, "z-image", config.models.z_image, "z_image")
+    if z is not None:
+        check_z_image(report, z)
+    vl = _locate(report, "qwen3-vl", config.models.vl, "vl")
+    if vl is not None:
+        check_vl(report, vl)
+    check_relations(report)
+    check_memory(report, config)
+    check_versions(report)
+    return report
