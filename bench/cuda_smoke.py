@@ -66,6 +66,39 @@ def vl_rows() -> None:
             print(f"{backend:8s} {k:6d} {a.shape[0]:7d} {err:22.2e}")
 
 
+def processor_rows() -> None:
+    """The image processor GPU machines take: with torchvision installed, the file's
+    ``Qwen2VLImageProcessorFast`` resolves to transformers' torchvision class, not the PIL one the
+    CPU test suite runs. Its grids must equal the PIL class's and its pixels come close (the resize
+    kernels differ), and extraction through it runs."""
+    from importlib.util import find_spec
+
+    from PIL import Image
+    from transformers import AutoImageProcessor, Qwen2VLImageProcessorPil
+
+    from llm_dit.models.tiny import ensure_tiny_models
+    from llm_dit.vl import VLEmbeddingExtractor
+
+    folder = ensure_tiny_models() / "qwen3-vl"
+    auto = AutoImageProcessor.from_pretrained(folder)
+    tv = "present" if find_spec("torchvision") else "absent"
+    print(f"\nimage processor: {type(auto).__name__} (torchvision {tv})")
+    pil = Qwen2VLImageProcessorPil.from_pretrained(folder)
+    rng = np.random.default_rng(1)
+    print(f"{'image':>10s} {'grid fast':>12s} {'grid pil':>12s} {'max |diff|':>11s} {'mean |diff|':>12s}")
+    for w, h in ((160, 96), (517, 333), (256, 256), (1000, 700)):
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        a, b = auto(images=[img], return_tensors="pt"), pil(images=[img], return_tensors="pt")
+        ga, gb = a["image_grid_thw"][0].tolist(), b["image_grid_thw"][0].tolist()
+        same = ga == gb and a["pixel_values"].shape == b["pixel_values"].shape
+        diff = (a["pixel_values"].float() - b["pixel_values"].float()).abs() if same else None
+        print(f"{w}x{h:<6d} {str(ga):>12s} {str(gb):>12s} {float(diff.max()) if same else float('nan'):11.4f} "
+              f"{float(diff.mean()) if same else float('nan'):12.5f}")
+    ex = VLEmbeddingExtractor.from_pretrained("tiny", device="cuda", dtype=torch.bfloat16)
+    r = ex.extract(Image.new("RGB", (256, 192), (200, 40, 40)), PROMPT, hidden_layer=-2, max_pixels=65536)
+    print(f"extraction through {type(ex.processor.image_processor).__name__}: {r.summary()}")
+
+
 RECIPES = {
     "interpolate": dict(alpha=0.5),
     "adain_per_dim": dict(blend="adain_per_dim", alpha=0.4),
@@ -121,6 +154,7 @@ def main() -> int:
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__}")
     if "--recipes-only" not in sys.argv:
         policy_rows()
+        processor_rows()
     import tempfile
 
     from PIL import Image
