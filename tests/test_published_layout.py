@@ -225,3 +225,19 @@ def test_text_encoding_follows_the_tokenizers_padding_side_as_diffusers(zimage, 
     # RoPE sees relative offsets only: the two sides agree but for rounding
     torch.testing.assert_close(ours, right, rtol=1e-3, atol=1e-4)
 
+
+
+def test_a_generated_picture_records_which_template_rendered_its_chat(vl_copy, tmp_path):
+    """``both`` layout: the processor's copy is used, and the picture's record says so."""
+    from llm_dit.conditioning import Recipe
+    from llm_dit.conditioning.run import generate_from_recipe
+    from llm_dit.config import resolve_config
+
+    write_template_layout(vl_copy, "both", _published_template(vl_copy))
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(ref)
+    cfg = resolve_config("tiny", overrides={"models.vl": str(vl_copy), "generation.steps": 2,
+                                            "generation.width": 64, "generation.height": 64})
+    out = generate_from_recipe(cfg, Recipe.from_dict({"references": [{"image": str(ref)}]}), "A red house")
+    recorded = out.record["sources"][0]["chat_template"]
+    assert recorded["source"] == "chat_template.json" and recorded["tokenizer_differs"] is True

@@ -182,6 +182,8 @@ def _prepare(result: VLExtractionResult, selection: str, layer: int, inputs: _In
     x = check_embedding(norm.embeddings, name)
     info = {"token_selection": sel.token_selection, "hidden_layer": layer, "tokens": int(x.shape[0]),
             "original_std": norm.original_std, "scaled_std": norm.scaled_std, "scale_factor": norm.scale_factor}
+    if result.chat_template:  # which file the chat was rendered with (a checkpoint may carry two)
+        info["chat_template"] = result.chat_template
     if recipe.outlier_mask != "none":
         if ref is None:
             raise InputError(f"outlier masking needs reference statistics of layer {layer} (llm-dit stats reference)")
