@@ -469,6 +469,38 @@ def _quiet_diffusers():
         dlog.set_verbosity(level)
 
 
+def _check_keys(cls, state: dict[str, torch.Tensor], folder: Path, sub: str, path: Path, part: str) -> None:
+    """Refuse a file that lacks weights the model needs, before loading: diffusers' own converter run
+    over the file's keys (as shapes on the meta device) against the model its config builds."""
+    from accelerate import init_empty_weights
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+
+    config = cls.load_config(str(folder), subfolder=sub, local_files_only=True)
+    with init_empty_weights():
+        shapes = {k: tuple(v.shape) for k, v in cls.from_config(config).state_dict().items()}
+    wanted = set(shapes)
+    meta = {k: torch.empty(v.shape, device="meta") for k, v in state.items()}
+    if not wanted <= set(meta):
+        entry: Any = SINGLE_FILE_LOADABLE_CLASSES[cls.__name__]
+        convert = entry["checkpoint_mapping_fn"]
+        try:
+            meta = convert(config=config, checkpoint=meta)
+        except Exception as e:  # a converter that meets keys it cannot map
+            raise ModelLoadError(f"{FLAGS[part]} {path}: its keys are not a {WHAT[part]}'s ({_first_line(e)})") \
+                from None
+    wrong = [k for k in sorted(wanted & set(meta)) if tuple(meta[k].shape) != shapes[k]]
+    if wrong:
+        k = wrong[0]
+        raise ModelLoadError(f"{FLAGS[part]} {path} does not fit the {WHAT[part]} config of {folder / sub}: {k} is "
+                             f"{list(meta[k].shape)} in the file, {list(shapes[k])} in the config (give the folder "
+                             f"of its {sub}/config.json with --tokenizer)")
+    missing = sorted(wanted - set(meta))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ModelLoadError(f"{FLAGS[part]} {path}: the {WHAT[part]} file lacks {len(missing)} of the weights its "
+                             f"config needs ({shown})")
+
+
 def _check_complete(model: torch.nn.Module, path: Path, part: str) -> None:
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing:
@@ -490,6 +522,7 @@ def load_dit(path: Path, files: SingleFiles, dtype: torch.dtype):
     h = _header(path, "dit")
     state = load_tensors(h, dtype)
     folder, sub = part_config(files, "dit")
+    _check_keys(ZImageTransformer2DModel, state, folder, sub, path, "dit")
     try:
         with _quiet_diffusers():
             model = ZImageTransformer2DModel.from_single_file(state, config=str(folder), subfolder=sub,
@@ -508,6 +541,7 @@ def load_vae(path: Path, files: SingleFiles, dtype: torch.dtype):
     h = _header(path, "vae")
     state = load_tensors(h, dtype)
     folder, sub = part_config(files, "vae")
+    _check_keys(AutoencoderKL, state, folder, sub, path, "vae")
     try:
         with _quiet_diffusers():
             model = AutoencoderKL.from_single_file(state, config=str(folder), subfolder=sub, local_files_only=True,
@@ -563,8 +597,9 @@ def load_pipeline(files: SingleFiles, dtype: torch.dtype):
     """A ``ZImagePipeline`` from the files, and from ``files.base`` for any part not given."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
-    parts = load_parts(files, dtype)
-    if len(parts) < len(PARTS):
+    tokenizer = load_tokenizer(files) if all(files.file(p) for p in PARTS) else None
+    parts = load_parts(files, dtype)  # the tokenizer first: a missing one is refused before any weight is read
+    if tokenizer is None:
         from .loading import load_failure, resolve_model_path
 
         assert files.base is not None, "resolve_files refuses missing parts without a base"
@@ -574,7 +609,6 @@ def load_pipeline(files: SingleFiles, dtype: torch.dtype):
             raise
         except Exception as e:
             raise load_failure("Z-Image", files.base, e) from e
-    tokenizer = load_tokenizer(files)
     folder = next((f for f in _config_folders(files) if (f / "scheduler" / "scheduler_config.json").is_file()),
                   shipped_configs())
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler",
@@ -588,7 +622,8 @@ def load_text_encoder(files: SingleFiles, dtype: torch.dtype):
     or from ``files.base`` when only other parts are files."""
     if files.text_encoder is None:
         return None
-    return load_text_encoder_file(files.text_encoder, files, dtype), load_tokenizer(files)
+    tokenizer = load_tokenizer(files)
+    return load_text_encoder_file(files.text_encoder, files, dtype), tokenizer
 
 
 def text_encoder_layers(files: SingleFiles) -> int | None:
