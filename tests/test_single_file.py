@@ -133,6 +133,14 @@ def test_individual_files_give_the_folders_pixels(comfy, tmp_path):
     assert record["z_image_files"]["tokenizer"] == str((comfy / "configs").resolve())
 
 
+def test_one_file_replaces_one_part_of_a_diffusers_folder(comfy, tmp_path):
+    """--z-image FOLDER --dit FILE: the DiT from the file, the rest (and the configs) from the folder."""
+    folder, _ = _generate(tmp_path, "folder")
+    mixed, record = _generate(tmp_path, "mixed", "--dit", str(comfy / "fp32/z_image_turbo_fp32.safetensors"))
+    assert folder.tobytes() == mixed.tobytes()
+    assert set(record["z_image_files"]) == {"dit", "z_image"} and record["z_image_files"]["z_image"] == "tiny"
+
+
 def test_a_comfy_models_folder_gives_the_folders_pixels(comfy, tmp_path):
     """The bf16 ComfyUI files against a diffusers folder of the same bf16-rounded weights."""
     folder, _ = _generate(tmp_path, "folder", "--z-image", str(comfy / "z-image-bf16"))
