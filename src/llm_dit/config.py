@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from .errors import ConfigError, closest, did_you_mean
@@ -50,11 +50,44 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
-class ModelsConfig(_Section):
-    """Where the models come from: a hub id or a local folder; ``tiny`` means the built-in tiny models."""
+#: The Z-Image the shipped profiles name.
+DEFAULT_Z_IMAGE = "Tongyi-MAI/Z-Image-Turbo"
 
-    z_image: str = Field("Tongyi-MAI/Z-Image-Turbo", min_length=1)
+
+class ModelsConfig(_Section):
+    """Where the models come from: a hub id or a local folder; ``tiny`` means the built-in tiny models.
+
+    ``z_image`` is a hub id, a diffusers folder, or a ComfyUI ``models/`` folder (one with
+    ``diffusion_models/``, ``text_encoders/``, ``vae/``: the one file of each part there is used).
+    ``dit``, ``text_encoder``, ``vae``: single safetensors files of Z-Image's parts (ComfyUI's
+    ``z_image_turbo_bf16.safetensors``, ``qwen_3_4b.safetensors``, ``ae.safetensors``, fp8 variants
+    too); each replaces that part of ``z_image``. ``tokenizer``: a folder with the Qwen3 tokenizer
+    (a Z-Image diffusers folder, its weights not needed, or a Qwen3-4B folder), whose configs are
+    also used first; without it the tokenizer is looked for in ``z_image`` and the local hub cache.
+    When all three files are named and ``z_image`` is left at the shipped hub id, ``z_image`` is
+    recorded as "" (no weights come from it). See docs/configuration.md, "ComfyUI single files".
+    """
+
+    z_image: str = DEFAULT_Z_IMAGE
     vl: str = Field("Qwen/Qwen3-VL-4B-Instruct", min_length=1)
+    dit: str = ""
+    text_encoder: str = ""
+    vae: str = ""
+    tokenizer: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files_replace_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and all(data.get(k) for k in ("dit", "text_encoder", "vae")) \
+                and data.get("z_image", DEFAULT_Z_IMAGE) == DEFAULT_Z_IMAGE:
+            data = {**data, "z_image": ""}
+        return data
+
+    @model_validator(mode="after")
+    def _z_image_named(self) -> ModelsConfig:
+        if not self.z_image and not (self.dit and self.text_encoder and self.vae):
+            raise ValueError("z_image may be empty only when dit, text_encoder and vae name files")
+        return self
 
 
 #: diffusers attention backends llm-dit offers (``set_attention_backend``): PyTorch's SDPA choosing its

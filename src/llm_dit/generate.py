@@ -18,7 +18,7 @@ hook; raising :class:`~llm_dit.errors.Cancelled` there stops the pipeline at onc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import torch
@@ -71,11 +71,16 @@ class ZImage:
     pipe: ZImagePipe | None  # None once unloaded
     placement: Placement
     _img2img: ZImagePipe | None = None
+    #: what it was loaded from: ``{"z_image": spec}``, or the single files' absolute paths
+    sources: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: Config) -> ZImage:
+        from .models.single_file import describe
+
         placement = resolve_placement(config.runtime)
-        return cls(config=config, pipe=load_z_image_pipeline(config, placement), placement=placement)
+        pipe = load_z_image_pipeline(config, placement)
+        return cls(config=config, pipe=pipe, placement=placement, sources=describe(config.models))
 
     def _loaded(self) -> ZImagePipe:
         assert self.pipe is not None, "this ZImage was unloaded (unload() frees it for good)"

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 def _z_key(config: Config) -> tuple:
     r = config.runtime
-    return config.models.z_image, r.device, r.dtype, r.offload, r.compile, r.attention
+    m = config.models
+    return m.z_image, m.dit, m.text_encoder, m.vae, m.tokenizer, r.device, r.dtype, r.offload, r.compile, r.attention
 
 
 def _vl_key(config: Config) -> tuple:

@@ -14,7 +14,16 @@ from .. import interrupt
 from ..errors import LlmDitError, out_of_memory_message
 from ..limits import MAX_CAPTION_ATTEMPTS, MAX_NEW_TOKENS, MAX_RIDGE, MAX_TEMPERATURE
 from . import doctor, experiments, generate, logs, serve, stats, vl
-from .common import Parser, add_config_flags, add_generation_flags, add_vl_flags, count, layer_index, number
+from .common import (
+    Parser,
+    add_config_flags,
+    add_generation_flags,
+    add_vl_flags,
+    add_z_image_flags,
+    count,
+    layer_index,
+    number,
+)
 from .conditioning import add_recipe_flags
 
 
@@ -77,7 +86,7 @@ def build_parser() -> Parser:
     s.add_argument("--covariance", action="store_true", help="also store the [D, D] covariance (for whiten)")
     s.add_argument("--exclude-massive", action="store_true", help="leave out massive-activation tokens")
     s.add_argument("--out", required=True, metavar="ref.safetensors")
-    s.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH")
+    add_z_image_flags(s)
     add_config_flags(s)
     s.set_defaults(func=stats.cmd_stats_reference)
     s = ssub.add_parser("compare", help="per-dimension statistics: text encoder vs VL image and text tokens")

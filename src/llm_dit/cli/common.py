@@ -137,9 +137,22 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def add_z_image_flags(g, what: str = "") -> None:
+    """``--z-image`` and the single-file flags beside it (models.dit, .text_encoder, .vae, .tokenizer)."""
+    g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH",
+                   help="Z-Image hub id, diffusers folder or ComfyUI models folder" + what)
+    g.add_argument("--dit", dest="models.dit", metavar="FILE",
+                   help="Z-Image DiT single file (ComfyUI diffusion_models/, bf16 or fp8)")
+    g.add_argument("--text-encoder", dest="models.text_encoder", metavar="FILE",
+                   help="Qwen3-4B single file (ComfyUI text_encoders/qwen_3_4b*.safetensors)")
+    g.add_argument("--vae", dest="models.vae", metavar="FILE", help="VAE single file (ComfyUI vae/ae.safetensors)")
+    g.add_argument("--tokenizer", dest="models.tokenizer", metavar="DIR",
+                   help="folder with the Qwen3 tokenizer (a Z-Image diffusers folder or Qwen3-4B) for single files")
+
+
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH", help="Z-Image hub id or local folder")
+    add_z_image_flags(g)
     g.add_argument("--seed", dest="generation.seed", type=int)
     g.add_argument("--steps", dest="generation.steps", type=int)
     g.add_argument("--width", dest="generation.width", type=int)
@@ -161,8 +174,7 @@ def add_encoder_flags(p: argparse.ArgumentParser) -> None:
 def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bool = True) -> None:
     g = p.add_argument_group("Qwen3-VL")
     g.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
-    g.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH",
-                   help="Z-Image hub id or folder (its text encoder: splice backend, statistics)")
+    add_z_image_flags(g, " (its text encoder: splice backend, statistics)")
     g.add_argument("--max-pixels", dest="vl.max_pixels", type=int, help="pixel budget per image (~1 token / 1024 px)")
     if extraction:
         g.add_argument("--layers", dest="vl.layers", type=int_list, metavar="K[,K...]",

@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise InputError(
             f"the web app needs the 'web' extra ({e.name} is missing): pip install 'llm-dit[web]'") from None
-    from ..models.loading import resolve_model_path, resolve_placement
+    from ..models.loading import check_z_image, resolve_model_path, resolve_placement
 
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_local(args.host) and not token:
@@ -61,9 +61,11 @@ def cmd_serve(args) -> int:
         raise InputError(f"--port must be in 1..65535 (got {args.port})")
     cfg = config(args)
     resolve_placement(cfg.runtime)  # a device that is not there: refused now
-    for kind in ("z_image", "vl"):  # so is a model folder that is not there (not at the first job)
-        if getattr(cfg.models, kind) != "tiny":  # the tiny models are built when a job first needs them
-            resolve_model_path(getattr(cfg.models, kind), kind)
+    # so is a model folder that is not there (not at the first job); the tiny models are built when
+    # a job first needs them
+    check_z_image(cfg.models)
+    if cfg.models.vl != "tiny":
+        resolve_model_path(cfg.models.vl, "vl")
     runs = Path(args.runs)
     if runs.exists() and not runs.is_dir():
         raise InputError(f"--runs {runs} is a file, not a folder")

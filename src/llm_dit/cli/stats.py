@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..models.single_file import identity as z_image_identity
 from .common import config
 
 
@@ -13,7 +14,7 @@ def _text_encoder(cfg):
     from ..vl.extract import load_text_encoder
 
     placement = resolve_placement(cfg.runtime)
-    return load_text_encoder(cfg.models.z_image, placement.device, placement.dtype)
+    return load_text_encoder(cfg.models, placement.device, placement.dtype)
 
 
 def cmd_stats_reference(args) -> int:
@@ -26,7 +27,7 @@ def cmd_stats_reference(args) -> int:
     prompts = read_prompts(args.prompts)
     encoder, tokenizer = _text_encoder(cfg)
     stats = compute_reference_stats(
-        tokenizer, encoder, prompts, [args.layer], model_name=cfg.models.z_image,
+        tokenizer, encoder, prompts, [args.layer], model_name=z_image_identity(cfg.models),
         covariance=args.covariance, exclude_massive=args.exclude_massive,
     )[args.layer]
     stats.extra = {"prompts": args.prompts or "shipped corpus", "config": cfg.to_dict(), **provenance()}
@@ -60,7 +61,7 @@ def cmd_stats_compare(args) -> int:
     encoder, tokenizer = _text_encoder(cfg)
     extractor = VLEmbeddingExtractor.from_config(cfg, text_encoder=encoder)
     report = compare_embedding_stats(extractor, tokenizer, encoder, image, args.prompt, CompareOptions(
-        list(cfg.vl.layers), model_name=cfg.models.z_image, threshold=args.threshold or 10.0,
+        list(cfg.vl.layers), model_name=z_image_identity(cfg.models), threshold=args.threshold or 10.0,
         prompts_file=args.prompts, max_pixels=cfg.vl.max_pixels, pool=cfg.vl.pool,
         system_prompt=cfg.vl.system_prompt or None))
     report.update(image=str(args.image), config=cfg.to_dict(), **provenance())
@@ -93,7 +94,7 @@ def cmd_stats_adapter(args) -> int:
     encoder, tokenizer = _text_encoder(cfg)
     extractor = VLEmbeddingExtractor.from_config(cfg, backend="vl")
     adapter = fit_adapter(extractor, tokenizer, encoder, prompts, args.vl_layer, text_layer, args.ridge)
-    adapter.info.update(model_z_image=cfg.models.z_image, **provenance())
+    adapter.info.update(model_z_image=z_image_identity(cfg.models), **provenance())
     adapter.save(out)
     i = adapter.info
     held = (f"; held-out residual {i['heldout_residual']:.3g} (scaled identity: "

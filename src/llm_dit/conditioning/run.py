@@ -95,13 +95,14 @@ def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
         stats = given if given is not None else ReferenceStats.load(recipe.reference_stats)
         return {k: stats for k in layers}
     from ..io import cache_root, confined
+    from ..models.single_file import identity as z_image_identity
     from ..vl.reference import compute_reference_stats, read_prompts
 
     prompts = read_prompts()
     covariance = recipe.normalization_mode == "whiten"
     out = {}
     for k in layers:
-        key = hashlib.sha256(repr((config.models.z_image, str(text_encoder.dtype), k, covariance,
+        key = hashlib.sha256(repr((z_image_identity(config.models), str(text_encoder.dtype), k, covariance,
                                    prompts)).encode()).hexdigest()[:24]
         path = cache_root() / "reference" / f"{key}.safetensors"
         if path.is_file():
@@ -109,7 +110,7 @@ def reference_stats_for(recipe: Recipe, config: Config, tokenizer, text_encoder,
             continue
         if log:
             log(f"reference statistics for layer {k}: {len(prompts)} prompts through the text encoder")
-        out[k] = compute_reference_stats(tokenizer, text_encoder, prompts, [k], config.models.z_image,
+        out[k] = compute_reference_stats(tokenizer, text_encoder, prompts, [k], z_image_identity(config.models),
                                          covariance=covariance)[k]
         with confined(path.parent):  # the cache, not the run folder a run confines its writes to
             out[k].save(path)
@@ -128,19 +129,25 @@ class Generated:
 def _num_layers(config: Config, backend: str) -> int | None:
     """Decoder layers of the model whose hidden states the backend reads, from its config file alone
     (None when it cannot be read here: loading the model reports that)."""
-    return _layers_in(config.models.vl if backend == "vl" else config.models.z_image, backend)
+    return _layers_in(config.models.vl if backend == "vl" else config.models, backend)
 
 
 @functools.lru_cache(maxsize=16)
-def _layers_in(spec: str, backend: str) -> int | None:
+def _layers_in(spec, backend: str) -> int | None:
+    """``spec``: the Qwen3-VL id or folder (``vl``), or the whole ModelsConfig (Z-Image's encoder:
+    a single text-encoder file counts its layers from its header)."""
     from transformers import AutoConfig
 
     from ..models.loading import resolve_model_path
+    from ..models.single_file import resolve_files, text_encoder_layers
 
     try:
         if backend == "vl":
             return AutoConfig.from_pretrained(resolve_model_path(spec, "vl")).text_config.num_hidden_layers
-        z_image = resolve_model_path(spec, "z_image")
+        files = resolve_files(spec)
+        if files is not None and files.text_encoder is not None:
+            return text_encoder_layers(files)
+        z_image = resolve_model_path(files.base if files is not None and files.base else spec.z_image, "z_image")
         return AutoConfig.from_pretrained(z_image, subfolder="text_encoder").num_hidden_layers
     except Exception:
         return None
@@ -322,6 +329,8 @@ def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log
     if caption is not None:
         record["caption"] = caption
     record.update(generation_time=round(now - t_gen, 3), seconds=round(now - t0, 3), placement=placement)
+    if set(model.sources) - {"z_image"}:  # single files: what it was made from, with absolute paths
+        record["z_image_files"] = model.sources
     return Generated(image, cond, record, prompt, config)
 
 

@@ -32,6 +32,19 @@ def _model(spec: str, kind: str) -> str:
         return spec
 
 
+def _z_image(models: dict) -> str:
+    """The Z-Image a run used, for its metadata: the resolved folder or hub id, or its single files."""
+    if any(models.get(k) for k in ("dit", "text_encoder", "vae")):
+        from ..config import ModelsConfig
+        from ..models.single_file import identity
+
+        try:
+            return identity(ModelsConfig.model_validate(models))
+        except Exception:
+            return str(models.get("z_image"))
+    return _model(models["z_image"], "z_image")
+
+
 #: The fields of run.json's plan (besides the config) that metadata.json repeats, so that it alone
 #: re-runs the run (:func:`~llm_dit.experiments.specs.spec_from_metadata`).
 PLAN_FIELDS = ("name", "quick", "images", "prompt", "given_caption", "details", "cells", "grids")
@@ -68,7 +81,7 @@ def build_metadata(out: Path, found: folder.RunFolder | None = None) -> dict:
         "steps": g["steps"],
         "width": g["width"],
         "height": g["height"],
-        "models": {"z_image": _model(cfg["models"]["z_image"], "z_image"), "vl": _model(cfg["models"]["vl"], "vl")},
+        "models": {"z_image": _z_image(cfg["models"]), "vl": _model(cfg["models"]["vl"], "vl")},
         "versions": last.get("versions"),
         "git_revision": last.get("git_revision"),
         "config": cfg,

@@ -70,14 +70,14 @@ def prepare_run(spec: RunSpec, config: Config) -> PreparedRun:
     model paths, the device, offloading against captions and VQA, cell names, reference images,
     every cell's recipe for its prompt, or for a stand-in when its prompt is a caption not yet written)."""
     from ..analysis.hub_metrics import check_paths
-    from ..models.loading import resolve_model_path, resolve_placement
+    from ..models.loading import check_z_image, resolve_model_path, resolve_placement
     from ..vl.chat import check_aspect_ratio
 
     if not spec.cells:
         raise InputError("nothing to run: the experiment has no cells")
     check_paths(config)
     resolve_placement(config.runtime)  # a device that is not there: refused before any folder exists
-    resolve_model_path(config.models.z_image, "z_image")
+    check_z_image(config.models)  # a folder, hub id or single files (ComfyUI's)
     if any(c.recipe.backend != "text" or c.caption is not None for c in spec.cells):
         resolve_model_path(config.models.vl, "vl")
     offloaded = config.runtime.offload.startswith("group_")

@@ -4,6 +4,9 @@ A model argument is one of
 * ``tiny``: the built-in tiny random-weight models (built once into the cache, see ``tiny.py``);
 * a local folder in the library's own layout (diffusers for Z-Image, transformers for Qwen3-VL);
 * a hub id ``org/name``, resolved by huggingface_hub (its cache, or a download where allowed).
+
+Z-Image may also come from single files, ComfyUI's (``models.dit``, ``models.text_encoder``,
+``models.vae``, or a ComfyUI ``models/`` folder as ``models.z_image``): ``single_file.py``.
 """
 
 from __future__ import annotations
@@ -36,14 +39,31 @@ def resolve_model_path(spec: str, kind: str) -> str:
         return str(ensure_tiny_models() / tiny_sub)
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
+        if kind == "z_image" and not (path / marker).is_file():
+            from .single_file import is_comfy_folder
+
+            if is_comfy_folder(path):
+                raise ModelLoadError(f"{spec} is a ComfyUI models folder, not a diffusers one: it is read as "
+                                     "single files (models.dit, models.text_encoder, models.vae)")
         if not (path / marker).is_file():
             raise ModelLoadError(f"{spec} is not {what}: it has no {marker}")
         return str(path)
     if path.exists():
-        raise ModelLoadError(f"model path {spec} is a file; expected {what}")
+        hint = " (a single Z-Image file goes to --dit, --text-encoder or --vae)" if kind == "z_image" else ""
+        raise ModelLoadError(f"model path {spec} is a file; expected {what}{hint}")
     if spec.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(spec):
         raise ModelLoadError(f"model path {spec} does not exist")
     return spec
+
+
+def check_z_image(models) -> None:
+    """Refuse, before anything loads, a Z-Image source that cannot be: a folder or file not there, a
+    ComfyUI folder with no file (or several) of a part (``models`` is a
+    :class:`~llm_dit.config.ModelsConfig`)."""
+    from .single_file import resolve_files
+
+    if resolve_files(models) is None and models.z_image != "tiny":
+        resolve_model_path(models.z_image, "z_image")
 
 
 @dataclass(frozen=True)
@@ -118,18 +138,25 @@ def load_failure(what: str, spec: str, err: BaseException) -> ModelLoadError:
 
 
 def load_z_image_pipeline(config: Config, placement: Placement | None = None):
-    """``ZImagePipeline.from_pretrained`` on the configured model, placed per the runtime policy.
+    """``ZImagePipeline.from_pretrained`` on the configured model (or the single files it names:
+    :mod:`.single_file`), placed per the runtime policy.
 
     Loaded once: the pipeline's own text encoder and tokenizer are the ones used for text encoding.
     """
     from diffusers import ZImagePipeline
 
+    from .single_file import load_pipeline, resolve_files
+
     placement = placement or resolve_placement(config.runtime)
-    source = resolve_model_path(config.models.z_image, "z_image")
-    try:
-        pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
-    except Exception as e:  # hub errors, missing files, corrupt weights: all one line
-        raise load_failure("Z-Image", config.models.z_image, e) from e
+    files = resolve_files(config.models)
+    if files is not None:  # single files (ComfyUI's): see single_file.py
+        pipe = load_pipeline(files, placement.dtype)
+    else:
+        source = resolve_model_path(config.models.z_image, "z_image")
+        try:
+            pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
+        except Exception as e:  # hub errors, missing files, corrupt weights: all one line
+            raise load_failure("Z-Image", config.models.z_image, e) from e
     place_pipeline(pipe, placement)
     apply_speed(pipe, config.runtime)
     pipe.set_progress_bar_config(leave=False)

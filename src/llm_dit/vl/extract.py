@@ -89,10 +89,22 @@ def load_vision_tower(path: str, device: torch.device, dtype: torch.dtype):
     return tower.eval()
 
 
-def load_text_encoder(z_image: str, device: torch.device, dtype: torch.dtype):
-    """Z-Image's text encoder (``Qwen3Model``) and tokenizer alone, from a Z-Image folder or hub id."""
+def load_text_encoder(z_image, device: torch.device, dtype: torch.dtype):
+    """Z-Image's text encoder (``Qwen3Model``) and tokenizer alone, from a Z-Image folder or hub id
+    (``z_image``: that string), or from what a :class:`~llm_dit.config.ModelsConfig` names: its
+    single text-encoder file (ComfyUI's ``qwen_3_4b.safetensors``) when it names one."""
     from transformers import AutoTokenizer, Qwen3Model
 
+    if not isinstance(z_image, str):
+        from ..models.single_file import load_text_encoder as from_file
+        from ..models.single_file import resolve_files
+
+        files = resolve_files(z_image)
+        loaded = from_file(files, dtype) if files is not None else None
+        if loaded is not None:
+            encoder, tokenizer = loaded
+            return encoder.to(device).eval(), tokenizer
+        z_image = files.base if files is not None and files.base else z_image.z_image
     source = resolve_model_path(z_image, "z_image")
     try:
         encoder = Qwen3Model.from_pretrained(source, subfolder="text_encoder", dtype=dtype)
@@ -137,7 +149,7 @@ class VLEmbeddingExtractor:
         dtype: str | torch.dtype | None = None,
         backend: str = "vl",
         text_encoder=None,
-        z_image: str | None = None,
+        z_image=None,
         cache: ExtractionCache | None = None,
         vision=None,
         offload: str = "none",
@@ -147,7 +159,9 @@ class VLEmbeddingExtractor:
         ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
         loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder. A
         vision tower already loaded (``vision=``, e.g. a loaded Qwen3-VL's ``model.model.visual``) is
-        used instead of loading a second copy. ``offload``: ``runtime.offload``; under ``group_*`` Qwen3-VL's
+        used instead of loading a second copy. ``z_image`` may also be a
+        :class:`~llm_dit.config.ModelsConfig` (single files: :func:`load_text_encoder`).
+        ``offload``: ``runtime.offload``; under ``group_*`` Qwen3-VL's
         layers are moved to the GPU as they run (diffusers' group offloading at leaf level).
         """
         if backend not in BACKENDS:
@@ -198,14 +212,15 @@ class VLEmbeddingExtractor:
         """The configured model on the configured device, with the configured extraction cache.
 
         For the splice backend pass the already loaded Z-Image text encoder if there is one, so its
-        weights are not loaded twice; otherwise it is loaded from ``models.z_image``.
+        weights are not loaded twice; otherwise it is loaded from ``models.z_image`` (or the single
+        text-encoder file ``models.text_encoder``).
         """
         from ..models.loading import resolve_placement
 
         placement = resolve_placement(config.runtime)
         return cls.from_pretrained(
             config.models.vl, device=placement.device, dtype=placement.dtype, backend=backend or config.vl.backend,
-            text_encoder=text_encoder, z_image=config.models.z_image, vision=vision,
+            text_encoder=text_encoder, z_image=config.models, vision=vision,
             cache=ExtractionCache(int(config.vl.cache_gb * 2**30)), offload=placement.offload,
         )
 

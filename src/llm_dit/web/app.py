@@ -159,10 +159,11 @@ def _routes(api: FastAPI, server: Server) -> None:
     @api.get("/api/health")
     def health():
         from ..models.loading import resolve_placement
+        from ..models.single_file import identity as z_image_identity
 
         return {"status": "ok", "profile": server.config.profile,
                 "device": str(resolve_placement(server.config.runtime).device),
-                "models": {"z_image": server.config.models.z_image, "vl": server.config.models.vl},
+                "models": {"z_image": z_image_identity(server.config.models), "vl": server.config.models.vl},
                 "loaded": server.queue.pool.loaded(), "keep_models": server.config.runtime.keep_models,
                 "queued": sum(1 for j in list(server.queue.jobs.values()) if j.state == "queued"),
                 "streams": server.streams,
