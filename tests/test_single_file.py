@@ -202,10 +202,10 @@ def test_fp8_weights_dequantise_within_e4m3_rounding(comfy, tiny_z_image_dir, fi
     at most 0.0589 |w| (the bound is 0.0625), 0.9998 of the bound. Weights kept in bf16 are equal to
     the bf16 rounding of the originals."""
     from llm_dit.models.single_file import load_tensors, read_header
-    from llm_dit.models.tiny_comfy import dit_to_comfy
+    from llm_dit.models.tiny_comfy import checkpoint_state, dit_to_comfy
 
     if "qwen" in file:
-        ref = load_file(str(tiny_z_image_dir / "text_encoder/model.safetensors"))
+        ref = checkpoint_state(tiny_z_image_dir / "text_encoder", "model")
     else:
         ref = dit_to_comfy(load_file(str(tiny_z_image_dir / "transformer/diffusion_pytorch_model.safetensors")))
     h = read_header(comfy / file)

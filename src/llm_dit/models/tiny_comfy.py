@@ -146,19 +146,29 @@ def _copy_configs(src: Path, out: Path) -> None:
     shutil.copytree(src / "tokenizer", out / "tokenizer")
 
 
+def checkpoint_state(folder: Path, stem: str) -> dict[str, torch.Tensor]:
+    """One state dict from the ``stem.safetensors`` weights of a checkpoint folder, sharded (as the
+    text encoder is, with ``stem.safetensors.index.json``) or not."""
+    from safetensors.torch import load_file
+
+    index = folder / f"{stem}.safetensors.index.json"
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else [f"{stem}.safetensors"]
+    return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
+
+
 def build_tiny_comfy(out: str | os.PathLike, z_image: str | os.PathLike | None = None) -> Path:
     """Write the files listed in the module docstring from the tiny diffusers folder ``z_image``
     (default: the cached one); returns ``out``."""
     from diffusers import ZImagePipeline
-    from safetensors.torch import load_file
 
     from .tiny import ensure_tiny_models
 
     src = Path(z_image) if z_image is not None else ensure_tiny_models() / "z-image"
     out = Path(out)
-    dit = load_file(str(src / "transformer" / "diffusion_pytorch_model.safetensors"))
-    vae = load_file(str(src / "vae" / "diffusion_pytorch_model.safetensors"))
-    text = load_file(str(src / "text_encoder" / "model.safetensors"))
+    dit = checkpoint_state(src / "transformer", "diffusion_pytorch_model")
+    vae = checkpoint_state(src / "vae", "diffusion_pytorch_model")
+    text = checkpoint_state(src / "text_encoder", "model")
     up_blocks = len(json.loads((src / "vae" / "config.json").read_text())["up_block_types"])
 
     def bf16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
