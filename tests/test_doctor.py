@@ -200,3 +200,70 @@ def test_memory_against_the_gpu(monkeypatch):
         doctor.check_memory(report, cfg)
         row = next(r for r in report.rows if r.check == "gpu memory")
         assert row.status == status and "about 27.4 GiB of weights" in row.detail, row.detail
+
+
+# -- ComfyUI single files -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def comfy(tiny_cache):
+    from llm_dit.models.tiny_comfy import ensure_tiny_comfy
+
+    return ensure_tiny_comfy()
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty hub cache: the tokenizer is found only where the arguments say."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_a_comfyui_folder_with_its_tokenizer_passes(capsys, comfy, no_hub):
+    rc, out, _ = run(capsys, "--z-image", str(comfy / "models"), "--tokenizer", str(comfy / "configs"))
+    r = rows(out)
+    assert rc == 0 and out.rstrip().endswith("no problems found"), out
+    assert r[("z-image", "layout")] == ("ok", f"ComfyUI models folder {comfy / 'models'}")
+    for part, name in (("dit", "z_image_turbo_bf16.safetensors"), ("text_encoder", "qwen_3_4b.safetensors"),
+                       ("vae", "ae.safetensors")):
+        status, detail = r[("z-image", f"{part} file")]
+        assert status == "ok" and name in detail and "not quantised" in detail and "fits" in detail
+    assert r[("both", "hidden sizes")] == ("ok", "all 64")
+
+
+def test_scaled_fp8_files_are_recognised(capsys, comfy, no_hub):
+    rc, out, _ = run(capsys, "--z-image", str(comfy / "models"), "--tokenizer", str(comfy / "configs"),
+                     "--dit", str(comfy / "fp8" / "z_image_turbo_fp8_scaled.safetensors"),
+                     "--text-encoder", str(comfy / "fp8" / "qwen_3_4b_fp8_mixed.safetensors"))
+    r = rows(out)
+    assert rc == 0, out
+    for part in ("dit", "text_encoder"):
+        status, detail = r[("z-image", f"{part} file")]
+        assert status == "ok" and "scaled fp8, dequantised on load" in detail and "F8_E4M3" in detail
+
+
+def test_comfyui_files_without_a_tokenizer_or_their_configs(capsys, comfy, no_hub):
+    """The tiny files against the shipped (published-size) configs: each part names the misfit and
+    the fix; no tokenizer anywhere names every place looked in."""
+    rc, out, _ = run(capsys, "--z-image", str(comfy / "models"))
+    r = rows(out)
+    assert rc == 1
+    assert "does not fit the Z-Image DiT config" in r[("z-image", "dit file")][1]
+    text = r[("z-image", "text_encoder file")][1]
+    assert "is a Qwen3 64 wide with 16 layers, but its config says 2560 and 36" in text
+    status, detail = r[("z-image", "tokenizer")]
+    assert status == "FAIL" and "looked in the hub cache of Tongyi-MAI/Z-Image-Turbo (not cached)" in detail
+
+
+def test_a_file_of_the_wrong_kind_and_two_candidates(capsys, comfy, no_hub, tmp_path):
+    models = comfy / "models"
+    vae, text = str(models / "vae" / "ae.safetensors"), str(models / "text_encoders" / "qwen_3_4b.safetensors")
+    rc, out, _ = run(capsys, "--dit", vae, "--text-encoder", text, "--vae", vae, "--tokenizer", str(comfy / "configs"))
+    assert rc == 1
+    assert rows(out)[("z-image", "dit file")][1].endswith("expected a Z-Image DiT file, but it is a FLUX VAE")
+    two = shutil.copytree(models, tmp_path / "models")
+    dits = two / "diffusion_models"
+    shutil.copy(dits / "z_image_turbo_bf16.safetensors", dits / "copy.safetensors")
+    rc, out, _ = run(capsys, "--z-image", str(two), "--tokenizer", str(comfy / "configs"))
+    status, detail = rows(out)[("z-image", "files")]
+    assert rc == 1 and status == "FAIL" and "has 2 Z-Image DiT files" in detail and "--dit FILE" in detail

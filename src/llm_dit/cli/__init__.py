@@ -114,7 +114,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("doctor", help="check the model folders, the profile's GPU memory and the library versions "
                        "(loads no weights); exit 1 when a check fails")
-    p.add_argument("--z-image", dest="models.z_image", metavar="ID_OR_PATH", help="Z-Image folder or hub id")
+    add_z_image_flags(p)
     p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL folder or hub id")
     p.add_argument("--json", action="store_true", help="the rows as JSON")
     add_config_flags(p)

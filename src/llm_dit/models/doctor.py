@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import LlmDitError
+from ..errors import LlmDitError, ModelLoadError
 from .chat_template import resolve_chat_template
 from .inspect import Weights, gib, read_weights
+from .single_file import SUBFOLDER, SingleFiles
 from .tiny import FULL, TINY, Dims
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -118,7 +119,7 @@ def _weights(report: Report, part: str, folder: Path, stem: str, what: str) -> W
     for line in w.broken:
         report.add(part, f"{what} weights", FAIL, f"{line}; download it again")
     if w.complete:
-        dtypes = ", ".join(f"{k} {v:,}" for k, v in w.dtypes().items())
+        dtypes = ", ".join(f"{k} {v:,}" for k, v in w.params_by_dtype().items())
         shards = f"{len(w.files)} shard{'s' * (len(w.files) != 1)}"
         report.add(part, f"{what} weights", OK, f"{shards}, {gib(w.bytes_on_disk)} on disk, parameters {dtypes}")
     return w if w.complete else None
@@ -195,6 +196,85 @@ def _tokenizer(report: Report, part: str, folder: Path, needs_template: bool) ->
         report.add(part, "chat template", status, "in the tokenizer" if status == OK else
                    f"{folder} has no chat template (tokenizer_config.json or chat_template.jinja): download it again")
     return tok
+
+
+# -- Z-Image from single files (ComfyUI's) -------------------------------------------------------------
+
+
+def check_single_files(report: Report, files: SingleFiles) -> None:
+    """Each named file: what its header says it is, its quantisation and size, whether its keys fit
+    the config it will be built from; the tokenizer; then the diffusers folder for parts not given."""
+    from . import single_file as sf
+
+    part = "z-image"
+    if files.comfy is not None:
+        report.add(part, "layout", OK, f"ComfyUI models folder {files.comfy}")
+    weights: dict[str, Weights] = {}
+    for name in sf.PARTS:
+        path = files.file(name)
+        if path is None:
+            continue
+        check = f"{name} file"
+        try:
+            h = sf.read_header(path, sf.FLAGS[name])
+            sf.check_kind(h, name)
+            if name == "text_encoder":
+                _text_file_fits(h, files)
+                fits = "fits its Qwen3 config"
+            else:
+                folder, sub = sf.part_config(files, name)
+                cls = _diffusers_class(name)
+                scales = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant")
+                meta = {k: _meta(v) for k, v in h.shapes.items() if not k.endswith(scales) and k != "scaled_fp8"}
+                sf.check_keys(cls, meta, folder, sub, path, name)  # diffusers' converter over shapes alone
+                fits = f"fits {folder / sub / 'config.json'}"
+        except LlmDitError as e:
+            report.add(part, check, FAIL, str(e))
+            continue
+        w = Weights(path.parent, [path.name], shapes=dict(h.shapes), dtypes=dict(h.dtypes))
+        weights[SUBFOLDER[name]] = w
+        quant = {"scaled_fp8": "scaled fp8, dequantised on load", "fp8": "plain fp8, cast on load"}.get(
+            sf.quantisation(h), "not quantised")
+        dtypes = ", ".join(f"{k} {v:,}" for k, v in w.params_by_dtype().items())
+        report.add(part, check, OK,
+                   f"{sf.WHAT[name]} {path.name}, {gib(w.bytes_on_disk)}, {quant}, {fits}; parameters {dtypes}")
+        if name == "dit":
+            report.facts["cap_feat_dim"] = sf.caption_dim(h)
+        elif name == "text_encoder":
+            report.facts["text_hidden"] = sf.text_hidden_size(h)
+    if files.text_encoder is not None:
+        try:
+            _tokenizer(report, part, sf.find_tokenizer(files), needs_template=True)
+        except LlmDitError as e:
+            report.add(part, "tokenizer", FAIL, str(e))
+    if files.base is not None:  # the parts not given come from a diffusers folder or hub id
+        report.add(part, "other parts", OK, f"from {files.base}")
+    elif len(weights) == len(sf.PARTS):
+        report.facts["z_image_weights"] = weights
+
+
+def _diffusers_class(part: str):
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+    return ZImageTransformer2DModel if part == "dit" else AutoencoderKL
+
+
+def _meta(shape: tuple[int, ...]):
+    import torch
+
+    return torch.empty(shape, device="meta")
+
+
+def _text_file_fits(h, files: SingleFiles) -> None:
+    """A text-encoder file's width and depth against the Qwen3 config it will be built with."""
+    from . import single_file as sf
+
+    config = sf.text_encoder_config(files)
+    got = (sf.text_hidden_size(h), sf.text_layers(h))
+    want = (config.hidden_size, config.num_hidden_layers)
+    if got != want:
+        raise ModelLoadError(f"--text-encoder {h.path} is a Qwen3 {got[0]} wide with {got[1]} layers, but its config "
+                             f"says {want[0]} and {want[1]}: give the folder of its config with --tokenizer")
 
 
 # -- Qwen3-VL ----------------------------------------------------------------------------------------
@@ -431,10 +511,20 @@ def _locate(report: Report, part: str, spec: str, kind: str) -> Path | None:
 
 def diagnose(config: Config) -> Report:
     """Every check for the models and profile of ``config``; loads no weights."""
+    from .single_file import resolve_files
+
     report = Report()
-    z = _locate(report, "z-image", config.models.z_image, "z_image")
-    if z is not None:
-        check_z_image(report, z)
+    try:
+        files = resolve_files(config.models)
+    except LlmDitError as e:  # two candidates in a ComfyUI folder, a file that does not exist ...
+        report.add("z-image", "files", FAIL, str(e))
+        files = None
+    if files is not None:
+        check_single_files(report, files)
+    elif not report.problems:
+        z = _locate(report, "z-image", config.models.z_image, "z_image")
+        if z is not None:
+            check_z_image(report, z)
     vl = _locate(report, "qwen3-vl", config.models.vl, "vl")
     if vl is not None:
         check_vl(report, vl)

@@ -106,6 +106,9 @@ def read_header(path: str | os.PathLike, what: str = "model file") -> Header:
             metadata = dict(f.metadata() or {})
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "not fully covered" in first:  # safetensors: the data ends before the header's offsets do
+            raise ModelLoadError(f"{what} {p} is truncated: {p.stat().st_size} bytes, shorter than its header "
+                                 "says (an interrupted download?)") from None
         raise ModelLoadError(f"{what} {p} is not a readable safetensors file ({first})") from None
     if not keys:
         raise ModelLoadError(f"{what} {p} holds no tensors")
@@ -469,7 +472,7 @@ def _quiet_diffusers():
         dlog.set_verbosity(level)
 
 
-def _check_keys(cls, state: dict[str, torch.Tensor], folder: Path, sub: str, path: Path, part: str) -> None:
+def check_keys(cls, state: dict[str, torch.Tensor], folder: Path, sub: str, path: Path, part: str) -> None:
     """Refuse a file that lacks weights the model needs, before loading: diffusers' own converter run
     over the file's keys (as shapes on the meta device) against the model its config builds."""
     from accelerate import init_empty_weights
@@ -522,7 +525,7 @@ def load_dit(path: Path, files: SingleFiles, dtype: torch.dtype):
     h = _header(path, "dit")
     state = load_tensors(h, dtype)
     folder, sub = part_config(files, "dit")
-    _check_keys(ZImageTransformer2DModel, state, folder, sub, path, "dit")
+    check_keys(ZImageTransformer2DModel, state, folder, sub, path, "dit")
     try:
         with _quiet_diffusers():
             model = ZImageTransformer2DModel.from_single_file(state, config=str(folder), subfolder=sub,
@@ -541,7 +544,7 @@ def load_vae(path: Path, files: SingleFiles, dtype: torch.dtype):
     h = _header(path, "vae")
     state = load_tensors(h, dtype)
     folder, sub = part_config(files, "vae")
-    _check_keys(AutoencoderKL, state, folder, sub, path, "vae")
+    check_keys(AutoencoderKL, state, folder, sub, path, "vae")
     try:
         with _quiet_diffusers():
             model = AutoencoderKL.from_single_file(state, config=str(folder), subfolder=sub, local_files_only=True,
