@@ -93,6 +93,16 @@ def _config(report: Report, part: str, path: Path, what: str) -> dict | None:
         return None
 
 
+def _marked(report: Report, part: str, path: Path, check: str, key: str, want: str) -> dict | None:
+    """The JSON object at ``path`` when its ``key`` is ``want`` (the file that marks a layout), else
+    None after a FAIL row."""
+    data = _config(report, part, path, check)
+    if data is not None and data.get(key) != want:
+        report.add(part, check, FAIL, f"{path} has {key} {data.get(key)!r}, not {want!r}: not a {part} checkpoint")
+        return None
+    return data
+
+
 def _sizes(report: Report, part: str, check: str, actual: dict[str, Any],
            expect: Callable[[Dims], dict[str, Any]]) -> None:
     """One row: ``actual`` equals the published sizes, or the tiny fixture's, or differs (a warning
@@ -142,12 +152,7 @@ def _text_expect(d: Dims) -> dict[str, Any]:
 def check_z_image(report: Report, folder: Path) -> None:
     """A diffusers Z-Image folder: components, configs, tokenizer, weights."""
     part = "z-image"
-    index = _config(report, part, folder / "model_index.json", "layout")
-    if index is None:
-        return
-    if index.get("_class_name") != "ZImagePipeline":
-        report.add(part, "layout", FAIL, f"{folder}/model_index.json names {index.get('_class_name')!r}, not "
-                   "ZImagePipeline: this is not a Z-Image folder")
+    if _marked(report, part, folder / "model_index.json", "layout", "_class_name", "ZImagePipeline") is None:
         return
     report.add(part, "layout", OK, f"ZImagePipeline folder {folder}")
     dit = _config(report, part, folder / "transformer" / "config.json", "transformer config")
@@ -223,7 +228,7 @@ def check_single_files(report: Report, files: SingleFiles) -> None:
                 fits = "fits its Qwen3 config"
             else:
                 folder, sub = sf.part_config(files, name)
-                cls = _diffusers_class(name)
+                cls = sf.diffusers_class(name)
                 scales = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant")
                 meta = {k: _meta(v) for k, v in h.shapes.items() if not k.endswith(scales) and k != "scaled_fp8"}
                 sf.check_keys(cls, meta, folder, sub, path, name)  # diffusers' converter over shapes alone
@@ -251,12 +256,6 @@ def check_single_files(report: Report, files: SingleFiles) -> None:
         report.add(part, "other parts", OK, f"from {files.base}")
     elif len(weights) == len(sf.PARTS):
         report.facts["z_image_weights"] = weights
-
-
-def _diffusers_class(part: str):
-    from diffusers import AutoencoderKL, ZImageTransformer2DModel
-
-    return ZImageTransformer2DModel if part == "dit" else AutoencoderKL
 
 
 def _meta(shape: tuple[int, ...]):
@@ -288,12 +287,8 @@ def _vision_expect(d: Dims) -> dict[str, Any]:
 def check_vl(report: Report, folder: Path) -> None:
     """A transformers Qwen3-VL folder: config, token ids, chat template, processor, weights."""
     part = "qwen3-vl"
-    config = _config(report, part, folder / "config.json", "config")
+    config = _marked(report, part, folder / "config.json", "config", "model_type", "qwen3_vl")
     if config is None:
-        return
-    if config.get("model_type") != "qwen3_vl":
-        report.add(part, "config", FAIL, f"{folder}/config.json is model_type {config.get('model_type')!r}, not "
-                   "qwen3_vl: not a Qwen3-VL checkpoint")
         return
     text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
     _sizes(report, part, "text config", {k: text.get(k) for k in _text_expect(FULL)}, _text_expect)

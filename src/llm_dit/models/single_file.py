@@ -518,42 +518,37 @@ def _header(path: Path, part: str) -> Header:
     return h
 
 
-def load_dit(path: Path, files: SingleFiles, dtype: torch.dtype):
-    """The Z-Image DiT of a single file (ComfyUI or diffusers key names), through diffusers."""
-    from diffusers import ZImageTransformer2DModel
+def diffusers_class(part: str):
+    """The diffusers model class a ``dit`` or ``vae`` file is loaded into."""
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
 
-    h = _header(path, "dit")
+    return {"dit": ZImageTransformer2DModel, "vae": AutoencoderKL}[part]
+
+
+def load_diffusers_part(path: Path, files: SingleFiles, dtype: torch.dtype, part: str):
+    """A ``dit`` (ComfyUI or diffusers key names) or ``vae`` (the FLUX.1 ``ae.safetensors`` LDM layout)
+    single file, through diffusers' ``from_single_file`` with the config :func:`part_config` finds."""
+    cls = diffusers_class(part)
+    h = _header(path, part)
     state = load_tensors(h, dtype)
-    folder, sub = part_config(files, "dit")
-    check_keys(ZImageTransformer2DModel, state, folder, sub, path, "dit")
+    folder, sub = part_config(files, part)
+    check_keys(cls, state, folder, sub, path, part)
     try:
         with _quiet_diffusers():
-            model = ZImageTransformer2DModel.from_single_file(state, config=str(folder), subfolder=sub,
-                                                              local_files_only=True, dtype=dtype)
+            model = cls.from_single_file(state, config=str(folder), subfolder=sub, local_files_only=True, dtype=dtype)
     except Exception as e:
-        raise ModelLoadError(f"--dit {path} does not fit the Z-Image DiT config of {folder / sub}: "
+        raise ModelLoadError(f"{FLAGS[part]} {path} does not fit the {WHAT[part]} config of {folder / sub}: "
                              f"{_first_line(e)}") from None
-    _check_complete(model, path, "dit")
+    _check_complete(model, path, part)
     return model
+
+
+def load_dit(path: Path, files: SingleFiles, dtype: torch.dtype):
+    return load_diffusers_part(path, files, dtype, "dit")
 
 
 def load_vae(path: Path, files: SingleFiles, dtype: torch.dtype):
-    """The VAE of a single file (the FLUX.1 ``ae.safetensors`` LDM layout), through diffusers."""
-    from diffusers import AutoencoderKL
-
-    h = _header(path, "vae")
-    state = load_tensors(h, dtype)
-    folder, sub = part_config(files, "vae")
-    check_keys(AutoencoderKL, state, folder, sub, path, "vae")
-    try:
-        with _quiet_diffusers():
-            model = AutoencoderKL.from_single_file(state, config=str(folder), subfolder=sub, local_files_only=True,
-                                                   dtype=dtype)
-    except Exception as e:
-        raise ModelLoadError(f"--vae {path} does not fit the VAE config of {folder / sub}: {_first_line(e)}") \
-            from None
-    _check_complete(model, path, "vae")
-    return model
+    return load_diffusers_part(path, files, dtype, "vae")
 
 
 def load_text_encoder_file(path: Path, files: SingleFiles, dtype: torch.dtype):
