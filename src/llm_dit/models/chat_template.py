@@ -85,4 +85,4 @@ def resolve_chat_template(source: str, tokenizer) -> ChatTemplate:
         return ChatTemplate(own, TOKENIZER_TEMPLATE_SOURCE)
     raise ModelLoadError(
         f"{source} has no chat template: none in {', '.join(PROCESSOR_TEMPLATE_FILES[1:])} or its "
-        f"{TOKENIZER_TEMPLATE_SOURCE}; a Qwen3-VL checkpoint ships one in chat_template.json")
+        f"{TOKENIZER_TEMPLATE_SOURCE}; copy the chat_template.json of the model's repository into it")
