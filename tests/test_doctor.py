@@ -11,6 +11,13 @@ from llm_dit.models import doctor
 from llm_dit.models.tiny import build_tiny_qwen3_vl, mark_think_special, write_template_layout
 
 
+@pytest.fixture(autouse=True)
+def bounds(monkeypatch):
+    """The version check reads llm-dit's installed metadata, which a venv may hold from an older
+    pyproject: every test but the version tests sees no bounds (one ok row); those set their own."""
+    monkeypatch.setattr(doctor.metadata, "requires", lambda name: [])
+
+
 def run(capsys, *args):
     rc = main(["doctor", "--profile", "tiny", *args])
     out = capsys.readouterr()
@@ -148,13 +155,21 @@ def test_a_broken_config_is_one_row_not_a_traceback(capsys, vl_copy):
     assert rc == 1 and "is not valid JSON" in rows(out)[("qwen3-vl", "config")][1] and "Traceback" not in err
 
 
-def test_a_version_below_the_floor_names_the_fix(capsys, monkeypatch):
+def test_a_version_outside_the_bounds_names_the_fix(capsys, monkeypatch):
     real = doctor.metadata.version
+    monkeypatch.setattr(doctor.metadata, "requires", lambda name: ["transformers>=5.18,<6", "numpy",
+                                                                   "pytest>=8; extra == 'test'"])
     monkeypatch.setattr(doctor.metadata, "version", lambda name: "4.57.0" if name == "transformers" else real(name))
     rc, out, _ = run(capsys)
     fails = [d for (p, c), (s, d) in rows(out).items() if c == "versions"]
-    assert rc == 1 and fails and "transformers 4.57.0 is outside" in fails[0]
-    assert "pip install 'transformers" in fails[0]
+    assert rc == 1 and fails == ["transformers 4.57.0 is outside <6,>=5.18: pip install 'transformers<6,>=5.18'"]
+
+
+def test_versions_within_the_bounds_pass(capsys, monkeypatch):
+    have = doctor.metadata.version("transformers")
+    monkeypatch.setattr(doctor.metadata, "requires", lambda name: [f"transformers>={have}", "numpy"])
+    rc, out, _ = run(capsys)
+    assert rc == 0 and rows(out)[("system", "versions")] == ("ok", f"transformers {have}")
 
 
 def test_a_gpu_profile_on_a_machine_without_one(capsys):
