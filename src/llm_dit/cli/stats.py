@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..models.single_file import identity as z_image_identity
 from .common import config
+
+
+def z_image_identity(models) -> str:
+    """Z-Image's source as one string (``single_file.identity``); imported when called, so that
+    ``llm-dit --help`` imports no torch (tests/test_cli_startup.py)."""
+    from ..models.single_file import identity
+
+    return identity(models)
 
 
 def _text_encoder(cfg):
