@@ -327,6 +327,7 @@ BASE = {  # what each command needs besides the flag under test ({o}: the output
     ("stats", "compare"): ["--image", "{ref}", "--prompt", "a cat", "--out", "{o}/stats"],
     ("stats", "adapter"): ["--out", "{o}/a.safetensors"],
     ("config",): [],
+    ("doctor",): [],
 }
 FLAGS = [(cmd, action.option_strings[-1], kind, action.dest)
          for cmd, sub in _commands(build_parser()) for action in sub._actions
