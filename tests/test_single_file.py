@@ -88,7 +88,7 @@ def test_the_comfy_key_maps_round_trip_through_diffusers(comfy, tiny_z_image_dir
 
 
 def test_the_file_kinds_are_read_from_the_headers(comfy):
-    from llm_dit.models.single_file import kind_of, quantisation, read_header
+    from llm_dit.models.file_header import kind_of, quantisation, read_header
 
     kinds = {f: kind_of(read_header(comfy / f))[0] for f in (
         "models/diffusion_models/z_image_turbo_bf16.safetensors", "fp32/z_image_turbo_fp32.safetensors",
@@ -201,7 +201,7 @@ def test_fp8_weights_dequantise_within_e4m3_rounding(comfy, tiny_z_image_dir, fi
     ``|w' - w| <= max(2^-4 |w|, 2^-10 scale)``, scale = max|w| / 448 (1 for plain fp8). Measured:
     at most 0.0589 |w| (the bound is 0.0625), 0.9998 of the bound. Weights kept in bf16 are equal to
     the bf16 rounding of the originals."""
-    from llm_dit.models.single_file import load_tensors, read_header
+    from llm_dit.models.file_header import load_tensors, read_header
     from llm_dit.models.tiny_comfy import checkpoint_state, dit_to_comfy
 
     if "qwen" in file:
@@ -236,7 +236,7 @@ def test_fp8_files_give_nearly_the_same_picture(comfy, tmp_path, kind):
 
 
 def test_a_quantisation_that_is_not_fp8_is_refused(tmp_path):
-    from llm_dit.models.single_file import load_tensors, read_header
+    from llm_dit.models.file_header import load_tensors, read_header
 
     conf = torch.tensor(list(json.dumps({"format": "nvfp4"}).encode()), dtype=torch.uint8)
     path = tmp_path / "q.safetensors"

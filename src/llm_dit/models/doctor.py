@@ -209,6 +209,7 @@ def _tokenizer(report: Report, part: str, folder: Path, needs_template: bool) ->
 def check_single_files(report: Report, files: SingleFiles) -> None:
     """Each named file: what its header says it is, its quantisation and size, whether its keys fit
     the config it will be built from; the tokenizer; then the diffusers folder for parts not given."""
+    from . import file_header as fh
     from . import single_file as sf
 
     part = "z-image"
@@ -221,16 +222,15 @@ def check_single_files(report: Report, files: SingleFiles) -> None:
             continue
         check = f"{name} file"
         try:
-            h = sf.read_header(path, sf.FLAGS[name])
-            sf.check_kind(h, name)
+            h = fh.read_header(path, sf.FLAGS[name])
+            fh.check_kind(h, name)
             if name == "text_encoder":
                 _text_file_fits(h, files)
                 fits = "fits its Qwen3 config"
             else:
                 folder, sub = sf.part_config(files, name)
                 cls = sf.diffusers_class(name)
-                scales = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale", ".comfy_quant")
-                meta = {k: _meta(v) for k, v in h.shapes.items() if not k.endswith(scales) and k != "scaled_fp8"}
+                meta = {k: _meta(v) for k, v in h.shapes.items() if not fh.is_quantisation_entry(k)}
                 sf.check_keys(cls, meta, folder, sub, path, name)  # diffusers' converter over shapes alone
                 fits = f"fits {folder / sub / 'config.json'}"
         except LlmDitError as e:
@@ -239,14 +239,14 @@ def check_single_files(report: Report, files: SingleFiles) -> None:
         w = Weights(path.parent, [path.name], shapes=dict(h.shapes), dtypes=dict(h.dtypes))
         weights[SUBFOLDER[name]] = w
         quant = {"scaled_fp8": "scaled fp8, dequantised on load", "fp8": "plain fp8, cast on load"}.get(
-            sf.quantisation(h), "not quantised")
+            fh.quantisation(h), "not quantised")
         dtypes = ", ".join(f"{k} {v:,}" for k, v in w.params_by_dtype().items())
         report.add(part, check, OK,
                    f"{sf.WHAT[name]} {path.name}, {gib(w.bytes_on_disk)}, {quant}, {fits}; parameters {dtypes}")
         if name == "dit":
-            report.facts["cap_feat_dim"] = sf.caption_dim(h)
+            report.facts["cap_feat_dim"] = fh.caption_dim(h)
         elif name == "text_encoder":
-            report.facts["text_hidden"] = sf.text_hidden_size(h)
+            report.facts["text_hidden"] = fh.text_hidden_size(h)
     if files.text_encoder is not None:
         try:
             _tokenizer(report, part, sf.find_tokenizer(files), needs_template=True)
@@ -266,10 +266,11 @@ def _meta(shape: tuple[int, ...]):
 
 def _text_file_fits(h, files: SingleFiles) -> None:
     """A text-encoder file's width and depth against the Qwen3 config it will be built with."""
+    from . import file_header as fh
     from . import single_file as sf
 
     config = sf.text_encoder_config(files)
-    got = (sf.text_hidden_size(h), sf.text_layers(h))
+    got = (fh.text_hidden_size(h), fh.text_layers(h))
     want = (config.hidden_size, config.num_hidden_layers)
     if got != want:
         raise ModelLoadError(f"--text-encoder {h.path} is a Qwen3 {got[0]} wide with {got[1]} layers, but its config "

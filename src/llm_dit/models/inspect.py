@@ -1,7 +1,7 @@
 """What a checkpoint's weight files hold, read from their headers alone (no tensor is loaded).
 
 A sharded checkpoint lists its shards in ``*.safetensors.index.json`` (``weight_map``: tensor name
--> shard file); each shard's safetensors header (:func:`~llm_dit.models.single_file.read_header`,
+-> shard file); each shard's safetensors header (:func:`~llm_dit.models.file_header.read_header`,
 the one reader of that format) tells each tensor's dtype and shape, and safetensors refuses a file
 shorter than its header says (an interrupted download).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .single_file import read_header
+from .file_header import read_header
 
 
 @dataclass
