@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from llm_dit.cli import main
-from llm_dit.models import doctor
+from llm_dit.models import doctor, doctor_system
 from llm_dit.models.tiny import build_tiny_qwen3_vl, mark_think_special, write_template_layout
 
 
@@ -15,7 +15,7 @@ from llm_dit.models.tiny import build_tiny_qwen3_vl, mark_think_special, write_t
 def bounds(monkeypatch):
     """The version check reads llm-dit's installed metadata, which a venv may hold from an older
     pyproject: every test but the version tests sees no bounds (one ok row); those set their own."""
-    monkeypatch.setattr(doctor.metadata, "requires", lambda name: [])
+    monkeypatch.setattr(doctor_system.metadata, "requires", lambda name: [])
 
 
 def run(capsys, *args):
@@ -156,18 +156,19 @@ def test_a_broken_config_is_one_row_not_a_traceback(capsys, vl_copy):
 
 
 def test_a_version_outside_the_bounds_names_the_fix(capsys, monkeypatch):
-    real = doctor.metadata.version
-    monkeypatch.setattr(doctor.metadata, "requires", lambda name: ["transformers>=5.18,<6", "numpy",
-                                                                   "pytest>=8; extra == 'test'"])
-    monkeypatch.setattr(doctor.metadata, "version", lambda name: "4.57.0" if name == "transformers" else real(name))
+    real = doctor_system.metadata.version
+    monkeypatch.setattr(doctor_system.metadata, "requires",
+                        lambda name: ["transformers>=5.18,<6", "numpy", "pytest>=8; extra == 'test'"])
+    monkeypatch.setattr(doctor_system.metadata, "version",
+                        lambda name: "4.57.0" if name == "transformers" else real(name))
     rc, out, _ = run(capsys)
     fails = [d for (p, c), (s, d) in rows(out).items() if c == "versions"]
     assert rc == 1 and fails == ["transformers 4.57.0 is outside <6,>=5.18: pip install 'transformers<6,>=5.18'"]
 
 
 def test_versions_within_the_bounds_pass(capsys, monkeypatch):
-    have = doctor.metadata.version("transformers")
-    monkeypatch.setattr(doctor.metadata, "requires", lambda name: [f"transformers>={have}", "numpy"])
+    have = doctor_system.metadata.version("transformers")
+    monkeypatch.setattr(doctor_system.metadata, "requires", lambda name: [f"transformers>={have}", "numpy"])
     rc, out, _ = run(capsys)
     assert rc == 0 and rows(out)[("system", "versions")] == ("ok", f"transformers {have}")
 
@@ -193,7 +194,7 @@ GIB = 2**30
 ])
 def test_peak_weights_per_offload_policy(offload, keep, expected):
     z = {"transformer": 12 * GIB, "vae": 1 * GIB, "text_encoder": 8 * GIB}
-    assert doctor._peak_bytes(offload, keep, z, 9 * GIB) == pytest.approx(expected * GIB, rel=1e-6)
+    assert doctor_system._peak_bytes(offload, keep, z, 9 * GIB) == pytest.approx(expected * GIB, rel=1e-6)
 
 
 def test_memory_against_the_gpu(monkeypatch):
@@ -212,7 +213,7 @@ def test_memory_against_the_gpu(monkeypatch):
     for total, status in ((24 * GIB, "FAIL"), (80 * GIB, "ok")):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0, t=total: fake(total_memory=t))
         report = doctor.Report(facts={"z_image_weights": weights, "vl_weights": fake(bytes_as=lambda b: 4.44e9 * b)})
-        doctor.check_memory(report, cfg)
+        doctor_system.check_memory(report, cfg)
         row = next(r for r in report.rows if r.check == "gpu memory")
         assert row.status == status and "about 27.4 GiB of weights" in row.detail, row.detail
 
