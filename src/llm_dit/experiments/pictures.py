@@ -323,8 +323,8 @@ def _attempt(make: Any, *args: Any) -> Any:
 
 def _one_line(e: BaseException) -> str:
     from ..errors import out_of_memory_message
-    from ..models.loading import _first_line
+    from ..models.loading import first_line
 
     if isinstance(e, LlmDitError):
-        return _first_line(e)
-    return out_of_memory_message(e) or f"{type(e).__name__}: {_first_line(e)}"
+        return first_line(e)
+    return out_of_memory_message(e) or f"{type(e).__name__}: {first_line(e)}"

@@ -21,6 +21,7 @@ from ..errors import LlmDitError, ModelLoadError
 from .chat_template import resolve_chat_template
 from .doctor_system import FAIL, OK, WARN, check_memory, check_relations, check_versions
 from .inspect import Weights, gib, read_weights
+from .loading import first_line
 from .single_file import SUBFOLDER, SingleFiles
 from .tiny import FULL, TINY, Dims
 
@@ -180,7 +181,7 @@ def _tokenizer(report: Report, part: str, folder: Path, needs_template: bool) ->
     try:
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # any loader failure: one line
-        report.add(part, "tokenizer", FAIL, f"{folder}: the tokenizer does not load ({_first_line(e)})")
+        report.add(part, "tokenizer", FAIL, f"{folder}: the tokenizer does not load ({first_line(e)})")
         return None
     unknown = [t for t in ("<|im_start|>", "<|im_end|>", *VISION_TOKENS.values())
                if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)]
@@ -328,7 +329,7 @@ def _vl_template(report: Report, part: str, folder: Path, tok) -> None:
         rendered = tok.apply_chat_template(messages, chat_template=template.text, tokenize=False,
                                            add_generation_prompt=True)
     except Exception as e:  # a template that does not render
-        report.add(part, "chat template", FAIL, f"the template in {template.source} does not render ({_first_line(e)})")
+        report.add(part, "chat template", FAIL, f"the template in {template.source} does not render ({first_line(e)})")
         return
     variant = "Thinking" if rendered.rstrip().endswith("<think>") else "Instruct"
     differs = "; the tokenizer carries a different copy, not used (as transformers' processor)" \
@@ -353,11 +354,6 @@ def _processor(report: Report, part: str, folder: Path) -> None:
 
 
 # -- entry -------------------------------------------------------------------------------------------
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def _locate(report: Report, part: str, spec: str, kind: str) -> Path | None:

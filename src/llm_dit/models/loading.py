@@ -103,7 +103,9 @@ def resolve_placement(runtime: RuntimeConfig) -> Placement:
     return Placement(device, dtype, runtime.offload)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a one-line
+    error quotes of a library's failure."""
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
@@ -134,7 +136,7 @@ def load_failure(what: str, spec: str, err: BaseException) -> ModelLoadError:
     """The one-line error for a model that did not load: ``could not load <what> from '<spec>':
     <first line of the cause>``, ending with :data:`NO_WEIGHTS_HINT` when the weights are not here."""
     hint = f"; {NO_WEIGHTS_HINT}" if lacks_weights(spec, err) else ""
-    return ModelLoadError(f"could not load {what} from '{spec}': {_first_line(err)}{hint}")
+    return ModelLoadError(f"could not load {what} from '{spec}': {first_line(err)}{hint}")
 
 
 def load_z_image_pipeline(config: Config, placement: Placement | None = None):
@@ -228,7 +230,7 @@ def apply_speed(pipe, runtime: RuntimeConfig) -> None:
         try:
             pipe.transformer.set_attention_backend(runtime.attention)
         except Exception as e:  # a backend whose package is missing, or that this GPU cannot run
-            raise ConfigError(f"runtime.attention = '{runtime.attention}' is not usable here: {_first_line(e)}") \
+            raise ConfigError(f"runtime.attention = '{runtime.attention}' is not usable here: {first_line(e)}") \
                 from None
     if runtime.compile:
         from .rope import fuse_qkv, use_real_rope

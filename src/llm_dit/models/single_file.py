@@ -53,6 +53,7 @@ from .file_header import (
     text_hidden_size,
     text_layers,
 )
+from .loading import first_line
 
 #: The diffusers subfolder (and pipeline component) of each part.
 SUBFOLDER = {"dit": "transformer", "text_encoder": "text_encoder", "vae": "vae"}
@@ -275,11 +276,6 @@ def text_encoder_config(files: SingleFiles):
 # -- loading ----------------------------------------------------------------------------------------------
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @contextlib.contextmanager
 def _quiet_diffusers():
     """diffusers' ``from_single_file`` casts with ``.to(dtype)`` and warns about float32 modules even
@@ -311,7 +307,7 @@ def check_keys(cls, state: dict[str, torch.Tensor], folder: Path, sub: str, path
         try:
             meta = convert(config=config, checkpoint=meta)
         except Exception as e:  # a converter that meets keys it cannot map
-            raise ModelLoadError(f"{FLAGS[part]} {path}: its keys are not a {WHAT[part]}'s ({_first_line(e)})") \
+            raise ModelLoadError(f"{FLAGS[part]} {path}: its keys are not a {WHAT[part]}'s ({first_line(e)})") \
                 from None
     wrong = [k for k in sorted(wanted & set(meta)) if tuple(meta[k].shape) != shapes[k]]
     if wrong:
@@ -360,7 +356,7 @@ def load_diffusers_part(path: Path, files: SingleFiles, dtype: torch.dtype, part
             model = cls.from_single_file(state, config=str(folder), subfolder=sub, local_files_only=True, dtype=dtype)
     except Exception as e:
         raise ModelLoadError(f"{FLAGS[part]} {path} does not fit the {WHAT[part]} config of {folder / sub}: "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
     _check_complete(model, path, part)
     return model
 
@@ -388,7 +384,7 @@ def load_text_encoder_file(path: Path, files: SingleFiles, dtype: torch.dtype):
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except Exception as e:
         raise ModelLoadError(f"--text-encoder {path} does not fit the Qwen3 config "
-                             f"({config.hidden_size} wide, {config.num_hidden_layers} layers): {_first_line(e)}") \
+                             f"({config.hidden_size} wide, {config.num_hidden_layers} layers): {first_line(e)}") \
             from None
     if unexpected:
         raise ModelLoadError(f"--text-encoder {path} has weights a {config.num_hidden_layers}-layer Qwen3 does not "
@@ -404,7 +400,7 @@ def load_tokenizer(files: SingleFiles):
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:
-        raise ModelLoadError(f"could not load the Qwen3 tokenizer from {folder}: {_first_line(e)}") from None
+        raise ModelLoadError(f"could not load the Qwen3 tokenizer from {folder}: {first_line(e)}") from None
 
 
 def load_parts(files: SingleFiles, dtype: torch.dtype) -> dict[str, Any]:
