@@ -61,7 +61,7 @@ def vl_rows() -> None:
                                                       text_encoder=te)
             results[device] = ex.extract(img, PROMPT, hidden_layer=[-6, -2], max_pixels=65536)
         for k in (-6, -2):
-            a, b = results["cpu"].embeddings[k], results["cuda"].embeddings[k]
+            a, b = results["cpu"].layer_embeddings[k], results["cuda"].layer_embeddings[k]
             err = float((a - b).norm() / a.norm())
             print(f"{backend:8s} {k:6d} {a.shape[0]:7d} {err:22.2e}")
 

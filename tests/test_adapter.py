@@ -76,7 +76,7 @@ def test_a_recipe_maps_its_vl_tokens_before_normalizing(adapter_file, extractor,
     ex = run_extractions(extractor, reqs, {str(ref): Image.open(ref).convert("RGB")})
     cond = build_conditioning(recipe, "a red house", text, ex)
     a = LinearAdapter.load(adapter_file)
-    raw = ex[reqs[0]].select("full", layers=[-6]).embeddings[-6]
+    raw = ex[reqs[0]].select("full", layers=[-6]).layer_embeddings[-6]
     expect = normalize(raw.double() @ a.weight.double() + a.bias.double(), "global", target_std="text",
                        text=text).embeddings
     torch.testing.assert_close(cond.content, expect.float())

@@ -35,6 +35,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
+#: The research notes' module paths (``from llm_dit.vl.blending import blend_adain``): thin aliases
+#: that re-export the library's names. They sit in ``vl/`` by name only; each is ranked with the
+#: layer it re-exports from, and no module of the package may import one (so nothing reaches up
+#: through them).
+ALIASES = {"vl/blending.py": "conditioning"}
+
 
 def top_name(module: str) -> str:
     """``llm_dit.vl.extract`` -> ``vl``; ``llm_dit`` -> ``__init__``."""
@@ -74,8 +80,14 @@ def violations(root: Path = PACKAGE) -> list[str]:
     """One line per import of a higher layer's module, in the package at ``root``."""
     found = []
     for path in sorted(root.rglob("*.py")):
-        here = path.relative_to(root).with_suffix("").parts[0]
+        rel = path.relative_to(root)
+        here = ALIASES.get(rel.as_posix(), rel.with_suffix("").parts[0])
         for line, target in imported(path, root):
+            alias = target.replace("llm_dit.", "", 1).replace(".", "/") + ".py"
+            if alias in ALIASES:
+                found.append(f"{path.relative_to(root.parent)}:{line}: imports the notes' alias {target}; "
+                             "import the library's own module")
+                continue
             there = top_name(target)
             if RANK[there] > RANK[here]:
                 found.append(f"{path.relative_to(root.parent)}:{line}: {here} (layer {RANK[here]}) imports "
@@ -97,6 +109,7 @@ def test_no_module_imports_from_a_higher_layer():
     ("conditioning/blend.py", "    from ..analysis import metrics\n",
      "conditioning (layer 7) imports llm_dit.analysis"),
     ("models/loading.py", "from llm_dit.pool import ModelPool\n", "models (layer 2) imports llm_dit.pool"),
+    ("experiments/cells.py", "from ..vl.blending import blend_adain\n", "imports the notes' alias llm_dit.vl.blending"),
 ])
 def test_the_check_catches_an_upward_import(tmp_path, where, line, bad):
     """A copy of the package with one deliberate upward import (also inside a function) fails."""

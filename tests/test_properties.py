@@ -23,7 +23,7 @@ from llm_dit.conditioning.style import STYLE_VECTORS, style_vector
 from llm_dit.errors import InputError
 from llm_dit.text.long_prompt import LONG_PROMPT_MODES, fit_length
 from llm_dit.vl.normalize import NORMALIZATION_MODES, normalize
-from llm_dit.vl.outliers import MASK_MODES, mask_outlier_dimensions
+from llm_dit.vl.outliers import MASK_MODES, mask_outliers
 from llm_dit.vl.reference import ReferenceStats
 from llm_dit.vl.tokens import SpecialIds, compute_token_masks, pool_grid
 
@@ -199,7 +199,7 @@ def test_every_normalization_refuses_nan_and_inf(mode, x, bad, where):
 @pytest.mark.parametrize("mode", MASK_MODES)
 @given(x=sequences(d=8, min_tokens=2), seed=st.integers(0, 1000), threshold=st.floats(1.5, 50))
 def test_outlier_masking_is_finite_and_touches_only_outlier_dimensions(mode, x, seed, threshold):
-    y, info = mask_outlier_dimensions(x, reference_for(8, seed), threshold, mode)
+    y, info = mask_outliers(x, reference_for(8, seed), threshold, mode)
     assert y.shape == x.shape and finite(y)
     untouched = [d for d in range(8) if d not in info["masked_dimensions"]]
     assert torch.equal(y[:, untouched], x.float()[:, untouched])
@@ -211,7 +211,7 @@ def test_outlier_masking_is_finite_and_touches_only_outlier_dimensions(mode, x, 
 @given(x=sequences(d=8, min_tokens=2), bad=st.sampled_from((math.nan, math.inf)), where=st.integers(0, 10**6))
 def test_outlier_analysis_refuses_nan_and_inf(x, bad, where):
     with pytest.raises(InputError, match="NaN or infinite"):
-        mask_outlier_dimensions(poisoned(x, bad, where), reference_for(8, 0))
+        mask_outliers(poisoned(x, bad, where), reference_for(8, 0))
 
 
 # -- pooling and style vectors -------------------------------------------------------------------

@@ -58,8 +58,8 @@ def test_every_layer_and_token_mode_equals_a_plain_forward(extractor, red_image,
     mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
     assert torch.equal(result.input_ids, ids)
     for k in layers:
-        assert torch.equal(result.embeddings[k], hs[k][0][mask].float()), (selection, k)
-        assert result.embeddings[k].dtype == torch.float32 and result.embeddings[k].device.type == "cpu"
+        assert torch.equal(result.layer_embeddings[k], hs[k][0][mask].float()), (selection, k)
+        assert result.layer_embeddings[k].dtype == torch.float32 and result.layer_embeddings[k].device.type == "cpu"
     assert result.token_selection == selection and result.num_tokens == int(mask.sum())
 
 
@@ -67,7 +67,7 @@ def test_negative_layers_and_lists(extractor, red_image):
     _, hs = full_forward(extractor, [red_image], TEXT)
     r = extractor.extract(red_image, TEXT, hidden_layer=[-6, -2, -1])
     for k in (-6, -2, -1):
-        assert torch.equal(r.embeddings[k], hs[k][0])
+        assert torch.equal(r.layer_embeddings[k], hs[k][0])
     assert r.hidden_layer == -6 and torch.equal(r.embedding, hs[-6][0])
 
 
@@ -176,7 +176,7 @@ def test_save_and_load_round_trip(extractor, red_image, tmp_path):
     r = extractor.extract(red_image, TEXT, hidden_layer=[-6, -2], token_selection="image_only", pool=2)
     back = VLExtractionResult.load(r.save(tmp_path / "e.safetensors"))
     for k in (-6, -2):
-        assert torch.equal(back.embeddings[k], r.embeddings[k])
+        assert torch.equal(back.layer_embeddings[k], r.layer_embeddings[k])
         assert torch.equal(back.hidden_states[k], r.hidden_states[k])
     assert back.metadata() == r.metadata()
     assert back.select("user_text").num_tokens == r.select("user_text").num_tokens
@@ -271,13 +271,13 @@ def test_normalization_is_per_layer(extractor, red_image, zimage):
     with pytest.raises(InputError, match="layer 11 of 16, the embeddings for layer 15 of 16"):
         r.select("image_no_markers", layers=[-2], normalization_mode="per_dim", reference=refs[-6])
     one = r.select("image_no_markers", layers=[-6], normalization_mode="per_dim", reference=refs[-6])
-    assert one.layers == [-6] and list(one.embeddings) == [-6]
+    assert one.layers == [-6] and list(one.layer_embeddings) == [-6]
     both = r.select("image_no_markers", normalization_mode="per_dim", reference=refs)
-    torch.testing.assert_close(both.embeddings[-6], one.embeddings[-6])
+    torch.testing.assert_close(both.layer_embeddings[-6], one.layer_embeddings[-6])
     texts = {k: zimage.encode(TEXT, hidden_layer=k).embeddings for k in (-6, -2)}
     g = r.select("full", normalization_mode="global", target_std="text", text=texts)
     for k in (-6, -2):
-        assert g.scaled_std[k] == pytest.approx(texts[k].std(unbiased=False).item(), rel=1e-5)
+        assert g.layer_scaled_std[k] == pytest.approx(texts[k].std(unbiased=False).item(), rel=1e-5)
     with pytest.raises(InputError, match="no text given for layer"):
         r.select("full", normalization_mode="global", target_std="text", text={-6: texts[-6]})
     with pytest.raises(InputError, match="were not extracted"):
@@ -312,7 +312,7 @@ def test_splice_every_layer_and_token_mode_equals_a_plain_forward(splice_extract
     r = splice_extractor.extract(red_image, TEXT, hidden_layer=layers, token_selection=selection)
     mask = oracle_mask(ids, extractor.tokenizer, selection, TEXT)
     for k in layers:
-        torch.testing.assert_close(r.embeddings[k], hs[k][0][mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r.layer_embeddings[k], hs[k][0][mask], atol=1e-5, rtol=1e-5)
 
 
 def test_generation_under_group_offloading_is_refused_in_one_line(extractor, red_image):

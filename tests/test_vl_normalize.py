@@ -5,7 +5,7 @@ import torch
 
 from llm_dit.errors import InputError
 from llm_dit.vl.normalize import normalize
-from llm_dit.vl.outliers import get_outlier_dimensions, mask_outlier_dimensions
+from llm_dit.vl.outliers import get_outlier_dimensions, mask_outliers
 from llm_dit.vl.reference import ReferenceStats, check_layer_match
 
 
@@ -151,7 +151,7 @@ def test_each_masking_mode_does_its_own_thing():
     keep = [d for d in range(8) if d not in dims]
     outs = {}
     for mode in ("zero", "clamp", "scale", "restore"):
-        y, info = mask_outlier_dimensions(x, ref, 10, mode)
+        y, info = mask_outliers(x, ref, 10, mode)
         assert sorted(info["masked_dimensions"]) == dims and torch.equal(y[:, keep], x[:, keep])
         outs[mode] = y
     assert torch.equal(outs["zero"][:, dims], torch.zeros(50, 2))
@@ -165,7 +165,7 @@ def test_each_masking_mode_does_its_own_thing():
         for b in outs:
             if a < b:
                 assert not torch.allclose(outs[a], outs[b]), (a, b)
-    y, info = mask_outlier_dimensions(x, ref, 10, "none")
+    y, info = mask_outliers(x, ref, 10, "none")
     assert torch.equal(y, x) and info["masked_dimensions"] == [] and len(info["outliers"]) == 2
     with pytest.raises(InputError, match="unknown outlier masking"):
-        mask_outlier_dimensions(x, ref, 10, "drop")
+        mask_outliers(x, ref, 10, "drop")

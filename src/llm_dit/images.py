@@ -100,7 +100,7 @@ def read_png_parameters(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(img.text[PNG_PARAMETERS_KEY])
 
 
-def check_output_path(path: str | os.PathLike, suffix: str = ".png", what: str = "output") -> Path:
+def check_output_path(path: str | os.PathLike, suffix: str | tuple[str, ...] = ".png", what: str = "output") -> Path:
     """Refuse an output path we could not finish writing, before any work is done; ``~`` expanded.
 
     Every refusal is one sentence naming the path (``what`` and the path): the wrong suffix, a
@@ -108,8 +108,9 @@ def check_output_path(path: str | os.PathLike, suffix: str = ".png", what: str =
     refuses (too long). A full disk shows only when writing: see :func:`~llm_dit.io.write_together`.
     """
     p = expand_user(path, what)
-    if p.suffix.lower() != suffix:
-        raise InputError(f"{what} {p} must end in {suffix}")
+    suffixes = (suffix,) if isinstance(suffix, str) else suffix
+    if p.suffix.lower() not in suffixes:
+        raise InputError(f"{what} {p} must end in {' or '.join(suffixes)}")
     try:
         if p.is_dir():
             raise InputError(f"{what} {p} is a folder")

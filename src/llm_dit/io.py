@@ -285,6 +285,35 @@ def save_tensors(path: str | os.PathLike, tensors: dict, key: str, metadata: dic
     return Path(path)
 
 
+def save_npz(path: str | os.PathLike, arrays: dict[str, Any], durable: bool = True) -> Path:
+    """A NumPy ``.npz`` archive of ``arrays`` (numbers, strings or arrays), written atomically."""
+    import numpy as np
+
+    with atomic_path(path, durable) as tmp, open(tmp, "wb") as f:
+        savez: Any = np.savez  # typed as if an array could be named allow_pickle
+        savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+def load_npz(path: str | os.PathLike, what: str, digests: dict[str, str] | None = None) -> dict[str, Any]:
+    """The arrays of a ``.npz`` file, read once (``digests``: see :func:`read_input`), without pickles
+    (an archive holding Python objects is refused: unpickling runs code)."""
+    import io as _io
+
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} {p} does not exist")
+    data = read_input(p, digests)
+    try:
+        with np.load(_io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # not an archive, or one holding pickles
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{p} is not a readable .npz {what} file ({why})") from None
+
+
 def load_tensors(path: str | os.PathLike, key: str, what: str,
                  digests: dict[str, str] | None = None) -> tuple[dict, dict]:
     """``(metadata, tensors)`` of a file written by :func:`save_tensors`, read once (``digests``: see

@@ -30,7 +30,7 @@ def cmd_stats_reference(args) -> int:
     from ..vl.reference import compute_reference_stats, read_prompts
 
     cfg = config(args)
-    out = check_output_path(args.out, ".safetensors")
+    out = check_output_path(args.out, (".safetensors", ".npz"))  # .npz: the notes' qwen3_4b_stats.npz layout
     prompts = read_prompts(args.prompts)
     encoder, tokenizer = _text_encoder(cfg)
     stats = compute_reference_stats(
@@ -95,7 +95,7 @@ def cmd_stats_adapter(args) -> int:
     from ..vl.reference import read_prompts
 
     cfg = config(args)
-    out = check_output_path(args.out, ".safetensors")
+    out = check_output_path(args.out, (".safetensors", ".npz"))  # .npz: the notes' qwen3_4b_stats.npz layout
     prompts = read_prompts(args.prompts)
     text_layer = cfg.encoder.hidden_layer if args.text_layer is None else args.text_layer
     encoder, tokenizer = _text_encoder(cfg)

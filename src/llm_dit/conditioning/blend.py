@@ -3,8 +3,10 @@
 Every tensor is ``[L, D]`` float32: ``text`` (``L_t`` tokens, Z-Image's own encoder), ``vl``
 (``L_v`` tokens, a VL selection). ``alpha`` in ``[0, 1]`` is the VL share; ``alpha = 0`` gives the
 text back exactly for every mode except ``replace``. The seeds' argument orders are kept
-(``blend_interpolate(vl, text, ...)``, ``blend_adain(text, vl, ...)``); :data:`BLEND_MODES` gives
-all of them one signature ``(text, vl, alpha, options) -> [L, D]`` so an experiment can name them.
+(``blend_interpolate(vl, text, ...)``, ``blend_adain(text, vl, ...)``), and so are their keyword
+names (``text_embeddings=``, ``vl_embeddings=``, ``style_delta=``) and their batched ``[1, L, D]``
+tensors (:func:`~llm_dit.embeddings.notes_names`); :data:`BLEND_MODES` gives all of them one
+signature ``(text, vl, alpha, options) -> [L, D]`` so an experiment can name them.
 
 Sequences of different lengths meet through :func:`~llm_dit.conditioning.sequence.resample`.
 
@@ -20,11 +22,14 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MAX_CAPTION_TOKENS
-from ..embeddings import check_embedding
+from ..embeddings import check_embedding, notes_names
 from ..errors import InputError, unknown_choice
 from ..modes import STYLE_MODES  # noqa: F401  (re-exported: the names live where torch is not needed)
 from .sequence import resample
 from .style import style_vector
+
+#: The notes' keyword names of the two sides.
+_SIDES = {"text_embeddings": "text", "vl_embeddings": "vl"}
 
 #: Added to standard deviations before dividing (as the seeds' AdaIN).
 EPS = 1e-5
@@ -56,6 +61,7 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
 # -- content modes ------------------------------------------------------------------------------
 
 
+@notes_names(**_SIDES)
 def blend_interpolate(vl: torch.Tensor, text: torch.Tensor, alpha: float, method: str = "linear") -> torch.Tensor:
     """``alpha * resample(vl, L_t) + (1 - alpha) * text``. Output: ``L_t`` tokens."""
     text, vl = _pair(text, vl)
@@ -63,6 +69,15 @@ def blend_interpolate(vl: torch.Tensor, text: torch.Tensor, alpha: float, method
     return alpha * resample(vl, text.shape[0], method) + (1 - alpha) * text
 
 
+@notes_names()
+def blend_embeddings(a: torch.Tensor, b: torch.Tensor, alpha: float, method: str = "linear") -> torch.Tensor:
+    """Seed 002's ``blend_embeddings(a, b, alpha)``: ``alpha * resample(a, L_b) + (1 - alpha) * b``
+    (e.g. ``a`` the style extraction's image tokens, ``b`` the content extraction's text tokens).
+    Output: ``L_b`` tokens; the same as ``blend_interpolate(a, b, alpha)``."""
+    return blend_interpolate(a, b, alpha, method)
+
+
+@notes_names(**_SIDES)
 def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Tensor:
     """Position-wise: token ``i`` of the text is paired with token ``i`` of the VL sequence.
 
@@ -79,6 +94,7 @@ def blend_linear(vl: torch.Tensor, text: torch.Tensor, alpha: float) -> torch.Te
     return out
 
 
+@notes_names(**_SIDES)
 def concat(vl: torch.Tensor, text: torch.Tensor, weight: float, max_tokens: int | None = None) -> torch.Tensor:
     """FLUX-Redux style: the text tokens, then VL tokens appended after them.
 
@@ -99,6 +115,7 @@ def concat(vl: torch.Tensor, text: torch.Tensor, weight: float, max_tokens: int 
     return torch.cat([text, resample(vl, k, "area")])
 
 
+@notes_names(**_SIDES)
 def replace(vl: torch.Tensor, text: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """The VL sequence as is (``alpha = 1`` semantics, no resampling; ``alpha`` is ignored). Output: ``L_v``."""
     _, vl = _pair(text, vl)
@@ -108,6 +125,7 @@ def replace(vl: torch.Tensor, text: torch.Tensor, alpha: float = 1.0) -> torch.T
 # -- style modes --------------------------------------------------------------------------------
 
 
+@notes_names(**_SIDES)
 def blend_adain(text: torch.Tensor, vl: torch.Tensor, alpha: float, method: str = "linear") -> torch.Tensor:
     """AdaIN per token, statistics over the hidden dimension (seed 001 #6).
 
@@ -126,6 +144,7 @@ def blend_adain(text: torch.Tensor, vl: torch.Tensor, alpha: float, method: str 
     return alpha * r + (1 - alpha) * text
 
 
+@notes_names(**_SIDES)
 def blend_adain_per_dim(text: torch.Tensor, vl: torch.Tensor, alpha: float) -> torch.Tensor:
     """Channel-wise AdaIN: statistics of each dimension over the sequence.
 
@@ -142,6 +161,7 @@ def blend_adain_per_dim(text: torch.Tensor, vl: torch.Tensor, alpha: float) -> t
     return alpha * r + (1 - alpha) * text
 
 
+@notes_names(text_embeddings="text", style_delta="delta")
 def blend_with_style_delta(
     text: torch.Tensor, delta: torch.Tensor, alpha: float, method: str = "linear"
 ) -> torch.Tensor:
@@ -154,6 +174,7 @@ def blend_with_style_delta(
     return text + alpha * resample(delta, text.shape[0], method)
 
 
+@notes_names(text_embeddings="text", style_vector="style")
 def blend_style_vector(text: torch.Tensor, style: torch.Tensor, alpha: float) -> torch.Tensor:
     """``text + alpha * s`` with one ``[D]`` style vector added to every token. Output: ``L_t``."""
     text = check_embedding(text, "the text embedding")

@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..text.long_prompt import fit_length
 from ..vl.adapter import LinearAdapter
 from ..vl.normalize import REFERENCE_MODES, normalize
-from ..vl.outliers import mask_outlier_dimensions
+from ..vl.outliers import mask_outliers
 from ..vl.reference import ReferenceStats, check_layer_match
 from ..vl.result import VLExtractionResult
 from ..vl.tokens import check_selection_possible
@@ -172,7 +172,7 @@ def _prepare(result: VLExtractionResult, selection: str, layer: int, inputs: _In
     recipe, text, adapter = inputs.recipe, inputs.text, inputs.adapter
     ref = (inputs.stats or {}).get(layer)
     sel = result.select(selection, layers=[layer])
-    x = check_embedding(sel.embeddings[layer], name)
+    x = check_embedding(sel.layer_embeddings[layer], name)
     if adapter is not None:
         adapter.check_layer(layer, result.num_layers)
         x = adapter.apply(x)
@@ -187,7 +187,7 @@ def _prepare(result: VLExtractionResult, selection: str, layer: int, inputs: _In
     if recipe.outlier_mask != "none":
         if ref is None:
             raise InputError(f"outlier masking needs reference statistics of layer {layer} (llm-dit stats reference)")
-        x, masked = mask_outlier_dimensions(x, ref, recipe.outlier_threshold, recipe.outlier_mask)
+        x, masked = mask_outliers(x, ref, recipe.outlier_threshold, recipe.outlier_mask)
         info["outliers"] = {"masked_dimensions": masked["masked_dimensions"], "threshold": recipe.outlier_threshold}
     return x, info
 

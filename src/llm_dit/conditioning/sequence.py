@@ -1,39 +1,20 @@
 """Token sequences of different lengths, and their magnitudes (shared by the blend and style modes).
 
-Every tensor is ``[L, D]``. Resampling a sequence to ``n`` tokens (:func:`resample`):
-
-* ``linear`` (the seeds): ``F.interpolate(mode="linear", align_corners=False)``; output ``j`` reads
-  position ``p_j = (j + 0.5) L / n - 0.5`` (clamped) with two taps. Squeezing ~1000 image tokens into
-  ~20 keeps ~40 of them and drops the rest: aliasing.
-* ``area``: adaptive average pooling; output ``j`` averages input window
-  ``[floor(jL/n), ceil((j+1)L/n))``, so every token contributes. When ``n > L`` each window holds one
-  token: tokens are repeated.
+Every tensor is ``[L, D]``. Resampling a sequence to ``n`` tokens is :func:`llm_dit.embeddings.resample`
+(``linear`` or ``area``; it lives with the embedding check because the VL layer needs it too).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import InputError, unknown_choice
-
-RESAMPLE_METHODS = ("linear", "area")
+from ..embeddings import RESAMPLE_METHODS, notes_names, resample  # noqa: F401  (re-exported)
 
 
-def resample(x: torch.Tensor, n: int, method: str = "linear") -> torch.Tensor:
-    """``[L, D] -> [n, D]`` by ``linear`` or ``area`` (see the module docstring); ``L == n`` is a no-op."""
-    if method not in RESAMPLE_METHODS:
-        raise InputError(unknown_choice("resampling", method, RESAMPLE_METHODS))
-    if n < 1:
-        raise InputError(f"cannot resample to {n} tokens")
-    if x.shape[0] == n:
-        return x
-    seq = x.T[None].float()  # [1, D, L]: F.interpolate works along the last axis
-    if method == "linear":
-        out = F.interpolate(seq, size=n, mode="linear", align_corners=False)
-    else:
-        out = F.adaptive_avg_pool1d(seq, n)
-    return out[0].T
+@notes_names()
+def interpolate_sequence(x: torch.Tensor, target_length: int) -> torch.Tensor:
+    """Seed 001's helper: ``[L, D]`` (or ``[1, L, D]``) linearly resampled to ``target_length`` tokens."""
+    return resample(x, target_length, "linear")
 
 
 def token_rms(x: torch.Tensor) -> torch.Tensor:

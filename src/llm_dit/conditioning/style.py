@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from ..embeddings import check_embedding
+from ..embeddings import check_embedding, notes_names
 from ..errors import InputError, unknown_choice
 from ..limits import MAX_SVD_K, check_number
 from .sequence import resample
@@ -33,6 +33,7 @@ def neutral_image(like: Image.Image) -> Image.Image:
     return Image.new("RGB", like.size, NEUTRAL_GRAY)
 
 
+@notes_names(style_vl_embeddings="style_vl", neutral_vl_embeddings="neutral_vl")
 def compute_style_delta(style_vl: torch.Tensor, neutral_vl: torch.Tensor) -> torch.Tensor:
     """``style_vl - neutral_vl``, ``[n, D]``; a neutral sequence of another length is first area-resampled."""
     style_vl = check_embedding(style_vl, "the style VL embedding")
@@ -40,10 +41,12 @@ def compute_style_delta(style_vl: torch.Tensor, neutral_vl: torch.Tensor) -> tor
     return style_vl - resample(neutral_vl, style_vl.shape[0], "area")
 
 
+@notes_names(embeddings="x")
 def mean_pool(x: torch.Tensor) -> torch.Tensor:
     return x.mean(0)
 
 
+@notes_names(embeddings="x")
 def gem_pool(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
     check_number(p, "the GeM exponent p", gt=0)
     # m * mean((|x|/m)^p)^(1/p) in float64: |x|^p itself overflows float32 for activations ~1e3 at p ~ 13.
@@ -53,6 +56,7 @@ def gem_pool(x: torch.Tensor, p: float = 3.0) -> torch.Tensor:
     return (m * ratio.pow(p).mean(0).pow(1.0 / p)).float()
 
 
+@notes_names(embeddings="x")
 def svd_style_vector(x: torch.Tensor, k: int = 10) -> torch.Tensor:
     check_number(k, "svd_k", whole=True, ge=1, le=MAX_SVD_K)
     u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
@@ -60,6 +64,7 @@ def svd_style_vector(x: torch.Tensor, k: int = 10) -> torch.Tensor:
     return ((u[:, :k] * s[:k]) @ vh[:k]).mean(0).float()
 
 
+@notes_names(embeddings="x")
 def style_vector(x: torch.Tensor, kind: str = "mean", p: float = 3.0, k: int = 10) -> torch.Tensor:
     """One ``[D]`` vector from ``[n, D]`` tokens by ``kind`` in :data:`STYLE_VECTORS`."""
     x = check_embedding(x, "the VL embedding")

@@ -266,6 +266,7 @@ class VLEmbeddingExtractor:
         token_selection: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         pool: int = 1,
+        vl_intra_blend_ratio: float | None = None,
         **select_kwargs,
     ) -> VLExtractionResult:
         """Run the chat ``[images..., text]`` (after an optional system prompt) and select tokens.
@@ -275,10 +276,14 @@ class VLEmbeddingExtractor:
         the full sequence); the seeds' flags (``image_tokens_only=True``, ...; see
         :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead. ``max_pixels`` bounds each image's
         pixels (and so its tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool``
-        neighbourhoods of each image's token grid. Remaining keyword arguments go to
-        :meth:`VLExtractionResult.select` (normalization).
+        neighbourhoods of each image's token grid. ``vl_intra_blend_ratio`` (seed 002) mixes this one
+        extraction's image and text tokens instead of selecting (:meth:`VLExtractionResult.intra_blend`).
+        Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization, the
+        notes' ``scale_to_text``).
         """
         selection = resolve_token_selection(token_selection, **take_notes_flags(select_kwargs))
+        if vl_intra_blend_ratio is not None and selection != "full":
+            raise InputError("vl_intra_blend_ratio mixes the image and text tokens itself: drop the token selection")
         check_number(pool, "pool", whole=True, ge=1, le=MAX_POOL)
         layers = list(dict.fromkeys([hidden_layer] if isinstance(hidden_layer, int) else list(hidden_layer)))
         canon = {k: canonical_layer(k, self.num_layers, f"{self.backend} model") for k in layers}
@@ -289,7 +294,25 @@ class VLEmbeddingExtractor:
         raw = self._extract_raw(images, text, system_prompt, layers, canon, max_pixels)
         states, ids, grids = pool_image_tokens(raw.hidden_states, raw.input_ids, self.special, raw.token_grids, pool)
         pooled = dataclasses.replace(raw, hidden_states=states, input_ids=ids, token_grids=grids, pool=pool)
+        if vl_intra_blend_ratio is not None:
+            check_selection_possible("image_no_markers", len(images), text is not None)
+            return pooled.intra_blend(vl_intra_blend_ratio, **select_kwargs)
         return pooled.select(selection, **select_kwargs)
+
+    def extract_with_style_injection(self, image, text: str | None, ratio: float = 0.3,
+                                     hidden_layer: int = -8) -> torch.Tensor:
+        """Seed 003's quoted sketch ("style vector injection"): ``h`` the hidden states of the chat at
+        ``hidden_layer``, ``s`` the mean of the image's tokens ``h[vision_start:vision_end]`` (the
+        start marker and the pads), ``y = h[vision_end:] + ratio * s`` (the end marker and every token
+        after it). Returns ``[1, N, D]``, as the sketch does. Of several images, the last one's span.
+        The recipe's ``style_mean`` blend mode is the same idea on any text embedding."""
+        check_number(ratio, "ratio")
+        r = self.extract(image, text, hidden_layer=hidden_layer)
+        if not r.masks.image_spans:
+            raise InputError("style injection needs an image in the chat")
+        start, end = r.masks.image_spans[-1]  # the pads are [start, end): the markers sit at start - 1 and end
+        h = r.hidden_states[hidden_layer]
+        return (h[end:] + ratio * h[start - 1:end].mean(0))[None]
 
     def _extract_raw(self, images, text, system_prompt, layers, canon, max_pixels) -> VLExtractionResult:
         key = request_key(
@@ -378,8 +401,10 @@ class VLEmbeddingExtractor:
         top_k: int = 20,
         seed: int | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        do_sample: bool | None = None,
     ) -> str:
-        """Generate text (captions); greedy when ``temperature`` is 0. Returns the raw decoded output,
+        """Generate text (captions); greedy when ``temperature`` is 0 or ``do_sample=False`` (the notes'
+        switch; ``do_sample=True`` needs a temperature above 0). Returns the raw decoded output,
         special tokens removed but ``<think>``/``</think>`` kept, special or not (:func:`decode_reply`)."""
         if self.model is None:
             raise InputError("text generation needs the full Qwen3-VL model (backend 'vl')")
@@ -391,7 +416,9 @@ class VLEmbeddingExtractor:
         images = self._images(image)
         batch = self._batch(run_processor(self.processor, build_messages(images, prompt, system_prompt), images,
                                           max_pixels))
-        sample = temperature > 0
+        if do_sample and temperature <= 0:
+            raise InputError("do_sample=True needs a temperature above 0 (temperature 0 is greedy decoding)")
+        sample = temperature > 0 if do_sample is None else bool(do_sample)
         kwargs: dict[str, Any] = dict(do_sample=sample, max_new_tokens=max_new_tokens)
         if sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)

@@ -14,6 +14,14 @@ std over the ``n`` tokens; ``mu_r``, ``sd_r``, ``C_r`` the reference's (:class:`
   ``W_x = (C_x + d I)^(-1/2)``, computed from the SVD of the centred tokens (``C_x`` is rank
   ``<= n - 1`` when ``n < D``; ``d`` is a small ridge, relative to the mean eigenvalue).
 
+:func:`whiten_embeddings` is seed 003's call, ``whiten_embeddings(emb, reference_cov)``: the same
+ZCA step, coloured by a bare ``[D, D]`` covariance (``y = W_x (x - mu_x) C^(1/2) + mu_x``: the
+tokens' own mean is kept, since a covariance carries none) or by :class:`ReferenceStats` (``whiten``).
+The seed's sketch, ``U diag(1/S) V^T @ C``, is not what its docstring says ("match reference
+covariance"): ``U V^T`` of uncentred tokens is not white, and ``@ C`` gives covariance ``C^2``. The
+docstring's meaning is what is implemented: the result's covariance is ``C`` (up to the ridge, on
+the ``n - 1`` directions ``n`` tokens span).
+
 All modes are defined for one token and for zero-variance dimensions (no NaN). Note: Z-Image's
 caption embedder begins with an RMSNorm per token, so scaling a whole sequence by a constant does not
 change the image at all; scale matters only when embeddings are mixed (blends, concatenation).
@@ -27,11 +35,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..embeddings import check_embedding
+from ..embeddings import check_embedding, notes_names
 from ..errors import InputError, unknown_choice
 from ..limits import MAX_RIDGE, check_number
 from ..modes import NORMALIZATION_MODES, NormalizationMode  # noqa: F401  (re-exported)
-from .reference import ReferenceStats
+from .reference import ReferenceStats, covariance_sqrt
+
+#: The notes' ``DEFAULT_TARGET_STD``: Qwen3-4B's std over all elements at layer -2, as their
+#: ``qwen3_4b_stats.npz`` records it (61.0957), rounded as they did. ``scale_to_text=True`` scales to it
+#: when no other target (a number, the paired text embedding, reference statistics) is given.
+NOTES_TARGET_STD = 61.0
 
 #: Modes that need reference statistics.
 REFERENCE_MODES = ("per_dim", "hybrid", "whiten", "cross")
@@ -63,8 +76,8 @@ def normalize_per_dim(x: torch.Tensor, reference: ReferenceStats, clip_sigma: fl
     return z * reference.std + reference.mean
 
 
-def whiten(x: torch.Tensor, reference: ReferenceStats, ridge: float = 1e-3) -> torch.Tensor:
-    x = _check_input(x)
+def _zca(x: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(C_x + d I)^(-1/2)`` applied to the centred rows of ``x`` (float32)."""
     check_number(ridge, "whitening ridge", gt=0, le=MAX_RIDGE)
     n = x.shape[0]
     mu = x.mean(0)
@@ -73,8 +86,29 @@ def whiten(x: torch.Tensor, reference: ReferenceStats, ridge: float = 1e-3) -> t
     lam = s**2 / n
     delta = ridge * float(lam.mean()) if float(lam.sum()) > 0 else 1.0
     gain = torch.where(s > 0, s / torch.sqrt(lam + delta), torch.zeros_like(s))
-    white = (u * gain) @ vh  # (C_x + d I)^(-1/2) applied to the centred rows
-    return (white.float() @ reference.covariance_sqrt()) + reference.mean
+    return ((u * gain) @ vh).float()
+
+
+def whiten(x: torch.Tensor, reference: ReferenceStats, ridge: float = 1e-3) -> torch.Tensor:
+    x = _check_input(x)
+    return _zca(x, ridge) @ reference.covariance_sqrt() + reference.mean
+
+
+@notes_names(embeddings="emb")
+def whiten_embeddings(emb: torch.Tensor, reference_cov, ridge: float = 1e-3) -> torch.Tensor:
+    """Seed 003's whitening (see the module docstring): ``emb`` ``[n, D]`` (or ``[1, n, D]``),
+    ``reference_cov`` a ``[D, D]`` covariance or :class:`ReferenceStats`."""
+    x = _check_input(emb)
+    if isinstance(reference_cov, ReferenceStats):
+        return whiten(x, reference_cov, ridge)
+    c = reference_cov
+    if not isinstance(c, torch.Tensor) or c.ndim != 2 or tuple(c.shape) != (x.shape[1], x.shape[1]):
+        shape = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+        raise InputError(f"reference_cov must be a [{x.shape[1]}, {x.shape[1]}] covariance (got {shape})")
+    c = c.double()
+    if not torch.isfinite(c).all() or not torch.allclose(c, c.T, rtol=1e-4, atol=1e-6 * float(c.abs().max())):
+        raise InputError("reference_cov must be a finite, symmetric covariance matrix")
+    return _zca(x, ridge) @ covariance_sqrt(c) + x.mean(0)
 
 
 @dataclass

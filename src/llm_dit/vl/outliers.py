@@ -14,6 +14,15 @@ Masking modes, applied to the outlier dimensions only:
 * ``scale``:   ``y[:, d] = mu_x[d] + (x[:, d] - mu_x[d]) * sd_r[d] / sd_x[d]`` (std -> reference std,
   mean kept; a constant dimension is left as is)
 * ``restore``: ``y[:, d] = mu_r[d]`` (the reference mean)
+
+:func:`mask_outlier_dimensions` is seed 001's call as written: ``mask_outlier_dimensions(vl_emb,
+qwen3_stats, threshold=10.0)`` returns the masked tensor (``zero`` by default), with ``qwen3_stats``
+the notes' dict or ``.npz`` archive (``per_dim_std``, ``per_dim_mean``) or :class:`ReferenceStats`,
+and ``vl_emb`` ``[n, D]`` or ``[1, n, D]``. The seed's sketch computes ``std(VL) / std(ref) < 10``,
+one direction only; its text ("zero out dimensions with >10x std ratio", "dim 396: 617x") means
+the ratio either way, since the 617x of dim 396 is the reference's std over the image tokens'
+(``ref_high``): the sketch as written would keep exactly that dimension. Both directions it is.
+:func:`mask_outliers` also returns what was done.
 """
 
 from __future__ import annotations
@@ -22,10 +31,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..embeddings import check_embedding
+from ..embeddings import check_embedding, notes_names
 from ..errors import InputError, unknown_choice
 from ..limits import check_number
-from .reference import ReferenceStats
+from .reference import ReferenceStats, as_reference
 
 MASK_MODES = ("none", "zero", "clamp", "scale", "restore")
 _TINY = 1e-12
@@ -73,12 +82,22 @@ def get_outlier_dimensions(x: torch.Tensor, reference: ReferenceStats, threshold
     return sorted(out, key=lambda o: -o.ratio)
 
 
-def mask_outlier_dimensions(
+@notes_names(vl_emb="x", qwen3_stats="reference")
+def mask_outlier_dimensions(x: torch.Tensor, reference, threshold: float = 10.0, mode: str = "zero") -> torch.Tensor:
+    """``x`` with ``mode`` applied to its outlier dimensions (the notes' call; see the module docstring).
+    ``reference``: :class:`ReferenceStats`, the notes' stats dict or archive, or a file path."""
+    return mask_outliers(x, as_reference(reference), threshold, mode)[0]
+
+
+def mask_outliers(
     x: torch.Tensor, reference: ReferenceStats, threshold: float = 10.0, mode: str = "zero"
 ) -> tuple[torch.Tensor, dict]:
     """Apply ``mode`` to the outlier dimensions; returns the new tensor and what was done."""
     if mode not in MASK_MODES:
         raise InputError(unknown_choice("outlier masking", mode, MASK_MODES))
+    if mode == "clamp" and (reference.min is None or reference.max is None):
+        raise InputError("clamp needs the reference's per-dimension range, which these statistics lack (the notes' "
+                         ".npz holds mean and std): use zero, scale or restore, or llm-dit stats reference")
     outliers = get_outlier_dimensions(x, reference, threshold)
     y = x.float().clone()
     dims = torch.tensor([o.dim for o in outliers], dtype=torch.long)
@@ -87,6 +106,7 @@ def mask_outlier_dimensions(
         if mode == "zero":
             cols = torch.zeros_like(cols)
         elif mode == "clamp":
+            assert reference.min is not None and reference.max is not None  # checked above
             cols = torch.maximum(torch.minimum(cols, reference.max[dims]), reference.min[dims])
         elif mode == "scale":
             mu, sd = cols.mean(0), cols.std(0, unbiased=False)

@@ -3,9 +3,11 @@
 It keeps the raw hidden states of the whole sequence for every requested layer (``[S, D]`` float32
 on the CPU, after grid pooling) and the token ids, from which every mask is recomputed; so one
 forward pass serves every token selection and normalization. ``select`` returns a new result whose
-``embeddings`` (per layer) are the chosen tokens, normalized, with the seeds' statistics
-(``original_std``, ``scaled_std``, ``scale_factor``). ``save``/``load`` use safetensors with the rest
-as JSON metadata.
+``layer_embeddings`` (``{layer: [n, D]}``) are the chosen tokens, normalized, with the seeds' statistics
+per layer (``layer_original_std``, ``layer_scaled_std``, ``layer_scale_factor``). In the notes' names,
+``embeddings`` is the selected ``[n, D]`` tensor of the first requested layer (``hidden_layer``) and
+``original_std`` / ``scaled_std`` / ``scale_factor`` are its numbers. ``save``/``load`` use safetensors
+with the rest as JSON metadata.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from ..embeddings import resample
 from ..errors import InputError
-from .normalize import normalize
+from .normalize import NOTES_TARGET_STD, normalize
 from .reference import ReferenceStats, check_layer_match
 from .tokens import SpecialIds, TokenMasks, compute_token_masks, resolve_token_selection
 
@@ -60,10 +63,10 @@ class VLExtractionResult:
     # the selection
     token_selection: str = "full"
     normalization_mode: str = "none"
-    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
-    original_std: dict[int, float] = field(default_factory=dict)
-    scaled_std: dict[int, float] = field(default_factory=dict)
-    scale_factor: dict[int, float] = field(default_factory=dict)
+    layer_embeddings: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> selected [n, D]
+    layer_original_std: dict[int, float] = field(default_factory=dict)
+    layer_scaled_std: dict[int, float] = field(default_factory=dict)
+    layer_scale_factor: dict[int, float] = field(default_factory=dict)
     record: dict = field(default_factory=dict)  # what produced it: the resolved config, versions
 
     # -- convenience ---------------------------------------------------------------------------
@@ -78,9 +81,32 @@ class VLExtractionResult:
         return self.layers[0]
 
     @property
+    def embeddings(self) -> torch.Tensor:
+        """The notes' ``vl_result.embeddings``: the selected ``[n, D]`` tensor of ``hidden_layer``
+        (``layer_embeddings`` holds every requested layer)."""
+        if self.hidden_layer not in self.layer_embeddings:
+            raise InputError("this result holds raw hidden states only: select tokens first (result.select(...))")
+        return self.layer_embeddings[self.hidden_layer]
+
+    @property
     def embedding(self) -> torch.Tensor:
-        """``embeddings[hidden_layer]``: the selected ``[n, D]`` tensor of the first layer."""
-        return self.embeddings[self.hidden_layer]
+        """The same as :attr:`embeddings`."""
+        return self.embeddings
+
+    @property
+    def original_std(self) -> float:
+        """Std of the selected tokens of ``hidden_layer`` before normalization (all elements, population)."""
+        return self.layer_original_std[self.hidden_layer]
+
+    @property
+    def scaled_std(self) -> float:
+        """Std after normalization (the notes' "scaled std", ~61 after ``scale_to_text``)."""
+        return self.layer_scaled_std[self.hidden_layer]
+
+    @property
+    def scale_factor(self) -> float:
+        """``scaled_std / original_std`` (1.0 when undefined)."""
+        return self.layer_scale_factor[self.hidden_layer]
 
     @property
     def num_tokens(self) -> int:
@@ -105,17 +131,27 @@ class VLExtractionResult:
         clip_sigma: float | None = 3.0,
         hybrid_weight: float = 0.5,
         force_reference: bool = False,
+        scale_to_text: bool | None = None,
         **notes_flags: bool,
     ) -> VLExtractionResult:
         """A new result with the chosen tokens of every layer (or of ``layers``), normalized.
 
         ``token_selection`` names the tokens; the seeds' flags (``image_tokens_only=True``, ...; see
-        :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead.
+        :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead. ``scale_to_text`` is the notes'
+        switch for global scaling to the text encoder's std: ``True`` turns ``none`` into ``global``
+        and, with no other target given, scales to :data:`~llm_dit.vl.normalize.NOTES_TARGET_STD`
+        (61.0); ``False`` turns ``global`` into ``none``; other modes are left as they are.
         ``image_index`` narrows ``image_only``/``image_no_markers`` to one image of several.
         Statistics are per layer: ``reference`` and ``text`` (the paired text embedding, for
         ``target_std="text"``) are either one object for a single layer or ``{layer: object}``.
         """
         name = resolve_token_selection(token_selection, **notes_flags)
+        if scale_to_text is True and normalization_mode in ("none", "global"):
+            normalization_mode = "global"
+            if target_std is None and text is None and reference is None:
+                target_std = NOTES_TARGET_STD
+        elif scale_to_text is False and normalization_mode == "global":
+            normalization_mode = "none"
         masks = self.masks
         if image_index is not None:
             if name not in ("image_only", "image_no_markers"):
@@ -146,8 +182,32 @@ class VLExtractionResult:
             stats["o"][layer], stats["s"][layer], stats["f"][layer] = res.original_std, res.scaled_std, res.scale_factor
         label = name if image_index is None else f"{name}[{image_index}]"
         return dataclasses.replace(
-            self, layers=layers, token_selection=label, normalization_mode=normalization_mode, embeddings=out,
-            original_std=stats["o"], scaled_std=stats["s"], scale_factor=stats["f"],
+            self, layers=layers, token_selection=label, normalization_mode=normalization_mode, layer_embeddings=out,
+            layer_original_std=stats["o"], layer_scaled_std=stats["s"], layer_scale_factor=stats["f"],
+        )
+
+    def intra_blend(self, ratio: float, image_tokens: str = "image_no_markers", text_tokens: str = "text_only",
+                    method: str = "linear", **select_kwargs) -> VLExtractionResult:
+        """Seed 002's intra-VL blend of this one extraction, per layer: image part ``I`` and text part
+        ``T`` selected (and each normalized) by :meth:`select`, then ``r * resample(I, L_T) + (1 - r) * T``
+        (``L_T`` tokens; the recipe's ``vl_intra_blend_ratio`` with the same defaults).
+        ``original_std`` is that of the mix before normalization, ``scaled_std`` of the result."""
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0.0 <= float(ratio) <= 1.0:
+            raise InputError(f"vl_intra_blend_ratio must be a number in [0, 1] (got {ratio!r})")
+        r = float(ratio)
+        img, txt = self.select(image_tokens, **select_kwargs), self.select(text_tokens, **select_kwargs)
+        raw_img, raw_txt = self.select(image_tokens, layers=img.layers), self.select(text_tokens, layers=txt.layers)
+        out: dict[int, torch.Tensor] = {}
+        stats: dict[str, dict[int, float]] = {"o": {}, "s": {}, "f": {}}
+        for k in img.layers:
+            n = txt.layer_embeddings[k].shape[0]
+            out[k] = r * resample(img.layer_embeddings[k], n, method) + (1 - r) * txt.layer_embeddings[k]
+            raw = r * resample(raw_img.layer_embeddings[k], n, method) + (1 - r) * raw_txt.layer_embeddings[k]
+            before, after = float(raw.std(unbiased=False)), float(out[k].std(unbiased=False))
+            stats["o"][k], stats["s"][k], stats["f"][k] = before, after, after / before if before > 0 else 1.0
+        return dataclasses.replace(
+            txt, token_selection=f"intra({image_tokens} x {r:g} + {text_tokens} x {1 - r:g})", layer_embeddings=out,
+            layer_original_std=stats["o"], layer_scaled_std=stats["s"], layer_scale_factor=stats["f"],
         )
 
     # -- records -------------------------------------------------------------------------------
@@ -169,9 +229,10 @@ class VLExtractionResult:
             "pool": self.pool,
             "token_selection": self.token_selection,
             "normalization_mode": self.normalization_mode,
-            "original_std": {str(k): v for k, v in self.original_std.items()},
-            "scaled_std": {str(k): v for k, v in self.scaled_std.items()},
-            "scale_factor": {str(k): v for k, v in self.scale_factor.items()},
+            # per layer, as in the file since its first version
+            "original_std": {str(k): v for k, v in self.layer_original_std.items()},
+            "scaled_std": {str(k): v for k, v in self.layer_scaled_std.items()},
+            "scale_factor": {str(k): v for k, v in self.layer_scale_factor.items()},
             "special_ids": self.special.to_dict(),
             "token_counts": self.masks.counts(),
             "record": self.record,
@@ -180,7 +241,7 @@ class VLExtractionResult:
     def summary(self) -> str:
         """One line: tokens, grid, std per layer."""
         grids = ",".join(f"{h}x{w}" for h, w in self.token_grids) or "none"
-        stds = " ".join(f"L{k}:{self.scaled_std.get(k, float('nan')):.4g}" for k in self.layers)
+        stds = " ".join(f"L{k}:{self.layer_scaled_std.get(k, float('nan')):.4g}" for k in self.layers)
         return (
             f"{self.num_tokens} tokens ({self.token_selection}) of {self.input_ids.shape[0]}, "
             f"image grid {grids}, std {stds}, backend {self.backend}, {self.model_variant}"
@@ -193,8 +254,8 @@ class VLExtractionResult:
         tensors = {"input_ids": self.input_ids.to(torch.int64)}
         for k in self.layers:
             tensors[f"hidden_states.{k}"] = self.hidden_states[k].float()
-            if k in self.embeddings:
-                tensors[f"embeddings.{k}"] = self.embeddings[k].float()
+            if k in self.layer_embeddings:
+                tensors[f"embeddings.{k}"] = self.layer_embeddings[k].float()
         return save_tensors(path, tensors, _META_KEY, self.metadata())
 
     @classmethod
@@ -222,9 +283,9 @@ class VLExtractionResult:
             pool=meta["pool"],
             token_selection=meta["token_selection"],
             normalization_mode=meta["normalization_mode"],
-            embeddings={k: t[f"embeddings.{k}"] for k in layers if f"embeddings.{k}" in t},
-            original_std={int(k): v for k, v in meta["original_std"].items()},
-            scaled_std={int(k): v for k, v in meta["scaled_std"].items()},
-            scale_factor={int(k): v for k, v in meta["scale_factor"].items()},
+            layer_embeddings={k: t[f"embeddings.{k}"] for k in layers if f"embeddings.{k}" in t},
+            layer_original_std={int(k): v for k, v in meta["original_std"].items()},
+            layer_scaled_std={int(k): v for k, v in meta["scaled_std"].items()},
+            layer_scale_factor={int(k): v for k, v in meta["scale_factor"].items()},
             record=meta.get("record", {}),
         )
