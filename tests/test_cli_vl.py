@@ -99,6 +99,32 @@ def test_caption_writes_caption_and_raw(tmp_path, img, capsys):
     assert err[0].startswith("caption: attempt 1/3") and err[-1].startswith("llm-dit: error: ")
 
 
+def test_stats_reference_in_the_notes_npz_layout(tmp_path, img, capsys):
+    """``--out ref.npz`` writes the notes' qwen3_4b_stats.npz layout, which every --reference-stats reads."""
+    import numpy as np
+
+    ref = tmp_path / "qwen3_4b_stats.npz"
+    rc, _, err = run(["stats", "reference", "--profile", "tiny", "--layer", "-6", "--prompts", str(_prompts(tmp_path)),
+                      "--out", str(ref)], capsys)
+    assert rc == 0, err
+    z = np.load(ref)
+    assert z["per_dim_std"].shape == (64,) and z["per_dim_mean"].shape == (64,) and int(z["layer"]) == 11
+    picture = tmp_path / "masked.png"
+    rc, _, err = run(["generate", "--profile", "tiny", "--prompt", "a house", "--image", str(img), "--vl-hidden-layer",
+                      "-6", "--norm", "per_dim", "--reference-stats", str(ref), "--outlier-mask", "restore",
+                      "--steps", "2", "--width", "64", "--height", "64", "--out", str(picture)], capsys)
+    assert rc == 0, err
+    assert picture.is_file()
+    rc, _, err = run(["stats", "reference", "--profile", "tiny", "--out", str(tmp_path / "r.pt")], capsys)
+    assert rc == 2 and err[0].endswith("must end in .safetensors or .npz")
+
+
+def _prompts(tmp_path):
+    p = tmp_path / "prompts.txt"
+    p.write_text("a red house on a hill\na cat asleep on a blue sofa\n")
+    return p
+
+
 def test_stats_reference_and_compare(tmp_path, img, capsys):
     ref = tmp_path / "ref.safetensors"
     rc, stdout, err = run(["stats", "reference", "--profile", "tiny", "--layer", "-6", "--covariance",

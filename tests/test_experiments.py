@@ -75,6 +75,22 @@ def test_the_pure_text_cell_equals_stock_diffusers(runs, stock_pipe):
     assert not np.array_equal(got, np.asarray(Image.open(folder / "pure_vl_full_seq.png")))
 
 
+def test_seed000_metadata_loop(runs, capsys):
+    """Seed 000's loop over ``results`` as docs/notes.md prints it: pure-text cells hold an honest
+    ``vl_std`` of null (no VL embedding), skipped with a dash; every VL cell has its number."""
+    _, folder, _, _ = runs["vl_only_vs_qwen3"]
+    with open(folder / "metadata.json") as f:
+        data = json.load(f)
+    for result in data["results"]:
+        vl_std = "-" if result["vl_std"] is None else f"{result['vl_std']:.2f}"
+        print(f"{result['name']}: vl_std={vl_std}, blended_std={result['blended_std']:.2f}")
+    times = [(r["name"], r["generation_time"]) for r in data["results"]]
+    assert all(isinstance(t, float) for _, t in times)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pure_qwen3_4b: vl_std=-, blended_std=")
+    assert all("vl_std=-" not in ln for ln in lines[1:]) and len(lines) == 4
+
+
 def test_cells_that_must_match_are_generated_once(runs):
     _, folder, out, _ = runs["caption_alignment"]
     meta = json.loads((folder / "metadata.json").read_text())

@@ -35,8 +35,8 @@ def add_recipe_flags(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-vl-text", action="store_const", const="", dest=RECIPE + "vl_text",
                    help="no text in the VL chat")
     r.add_argument("--vl-system-prompt", dest=RECIPE + "system_prompt", metavar="TEXT")
-    r.add_argument("--vl-layer", dest=RECIPE + "hidden_layer", type=int, metavar="K",
-                   help="VL hidden_states index (default -6)")
+    r.add_argument("--vl-layer", "--vl-hidden-layer", dest=RECIPE + "hidden_layer", type=int, metavar="K",
+                   help="VL hidden_states index (default -6; --vl-hidden-layer: the notes' name)")
     r.add_argument("--tokens", dest=RECIPE + "token_selection", help=one_of(Recipe, "token_selection"))
     r.add_argument("--max-pixels", dest=RECIPE + "max_pixels", type=int, help="pixel budget per reference image")
     r.add_argument("--pool", dest=RECIPE + "pool", type=int, help="average K x K neighbourhoods of image tokens")
