@@ -5,6 +5,7 @@ Flags a script does not know are passed through unchanged (``--profile tiny``, `
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -38,5 +39,11 @@ def run(build: Callable[[list[str]], list[str]], args: list[str] | None = None) 
     except LlmDitError as e:
         print(f"llm-dit: error: {e}", file=sys.stderr)
         return e.exit_code
-    print("llm-dit " + " ".join(argv), file=sys.stderr)
+    print(command(argv), file=sys.stderr)
     return main(argv)
+
+
+def command(argv: list[str]) -> str:
+    """The ``llm-dit`` command line of ``argv``, quoted for a POSIX shell: it pastes back as it ran
+    (``shlex.split`` of it gives ``["llm-dit", *argv]``)."""
+    return shlex.join(["llm-dit", *argv])

@@ -12,7 +12,8 @@ from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
 from ..interrupt import unwinding
-from .common import add_config_flags, add_generation_flags, config, number, one_of
+from ..limits import MAX_NEW_TOKENS
+from .common import add_config_flags, add_generation_flags, config, count, number, one_of
 from .conditioning import RECIPE_HELP, absolute, references_from_args
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="trials: N seeds from --seed on (or a list); with --images, every image x seed")
     p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
+    p.add_argument("--caption-max-new-tokens", type=count(ge=1, le=MAX_NEW_TOKENS), metavar="N",
+                   help="the generation budget of each caption, thinking and caption together (seed 004's "
+                        "--max-tokens; default: the target length, plus 1536 for a Thinking model)")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
     p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: " + one_of(MetricsConfig, "vqa"))
     p.add_argument("--clip", dest="metrics.clip", metavar="DIR", help="a local CLIP folder: image-prompt score")
@@ -208,6 +212,7 @@ def cmd_compare(args) -> int:
         given = [f for f, v in (("--experiment", args.experiment), ("--image", args.image), ("--prompt", args.prompt),
                                 ("--quick", args.quick), ("--caption", args.caption),
                                 ("--caption-file", args.caption_file), ("--set", args.set),
+                                ("--caption-max-new-tokens", args.caption_max_new_tokens),
                                 ("--images", args.images), ("--seeds", args.seeds),
                                 ("--outlier-threshold", args.outlier_threshold)) if v]
         given += [f"{k}" for k in overrides(args)] + (["--profile"] if args.profile != "default" else []) + (
@@ -225,7 +230,8 @@ def cmd_compare(args) -> int:
 
     def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         return experiment_spec(args.experiment, images, args.prompt, cfg, quick=args.quick, caption=caption,
-                               save_embeddings=args.save_embeddings, recipe=fields)
+                               save_embeddings=args.save_embeddings, recipe=fields,
+                               caption_max_new_tokens=args.caption_max_new_tokens)
 
     sets = _image_sets(args, get_experiment(args.experiment).images)
     done = _trials(args, cfg, sets, make)
@@ -310,7 +316,7 @@ def cmd_sweep(args) -> int:
     def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         refs = references if not args.images else [{"image": im} for im in images]
         return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=args.caption_tokens, caption=caption,
-                          save_embeddings=args.save_embeddings)
+                          save_embeddings=args.save_embeddings, caption_max_new_tokens=args.caption_max_new_tokens)
 
     if args.images and (args.weight or args.role):
         raise InputError("--weight and --role go with --image; --images gives one content reference per trial")
