@@ -300,22 +300,40 @@ def sweep_axes(args) -> tuple[dict, dict]:
         {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}
 
 
+def _notes_defaults(args, base: dict, axes: dict) -> int | None:
+    """The notes' ``[vl]`` alpha and method of ``--config`` set in ``base`` where neither the recipe nor
+    an axis sets them (flags win); returns the caption tokens: ``--caption-tokens``, else the table's
+    when the sweep has no prompt and no caption_tokens axis."""
+    from ..config import notes_vl
+    from ..experiments.cells import METHODS
+
+    notes = notes_vl(args.config)
+    if notes.alpha is not None and "alpha" not in base and "alpha" not in axes:
+        base["alpha"] = notes.alpha
+    if notes.method is not None and "vl_text" not in base and "method" not in axes and "vl_text" not in axes:
+        base["vl_text"] = METHODS[notes.method]
+    if args.caption_tokens is None and args.prompt is None and "caption_tokens" not in axes:
+        return notes.caption_tokens
+    return args.caption_tokens
+
+
 def cmd_sweep(args) -> int:
     from ..experiments.specs import sweep_spec
 
     caption = _caption(args)
     references = references_from_args(args)
     base, axes = sweep_axes(args)
+    cfg = config(args, notes=True)
+    caption_tokens = _notes_defaults(args, base, axes)
     for key in FILE_FIELDS:
         if isinstance(base.get(key), str):
             base[key] = absolute(base[key])
         if key in axes:
             axes[key] = [v if v is None else absolute(v) for v in axes[key]]
-    cfg = config(args)
 
     def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         refs = references if not args.images else [{"image": im} for im in images]
-        return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=args.caption_tokens, caption=caption,
+        return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=caption_tokens, caption=caption,
                           save_embeddings=args.save_embeddings, caption_max_new_tokens=args.caption_max_new_tokens)
 
     if args.images and (args.weight or args.role):
