@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from llm_dit.config import Config, GenerationConfig, profile_names, resolve_config
+from llm_dit.config import Config, GenerationConfig, NotesVL, notes_unused, notes_vl, profile_names, resolve_config
 from llm_dit.errors import ConfigError
 
 
@@ -112,11 +112,10 @@ def test_bad_files(tmp_path):
 
 
 @pytest.mark.reliability("bad input", "config files whose tables make no valid profile, the selected profile "
-                         "another: [profiles.tiny], a [vl] section at the top, a misspelt key in an unused profile, "
+                         "another: [profiles.tiny], a misspelt key in an unused profile, "
                          "an unused profile inheriting an unknown one", "one line naming the file and the table")
 @pytest.mark.parametrize("text, table", [
     ("[profiles.tiny]\nsteps = 4\n", "profiles"),
-    ("[vl]\nlayers = [-6, -8]\n", "vl"),
     ('[mine]\ninherits = "tiny"\n[mine.generation]\nstepz = 4\n', "mine"),
     ('[mine]\ninherits = "tinny"\n', "mine"),
 ])
@@ -161,3 +160,48 @@ def test_vl_defaults_agree_with_the_python_api():
     assert inspect.signature(VLEmbeddingExtractor.generate).parameters["max_pixels"].default == c.max_pixels
     assert CaptionRequest().max_pixels == c.max_pixels
     assert extract["pool"].default == c.pool and resolve_token_selection() == c.token_selection
+
+
+def test_the_notes_config_files_are_understood(tmp_path):
+    # seed 003's config.toml: the text encoder's layer and length are llm-dit's own settings
+    seed003 = tmp_path / "003.toml"
+    seed003.write_text("[default.encoder]\nhidden_layer = -6\nmax_length = 1400\n")
+    cfg = resolve_config("default", seed003)
+    assert (cfg.encoder.hidden_layer, cfg.encoder.max_length) == (-6, 1400)
+    # seed 004's [vl] table (beside the profiles, not one): hidden_layer is the VL layer of any profile
+    seed004 = tmp_path / "004.toml"
+    seed004.write_text('[vl]\nhidden_layer = -4       # Most stable\nalpha = 0.5\nmethod = "caption"\n'
+                       "caption_tokens = 1024\n")
+    assert resolve_config("tiny", seed004).vl.layers == [-4]
+    assert resolve_config("default", seed004, {"vl.layers": [-2]}).vl.layers == [-2]  # flags win
+    assert notes_vl(seed004) == NotesVL(hidden_layer=-4, alpha=0.5, method="caption", caption_tokens=1024)
+    assert "vl" not in profile_names(seed004) and notes_vl(None) == NotesVL()
+    # alpha, method, caption_tokens are read by sweep and the caption scripts; others name them
+    assert notes_unused(seed004) == (f"config file {seed004}: [vl] alpha = 0.5 is a default of llm-dit sweep and the "
+                                     "notes' caption scripts only; this command would not use it (llm-dit generate "
+                                     "takes --vl-alpha A)")
+
+
+@pytest.mark.reliability("bad input", "the research notes' config keys llm-dit has no setting for, or out of range: "
+                         "seed 003's [default.vl] device, keys and tables the notes' [vl] table does not take, "
+                         "[vl] values out of range", "one line naming the file, the key and what llm-dit has instead")
+@pytest.mark.parametrize("text, message", [
+    ('[default.encoder]\nhidden_layer = -6\n[default.vl]\ndevice = "cpu"\n',
+     '[default.vl] device is not an llm-dit setting: llm-dit runs Qwen3-VL on runtime.device, as every model '
+     '([default.runtime] device = "cpu"); to keep it off the GPU between uses, set [default.runtime] offload = '
+     '"encoder"'),
+    ('[vl]\nhidden_layer = -6\ndevice = "cpu"\n', "[vl] holds the key 'device'; the notes' [vl] table takes "
+     "hidden_layer, alpha, method, caption_tokens (a profile's Qwen3-VL settings go in [NAME.vl]"),
+    ("[vl]\nlayers = [-6, -8]\n", "[vl] holds the key 'layers'"),
+    ("[vl]\n[vl.generation]\nsteps = 4\n", "[vl] holds a table; the notes' [vl] table takes"),
+    ("[vl]\nalpha = 1.5\n", "[vl] key 'alpha': input should be less than or equal to 1 (got 1.5)"),
+    ('[vl]\nmethod = "aligned"\n', "[vl] key 'method': input should be 'caption' or 'generic'"),
+    ("[vl]\ncaption_tokens = 4000\n", "[vl] key 'caption_tokens': input should be less than or equal to 1504"),
+    ("vl = 3\n", "[vl] must be a table"),
+])
+def test_notes_keys_llm_dit_lacks_are_refused_in_one_line(tmp_path, text, message):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        resolve_config("tiny", path)
+    assert str(e.value).startswith(f"config file {path}: {message}") and "\n" not in str(e.value), str(e.value)

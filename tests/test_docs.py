@@ -198,7 +198,7 @@ def run_python(scripts: list[tuple[Block, Path]], cwd: Path, env: dict[str, str]
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_examples_run(page, tmp_path, monkeypatch, capsys):
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
-    for name in (".venv", "bench"):  # `.venv/bin/python bench/...` lines work as in the repository
+    for name in (".venv", "bench", "experiments"):  # `.venv/bin/python bench/...` lines work as in the repository
         (tmp_path / name).symlink_to(ROOT / name)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.chdir(tmp_path)

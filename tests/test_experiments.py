@@ -4,6 +4,9 @@ model loading, reports and the seed scripts (resuming: test_resume.py; sweeps: t
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -232,11 +235,6 @@ def test_seed_scripts_forward_to_the_cli(refs, tmp_path, capsys):
     stats = json.loads((tmp_path / "st" / "stats.json").read_text())
     assert set(stats["layers"]) == {"-2", "-6"} and stats["prompt"] == mod.DEFAULT_PROMPT
 
-    mod = _script("vl_caption_embedding_test")
-    assert mod.run(mod.build, ["-i", refs[0], "-o", str(tmp_path / "cap"), "--caption-tokens", "32", *SMALL]) == 0
-    names = {r["name"] for r in json.loads((tmp_path / "cap" / "metadata.json").read_text())["results"]}
-    assert names == {"text_only_caption32", "caption", "generic"}
-
     mod = _script("sweep_caption_alignment")
     assert mod.run(mod.build, ["-i", refs[0], "-o", str(tmp_path / "sw"), "--hidden-layers=-2,-6", "--alphas", "0",
                                "1", "--caption-tokens", "32", *SMALL]) == 0
@@ -247,4 +245,104 @@ def test_seed_scripts_forward_to_the_cli(refs, tmp_path, capsys):
     mod = _script("run_comparison")
     assert mod.run(mod.build, ["--prompt", "x"]) == 2
     err = capsys.readouterr().err
-    assert "required: -i/--image, -e/--experiment" in err and len(err.strip().splitlines()) == 1
+    assert "required: -i/--image, -e/--experiment/--sweep" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_comparison_takes_the_notes_other_spelling(refs, tmp_path, capsys):
+    # seed 003: --sweep NAME -o DIR, as --experiment NAME --output-dir DIR
+    mod = _script("run_comparison")
+    assert mod.run(mod.build, ["--image", refs[0], "--prompt", "Homer Simpson eating spaghetti", "--sweep",
+                               "vl_only_vs_qwen3", "-o", str(tmp_path / "vs"), "--quick", *SMALL]) == 0
+    assert (tmp_path / "vs" / "pure_qwen3_4b.png").is_file() or (tmp_path / "vs" / "metadata.json").is_file()
+    first = capsys.readouterr().err.splitlines()[0]
+    assert shlex.split(first)[:6] == ["llm-dit", "compare", "--experiment", "vl_only_vs_qwen3", "--out",
+                                      str(tmp_path / "vs")]
+
+
+def test_forwarded_commands_paste_back(monkeypatch, capsys):
+    # the printed line is shell-quoted: shlex.split gives back the argv that ran (values with a leading
+    # minus, spaces and quotes included)
+    ran = []
+    monkeypatch.setattr("llm_dit.cli.main", lambda argv: ran.append(list(argv)) or 0)
+    cases = [("compare_embedding_stats", ["--image", "my pic.png", "--prompt", "Homer's \"red\" roof", "-o", "o"]),
+             ("sweep_caption_alignment", ["-i", "a b.png", "--hidden-layers=-2,-6", "--alphas", "0", "1", "-o", "o"]),
+             ("run_comparison", ["--image", "x.png", "--prompt", "a house; rm -rf /", "--sweep", "adain", "-o", "o"])]
+    for name, args in cases:
+        mod = _script(name)
+        assert mod.run(mod.build, args) == 0
+        assert shlex.split(capsys.readouterr().err.strip()) == ["llm-dit", *ran[-1]]
+    assert "--layers=-2,-6" in " ".join(ran[1]) or "hidden_layer=-2,-6" in " ".join(ran[1])
+    assert "--caption-tokens" in ran[1] and ran[1][ran[1].index("--caption-tokens") + 1] == "1024"  # seed 004's
+
+
+NOTES_004 = '[vl]\nhidden_layer = -6       # Most stable\nalpha = 0.5             # Balanced blend\n' \
+    'method = "caption"      # More diverse outputs\ncaption_tokens = 1024   # Detailed description\n'
+
+
+def test_seed_004_caption_test_writes_the_notes_files(refs, tmp_path, monkeypatch, capsys):
+    # seed 004's command as written (smaller numbers: tiny generates 2500 caption tokens in minutes),
+    # with its notes-format config.toml and --profile tiny added
+    monkeypatch.chdir(tmp_path)
+    Path("config.toml").write_text(NOTES_004)
+    mod = _script("vl_caption_embedding_test")
+    args = ["-i", refs[0], "-o", "results", "--caption-tokens", "32", "--max-tokens", "40", "--vl-alpha", "0.5",
+            "--vl-hidden-layer", "-6", "--steps", "2", "--seed", "42", "--config", "config.toml", "--profile",
+            "default", "-v", "--profile", "tiny", "--width", "64", "--height", "64", "--no-progress"]
+    assert mod.run(mod.build, args, after=mod.layout) == 0
+    err = capsys.readouterr().err
+    from llm_dit.cli.logs import split_verbosity
+
+    ran = shlex.split(err.splitlines()[0])[1:]  # -v goes on to llm-dit: its logger at debug level
+    assert "-v" in ran and split_verbosity(ran)[1] == logging.DEBUG
+    [stamp] = Path("results").iterdir()
+    assert re.fullmatch(r"\d{8}_\d{6}", stamp.name)
+    files = {p.name for p in stamp.iterdir()}
+    assert files == {"input.png", "caption.txt", "raw_output.txt", "result_vl_aligned.png", "result_vl_generic.png",
+                     "result_text_only.png", "comparison_grid.png", "metadata.json", "run"}  # Instruct: no thinking
+    meta = json.loads((stamp / "metadata.json").read_text())
+    s = meta["settings"]
+    assert (s["vl_alpha"], s["vl_hidden_layer"], s["caption_tokens"], s["max_tokens"], s["steps"], s["seed"]) == \
+        (0.5, -6, 32, 40, 2, 42)
+    assert s["config_method"] == "caption" and shlex.split(s["command"])[1] == "sweep"
+    assert set(meta["results"]) == {"vl_aligned", "vl_generic", "text_only"}
+    assert meta["results"]["vl_aligned"]["cell"] == "caption" and meta["caption"]["model_variant"] == "instruct"
+    for r in meta["results"].values():
+        assert (stamp / r["file"]).read_bytes() == (stamp / r["run_file"]).read_bytes()
+    assert (stamp / "caption.txt").read_text() == (stamp / "run" / "captions" / "caption32.txt").read_text()
+    # a Thinking model's caption record: thinking.txt holds its thinking block
+    from llm_dit.experiments.caption_test import write_caption_test
+
+    record = stamp / "run" / "captions" / "caption32.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "thinking": "a house, so...",
+                                  "model_variant": "thinking"}))
+    written = {p.name for p in write_caption_test(stamp / "run", tmp_path / "again")}
+    assert "thinking.txt" in written and (tmp_path / "again" / "thinking.txt").read_text() == "a house, so...\n"
+    # the config's [vl] gives the defaults where no flag does
+    Path("c2.toml").write_text('[vl]\nhidden_layer = -4\nalpha = 0.25\ncaption_tokens = 16\n')
+    argv = mod.build(["-i", refs[0], "-o", "r2", "--config", "c2.toml"])
+    assert argv[argv.index("--caption-tokens") + 1] == "16" and argv[argv.index("--alphas") + 1] == "0.25"
+    assert "--layers=-4" in argv
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[default.encoder]\nhidden_layer = -6\nmax_length = 1400\n[default.vl]\ndevice = "cpu"\n',
+     "[default.vl] device is not an llm-dit setting: llm-dit runs Qwen3-VL on runtime.device"),
+    ('[vl]\nalpha = 2\n', "[vl] key 'alpha'"),
+])
+def test_a_notes_config_llm_dit_cannot_follow_is_one_line(refs, tmp_path, capsys, text, message):
+    (tmp_path / "config.toml").write_text(text)
+    mod = _script("vl_caption_embedding_test")
+    rc = mod.run(mod.build, ["-i", refs[0], "-o", str(tmp_path / "r"), "--config", str(tmp_path / "config.toml"),
+                             *SMALL], after=mod.layout)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and message in err[-1] and "Traceback" not in "".join(err) and err[-1].startswith("llm-dit: error:")
+
+
+def test_commands_that_do_not_read_the_notes_vl_table_refuse_it(refs, tmp_path, capsys):
+    (tmp_path / "config.toml").write_text(NOTES_004)
+    assert main(["generate", "--profile", "tiny", "--config", str(tmp_path / "config.toml"), "--prompt", "x",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("[vl] alpha = 0.5 is a default of llm-dit sweep and the notes' caption scripts only; this "
+                        "command would not use it (llm-dit generate takes --vl-alpha A)") and "\n" not in err
+    assert not (tmp_path / "x.png").exists()

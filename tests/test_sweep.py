@@ -73,6 +73,31 @@ def test_sweep_values_are_typed_per_field(refs, tmp_path, capsys):
         ["pure_text", "image_only", "text_only"]
 
 
+def test_caption_tokens_is_an_axis_and_the_caption_budget_is_recorded(refs, tmp_path):
+    # seed 004 phase 4 as a sweep: one caption per length, a pure-text baseline per length; and the
+    # caption's generation budget (seed 004's --max-tokens) reaches Qwen3-VL and the records
+    out = tmp_path / "c"
+    assert main(["sweep", "--image", refs[0], "--vary", "caption_tokens=8,16", "--alphas", "0.5",
+                 "--caption-max-new-tokens", "24", "--out", str(out), *SMALL]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    by = {r["name"]: r for r in meta["results"]}
+    assert set(by) == {"text_only_caption8", "caption8", "text_only_caption16", "caption16"}
+    assert by["caption16"]["caption_tokens"] == 16 and by["caption16"]["params"] == {"caption_tokens": 16}
+    assert meta["plan"]["caption_max_new_tokens"] == 24 and set(meta["captions"]) == {"8", "16"}
+    for n in (8, 16):
+        assert json.loads((out / "captions" / f"caption{n}.json").read_text())["max_new_tokens"] == 24
+    # --from repeats the budget: the same run key, every cell kept
+    again = tmp_path / "again"
+    assert main(["compare", "--from", str(out / "metadata.json"), "--out", str(again), "--no-progress"]) == 0
+    assert json.loads((again / "metadata.json").read_text())["run_key"] == meta["run_key"]
+    # one value is a fixed caption length, as --caption-tokens N
+    out = tmp_path / "one"
+    assert main(["sweep", "--image", refs[0], "--vary", "caption_tokens=8", "--methods", "caption,generic",
+                 "--out", str(out), *SMALL]) == 0
+    names = {r["name"] for r in json.loads((out / "metadata.json").read_text())["results"]}
+    assert names == {"text_only_caption8", "caption", "generic"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["compare", "--experiment", "alpha_swep"], "unknown experiment 'alpha_swep'; did you mean alpha_sweep?"),
     (["compare", "--experiment", "alpha_sweep", "--image", "{a}"], "alpha_sweep needs a prompt"),
@@ -88,6 +113,17 @@ def test_sweep_values_are_typed_per_field(refs, tmp_path, capsys):
     (["sweep", "--image", "{a}", "--prompt", "x", "--layers=-2,-40"], "out of range"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--methods", "caption"], "give caption tokens"),
     (["sweep", "--image", "{a}", "--prompt", "x", "--grid", "{grid}"], "'recipe' must be a table"),
+    (["sweep", "--image", "{a}", "--vary", "caption_tokens=8,x", "--alphas", "0.5"],
+     "the sweep list for 'caption_tokens' holds 'x', not a whole number in 1..1504"),
+    (["sweep", "--image", "{a}", "--vary", "caption_tokens=8,2000", "--alphas", "0.5"], "in 1..1504"),
+    (["sweep", "--image", "{a}", "--prompt", "x", "--vary", "caption_tokens=8,16"], "not both"),
+    (["sweep", "--image", "{a}", "--caption-tokens", "8", "--vary", "caption_tokens=8,16"], "not both"),
+    (["sweep", "--image", "{a}", "--prompt", "x", "--alphas", "0,1", "--caption-max-new-tokens", "9"],
+     "a caption budget (max new tokens) applies to runs that caption the image"),
+    (["compare", "--experiment", "alpha_sweep", "--image", "{a}", "--prompt", "x", "--caption-max-new-tokens", "9"],
+     "alpha_sweep writes no captions"),
+    (["sweep", "--image", "{a}", "--caption-tokens", "8", "--alphas", "0,1", "--caption-max-new-tokens", "0"],
+     "--caption-max-new-tokens must be"),
 ])
 def test_run_errors_are_one_line(refs, tmp_path, capsys, args, message):
     grid = tmp_path / "g.toml"

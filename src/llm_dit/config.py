@@ -5,8 +5,11 @@ Resolution order, later wins::
     shipped profiles.toml  ->  user TOML (--config FILE)  ->  flags (dotted overrides)
 
 A profile is a TOML table. ``inherits = "other"`` starts it from another profile (shipped or user);
-a user file that names a shipped profile extends it in place. The merged dictionary is validated
-once into a frozen :class:`Config`; every error is one line that names the key and what is allowed.
+a user file that names a shipped profile extends it in place. One top-level table is no profile: the
+research notes' ``[vl]`` (seed 004: ``hidden_layer``, ``alpha``, ``method``, ``caption_tokens``; see
+:class:`NotesVL`); the notes' keys llm-dit has no such setting for are refused naming its equivalent.
+The merged dictionary is validated once into a frozen :class:`Config`; every error is one line that
+names the key and what is allowed.
 ``Config.to_dict()`` is what goes into every output's metadata, and ``Config.from_dict`` reads it
 back, so a run can be reproduced from its record.
 """
@@ -205,6 +208,29 @@ class MetricsConfig(_Section):
     siglip: str = ""
 
 
+class NotesVL(_Section):
+    """Seed 004's ``[vl]`` table of a config file (top level, beside the profiles), what each key becomes:
+
+    * ``hidden_layer``: ``vl.layers = [hidden_layer]`` in whichever profile runs (the VL layer every
+      recipe without its own ``hidden_layer`` extracts);
+    * ``alpha``, ``method`` (``caption`` | ``generic``), ``caption_tokens``: the defaults of
+      ``llm-dit sweep`` (the recipe's ``alpha``; its VL text, see ``experiments.cells.METHODS``;
+      ``--caption-tokens`` when no prompt is given) and of the notes' caption scripts. Other commands
+      refuse them (:func:`notes_unused`): they would do nothing there.
+    """
+
+    hidden_layer: LayerIndex | None = None
+    alpha: float | None = Field(None, ge=0.0, le=1.0)
+    method: Literal["caption", "generic"] | None = None
+    caption_tokens: int | None = Field(None, ge=1, le=MAX_CAPTION_TOKENS)
+
+
+#: The notes' ``[vl]`` keys that only a sweep (and the notes' caption scripts) reads, and where
+#: ``llm-dit generate`` takes each instead.
+NOTES_SWEEP_KEYS = {"alpha": "--vl-alpha A", "method": "--vl-text ('caption' is its default, the prompt)",
+                    "caption_tokens": "--caption-tokens N"}
+
+
 class Config(_Section):
     """The whole resolved configuration: one object, validated once, recorded whole."""
 
@@ -261,16 +287,67 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: A top-level table of a config file that is the notes' (seed 004), not a profile.
+NOTES_TABLE = "vl"
+#: Keys of the notes' configs llm-dit has no setting for: ``(section, key) -> the sentence's end``.
+REFUSED_KEYS = {
+    ("vl", "device"): "llm-dit runs Qwen3-VL on runtime.device, as every model ([{p}.runtime] device = \"cpu\"); "
+                      "to keep it off the GPU between uses, set [{p}.runtime] offload = \"encoder\"",
+}
+
+
+def _refused(config_file: str | Path, name: str, table: dict[str, Any]) -> None:
+    for (section, key), instead in REFUSED_KEYS.items():
+        if isinstance(table.get(section), dict) and key in table[section]:
+            raise ConfigError(f"config file {config_file}: [{name}.{section}] {key} is not an llm-dit setting: "
+                              + instead.format(p=name))
+
+
+def notes_vl(config_file: str | Path | None) -> NotesVL:
+    """The notes' ``[vl]`` table of ``config_file`` (empty when there is none), checked."""
+    if config_file is None:
+        return NotesVL()
+    table = _read_toml(Path(config_file)).get(NOTES_TABLE)
+    if table is None:
+        return NotesVL()
+    where = f"config file {config_file}: [{NOTES_TABLE}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    for key, value in table.items():
+        if key not in NotesVL.model_fields:
+            what = "a table" if isinstance(value, dict) else f"the key '{key}'"
+            raise ConfigError(f"{where} holds {what}; the notes' [vl] table takes {', '.join(NotesVL.model_fields)} "
+                              f"(a profile's Qwen3-VL settings go in [NAME.vl], e.g. [default.vl] layers = [-6])")
+    return validate_model(NotesVL, table, f"{where} key")
+
+
+def notes_unused(config_file: str | Path | None) -> str | None:
+    """The sentence refusing a notes' ``[vl]`` key a command other than ``sweep`` would not use; None
+    when there is none."""
+    notes = notes_vl(config_file)
+    for key, flag in NOTES_SWEEP_KEYS.items():
+        value = getattr(notes, key)
+        if value is not None:
+            return (f"config file {config_file}: [{NOTES_TABLE}] {key} = {value!r} is a default of llm-dit sweep and "
+                    f"the notes' caption scripts only; this command would not use it (llm-dit generate takes {flag})")
+    return None
+
+
 def load_profiles(config_file: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """All profile tables, shipped ones extended or joined by those of ``config_file``."""
+    """All profile tables, shipped ones extended or joined by those of ``config_file`` (whose notes'
+    ``[vl]`` table is no profile: see :func:`notes_vl`)."""
     profiles = _shipped_profiles()
     if config_file is not None:
         user = _read_toml(Path(config_file))
+        if NOTES_TABLE in user:
+            notes_vl(config_file)  # checked: a key it does not know is named now
+            user.pop(NOTES_TABLE)
         for name, table in user.items():
             if not isinstance(table, dict):
                 raise ConfigError(
                     f"config file {config_file}: top-level key '{name}' must be a profile table like [{name}]"
                 )
+            _refused(config_file, name, table)
             profiles[name] = _deep_merge(profiles.get(name, {}), table)
         for name in user:  # every table, used now or not: a misplaced one ([vl], [profiles.x]) is named
             _check_profile(name, profiles, config_file)
@@ -400,5 +477,8 @@ def resolve_config(
     profiles = load_profiles(config_file)
     data = _flatten_profile(profile, profiles)
     data["profile"] = profile
+    layer = notes_vl(config_file).hidden_layer
+    if layer is not None:  # the notes' [vl] hidden_layer: the VL layer of whichever profile runs
+        _apply_overrides(data, {"vl.layers": [layer]})
     _apply_overrides(data, overrides or {})
     return _validate(data)

@@ -5,6 +5,7 @@ Flags a script does not know are passed through unchanged (``--profile tiny``, `
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -28,8 +29,10 @@ def default_dir(name: str) -> str:
     return f"experiments/results/{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
 
 
-def run(build: Callable[[list[str]], list[str]], args: list[str] | None = None) -> int:
-    """``build(script args) -> llm-dit argv``, then run it; errors are one line, as the CLI's."""
+def run(build: Callable[[list[str]], list[str]], args: list[str] | None = None,
+        after: Callable[[list[str]], int] | None = None) -> int:
+    """``build(script args) -> llm-dit argv``, then run it, then ``after(argv)`` when it succeeded
+    (a script's own files made from the run); errors are one line, as the CLI's."""
     from llm_dit.cli import main
     from llm_dit.errors import LlmDitError
 
@@ -38,5 +41,18 @@ def run(build: Callable[[list[str]], list[str]], args: list[str] | None = None) 
     except LlmDitError as e:
         print(f"llm-dit: error: {e}", file=sys.stderr)
         return e.exit_code
-    print("llm-dit " + " ".join(argv), file=sys.stderr)
-    return main(argv)
+    print(command(argv), file=sys.stderr)
+    rc = main(argv)
+    if rc != 0 or after is None:
+        return rc
+    try:
+        return after(argv)
+    except LlmDitError as e:
+        print(f"llm-dit: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def command(argv: list[str]) -> str:
+    """The ``llm-dit`` command line of ``argv``, quoted for a POSIX shell: it pastes back as it ran
+    (``shlex.split`` of it gives ``["llm-dit", *argv]``)."""
+    return shlex.join(["llm-dit", *argv])

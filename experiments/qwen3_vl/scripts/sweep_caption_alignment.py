@@ -17,7 +17,7 @@ def build(args: list[str]) -> list[str]:
     p.add_argument("-o", "--output", "--output-dir", dest="out", default="experiments/results/caption_alignment_sweep")
     p.add_argument("--hidden-layers", default="-2,-3,-4,-5,-6")
     p.add_argument("--alphas", nargs="+", default=["0.0", "0.25", "0.5", "0.75", "1.0"])
-    p.add_argument("--caption-tokens", type=int, default=512)
+    p.add_argument("--caption-tokens", type=int, default=1024)  # seed 004's caption length
     p.add_argument("--vl-model-path")
     a, rest = p.parse_known_args(args)
     # --vary keeps this order in the file names: layer-6_alpha0.5_caption.png, as in the notes

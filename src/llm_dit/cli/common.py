@@ -189,9 +189,15 @@ def overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if "." in k and not k.startswith("recipe.") and v is not None}
 
 
-def config(args: argparse.Namespace, defaults: dict | None = None):
+def config(args: argparse.Namespace, defaults: dict | None = None, notes: bool = False):
     """The Config the flags ask for; ``defaults`` (dotted keys, e.g. a shipped recipe's suggested
-    steps) apply under the flags."""
-    from ..config import resolve_config
+    steps) apply under the flags. ``notes``: the command reads the notes' ``[vl]`` alpha, method and
+    caption_tokens of ``--config`` (``sweep``); other commands refuse them (they would do nothing)."""
+    from ..config import notes_unused, resolve_config
+    from ..errors import ConfigError
 
-    return resolve_config(args.profile, args.config, {**(defaults or {}), **overrides(args)})
+    cfg = resolve_config(args.profile, args.config, {**(defaults or {}), **overrides(args)})
+    unused = None if notes else notes_unused(args.config)
+    if unused:
+        raise ConfigError(unused)
+    return cfg

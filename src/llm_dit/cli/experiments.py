@@ -12,7 +12,8 @@ from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
 from ..interrupt import unwinding
-from .common import add_config_flags, add_generation_flags, config, number, one_of
+from ..limits import MAX_NEW_TOKENS
+from .common import add_config_flags, add_generation_flags, config, count, number, one_of
 from .conditioning import RECIPE_HELP, absolute, references_from_args
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="trials: N seeds from --seed on (or a list); with --images, every image x seed")
     p.add_argument("--caption", metavar="TEXT", help="use this caption instead of generating one")
     p.add_argument("--caption-file", metavar="FILE", help="read the caption from a file")
+    p.add_argument("--caption-max-new-tokens", type=count(ge=1, le=MAX_NEW_TOKENS), metavar="N",
+                   help="the generation budget of each caption, thinking and caption together (seed 004's "
+                        "--max-tokens; default: the target length, plus 1536 for a Thinking model)")
     p.add_argument("--save-embeddings", action="store_true", help="also save each cell's embeddings")
     p.add_argument("--vqa", dest="metrics.vqa", help="P('Yes') score from Qwen3-VL: " + one_of(MetricsConfig, "vqa"))
     p.add_argument("--clip", dest="metrics.clip", metavar="DIR", help="a local CLIP folder: image-prompt score")
@@ -208,6 +212,7 @@ def cmd_compare(args) -> int:
         given = [f for f, v in (("--experiment", args.experiment), ("--image", args.image), ("--prompt", args.prompt),
                                 ("--quick", args.quick), ("--caption", args.caption),
                                 ("--caption-file", args.caption_file), ("--set", args.set),
+                                ("--caption-max-new-tokens", args.caption_max_new_tokens),
                                 ("--images", args.images), ("--seeds", args.seeds),
                                 ("--outlier-threshold", args.outlier_threshold)) if v]
         given += [f"{k}" for k in overrides(args)] + (["--profile"] if args.profile != "default" else []) + (
@@ -225,7 +230,8 @@ def cmd_compare(args) -> int:
 
     def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         return experiment_spec(args.experiment, images, args.prompt, cfg, quick=args.quick, caption=caption,
-                               save_embeddings=args.save_embeddings, recipe=fields)
+                               save_embeddings=args.save_embeddings, recipe=fields,
+                               caption_max_new_tokens=args.caption_max_new_tokens)
 
     sets = _image_sets(args, get_experiment(args.experiment).images)
     done = _trials(args, cfg, sets, make)
@@ -294,23 +300,41 @@ def sweep_axes(args) -> tuple[dict, dict]:
         {k: v for k, v in axes.items() if k not in fixed or k not in Recipe.model_fields}
 
 
+def _notes_defaults(args, base: dict, axes: dict) -> int | None:
+    """The notes' ``[vl]`` alpha and method of ``--config`` set in ``base`` where neither the recipe nor
+    an axis sets them (flags win); returns the caption tokens: ``--caption-tokens``, else the table's
+    when the sweep has no prompt and no caption_tokens axis."""
+    from ..config import notes_vl
+    from ..experiments.cells import METHODS
+
+    notes = notes_vl(args.config)
+    if notes.alpha is not None and "alpha" not in base and "alpha" not in axes:
+        base["alpha"] = notes.alpha
+    if notes.method is not None and "vl_text" not in base and "method" not in axes and "vl_text" not in axes:
+        base["vl_text"] = METHODS[notes.method]
+    if args.caption_tokens is None and args.prompt is None and "caption_tokens" not in axes:
+        return notes.caption_tokens
+    return args.caption_tokens
+
+
 def cmd_sweep(args) -> int:
     from ..experiments.specs import sweep_spec
 
     caption = _caption(args)
     references = references_from_args(args)
     base, axes = sweep_axes(args)
+    cfg = config(args, notes=True)
+    caption_tokens = _notes_defaults(args, base, axes)
     for key in FILE_FIELDS:
         if isinstance(base.get(key), str):
             base[key] = absolute(base[key])
         if key in axes:
             axes[key] = [v if v is None else absolute(v) for v in axes[key]]
-    cfg = config(args)
 
     def make(images: list[str], cfg: Config) -> tuple[RunSpec, Config]:
         refs = references if not args.images else [{"image": im} for im in images]
-        return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=args.caption_tokens, caption=caption,
-                          save_embeddings=args.save_embeddings)
+        return sweep_spec(refs, args.prompt, base, axes, cfg, caption_tokens=caption_tokens, caption=caption,
+                          save_embeddings=args.save_embeddings, caption_max_new_tokens=args.caption_max_new_tokens)
 
     if args.images and (args.weight or args.role):
         raise InputError("--weight and --role go with --image; --images gives one content reference per trial")

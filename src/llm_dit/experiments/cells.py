@@ -31,7 +31,7 @@ GENERATION_AXES = ("steps", "seed", "shift", "guidance_scale")
 SHORT = {"alpha": "alpha", "hidden_layer": "layer", "layer": "layer", "steps": "steps", "seed": "seed",
          "token_selection": "", "tokens": "", "normalization_mode": "norm-", "blend": "", "backend": "",
          "outlier_mask": "mask-", "vl_intra_blend_ratio": "intra", "token_budget": "budget", "schedule": "",
-         "target_std": "std", "method": ""}
+         "target_std": "std", "method": "", "caption_tokens": "caption"}
 TEXT_ONLY = "text_only"
 #: The most cells one sweep may have (a typo in a list should not plan a million pictures).
 MAX_SWEEP_CELLS = 5000
@@ -173,6 +173,8 @@ def coerce(key: str, value: Any) -> Any:
     """
     if not isinstance(value, str) or key in ("schedule", "method"):  # schedules parse their own text
         return value
+    if key == "caption_tokens":  # a token count (sweep_cells names a value that is none)
+        return int(value.strip()) if value.strip().lstrip("-").isdigit() else value
     from pydantic import TypeAdapter, ValidationError
 
     from ..config import GenerationConfig
@@ -238,15 +240,18 @@ def _kind_name(kind) -> str:
 def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int | None = None) -> list[Cell]:
     """The cartesian product of ``axes`` over the ``base`` recipe fields, plus pure-text baselines.
 
-    Keys are :class:`Recipe` fields, :data:`GENERATION_AXES`, or ``method`` (seed 004: ``caption`` or
-    ``generic`` VL text, see :data:`METHODS`). Every combination is validated as a recipe before
-    anything runs, so a bad value fails with the field named.
+    Keys are :class:`Recipe` fields, :data:`GENERATION_AXES`, ``method`` (seed 004: ``caption`` or
+    ``generic`` VL text, see :data:`METHODS`) or ``caption_tokens`` (seed 004 phase 4: each cell's
+    prompt is a caption of that many tokens; ``caption`` is then unused). Every combination is
+    validated as a recipe before anything runs, so a bad value fails with the field named.
     """
+    from ..config import MAX_CAPTION_TOKENS
+
     fields = set(Recipe.model_fields)
     for key, values in axes.items():
-        if key not in fields and key not in GENERATION_AXES and key != "method":
+        if key not in fields and key not in GENERATION_AXES and key not in ("method", "caption_tokens"):
             raise InputError(f"cannot sweep {key!r}: not a recipe field or one of {', '.join(GENERATION_AXES)}, "
-                             "method", field=f"axes.{key}")
+                             "method, caption_tokens", field=f"axes.{key}")
         if not isinstance(values, list) or not values:
             raise InputError(f"the sweep list for {key!r} is empty", field=f"axes.{key}")
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
@@ -259,6 +264,11 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
                                      field=f"axes.{key}")
                 if key in GENERATION_AXES:  # its range (and nan, inf) now, not when the run reaches the cell
                     _check_generation_value(key, v)
+        if key == "caption_tokens":
+            for v in values:
+                if type(v) is not int or not 1 <= v <= MAX_CAPTION_TOKENS:
+                    raise InputError(f"the sweep list for 'caption_tokens' holds {v!r}, not a whole number in "
+                                     f"1..{MAX_CAPTION_TOKENS}", field="axes.caption_tokens")
     total = 1
     for values in axes.values():
         total *= len(values)
@@ -286,5 +296,6 @@ def sweep_cells(base: dict[str, Any], axes: dict[str, list[Any]], caption: int |
                 e.field = f"axes.{e.field}"
             raise
         params = {k: (recipe.schedule.spec() if k == "schedule" and recipe.schedule else v) for k, v in point.items()}
-        cells.append(Cell(name_from(params) if params else "cell", recipe, params, caption, gen))
+        cells.append(Cell(name_from(params) if params else "cell", recipe, params,
+                          point.get("caption_tokens", caption), gen))
     return with_baselines(cells)  # which checks the names, baselines included

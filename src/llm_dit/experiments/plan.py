@@ -37,11 +37,16 @@ class RunSpec:
     caption: str | None = None  # a caption given by the user instead of generating one
     save_embeddings: bool = False
     details: dict = field(default_factory=dict)  # recorded as is (a sweep's axes)
+    #: The generation budget of each caption Qwen3-VL writes (its thinking and the caption); None:
+    #: the target length, plus THINKING_BUDGET for a Thinking model (:func:`~llm_dit.vl.caption.make_caption`).
+    caption_max_new_tokens: int | None = None
 
     def plan(self, config: Config) -> dict:
+        # the budget is in the plan (and so in the run key) only when given: earlier runs keep their keys
+        budget = {} if self.caption_max_new_tokens is None else {"caption_max_new_tokens": self.caption_max_new_tokens}
         return {
             "name": self.name, "quick": self.quick, "images": self.images, "prompt": self.prompt,
-            "given_caption": self.caption, "details": self.details,
+            "given_caption": self.caption, **budget, "details": self.details,
             "cells": [{"name": c.name, "params": c.params, "caption": c.caption, "generation": c.generation,
                        "recipe": c.recipe.to_dict()} for c in self.cells],
             "grids": [g.__dict__ for g in self.grids],

@@ -283,7 +283,7 @@ def slice_grids(cells: list[Cell]) -> list[GridSpec]:
 
 
 def caption_length(x: Inputs) -> list[Cell]:
-    lengths = _pick(x.quick, [256, 512, 1024, 1504], [256, 1024])
+    lengths = _pick(x.quick, [256, 512, 768, 1024, 1280, 1504], [256, 1024])
     cells = []
     for n in lengths:
         cells.append(Cell(f"caption{n}_text_only", TEXT, {"caption_tokens": n, "method": "text_only"}, caption=n))
@@ -339,7 +339,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("caption_alignment", "caption-aligned vs generic VL text over layers x alphas, plus the caption alone",
                caption_alignment, caption=True, grids=slice_grids, config=_CAPTION_RUN,
                look_at=("ssim_ref", "vqa_yes", "grid_artifact")),
-    Experiment("caption_length", "captions of 256 / 512 / 1024 / 1504 tokens: text alone and caption-aligned VL",
+    Experiment("caption_length",
+               "captions of 256 / 512 / 768 / 1024 / 1280 / 1504 tokens: text alone and caption-aligned VL",
                caption_length, caption=True, config=_CAPTION_RUN,
                look_at=("ssim_ref", "vqa_yes", "grid_artifact")),
 ]}

@@ -87,7 +87,8 @@ def build_metadata(out: Path, found: folder.RunFolder | None = None) -> dict:
         "config": cfg,
         "details": run.get("details", {}),
         # what `llm-dit compare --from metadata.json` re-runs: run.json's plan, the config above aside
-        "plan": {k: run.get(k) for k in PLAN_FIELDS},
+        "plan": {**{k: run.get(k) for k in PLAN_FIELDS},  # the caption budget only where the run had one
+                 **{k: run[k] for k in ("caption_max_new_tokens",) if run.get(k) is not None}},
         "run_key": run["run_key"],
         "sessions": sessions,
         "counts": counts,

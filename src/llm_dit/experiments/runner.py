@@ -231,7 +231,8 @@ def make_captions(ctx: RunContext, models: Models, lengths: list[int]) -> dict[i
             continue
         t0 = time.perf_counter()
         ctx.echo(f"caption {i + 1}/{len(lengths)}: about {n} tokens")
-        text, meta = make_caption(models.vl, ctx.prepared.references[0], n, ctx.config, ctx.spec.caption)
+        text, meta = make_caption(models.vl, ctx.prepared.references[0], n, ctx.config, ctx.spec.caption,
+                                  max_new_tokens=ctx.spec.caption_max_new_tokens)
         write_text(path, text + "\n")
         folder.write_json(path.with_suffix(".json"), meta)
         ctx.time("caption", t0)

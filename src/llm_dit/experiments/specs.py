@@ -21,11 +21,13 @@ SpecMaker = Callable[[list[str], Config], tuple[RunSpec, Config]]
 
 def experiment_spec(name: str, images: list[str], prompt: str | None, config: Config, quick: bool = False,
                     caption: str | None = None, save_embeddings: bool = False,
-                    recipe: dict[str, Any] | None = None) -> tuple[RunSpec, Config]:
+                    recipe: dict[str, Any] | None = None,
+                    caption_max_new_tokens: int | None = None) -> tuple[RunSpec, Config]:
     """The :class:`RunSpec` of a named experiment and the configuration it runs with (its overrides
     applied). ``images``: absolute paths; ``caption``: a given caption for caption experiments;
     ``recipe``: fields set in every VL cell (e.g. ``{"outlier_threshold": 2.0}``), recorded in the
-    run's details; a field the experiment varies itself is refused."""
+    run's details; a field the experiment varies itself is refused. ``caption_max_new_tokens``: the
+    generation budget of each caption (caption experiments)."""
     from .presets import Inputs, get_experiment
 
     exp = get_experiment(name)
@@ -38,6 +40,7 @@ def experiment_spec(name: str, images: list[str], prompt: str | None, config: Co
         raise InputError(f"a caption applies to caption experiments, not {exp.name}", field="caption")
     if caption is not None and not caption.strip():
         raise InputError("the caption is empty", field="caption")
+    _check_budget(caption_max_new_tokens, exp.caption, f"{exp.name} writes no captions")
     if exp.config:
         config = config.replace(**exp.config)
     try:
@@ -49,8 +52,23 @@ def experiment_spec(name: str, images: list[str], prompt: str | None, config: Co
         cells = _set_fields(exp.name, cells, recipe)
     grids = exp.grids(cells) if exp.grids else []
     spec = RunSpec(exp.name, images, prompt, cells, grids, quick=quick, caption=caption,
-                   save_embeddings=save_embeddings, details={"recipe": recipe} if recipe else {})
+                   save_embeddings=save_embeddings, details={"recipe": recipe} if recipe else {},
+                   caption_max_new_tokens=caption_max_new_tokens)
     return spec, config
+
+
+def _check_budget(budget: int | None, captions: bool, why_not: str) -> None:
+    """Refuse a caption budget where no caption is written, or out of 1..MAX_NEW_TOKENS."""
+    from ..limits import MAX_NEW_TOKENS
+
+    if budget is None:
+        return
+    if not captions:
+        raise InputError(f"a caption budget (max new tokens) applies to runs that caption the image; {why_not}",
+                         field="caption_max_new_tokens")
+    if type(budget) is not int or not 1 <= budget <= MAX_NEW_TOKENS:
+        raise InputError(f"the caption budget (max new tokens) must be a whole number in 1..{MAX_NEW_TOKENS} "
+                         f"(got {budget!r})", field="caption_max_new_tokens")
 
 
 def _set_fields(name: str, cells: list, fields: dict[str, Any]) -> list:
@@ -81,19 +99,31 @@ def _set_fields(name: str, cells: list, fields: dict[str, Any]) -> list:
 
 def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any], axes: dict[str, list],
                config: Config, caption_tokens: int | None = None, caption: str | None = None,
-               save_embeddings: bool = False) -> tuple[RunSpec, Config]:
+               save_embeddings: bool = False, caption_max_new_tokens: int | None = None) -> tuple[RunSpec, Config]:
     """The :class:`RunSpec` of a sweep: every combination of ``axes`` (typed values) over the fixed
     recipe fields ``base``, with ``references`` (``[{"image", "weight"?, "role"?}]``, absolute paths)."""
     from ..conditioning.recipe import check_prompt_or_caption
     from .cells import sweep_cells
     from .presets import slice_grids
 
-    prompt = check_prompt_or_caption(prompt, caption_tokens, len(references))
-    if caption_tokens is not None:
+    axes = dict(axes)
+    lengths = axes.get("caption_tokens")
+    if lengths is not None:  # the caption_tokens axis: one caption per length (seed 004 phase 4)
+        if caption_tokens is not None:
+            raise InputError("give caption tokens as one number or as a sweep list (caption_tokens=N1,N2), not both",
+                             field="axes.caption_tokens")
+        if isinstance(lengths, list) and len(lengths) == 1:  # one value: a fixed caption length
+            caption_tokens = axes.pop("caption_tokens")[0]
+            lengths = None
+    # a caption_tokens axis asks what caption tokens do (each value is checked with the axis, in sweep_cells)
+    prompt = check_prompt_or_caption(prompt, caption_tokens if lengths is None else 1, len(references))
+    _check_budget(caption_max_new_tokens, caption_tokens is not None or lengths is not None,
+                  "this sweep has a prompt (give caption tokens)")
+    if caption_tokens is not None or lengths is not None:
         config = config.replace(**{"encoder.max_length": MAX_CAPTION_TOKENS})
     if not axes:
         raise InputError("nothing to sweep: give at least one list of values (e.g. alpha 0.3,0.5)", field="axes")
-    if "method" in axes and caption_tokens is None:
+    if "method" in axes and caption_tokens is None and lengths is None:
         raise InputError("the method axis compares caption-aligned and generic VL text: give caption tokens",
                          field="axes.method")
     base = dict(base)
@@ -102,7 +132,8 @@ def sweep_spec(references: list[dict], prompt: str | None, base: dict[str, Any],
     cells = sweep_cells(base, axes, caption=caption_tokens)
     images = list(dict.fromkeys(r["image"] for r in references))
     spec = RunSpec("sweep", images, prompt, cells, slice_grids(cells), caption=caption,
-                   save_embeddings=save_embeddings, details={"base": base, "axes": axes})
+                   save_embeddings=save_embeddings, details={"base": base, "axes": axes},
+                   caption_max_new_tokens=caption_max_new_tokens)
     return spec, config
 
 
@@ -155,15 +186,16 @@ def _recorded(p: Path, plan_key: str | None, where: str, save_embeddings: bool,
         config = Config.from_dict(recorded)
         images = [moved.get(im, im) for im in plan["images"]]
         name, prompt, caption, details = plan["name"], plan["prompt"], plan.get("given_caption"), plan.get("details")
+        budget = plan.get("caption_max_new_tokens")
         if not isinstance(name, str) or not all(isinstance(x, (str, type(None))) for x in (prompt, caption)) \
-                or not isinstance(details, (dict, type(None))):
+                or not isinstance(details, (dict, type(None))) or not isinstance(budget, (int, type(None))):
             raise TypeError("a field of the wrong type")
     except LlmDitError as e:
         raise InputError(f"{p} records a run this version cannot repeat: {e}", field=where) from None
     except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise InputError(f"{p} {broken}", field=where) from None
     spec = RunSpec(name, images, prompt, cells, grids, quick=bool(plan.get("quick")), caption=caption,
-                   save_embeddings=save_embeddings, details=details or {})
+                   save_embeddings=save_embeddings, details=details or {}, caption_max_new_tokens=budget)
     return spec, config
 
 
