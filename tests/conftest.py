@@ -5,15 +5,27 @@ from __future__ import annotations
 import os
 
 import pytest
+from reliability import pytest_collection_modifyitems as _record_reliability
 
 # RELIABILITY.md from the tests marked `reliability` (see reliability.py)
 from reliability import (  # noqa: F401
-    pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_call,
     pytest_runtest_logreport,
     pytest_sessionfinish,
 )
+
+#: pytest-timeout's limit for the tests that need ``experiment_runs``: the first one's setup runs every
+#: named experiment on the tiny models (three to four minutes on an idle 2-core machine, about twice
+#: that when the cores are shared), which the default 300 s would cut off.
+EXPERIMENT_RUNS_TIMEOUT = 1500
+
+
+def pytest_collection_modifyitems(items) -> None:
+    _record_reliability(items)
+    for item in items:
+        if "experiment_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(EXPERIMENT_RUNS_TIMEOUT))
 
 
 @pytest.fixture(scope="session", autouse=True)
