@@ -249,7 +249,7 @@ def backends(x: Inputs) -> list[Cell]:
     and on the image tokens (quick: image tokens only), pure VL. Every cell at D-OPSD's pixel budget
     (768 x 768), so that the language model is what varies (dopsd also enlarges smaller images to
     512 x 512, as D-OPSD does)."""
-    sel = _pick(x.quick, {"full": "full", "image": "image_no_markers"}, {"image": "image_no_markers"})
+    sel = {"image": "image_no_markers"} if x.quick else {"full": "full", "image": "image_no_markers"}
     return [Cell(f"{backend}_layer{layer}_{kind}",
                  _pure(x.images, backend=backend, hidden_layer=layer, token_selection=s,
                        max_pixels=DOPSD_DEFAULTS["max_pixels"]),
