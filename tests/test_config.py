@@ -155,8 +155,15 @@ def test_vl_defaults_agree_with_the_python_api():
 
     c = resolve_config("default").vl
     extract = inspect.signature(VLEmbeddingExtractor.extract).parameters
-    assert [extract["hidden_layer"].default] == c.layers
-    assert extract["max_pixels"].default == c.max_pixels
+    # None: the backend's layer, the profile's for vl and splice, D-OPSD's for dopsd
+    from llm_dit.config import DEFAULT_VL_LAYER, DOPSD_DEFAULTS
+
+    assert extract["hidden_layer"].default is None and [DEFAULT_VL_LAYER] == c.layers and DOPSD_DEFAULTS["layer"] == -2
+    from llm_dit.config import DEFAULT_MAX_PIXELS
+    from llm_dit.vl.extract import BACKEND_BUDGET
+
+    # unset: the backend's budget, the profile's for vl and splice (checked on an extractor in test_dopsd.py)
+    assert extract["max_pixels"].default == BACKEND_BUDGET and DEFAULT_MAX_PIXELS == c.max_pixels
     assert inspect.signature(VLEmbeddingExtractor.generate).parameters["max_pixels"].default == c.max_pixels
     assert CaptionRequest().max_pixels == c.max_pixels
     assert extract["pool"].default == c.pool and resolve_token_selection() == c.token_selection

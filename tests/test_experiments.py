@@ -124,6 +124,20 @@ def test_grids_are_2d_when_two_parameters_vary(runs):
     assert not one_d.row_labels and one_d.rows == [["a", "b"]]
 
 
+def test_backends_differ_per_backend_and_record_dopsds_defaults(runs):
+    rc, folder, _, err = runs["backends"]
+    assert rc == 0, err
+    results = json.loads((folder / "metadata.json").read_text())["results"]
+    vl_cells = [r for r in results if not r["pure_text"]]
+    assert sorted({r["backend"] for r in vl_cells}) == ["dopsd", "splice", "vl"]
+    assert len({r["fingerprint"] for r in vl_cells}) == len(vl_cells) == 6  # 3 backends x 2 layers, image tokens
+    for r in vl_cells:
+        settings = r["conditioning"].get("backend_settings")
+        assert (settings == {"defaults": {"layer": -2, "min_pixels": 512 * 512, "max_pixels": 768 * 768,
+                                          "max_tokens": 1024}}) == (r["backend"] == "dopsd"), r["name"]
+        assert r["recipe"]["max_pixels"] == 768 * 768 and r["hidden_layer"] == r["params"]["layer"]
+
+
 def test_splice_borrows_the_loaded_vision_tower(refs, tmp_path, monkeypatch):
     import llm_dit.vl.extract as X
 
@@ -204,7 +218,7 @@ def test_experiments_lists_every_experiment(capsys):
     assert main(["experiments"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == list(EXPERIMENTS)
-    assert len(EXPERIMENTS) == 18
+    assert len(EXPERIMENTS) == 19
 
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "experiments" / "qwen3_vl" / "scripts"

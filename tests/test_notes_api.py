@@ -72,6 +72,7 @@ def test_seed004_extract_scale_to_text_global(vl_extractor, input_image):
     assert vl_result.original_std == pytest.approx(float(std), rel=1e-6)
     assert vl_result.scale_factor == pytest.approx(61.0 / float(std), rel=1e-5)
     assert vl_result.token_selection == "full" and vl_result.normalization_mode == "global"
+    assert vl_result.max_pixels == 1024 * 1024  # the vl backend's budget when none is given
     # an explicit target wins (seed 000: "target ~70.0"); scale_to_text=False leaves the states as they are
     assert vl_extractor.extract(input_image, PROMPT, hidden_layer=-6, text_tokens_only=False, scale_to_text=True,
                                 target_std=70.0).scaled_std == pytest.approx(70.0, rel=1e-5)

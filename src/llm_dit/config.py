@@ -40,6 +40,14 @@ MAX_CAPTION_TOKENS = 1504
 #: per-image pixel budget of ~1024 tokens (a real checkpoint alone would allow ~16k).
 DEFAULT_VL_LAYER = -6
 DEFAULT_MAX_PIXELS = 1024 * 1024
+#: The ``dopsd`` backend's defaults, D-OPSD's own settings (arXiv 2605.05204): hidden layer -2, each
+#: image resized to 512^2 .. 768^2 pixels, the chat cut to 1024 tokens. Recorded with every
+#: extraction and conditioning it makes; a recipe's ``hidden_layer`` / ``max_pixels`` override the
+#: first and the third (:meth:`~llm_dit.conditioning.Recipe.resolve`).
+DOPSD_DEFAULTS: dict[str, int] = {"layer": -2, "min_pixels": 512 * 512, "max_pixels": 768 * 768, "max_tokens": 1024}
+#: The VL backends: ``vl`` (Qwen3-VL whole), ``splice`` (its vision tower into Z-Image's Qwen3-4B,
+#: 1-D RoPE), ``dopsd`` (Qwen3-VL's forward with Z-Image's Qwen3-4B weights); see llm_dit.vl.extract.
+VLBackend = Literal["vl", "splice", "dopsd"]
 
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
 #: A ``hidden_states`` index (transformers' convention): bounded here so that a mistyped one is refused
@@ -178,7 +186,7 @@ class VLConfig(_Section):
     each image's token grid. ``cache_gb`` bounds the on-disk extraction cache (0 turns it off).
     """
 
-    backend: Literal["vl", "splice"] = "vl"
+    backend: VLBackend = "vl"
     layers: list[LayerIndex] = Field(default_factory=lambda: [DEFAULT_VL_LAYER], min_length=1)
     token_selection: Literal["full", "text_only", "user_text", "image_only", "image_no_markers"] = "full"
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1024, le=MAX_PIXELS)

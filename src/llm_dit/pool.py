@@ -42,14 +42,14 @@ class ModelPool:
         self.keep = keep
         self._z: tuple[tuple, ZImage] | None = None  # (key, ZImage)
         self._vl: tuple[tuple, VLEmbeddingExtractor] | None = None  # (key, the extractor with its language model)
-        # (key, the extractor borrowing Z-Image's text encoder)
-        self._splice: tuple[tuple, VLEmbeddingExtractor] | None = None
+        # (key, the extractor borrowing Z-Image's text encoder), by backend: splice, dopsd
+        self._borrowing: dict[str, tuple[tuple, VLEmbeddingExtractor]] = {}
 
     # -- what is loaded ----------------------------------------------------------------------
 
     def loaded(self) -> list[str]:
         """Names of the loaded models (for status pages)."""
-        return [name for name, slot in (("z_image", self._z), ("vl", self._vl), ("splice", self._splice)) if slot]
+        return [name for name, slot in (("z_image", self._z), ("vl", self._vl), *self._borrowing.items()) if slot]
 
     # -- getting models ----------------------------------------------------------------------
 
@@ -83,35 +83,46 @@ class ModelPool:
     def splice(self, config: Config):
         """The splice extractor: Qwen3-VL's vision tower into Z-Image's loaded text encoder (the tower
         of a loaded Qwen3-VL is borrowed, not loaded twice)."""
+        return self._borrowing_extractor(config, "splice")
+
+    def dopsd(self, config: Config):
+        """The dopsd extractor: Qwen3-VL's forward over Z-Image's loaded text encoder, whose tensors it
+        shares (the vision tower of a loaded Qwen3-VL is borrowed too)."""
+        return self._borrowing_extractor(config, "dopsd")
+
+    def _borrowing_extractor(self, config: Config, backend: str):
         from .vl import VLEmbeddingExtractor
 
         model = self.z_image(config)
         key = (_z_key(config), config.models.vl)
-        if self._splice is None or self._splice[0] != key:
-            self._splice = None
+        held = self._borrowing.get(backend)
+        if held is None or held[0] != key:
+            self._drop(backend)
             vision = self._vl[1].model.model.visual if self._vl is not None and self._vl[0][0] == config.models.vl \
                 else None
-            self._splice = (key, VLEmbeddingExtractor.from_config(
-                config, backend="splice", text_encoder=model.pipe.text_encoder, vision=vision))
-        return self._splice[1]
+            self._borrowing[backend] = (key, VLEmbeddingExtractor.from_config(
+                config, backend=backend, text_encoder=model.pipe.text_encoder, vision=vision))
+        return self._borrowing[backend][1]
 
     # -- letting go --------------------------------------------------------------------------
 
     def release(self, which: str | None = None) -> None:
-        """Unload ``which`` (``z_image``, ``vl``, ``splice``: its vision tower) or everything; frees the
-        CUDA cache."""
-        if which == "splice":
-            self._drop_splice()
+        """Unload ``which`` (``z_image``, ``vl``, ``splice`` or ``dopsd``: its vision tower) or
+        everything; frees the CUDA cache."""
+        if which in ("splice", "dopsd"):
+            self._drop(which)
         if which in (None, "z_image") and self._z is not None:
-            self._drop_splice()
+            self._drop()  # they borrow its text encoder
             self._z[1].unload()
             self._z = None
         if which in (None, "vl") and self._vl is not None:
-            self._drop_splice()  # it may hold the vision tower
+            self._drop()  # they may hold its vision tower
             self._vl[1].unload()
             self._vl = None
 
-    def _drop_splice(self) -> None:
-        if self._splice is not None:
-            self._splice[1].unload()
-            self._splice = None
+    def _drop(self, backend: str | None = None) -> None:
+        """Unload the extractor of ``backend`` that borrows Z-Image's text encoder, or both."""
+        for name in [backend] if backend else list(self._borrowing):
+            held = self._borrowing.pop(name, None)
+            if held is not None:
+                held[1].unload()

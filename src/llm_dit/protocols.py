@@ -4,11 +4,11 @@
   with ``done = 0`` before the first step and after each step (``total``: the steps that run);
   raising :class:`~llm_dit.errors.Cancelled` in it stops the work at once.
 * :class:`Extractor`: hidden states of a Qwen3-VL chat (:class:`~llm_dit.vl.VLEmbeddingExtractor`,
-  either backend: ``vl`` or ``splice``).
+  any backend: ``vl``, ``splice`` or ``dopsd``).
 * :class:`Captioner`: an extractor with Qwen3-VL's language model head, which also writes text and
   scores answers (the ``vl`` backend only).
 * :class:`Models`: where the layers above get loaded models from (:class:`~llm_dit.pool.ModelPool`:
-  Z-Image, the VL extractor, the splice extractor), and give them back.
+  Z-Image, the VL extractor, the splice and dopsd extractors), and give them back.
 
 Protocols rather than the classes themselves: a caller states what it uses, tests pass small fakes,
 and importing this module imports nothing heavy (the classes it names are for the type checker only).
@@ -33,7 +33,7 @@ class OnStep(Protocol):
 class Extractor(Protocol):
     """Hidden states of a Qwen3-VL chat ``[images..., text]`` (see :mod:`llm_dit.vl.extract`)."""
 
-    backend: str  # "vl" or "splice"
+    backend: str  # "vl", "splice" or "dopsd"
     model_name: str  # the hub id or folder it was loaded from
 
     @property
@@ -49,7 +49,7 @@ class Extractor(Protocol):
         self,
         image: Any = None,
         text: str | None = None,
-        hidden_layer: int | list[int] = ...,
+        hidden_layer: int | list[int] | None = ...,
         system_prompt: str | None = None,
         token_selection: str | None = None,
         *,
@@ -107,10 +107,14 @@ class Models(Protocol):
         """The splice extractor: Qwen3-VL's vision tower into Z-Image's text encoder."""
         ...
 
+    def dopsd(self, config: Config) -> Extractor:
+        """The dopsd extractor: Qwen3-VL's forward with Z-Image's text-encoder weights (shared)."""
+        ...
+
     def loaded(self) -> list[str]:
         """Names of the loaded models."""
         ...
 
     def release(self, which: str | None = None) -> None:
-        """Unload ``which`` (``z_image``, ``vl``, ``splice``) or everything."""
+        """Unload ``which`` (``z_image``, ``vl``, ``splice``, ``dopsd``) or everything."""
         ...

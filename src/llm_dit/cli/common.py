@@ -174,7 +174,7 @@ def add_encoder_flags(p: argparse.ArgumentParser) -> None:
 def add_vl_flags(p: argparse.ArgumentParser, extraction: bool = True, tokens: bool = True) -> None:
     g = p.add_argument_group("Qwen3-VL")
     g.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
-    add_z_image_flags(g, " (its text encoder: splice backend, statistics)")
+    add_z_image_flags(g, " (its text encoder: splice and dopsd backends, statistics)")
     g.add_argument("--max-pixels", dest="vl.max_pixels", type=int, help="pixel budget per image (~1 token / 1024 px)")
     if extraction:
         g.add_argument("--layers", dest="vl.layers", type=int_list, metavar="K[,K...]",

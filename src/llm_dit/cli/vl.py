@@ -28,10 +28,16 @@ def cmd_extract(args) -> int:
         check_aspect_ratio(im, f"image {path}")
     check_selection_possible(cfg.vl.token_selection, len(images), bool(text and text.strip()))
 
+    layers, max_pixels = cfg.vl.layers, cfg.vl.max_pixels
+    if cfg.vl.backend == "dopsd":  # D-OPSD's layer and pixel budget unless the flags name others
+        from ..config import DOPSD_DEFAULTS
+
+        layers = layers if getattr(args, "vl.layers", None) is not None else [DOPSD_DEFAULTS["layer"]]
+        max_pixels = max_pixels if getattr(args, "vl.max_pixels", None) is not None else DOPSD_DEFAULTS["max_pixels"]
     extractor = VLEmbeddingExtractor.from_config(cfg)
     result = extractor.extract(
-        images, text, hidden_layer=cfg.vl.layers, system_prompt=system, token_selection=cfg.vl.token_selection,
-        max_pixels=cfg.vl.max_pixels, pool=cfg.vl.pool,
+        images, text, hidden_layer=layers, system_prompt=system, token_selection=cfg.vl.token_selection,
+        max_pixels=max_pixels, pool=cfg.vl.pool,
     )
     result.record = {"images": [str(p) for p in args.image or []], "config": cfg.to_dict(), **provenance()}
     result.save(out)

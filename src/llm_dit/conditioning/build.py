@@ -53,7 +53,7 @@ class ExtractionRequest:
     its size), which text, which layers. Two requests that differ only in their backend are two
     different passes with different results."""
 
-    backend: str  # "vl" (Qwen3-VL's language model) or "splice" (its vision tower in Qwen3-4B)
+    backend: str  # "vl" (Qwen3-VL's language model), "splice" (its vision tower in Qwen3-4B) or "dopsd"
     image: str | None
     text: str | None
     layers: tuple[int, ...]

@@ -23,13 +23,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import MAX_CAPTION_TOKENS, Config, LayerIndex, LongPromptMode, validate_model
+from ..config import DOPSD_DEFAULTS, MAX_CAPTION_TOKENS, Config, LayerIndex, LongPromptMode, validate_model
 from ..errors import ConfigError, InputError, LlmDitError
 from ..limits import MAX_PIXELS, MAX_POOL, MAX_SVD_K, MAX_TARGET_STD, MAX_WEIGHT, expectation
 from ..modes import BlendMode, NormalizationMode, StyleMode
 from .schedule import Schedule, parse_schedule
 
-Backend = Literal["text", "vl", "splice"]
+Backend = Literal["text", "vl", "splice", "dopsd"]
 TokenSelection = Literal["full", "text_only", "user_text", "image_only", "image_no_markers"]
 #: Recipe fields that name files (besides the references' images).
 FILE_FIELDS = ("adapter", "reference_stats")
@@ -103,9 +103,9 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         if self.backend == "text" and self.references:
-            raise ValueError("backend 'text' takes no reference images (use backend vl or splice)")
-        if self.adapter and self.backend == "splice":
-            raise ValueError("an adapter maps Qwen3-VL's states; the splice backend already reads Qwen3-4B's")
+            raise ValueError("backend 'text' takes no reference images (use backend vl, splice or dopsd)")
+        if self.adapter and self.backend in ("splice", "dopsd"):
+            raise ValueError(f"an adapter maps Qwen3-VL's states; the {self.backend} backend already reads Qwen3-4B's")
         if self.vl_intra_blend_ratio is None:
             for name in ("dual_extraction", "image_layer", "text_layer"):
                 if getattr(self, name) not in (None, False):
@@ -119,13 +119,18 @@ class Recipe(_Strict):
     # -- resolution ----------------------------------------------------------------------------
 
     def resolve(self, config: Config) -> Recipe:
-        """A copy with every ``None`` field (backend and extraction settings) filled from ``config.vl``."""
+        """A copy with every ``None`` field (backend and extraction settings) filled from ``config.vl``;
+        under the ``dopsd`` backend an unset ``hidden_layer`` and ``max_pixels`` take D-OPSD's own
+        values instead (:data:`~llm_dit.config.DOPSD_DEFAULTS`: -2 and 768 x 768)."""
         vl = config.vl
+        backend = self.backend or vl.backend
+        layer, max_pixels = (DOPSD_DEFAULTS["layer"], DOPSD_DEFAULTS["max_pixels"]) if backend == "dopsd" \
+            else (vl.layers[0], vl.max_pixels)
         return self.model_copy(update=dict(
-            backend=self.backend or vl.backend,
-            hidden_layer=vl.layers[0] if self.hidden_layer is None else self.hidden_layer,
+            backend=backend,
+            hidden_layer=layer if self.hidden_layer is None else self.hidden_layer,
             token_selection=self.token_selection or vl.token_selection,
-            max_pixels=self.max_pixels or vl.max_pixels,
+            max_pixels=self.max_pixels or max_pixels,
             pool=self.pool or vl.pool,
             system_prompt=vl.system_prompt if self.system_prompt is None else self.system_prompt,
         ))

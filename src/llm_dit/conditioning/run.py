@@ -4,8 +4,8 @@
        :func:`prepare` returns a :class:`Prepared` holding what the checks loaded (references,
        adapter, reference statistics, planned extractions); nothing loads a model before
     2. VL stage (``vl`` backend): load Qwen3-VL, run every planned extraction, unload it
-    3. Z-Image stage: load the pipeline, encode the prompt with its text encoder; the ``splice``
-       backend's vision tower borrows that encoder; reference statistics come from a file, or are
+    3. Z-Image stage: load the pipeline, encode the prompt with its text encoder; the ``splice`` and
+       ``dopsd`` backends borrow that encoder (dopsd shares its tensors); reference statistics come from a file, or are
        computed once with that encoder (cached on disk)
     4. build the conditioning and generate (a per-step hook when the alpha follows a schedule)
 
@@ -307,10 +307,11 @@ def generate(prepared: Prepared, init_image: Image.Image | None = None, log: Log
             pool.release("vl")  # one model at a time in a one-shot call
         model = pool.z_image(config)
         text = model.encode(prompt)
-        if requests and recipe.backend == "splice":
-            extractions = run_extractions(pool.splice(config), requests, images, log)
+        if requests and recipe.backend in ("splice", "dopsd"):
+            borrowing = pool.splice(config) if recipe.backend == "splice" else pool.dopsd(config)
+            extractions = run_extractions(borrowing, requests, images, log)
             if own:
-                pool.release("splice")  # its vision tower is not needed to generate
+                pool.release(recipe.backend)  # its vision tower is not needed to generate
         pipe = model.pipe
         assert pipe is not None, "a loaded ZImage has its pipeline"
         stats = reference_stats_for(recipe, config, pipe.tokenizer, pipe.text_encoder, log, prepared.checked.stats)
@@ -382,6 +383,10 @@ def conditioning_record(cond: Conditioning, alphas: list[float], text_summary: d
         **prints,
         "recipe": r.to_dict(),
     }
+    if r.backend == "dopsd":  # the backend's own settings beside the recipe's (D-OPSD's; docs/recipes.md)
+        from ..config import DOPSD_DEFAULTS
+
+        record["backend_settings"] = {"defaults": dict(DOPSD_DEFAULTS)}
     if len(set(alphas)) > 1:
         assert r.schedule is not None, "alphas that vary over the steps come from a schedule"
         record["schedule"] = {"spec": r.schedule.spec(), "alphas": alphas,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..conditioning.recipe import Recipe
+from ..config import DOPSD_DEFAULTS
 from ..errors import InputError
 from ..io import check_name
 from .cells import METHODS, SHORT, TEXT_ONLY, Cell, fmt, name_from, safe_name, with_baselines
@@ -243,6 +244,19 @@ def splice_vs_vl(x: Inputs) -> list[Cell]:
             for backend in ("vl", "splice") for kind, s in sel.items()]
 
 
+def backends(x: Inputs) -> list[Cell]:
+    """The three backends side by side at D-OPSD's layer -2 and the seeds' -6, on the full sequence
+    and on the image tokens (quick: image tokens only), pure VL. Every cell at D-OPSD's pixel budget
+    (768 x 768), so that the language model is what varies (dopsd also enlarges smaller images to
+    512 x 512, as D-OPSD does)."""
+    sel = {"image": "image_no_markers"} if x.quick else {"full": "full", "image": "image_no_markers"}
+    return [Cell(f"{backend}_layer{layer}_{kind}",
+                 _pure(x.images, backend=backend, hidden_layer=layer, token_selection=s,
+                       max_pixels=DOPSD_DEFAULTS["max_pixels"]),
+                 {"backend": backend, "layer": layer, "tokens": kind})
+            for backend in ("vl", "splice", "dopsd") for layer in (-2, -6) for kind, s in sel.items()]
+
+
 # -- seed 004: caption alignment ------------------------------------------------------------------
 
 CAPTION_TOKENS = 1024  # seed 004's target
@@ -335,6 +349,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("token_budget", "the VL sequence pooled / interpolated / truncated to 256, 64, 16 tokens", token_budget,
                look_at=("ssim_ref", "grid_artifact", "vqa_yes")),
     Experiment("splice_vs_vl", "Qwen3-VL's language model vs its vision tower spliced into Qwen3-4B", splice_vs_vl,
+               look_at=("ssim_ref", "grid_artifact", "vqa_yes")),
+    Experiment("backends", "vl, splice and dopsd (D-OPSD: Qwen3-VL's forward, Qwen3-4B's weights) at layers -2 "
+               "and -6, full sequence and image tokens, pure VL", backends, grids=slice_grids,
                look_at=("ssim_ref", "grid_artifact", "vqa_yes")),
     Experiment("caption_alignment", "caption-aligned vs generic VL text over layers x alphas, plus the caption alone",
                caption_alignment, caption=True, grids=slice_grids, config=_CAPTION_RUN,

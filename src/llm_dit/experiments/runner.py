@@ -10,7 +10,7 @@ The stages, in the order they run (each a function below over one :class:`RunCon
     2. Qwen3-VL (when a pending cell needs it): :func:`make_captions`, then :func:`extract` every
        unique extraction (requests that differ only in their layers share one forward pass);
        unloaded unless it scores images
-    3. Z-Image: loaded; splice extractions borrow its text encoder
+    3. Z-Image: loaded; splice and dopsd extractions borrow its text encoder
     4. :class:`~llm_dit.experiments.pictures.PictureStage`: every unique prompt encoded once,
        reference statistics once per layer set, then one generation per unique picture (baselines
        first): cells that must give the same picture (a pure-text cell and every alpha-0 cell of its
@@ -248,16 +248,17 @@ def extract(ctx: RunContext, models: Models, jobs: list[Job], backend: str) -> d
         return {}
     merged = merge_requests(requests)
     unique = list(dict.fromkeys(merged.values()))
-    # splice: the pool borrows the vision tower of a Qwen3-VL still loaded (it scores pictures)
-    extractor = models.vl if backend == "vl" else ctx.pool.splice(ctx.config)
+    # splice, dopsd: the pool borrows the vision tower of a Qwen3-VL still loaded (it scores pictures)
+    extractor = models.vl if backend == "vl" else \
+        ctx.pool.splice(ctx.config) if backend == "splice" else ctx.pool.dopsd(ctx.config)
     images = dict(zip(ctx.spec.images, ctx.prepared.references, strict=True))
     ctx.echo(f"{backend} extraction: {len(unique)} forward pass(es) for {len(requests)} request(s)")
     seconds: dict = {}
     t0 = time.perf_counter()
     results = run_extractions(extractor, unique, images, seconds=seconds)
     ctx.time(f"extract_{backend}", t0)
-    if backend == "splice" and ctx.own:
-        ctx.pool.release("splice")
+    if backend != "vl" and ctx.own:
+        ctx.pool.release(backend)
     for j in jobs:
         j.extract_seconds = round(sum(seconds[merged[r]] for r in j.requests), 3)
     return {r: results[m] for r, m in merged.items()}
@@ -353,8 +354,9 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
         # on a CI core, on whichever thread happens to allocate, the one feeding the GPU included)
         gc.freeze()
         held.frozen = True
-        extractions.update(extract(ctx, models, [j for j in mine if j.recipe.backend == "splice"
-                                                 and j.key not in aliases], "splice"))
+        for backend in ("splice", "dopsd"):
+            extractions.update(extract(ctx, models, [j for j in mine if j.recipe.backend == backend
+                                                     and j.key not in aliases], backend))
 
     # 4. pictures: baselines first (every other picture is compared with its baseline)
     return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))

@@ -102,22 +102,26 @@ def decode_reply(tokenizer, ids) -> str:
     return tokenizer.decode([int(i) for i in ids if int(i) not in drop], skip_special_tokens=False)
 
 
-def pixel_bounds(processor, max_pixels: int | None) -> dict | None:
-    """The processor ``size`` override for a pixel budget (``None``: the checkpoint's own)."""
+def pixel_bounds(processor, max_pixels: int | None, min_pixels: int | None = None) -> dict | None:
+    """The processor ``size`` override for a pixel budget (``None``: the checkpoint's own).
+    ``min_pixels``: a floor other than the checkpoint's (smaller images are enlarged up to it; the
+    ``dopsd`` backend's 512 x 512); never above ``max_pixels``."""
     if max_pixels is None:
         return None
     check_number(max_pixels, "max_pixels", whole=True, ge=32 * 32, le=MAX_PIXELS)  # at least one 32x32 token
-    min_pixels = processor.image_processor.size.get("shortest_edge", 32 * 32)
+    if min_pixels is None:
+        min_pixels = processor.image_processor.size.get("shortest_edge", 32 * 32)
     return {"shortest_edge": min(min_pixels, max_pixels), "longest_edge": max_pixels}
 
 
 def run_processor(processor, messages: list[dict], images: list[Image.Image], max_pixels: int | None,
-                  answer_prefix: str = ""):
+                  answer_prefix: str = "", min_pixels: int | None = None):
     """Render the chat with the generation prompt (plus ``answer_prefix``, the start of the
-    assistant's turn) and process it: input ids, pixels, grids."""
+    assistant's turn) and process it: input ids, pixels, grids (each image's pixels within
+    ``[min_pixels, max_pixels]``; see :func:`pixel_bounds`)."""
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
     kwargs = {}
-    size = pixel_bounds(processor, max_pixels)
+    size = pixel_bounds(processor, max_pixels, min_pixels)
     if size is not None:
         kwargs["size"] = size
     return processor(text=[text], images=images or None, return_tensors="pt", **kwargs)

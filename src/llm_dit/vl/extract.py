@@ -1,4 +1,4 @@
-"""``VLEmbeddingExtractor``: hidden states of a Qwen3-VL chat, by one of two backends.
+"""``VLEmbeddingExtractor``: hidden states of a Qwen3-VL chat, by one of three backends.
 
 * ``vl``: transformers' ``Qwen3VLForConditionalGeneration`` runs the whole chat (vision tower,
   DeepStack, M-RoPE language model); we read its language model's hidden states.
@@ -6,8 +6,14 @@
   embeddings at the ``<|image_pad|>`` positions of Z-Image's own Qwen3-4B text encoder, whose hidden
   states are read instead (no DeepStack, plain 1-D RoPE: the language model the DiT was trained
   with). Same chat, same masks, same result object. Text-only input gives exactly the text path.
+* ``dopsd``: D-OPSD's multimodal features (arXiv 2605.05204): Qwen3-VL's own forward (vision tower,
+  DeepStack, M-RoPE with Qwen3-VL's ``text_config``), but its language model holds Z-Image's Qwen3-4B
+  text-encoder weights, shared with the loaded encoder (the same tensors, never a copy;
+  :func:`build_dopsd_model`). Qwen3-VL's own language weights are never read. Its defaults
+  (:data:`~llm_dit.config.DOPSD_DEFAULTS`: layer -2, 512^2 .. 768^2 pixels per image, the chat cut to
+  1024 tokens) are recorded with every result (``backend_settings``).
 
-Either way one forward pass serves every requested layer and stops after the deepest one; no LM
+Every way one forward pass serves every requested layer and stops after the deepest one; no LM
 head runs. Results are float32 on the CPU.
 """
 
@@ -23,12 +29,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER
+from ..config import DEFAULT_MAX_PIXELS, DEFAULT_VL_LAYER, DOPSD_DEFAULTS
 from ..errors import InputError, ModelLoadError, unknown_choice
 from ..images import load_image
 from ..limits import MAX_NEW_TOKENS, MAX_POOL, MAX_TOP_K, check_number
 from ..models.chat_template import ChatTemplate
-from ..models.loading import load_failure, resolve_model_path
+from ..models.loading import first_line, load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import (
@@ -42,7 +48,13 @@ from .chat import (
 from .result import VLExtractionResult
 from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection, take_notes_flags
 
-BACKENDS = ("vl", "splice")
+#: ``extract``'s ``max_pixels`` left unset: the backend's own budget (1024^2; dopsd's 768^2).
+BACKEND_BUDGET = "backend"
+
+BACKENDS = ("vl", "splice", "dopsd")
+#: The sizes in which the text encoder must equal Qwen3-VL's ``text_config`` (the dopsd backend).
+ARCHITECTURE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "head_dim", "vocab_size")
 
 
 def _auto_device(device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -89,6 +101,49 @@ def load_vision_tower(path: str, device: torch.device, dtype: torch.dtype):
     return tower.eval()
 
 
+def check_same_architecture(text_config, encoder_config, vl_name: str = "Qwen3-VL") -> None:
+    """Refuse, in one sentence, a text encoder whose sizes (:data:`ARCHITECTURE`) differ from Qwen3-VL's
+    language model's: its weights cannot stand in for Qwen3-VL's (the dopsd backend)."""
+    diffs = [f"{k} {getattr(encoder_config, k, None)} vs {getattr(text_config, k, None)}" for k in ARCHITECTURE
+             if getattr(encoder_config, k, None) != getattr(text_config, k, None)]
+    if diffs:
+        raise ModelLoadError(f"the dopsd backend needs Z-Image's text encoder to match {vl_name}'s language model, "
+                             f"but they differ ({', '.join(diffs)}; text encoder vs {vl_name})")
+
+
+def build_dopsd_model(source: str, text_encoder, vision, vl_name: str = "Qwen3-VL"):
+    """``Qwen3VLModel`` (Qwen3-VL's config, vision tower and forward) whose language model holds
+    ``text_encoder``'s weights: the very tensors, not copies.
+
+    Built on the meta device (no memory, no random initialisation), then the loaded ``vision`` tower
+    is put in place and the language model takes the encoder's state dict with ``assign=True``:
+    each parameter becomes a ``Parameter`` over the encoder's own storage (same ``data_ptr``). Only
+    the rotary table (M-RoPE's ``inv_freq``, a buffer outside the state dict) is computed anew, from
+    Qwen3-VL's ``text_config``.
+    """
+    from transformers import AutoConfig
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLTextRotaryEmbedding
+
+    config = AutoConfig.from_pretrained(source)
+    check_same_architecture(config.text_config, text_encoder.config, vl_name)
+    dtype = text_encoder.dtype
+    with torch.device("meta"):
+        model = Qwen3VLModel._from_config(config, dtype=dtype)
+    model.visual = vision
+    lm = model.language_model
+    try:
+        lm.load_state_dict(text_encoder.state_dict(), strict=True, assign=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"Z-Image's text encoder does not load into {vl_name}'s language model: "
+                             f"{first_line(e)}") from e
+    with torch.device(text_encoder.device):
+        lm.rotary_emb = Qwen3VLTextRotaryEmbedding(config=config.text_config)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor neither the tower nor the encoder gave
+        raise ModelLoadError(f"{vl_name}: no weights for {left[0]} in the dopsd model")
+    return model.eval()
+
+
 def load_text_encoder(z_image, device: torch.device, dtype: torch.dtype):
     """Z-Image's text encoder (``Qwen3Model``) and tokenizer alone, from a Z-Image folder or hub id
     (``z_image``: that string), or from what a :class:`~llm_dit.config.ModelsConfig` names: its
@@ -121,7 +176,7 @@ class VLEmbeddingExtractor:
 
     def __init__(self, processor, model_name: str, variant: str, device: torch.device, dtype: torch.dtype,
                  backend: str = "vl", model=None, vision=None, text_encoder=None,
-                 cache: ExtractionCache | None = None):
+                 cache: ExtractionCache | None = None, dopsd=None):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.model_name = model_name
@@ -130,8 +185,9 @@ class VLEmbeddingExtractor:
         self.dtype = dtype
         self.backend = backend
         self.model = model  # Qwen3VLForConditionalGeneration (vl backend, captions)
-        self.vision = vision  # Qwen3VLVisionModel (splice backend)
-        self.text_encoder = text_encoder  # Qwen3Model (splice backend)
+        self.vision = vision  # Qwen3VLVisionModel (splice and dopsd backends)
+        self.text_encoder = text_encoder  # Qwen3Model (splice and dopsd backends)
+        self.dopsd = dopsd  # Qwen3VLModel over vision and text_encoder's tensors (dopsd backend)
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         self.cache = cache or ExtractionCache(0)
         self.offload = "none"  # runtime.offload it was placed under (from_pretrained)
@@ -156,8 +212,9 @@ class VLEmbeddingExtractor:
     ) -> VLEmbeddingExtractor:
         """Load from a hub id or a local transformers folder (``tiny`` for the tiny model).
 
-        ``backend="splice"`` loads only the vision tower, and needs Z-Image's text encoder: pass the
-        loaded ``text_encoder`` (e.g. ``ZImage.pipe.text_encoder``) or a ``z_image`` id/folder. A
+        ``backend="splice"`` and ``backend="dopsd"`` load only the vision tower (and, for dopsd,
+        Qwen3-VL's config), and need Z-Image's text encoder: pass the loaded ``text_encoder`` (e.g.
+        ``ZImage.pipe.text_encoder``; dopsd shares its tensors) or a ``z_image`` id/folder. A
         vision tower already loaded (``vision=``, e.g. a loaded Qwen3-VL's ``model.model.visual``) is
         used instead of loading a second copy. ``z_image`` may also be a
         :class:`~llm_dit.config.ModelsConfig` (single files: :func:`load_text_encoder`).
@@ -175,7 +232,7 @@ class VLEmbeddingExtractor:
         except Exception as e:
             raise load_failure("the Qwen3-VL processor", str(id_or_path), e) from e
         variant = detect_variant(processor)
-        model = None
+        model = dopsd = None
         if backend == "vl":
             from transformers import Qwen3VLForConditionalGeneration
 
@@ -189,7 +246,7 @@ class VLEmbeddingExtractor:
         else:
             if text_encoder is None:
                 if z_image is None:
-                    raise InputError("the splice backend needs Z-Image's text encoder (text_encoder= or z_image=)")
+                    raise InputError(f"the {backend} backend needs Z-Image's text encoder (text_encoder= or z_image=)")
                 text_encoder, _ = load_text_encoder(z_image, dev, dt)
             try:
                 vision = vision if vision is not None else load_vision_tower(source, dev, dt)
@@ -202,7 +259,15 @@ class VLEmbeddingExtractor:
                     f"the vision tower emits {vision.config.out_hidden_size}-d features but the text encoder is "
                     f"{text_encoder.config.hidden_size}-d"
                 )
-        extractor = cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache)
+            if backend == "dopsd":
+                try:
+                    dopsd = build_dopsd_model(source, text_encoder, vision, str(id_or_path))
+                except ModelLoadError:
+                    raise
+                except Exception as e:
+                    raise load_failure("Qwen3-VL's config", str(id_or_path), e) from e
+        extractor = cls(processor, str(id_or_path), variant, dev, dt, backend, model, vision, text_encoder, cache,
+                        dopsd)
         extractor.offload = offload
         extractor.chat_template = template
         return extractor
@@ -211,7 +276,7 @@ class VLEmbeddingExtractor:
     def from_config(cls, config, backend: str | None = None, text_encoder=None, vision=None) -> VLEmbeddingExtractor:
         """The configured model on the configured device, with the configured extraction cache.
 
-        For the splice backend pass the already loaded Z-Image text encoder if there is one, so its
+        For the splice and dopsd backends pass the already loaded Z-Image text encoder if there is one, so its
         weights are not loaded twice; otherwise it is loaded from ``models.z_image`` (or the single
         text-encoder file ``models.text_encoder``).
         """
@@ -242,6 +307,8 @@ class VLEmbeddingExtractor:
                 # .cpu() per tensor: under offloading the parameters live on several devices
                 sums = torch.stack([p.detach().float().sum().cpu() for p in m.parameters()])
                 parts += [m.config.to_json_string(use_diff=False), hashlib.sha256(sums.numpy().tobytes()).hexdigest()]
+        if self.dopsd is not None:  # Qwen3-VL's config (M-RoPE, DeepStack) over the weights summed above
+            parts.append(self.dopsd.config.to_json_string(use_diff=False))
         self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return self._fingerprint
 
@@ -261,10 +328,10 @@ class VLEmbeddingExtractor:
         self,
         image=None,
         text: str | None = None,
-        hidden_layer: int | list[int] = DEFAULT_VL_LAYER,
+        hidden_layer: int | list[int] | None = None,
         system_prompt: str | None = None,
         token_selection: str | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_pixels: int | str | None = BACKEND_BUDGET,
         pool: int = 1,
         vl_intra_blend_ratio: float | None = None,
         **select_kwargs,
@@ -272,19 +339,27 @@ class VLEmbeddingExtractor:
         """Run the chat ``[images..., text]`` (after an optional system prompt) and select tokens.
 
         ``image``: a path, a PIL image, or a list of them (or None). ``hidden_layer``: one index or a
-        list (transformers' ``hidden_states`` convention). ``token_selection`` picks the tokens (none:
+        list (transformers' ``hidden_states`` convention; None: -6, the dopsd backend's -2).
+        ``token_selection`` picks the tokens (none:
         the full sequence); the seeds' flags (``image_tokens_only=True``, ...; see
         :data:`~llm_dit.vl.tokens.NOTES_FLAGS`) are accepted instead. ``max_pixels`` bounds each image's
-        pixels (and so its tokens; None: the checkpoint's own limit); ``pool`` averages ``pool x pool``
-        neighbourhoods of each image's token grid. ``vl_intra_blend_ratio`` (seed 002) mixes this one
-        extraction's image and text tokens instead of selecting (:meth:`VLExtractionResult.intra_blend`).
-        Remaining keyword arguments go to :meth:`VLExtractionResult.select` (normalization, the
-        notes' ``scale_to_text``).
+        pixels (and so its tokens; None: the checkpoint's own limit; unset: 1024^2, the dopsd backend's
+        768^2); the dopsd backend also enlarges smaller images to 512^2 pixels. ``pool`` averages
+        ``pool x pool`` neighbourhoods of each image's token grid. ``vl_intra_blend_ratio`` (seed 002)
+        mixes this one extraction's image and text tokens instead of selecting
+        (:meth:`VLExtractionResult.intra_blend`). Remaining keyword arguments go to
+        :meth:`VLExtractionResult.select` (normalization, the notes' ``scale_to_text``).
         """
         selection = resolve_token_selection(token_selection, **take_notes_flags(select_kwargs))
         if vl_intra_blend_ratio is not None and selection != "full":
             raise InputError("vl_intra_blend_ratio mixes the image and text tokens itself: drop the token selection")
         check_number(pool, "pool", whole=True, ge=1, le=MAX_POOL)
+        if hidden_layer is None:
+            hidden_layer = DOPSD_DEFAULTS["layer"] if self.backend == "dopsd" else DEFAULT_VL_LAYER
+        if max_pixels == BACKEND_BUDGET:
+            max_pixels = DOPSD_DEFAULTS["max_pixels"] if self.backend == "dopsd" else DEFAULT_MAX_PIXELS
+        elif isinstance(max_pixels, str):
+            raise InputError(f"max_pixels must be a number of pixels or None (got {max_pixels!r})")
         layers = list(dict.fromkeys([hidden_layer] if isinstance(hidden_layer, int) else list(hidden_layer)))
         canon = {k: canonical_layer(k, self.num_layers, f"{self.backend} model") for k in layers}
         images = self._images(image)
@@ -326,11 +401,22 @@ class VLEmbeddingExtractor:
             cached.layers = layers
             return cached
         messages = build_messages(images, text, system_prompt)
-        inputs = run_processor(self.processor, messages, images, max_pixels)
+        settings: dict = {}
+        if self.backend == "dopsd":
+            inputs = run_processor(self.processor, messages, images, max_pixels,
+                                   min_pixels=DOPSD_DEFAULTS["min_pixels"])
+            inputs, cut = self._cut(inputs, DOPSD_DEFAULTS["max_tokens"])
+            settings = {"defaults": dict(DOPSD_DEFAULTS), "tokens_cut": cut,
+                        "language_weights": "Z-Image's text encoder (Qwen3-4B)",
+                        "forward": "Qwen3-VL's: M-RoPE from its text_config, DeepStack"}
+        else:
+            inputs = run_processor(self.processor, messages, images, max_pixels)
         ids = inputs["input_ids"][0]
         wanted = sorted(set(canon.values()))
         if self.backend == "vl":
             states = self._forward_vl(inputs, wanted)
+        elif self.backend == "dopsd":
+            states = self._forward_dopsd(inputs, wanted)
         else:
             states = self._forward_splice(inputs, wanted)
         grids_thw = inputs.get("image_grid_thw", torch.zeros(0, 3)).tolist()
@@ -352,6 +438,7 @@ class VLEmbeddingExtractor:
             patch_grids=patch_grids,
             token_grids=[(h // merge, w // merge) for _, h, w in patch_grids],
             max_pixels=max_pixels,
+            backend_settings=settings,
         )
         self.cache.put(key, result)
         result.hidden_states = {k: states[canon[k]] for k in layers}
@@ -368,6 +455,29 @@ class VLEmbeddingExtractor:
         lm = self.model.model.language_model
         batch = self._batch(inputs)
         states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.model.model(**batch, use_cache=False))
+        return {k: v[0].float().cpu() for k, v in states.items()}
+
+    def _cut(self, inputs, limit: int) -> tuple[Any, int]:
+        """The processed chat cut to its first ``limit`` tokens (D-OPSD's tokenizer limit), and the number
+        of tokens cut; refused when an image would be cut."""
+        ids = inputs["input_ids"][0]
+        n = int(ids.shape[0])
+        if n <= limit:
+            return inputs, 0
+        vision = torch.isin(ids, torch.tensor([self.special.vision_start, self.special.image_pad,
+                                                self.special.vision_end])).nonzero()
+        if len(vision) and int(vision[-1]) >= limit:
+            raise InputError(f"the chat's images reach token {int(vision[-1]) + 1}, past the dopsd backend's limit of "
+                             f"{limit} tokens: lower max_pixels or give fewer images")
+        for k in ("input_ids", "attention_mask", "mm_token_type_ids"):
+            if k in inputs:
+                inputs[k] = inputs[k][:, :limit]
+        return inputs, n - limit
+
+    def _forward_dopsd(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
+        lm = self.dopsd.language_model
+        batch = self._batch(inputs)
+        states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.dopsd(**batch, use_cache=False))
         return {k: v[0].float().cpu() for k, v in states.items()}
 
     def _forward_splice(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
@@ -460,7 +570,7 @@ class VLEmbeddingExtractor:
 
     def unload(self) -> None:
         """Free the models; the extractor cannot be used afterwards."""
-        self.model = self.vision = self.text_encoder = None
+        self.model = self.vision = self.text_encoder = self.dopsd = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

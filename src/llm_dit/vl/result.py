@@ -49,7 +49,7 @@ class VLExtractionResult:
     special: SpecialIds
     layers: list[int]  # as requested, e.g. [-6, -2]
     num_layers: int  # decoder layers of the model that produced the states
-    backend: str  # "vl" or "splice"
+    backend: str  # "vl", "splice" or "dopsd"
     model: str
     model_variant: str  # "instruct" or "thinking"
     vl_text: str | None
@@ -60,6 +60,7 @@ class VLExtractionResult:
     max_pixels: int | None = None
     pool: int = 1
     chat_template: dict = field(default_factory=dict)  # ChatTemplate.to_dict(): source, sha256, tokenizer_differs
+    backend_settings: dict = field(default_factory=dict)  # dopsd: its defaults (DOPSD_DEFAULTS), tokens cut
     # the selection
     token_selection: str = "full"
     normalization_mode: str = "none"
@@ -217,6 +218,7 @@ class VLExtractionResult:
             "layers": self.layers,
             "num_layers": self.num_layers,
             "backend": self.backend,
+            "backend_settings": self.backend_settings,
             "model": self.model,
             "model_variant": self.model_variant,
             "chat_template": self.chat_template,
@@ -271,6 +273,7 @@ class VLExtractionResult:
             layers=layers,
             num_layers=meta["num_layers"],
             backend=meta["backend"],
+            backend_settings=meta.get("backend_settings", {}),  # files written before it was recorded have none
             model=meta["model"],
             model_variant=meta["model_variant"],
             chat_template=meta.get("chat_template", {}),  # files written before it was recorded have none

@@ -26,7 +26,8 @@ GROUPS = {
     "blend": ["blend", "alpha", "schedule", "resample", "magnitude", "style_blend", "style_alpha", "gem_p", "svd_k"],
 }
 HELP = {
-    "backend": "text: Z-Image as shipped; vl: Qwen3-VL's own states; splice: its vision tower into Qwen3-4B",
+    "backend": "text: Z-Image as shipped; vl: Qwen3-VL's own states; splice: its vision tower into Qwen3-4B; "
+               "dopsd: Qwen3-VL's forward with Qwen3-4B's weights (D-OPSD)",
     "vl_text": "the VL chat's text; {prompt} stands for the prompt; empty: image only",
     "hidden_layer": "hidden_states index of the VL model (seeds: -6)",
     "alpha": "VL share: y = alpha * VL + (1 - alpha) * text",
