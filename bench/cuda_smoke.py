@@ -42,7 +42,7 @@ def run(profile: str, **overrides) -> tuple[np.ndarray, float, float, dict]:
 
 
 def vl_rows() -> None:
-    """Both extraction backends on cuda/bfloat16 against cpu/float32 (relative error per layer)."""
+    """Every extraction backend on cuda/bfloat16 against cpu/float32 (relative error per layer)."""
     from PIL import Image
 
     from llm_dit.vl import VLEmbeddingExtractor
@@ -50,11 +50,11 @@ def vl_rows() -> None:
     img = Image.new("RGB", (256, 192), (200, 40, 40))
     cpu_z = ZImage.load(resolve_config("tiny"))
     print(f"\n{'backend':8s} {'layer':>6s} {'tokens':>7s} {'rel. err bf16 vs fp32':>22s}")
-    for backend in ("vl", "splice"):
+    for backend in ("vl", "splice", "dopsd"):
         results = {}
         for device, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
             te = None
-            if backend == "splice":
+            if backend in ("splice", "dopsd"):
                 te = cpu_z.pipe.text_encoder if device == "cpu" else ZImage.load(
                     resolve_config("default", overrides={"models.z_image": "tiny"})).pipe.text_encoder
             ex = VLEmbeddingExtractor.from_pretrained("tiny", device=device, dtype=dtype, backend=backend,
@@ -109,6 +109,7 @@ RECIPES = {
                               blend="replace"),
     "per_dim + restore": dict(normalization_mode="per_dim", outlier_mask="restore", outlier_threshold=1.5),
     "splice": dict(backend="splice", alpha=0.5),
+    "dopsd": dict(backend="dopsd", alpha=0.5),
 }
 
 

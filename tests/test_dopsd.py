@@ -65,6 +65,10 @@ def test_equals_qwen3_vl_with_the_text_encoders_weights(dopsd, oracle, red_image
     default = dopsd.extract(red_image, TEXT)
     assert default.layers == [-2] and torch.equal(default.hidden_states[-2], hs[-2][0])
     assert default.max_pixels == DOPSD_DEFAULTS["max_pixels"]
+    # a budget below the floor is a bound still: the image is not enlarged past it (128 x 96 -> 4 x 3 tokens)
+    small = dopsd.extract(red_image, TEXT, max_pixels=128 * 128)
+    (h, w), = small.token_grids
+    assert h * w * 32 * 32 <= 128 * 128 and small.max_pixels == 128 * 128
 
 
 def test_text_only_input(dopsd, oracle, splice_extractor):

@@ -403,8 +403,11 @@ class VLEmbeddingExtractor:
         messages = build_messages(images, text, system_prompt)
         settings: dict = {}
         if self.backend == "dopsd":
-            inputs = run_processor(self.processor, messages, images, max_pixels,
-                                   min_pixels=DOPSD_DEFAULTS["min_pixels"])
+            # D-OPSD's floor, unless a budget below it is given: the budget is a bound, and the
+            # processor rounds an enlarged image up past its floor
+            floor = DOPSD_DEFAULTS["min_pixels"] if max_pixels is None or max_pixels >= DOPSD_DEFAULTS["min_pixels"] \
+                else None
+            inputs = run_processor(self.processor, messages, images, max_pixels, min_pixels=floor)
             inputs, cut = self._cut(inputs, DOPSD_DEFAULTS["max_tokens"])
             settings = {"defaults": dict(DOPSD_DEFAULTS), "tokens_cut": cut,
                         "language_weights": "Z-Image's text encoder (Qwen3-4B)",
