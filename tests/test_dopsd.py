@@ -83,27 +83,58 @@ def test_text_only_input(dopsd, oracle, splice_extractor):
     assert not torch.equal(s.hidden_states[-2], r.hidden_states[-2])
 
 
-def test_the_text_encoders_tensors_are_shared_not_copied(dopsd, zimage, tiny_vl_dir):
+def test_the_text_encoders_tensors_are_shared_not_copied(dopsd, zimage, tiny_vl_dir, red_image):
+    """During a forward pass the language model runs on the encoder's own tensors (same data_ptr, the
+    encoder being resident); before and after it holds none (meta tensors), so it can never keep a
+    tensor an offloading policy has since moved."""
     encoder = zimage.pipe.text_encoder
     lm = dopsd.dopsd.language_model
     theirs = dict(encoder.named_parameters())
-    ours = dict(lm.named_parameters())
-    assert sorted(ours) == sorted(theirs) and len(ours) > 100
-    for name, p in ours.items():
-        assert p.data_ptr() == theirs[name].data_ptr() and p.shape == theirs[name].shape, name
+    assert all(p.is_meta for p in lm.parameters())
+    seen: dict[str, tuple[int, tuple]] = {}
+
+    def look(module, args):
+        seen.update({n: (p.data_ptr(), tuple(p.shape)) for n, p in lm.named_parameters()})
+
+    handle = lm.layers[0].register_forward_pre_hook(look)
+    try:
+        dopsd.extract(red_image, "a new text for a new forward pass", hidden_layer=-2)
+    finally:
+        handle.remove()
+    assert sorted(seen) == sorted(theirs) and len(seen) > 100
+    for name, (ptr, shape) in seen.items():
+        assert ptr == theirs[name].data_ptr() and shape == tuple(theirs[name].shape), name
+    assert all(p.is_meta for p in lm.parameters())  # given back
     # the vision tower is the extractor's own (read from model.visual.* alone), inside the dopsd model
     assert dopsd.dopsd.visual is dopsd.vision and dopsd.text_encoder is encoder
-    # Qwen3-VL's own language weights were not read: they differ from the encoder's
+    # Qwen3-VL's own language weights were not read: they differ from the encoder's, which ran
     key = "model.language_model.layers.0.self_attn.q_proj.weight"
     found = 0
     for f in tiny_vl_dir.glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
             if key in st.keys():
                 found += 1
-                assert not torch.equal(ours[key[len("model.language_model."):]].detach(), st.get_tensor(key))
+                assert not torch.equal(theirs[key[len("model.language_model."):]].detach(), st.get_tensor(key))
     assert found == 1
     # M-RoPE from Qwen3-VL's text_config, not the encoder's 1-D RoPE
     assert dopsd.dopsd.config.text_config.rope_parameters["mrope_section"] == [4, 2, 2]
+
+
+def test_an_encoder_kept_elsewhere_is_lent_for_the_pass_only(zimage):
+    """lent_weights: the encoder's own tensors where they are already on the device; a copy on the
+    device for the pass where an offloading policy keeps them elsewhere; none held afterwards."""
+    import torch.nn as nn
+
+    from llm_dit.vl.extract import lent_weights
+
+    inner = zimage.pipe.text_encoder.layers[0].mlp.down_proj  # a module of the encoder, on the CPU
+    lent = nn.Linear(inner.in_features, inner.out_features, bias=False, device="meta")
+    with lent_weights(lent, inner, inner.weight.device):
+        assert lent.weight.data_ptr() == inner.weight.data_ptr()
+        assert torch.equal(lent(torch.ones(1, inner.in_features)), inner(torch.ones(1, inner.in_features)))
+    with lent_weights(lent, inner, torch.device("meta")):  # "the device" another one: every tensor copied there
+        assert lent.weight.is_meta and lent.weight.shape == inner.weight.shape
+    assert lent.weight.is_meta and not inner.weight.is_meta
 
 
 def test_a_text_encoder_of_another_architecture_is_refused(zimage):
@@ -156,7 +187,7 @@ def test_the_pool_lends_the_loaded_encoder(tiny_config):
         ex = pool.dopsd(tiny_config)
         encoder = pool.z_image(tiny_config).pipe.text_encoder
         assert ex.text_encoder is encoder and pool.loaded() == ["z_image", "dopsd"]
-        assert ex.dopsd.language_model.embed_tokens.weight.data_ptr() == encoder.embed_tokens.weight.data_ptr()
+        assert ex.dopsd.language_model.embed_tokens.weight.is_meta  # it holds the encoder's tensors in a pass only
         assert pool.dopsd(tiny_config) is ex
         pool.release("dopsd")
         assert pool.loaded() == ["z_image"]

@@ -19,10 +19,12 @@ head runs. Results are float32 on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +114,14 @@ def check_same_architecture(text_config, encoder_config, vl_name: str = "Qwen3-V
 
 
 def build_dopsd_model(source: str, text_encoder, vision, vl_name: str = "Qwen3-VL"):
-    """``Qwen3VLModel`` (Qwen3-VL's config, vision tower and forward) whose language model holds
-    ``text_encoder``'s weights: the very tensors, not copies.
+    """``Qwen3VLModel`` (Qwen3-VL's config, vision tower and forward) whose language model runs on
+    ``text_encoder``'s weights: the very tensors, not copies (:func:`lent_weights`).
 
     Built on the meta device (no memory, no random initialisation), then the loaded ``vision`` tower
-    is put in place and the language model takes the encoder's state dict with ``assign=True``:
-    each parameter becomes a ``Parameter`` over the encoder's own storage (same ``data_ptr``). Only
-    the rotary table (M-RoPE's ``inv_freq``, a buffer outside the state dict) is computed anew, from
-    Qwen3-VL's ``text_config``.
+    is put in place. The language model takes the encoder's state dict once with ``assign=True``, to
+    check that it fits, and gives it back: it holds the encoder's tensors only during a forward pass.
+    Only the rotary table (M-RoPE's ``inv_freq``, a buffer outside the state dict) is its own,
+    computed from Qwen3-VL's ``text_config``.
     """
     from transformers import AutoConfig
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLTextRotaryEmbedding
@@ -141,7 +143,35 @@ def build_dopsd_model(source: str, text_encoder, vision, vl_name: str = "Qwen3-V
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a tensor neither the tower nor the encoder gave
         raise ModelLoadError(f"{vl_name}: no weights for {left[0]} in the dopsd model")
+    _give_back(lm)
     return model.eval()
+
+
+def _give_back(lm) -> None:
+    """Replace every parameter of ``lm`` by a meta tensor of its shape: no reference is kept."""
+    for module in lm.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+
+
+@contextlib.contextmanager
+def lent_weights(lm, text_encoder, device: torch.device) -> Iterator[None]:
+    """``lm`` runs on ``text_encoder``'s tensors as they are now, for one forward pass.
+
+    Resident on ``device``, the encoder's tensors themselves are assigned (the same ``data_ptr``; no
+    copy). Where an offloading policy keeps them elsewhere (on the CPU between uses, under
+    ``group_*``, ``model`` or ``encoder``), each is copied to ``device`` for this pass only. Afterwards
+    ``lm`` holds meta tensors again, so it never keeps a tensor the encoder's offloading has since
+    replaced (which would pin a stale copy in memory) and never runs on one that was moved away.
+    """
+    state = {k: v if v.device == device else v.to(device) for k, v in text_encoder.state_dict().items()}
+    lm.load_state_dict(state, strict=True, assign=True)
+    del state
+    try:
+        yield
+    finally:
+        _give_back(lm)
 
 
 def load_text_encoder(z_image, device: torch.device, dtype: torch.dtype):
@@ -480,7 +510,8 @@ class VLEmbeddingExtractor:
     def _forward_dopsd(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
         lm = self.dopsd.language_model
         batch = self._batch(inputs)
-        states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.dopsd(**batch, use_cache=False))
+        with lent_weights(lm, self.text_encoder, self.device):
+            states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.dopsd(**batch, use_cache=False))
         return {k: v[0].float().cpu() for k, v in states.items()}
 
     def _forward_splice(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
