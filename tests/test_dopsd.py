@@ -125,7 +125,7 @@ def test_an_encoder_kept_elsewhere_is_lent_for_the_pass_only(zimage):
     device for the pass where an offloading policy keeps them elsewhere; none held afterwards."""
     import torch.nn as nn
 
-    from llm_dit.vl.extract import lent_weights
+    from llm_dit.vl.dopsd import lent_weights
 
     inner = zimage.pipe.text_encoder.layers[0].mlp.down_proj  # a module of the encoder, on the CPU
     lent = nn.Linear(inner.in_features, inner.out_features, bias=False, device="meta")

@@ -105,11 +105,13 @@ def decode_reply(tokenizer, ids) -> str:
 def pixel_bounds(processor, max_pixels: int | None, min_pixels: int | None = None) -> dict | None:
     """The processor ``size`` override for a pixel budget (``None``: the checkpoint's own).
     ``min_pixels``: a floor other than the checkpoint's (smaller images are enlarged up to it; the
-    ``dopsd`` backend's 512 x 512); never above ``max_pixels``."""
+    ``dopsd`` backend's 512 x 512), unless it is above ``max_pixels``."""
     if max_pixels is None:
         return None
     check_number(max_pixels, "max_pixels", whole=True, ge=32 * 32, le=MAX_PIXELS)  # at least one 32x32 token
-    if min_pixels is None:
+    if min_pixels is None or min_pixels > max_pixels:
+        # a floor above the budget is dropped, not clamped to it: the processor rounds an enlarged
+        # image up, past a floor equal to the bound
         min_pixels = processor.image_processor.size.get("shortest_edge", 32 * 32)
     return {"shortest_edge": min(min_pixels, max_pixels), "longest_edge": max_pixels}
 

@@ -9,7 +9,7 @@
 * ``dopsd``: D-OPSD's multimodal features (arXiv 2605.05204): Qwen3-VL's own forward (vision tower,
   DeepStack, M-RoPE with Qwen3-VL's ``text_config``), but its language model holds Z-Image's Qwen3-4B
   text-encoder weights, shared with the loaded encoder (the same tensors, never a copy;
-  :func:`build_dopsd_model`). Qwen3-VL's own language weights are never read. Its defaults
+  :mod:`llm_dit.vl.dopsd`). Qwen3-VL's own language weights are never read. Its defaults
   (:data:`~llm_dit.config.DOPSD_DEFAULTS`: layer -2, 512^2 .. 768^2 pixels per image, the chat cut to
   1024 tokens) are recorded with every result (``backend_settings``).
 
@@ -19,12 +19,10 @@ head runs. Results are float32 on the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from ..errors import InputError, ModelLoadError, unknown_choice
 from ..images import load_image
 from ..limits import MAX_NEW_TOKENS, MAX_POOL, MAX_TOP_K, check_number
 from ..models.chat_template import ChatTemplate
-from ..models.loading import first_line, load_failure, resolve_model_path
+from ..models.loading import load_failure, resolve_model_path
 from ..text.capture import canonical_layer, capture_hidden_states
 from .cache import ExtractionCache, image_digest, request_key
 from .chat import (
@@ -47,6 +45,7 @@ from .chat import (
     load_processor,
     run_processor,
 )
+from .dopsd import build_dopsd_model, cut_chat, lent_weights
 from .result import VLExtractionResult
 from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, resolve_token_selection, take_notes_flags
 
@@ -54,9 +53,6 @@ from .tokens import SpecialIds, check_selection_possible, pool_image_tokens, res
 BACKEND_BUDGET = "backend"
 
 BACKENDS = ("vl", "splice", "dopsd")
-#: The sizes in which the text encoder must equal Qwen3-VL's ``text_config`` (the dopsd backend).
-ARCHITECTURE = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size", "head_dim", "vocab_size")
 
 
 def _auto_device(device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -101,77 +97,6 @@ def load_vision_tower(path: str, device: torch.device, dtype: torch.dtype):
     if missing:
         raise ModelLoadError(f"{path}: the checkpoint lacks vision-tower weights ({missing[0]}, ...)")
     return tower.eval()
-
-
-def check_same_architecture(text_config, encoder_config, vl_name: str = "Qwen3-VL") -> None:
-    """Refuse, in one sentence, a text encoder whose sizes (:data:`ARCHITECTURE`) differ from Qwen3-VL's
-    language model's: its weights cannot stand in for Qwen3-VL's (the dopsd backend)."""
-    diffs = [f"{k} {getattr(encoder_config, k, None)} vs {getattr(text_config, k, None)}" for k in ARCHITECTURE
-             if getattr(encoder_config, k, None) != getattr(text_config, k, None)]
-    if diffs:
-        raise ModelLoadError(f"the dopsd backend needs Z-Image's text encoder to match {vl_name}'s language model, "
-                             f"but they differ ({', '.join(diffs)}; text encoder vs {vl_name})")
-
-
-def build_dopsd_model(source: str, text_encoder, vision, vl_name: str = "Qwen3-VL"):
-    """``Qwen3VLModel`` (Qwen3-VL's config, vision tower and forward) whose language model runs on
-    ``text_encoder``'s weights: the very tensors, not copies (:func:`lent_weights`).
-
-    Built on the meta device (no memory, no random initialisation), then the loaded ``vision`` tower
-    is put in place. The language model takes the encoder's state dict once with ``assign=True``, to
-    check that it fits, and gives it back: it holds the encoder's tensors only during a forward pass.
-    Only the rotary table (M-RoPE's ``inv_freq``, a buffer outside the state dict) is its own,
-    computed from Qwen3-VL's ``text_config``.
-    """
-    from transformers import AutoConfig
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel, Qwen3VLTextRotaryEmbedding
-
-    config = AutoConfig.from_pretrained(source)
-    check_same_architecture(config.text_config, text_encoder.config, vl_name)
-    dtype = text_encoder.dtype
-    with torch.device("meta"):
-        model = Qwen3VLModel._from_config(config, dtype=dtype)
-    model.visual = vision
-    lm = model.language_model
-    try:
-        lm.load_state_dict(text_encoder.state_dict(), strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelLoadError(f"Z-Image's text encoder does not load into {vl_name}'s language model: "
-                             f"{first_line(e)}") from e
-    with torch.device(text_encoder.device):
-        lm.rotary_emb = Qwen3VLTextRotaryEmbedding(config=config.text_config)
-    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a tensor neither the tower nor the encoder gave
-        raise ModelLoadError(f"{vl_name}: no weights for {left[0]} in the dopsd model")
-    _give_back(lm)
-    return model.eval()
-
-
-def _give_back(lm) -> None:
-    """Replace every parameter of ``lm`` by a meta tensor of its shape: no reference is kept."""
-    for module in lm.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None:
-                module._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
-
-
-@contextlib.contextmanager
-def lent_weights(lm, text_encoder, device: torch.device) -> Iterator[None]:
-    """``lm`` runs on ``text_encoder``'s tensors as they are now, for one forward pass.
-
-    Resident on ``device``, the encoder's tensors themselves are assigned (the same ``data_ptr``; no
-    copy). Where an offloading policy keeps them elsewhere (on the CPU between uses, under
-    ``group_*``, ``model`` or ``encoder``), each is copied to ``device`` for this pass only. Afterwards
-    ``lm`` holds meta tensors again, so it never keeps a tensor the encoder's offloading has since
-    replaced (which would pin a stale copy in memory) and never runs on one that was moved away.
-    """
-    state = {k: v if v.device == device else v.to(device) for k, v in text_encoder.state_dict().items()}
-    lm.load_state_dict(state, strict=True, assign=True)
-    del state
-    try:
-        yield
-    finally:
-        _give_back(lm)
 
 
 def load_text_encoder(z_image, device: torch.device, dtype: torch.dtype):
@@ -433,12 +358,9 @@ class VLEmbeddingExtractor:
         messages = build_messages(images, text, system_prompt)
         settings: dict = {}
         if self.backend == "dopsd":
-            # D-OPSD's floor, unless a budget below it is given: the budget is a bound, and the
-            # processor rounds an enlarged image up past its floor
-            floor = DOPSD_DEFAULTS["min_pixels"] if max_pixels is None or max_pixels >= DOPSD_DEFAULTS["min_pixels"] \
-                else None
-            inputs = run_processor(self.processor, messages, images, max_pixels, min_pixels=floor)
-            inputs, cut = self._cut(inputs, DOPSD_DEFAULTS["max_tokens"])
+            inputs = run_processor(self.processor, messages, images, max_pixels,
+                                   min_pixels=DOPSD_DEFAULTS["min_pixels"])
+            inputs, cut = cut_chat(inputs, DOPSD_DEFAULTS["max_tokens"], self.special)
             settings = {"defaults": dict(DOPSD_DEFAULTS), "tokens_cut": cut,
                         "language_weights": "Z-Image's text encoder (Qwen3-4B)",
                         "forward": "Qwen3-VL's: M-RoPE from its text_config, DeepStack"}
@@ -489,23 +411,6 @@ class VLEmbeddingExtractor:
         batch = self._batch(inputs)
         states = capture_hidden_states(lm.layers, lm.norm, wanted, lambda: self.model.model(**batch, use_cache=False))
         return {k: v[0].float().cpu() for k, v in states.items()}
-
-    def _cut(self, inputs, limit: int) -> tuple[Any, int]:
-        """The processed chat cut to its first ``limit`` tokens (D-OPSD's tokenizer limit), and the number
-        of tokens cut; refused when an image would be cut."""
-        ids = inputs["input_ids"][0]
-        n = int(ids.shape[0])
-        if n <= limit:
-            return inputs, 0
-        vision = torch.isin(ids, torch.tensor([self.special.vision_start, self.special.image_pad,
-                                                self.special.vision_end])).nonzero()
-        if len(vision) and int(vision[-1]) >= limit:
-            raise InputError(f"the chat's images reach token {int(vision[-1]) + 1}, past the dopsd backend's limit of "
-                             f"{limit} tokens: lower max_pixels or give fewer images")
-        for k in ("input_ids", "attention_mask", "mm_token_type_ids"):
-            if k in inputs:
-                inputs[k] = inputs[k][:, :limit]
-        return inputs, n - limit
 
     def _forward_dopsd(self, inputs, wanted: list[int]) -> dict[int, torch.Tensor]:
         lm = self.dopsd.language_model
