@@ -35,6 +35,8 @@ def run(profile: str, **overrides) -> tuple[np.ndarray, float, float, dict]:
     dt = time.perf_counter() - t0
     again = np.asarray(model.generate(emb))
     assert np.array_equal(img, again), f"{profile}: the same seed gave two different images"
+    again = np.asarray(model.generate(model.encode(PROMPT).embeddings))  # the text encoder's turn, then the DiT's
+    assert np.array_equal(img, again), f"{profile}: encoding again changed the image"
     peak = torch.cuda.max_memory_allocated() / 2**20
     placement = model.placement.to_dict()
     model.unload()
@@ -175,18 +177,23 @@ def policy_rows() -> None:
     rows = [
         ("default", {}),
         ("rtx4090", {}),
+        ("16gb", {}),
+        ("12gb", {}),
         ("low_vram", {}),
+        ("default", {"runtime.precision": "fp8"}),
+        ("default", {"runtime.precision": "fp8", "runtime.compile": True}),
+        ("rtx4090", {"runtime.precision": "fp8_weights", "runtime.compile": True}),
         ("low_vram", {"runtime.offload": "group_leaf"}),
         ("low_vram", {"runtime.offload": "model"}),
         ("default", {"runtime.dtype": "float32"}),
     ]
-    print(f"{'profile':10s} {'device':8s} {'dtype':9s} {'offload':12s} {'seconds':>8s} {'peak MiB':>9s} "
-          f"{'|gpu-cpu| mean':>15s}")
+    print(f"{'profile':10s} {'device':8s} {'dtype':9s} {'offload':12s} {'precision':11s} {'seconds':>8s} "
+          f"{'peak MiB':>9s} {'|gpu-cpu| mean':>15s}")
     for profile, ov in rows:
         img, dt, peak, pl = run(profile, **ov)
         diff = np.abs(img.astype(np.float64) - cpu).mean()
-        print(f"{profile:10s} {pl['device']:8s} {pl['dtype']:9s} {pl['offload']:12s} {dt:8.3f} {peak:9.1f} "
-              f"{diff:15.2f}")
+        print(f"{profile:10s} {pl['device']:8s} {pl['dtype']:9s} {pl['offload']:12s} {pl['precision']:11s} "
+              f"{dt:8.3f} {peak:9.1f} {diff:15.2f}")
     vl_rows()
 
 

@@ -118,6 +118,13 @@ class RuntimeConfig(_Section):
     pipeline call); ``group_block`` / ``group_leaf`` are diffusers' group offloading at block or leaf
     level with CUDA streams, applied to the DiT, the VAE and both language models.
 
+    ``precision`` (the DiT's linear layers; :mod:`llm_dit.models.fp8`): ``dtype`` keeps every weight
+    and product in ``dtype``; ``fp8_weights`` stores the attention and feed-forward weights of the DiT's
+    blocks in float8 with a scale per output channel and computes in ``dtype`` (half the DiT's memory,
+    any device); ``fp8`` also computes those products on FP8 tensor cores (GPUs of compute capability
+    8.9 and newer), the fast mode. Both change pictures slightly (the fidelity is in BENCHMARKS.md), so
+    precision is part of a run's key. The text encoder and Qwen3-VL always run in ``dtype``.
+
     Speed (none of these change what a picture is meant to be; bf16 results differ in the last bits):
     ``compile`` wraps the DiT's repeated blocks and the VAE decoder in ``torch.compile`` (the first
     picture of each size pays the compilation), with an attention processor the compiler can fuse
@@ -129,6 +136,7 @@ class RuntimeConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     offload: Literal["none", "encoder", "model", "group_block", "group_leaf"] = "none"
+    precision: Literal["dtype", "fp8_weights", "fp8"] = "dtype"
     compile: bool = False
     attention: AttentionBackend = "native"
     batch_size: int = Field(1, ge=1, le=64)

@@ -73,9 +73,11 @@ class Placement:
     device: torch.device
     dtype: torch.dtype
     offload: str
+    precision: str = "dtype"  # runtime.precision: the DiT's linear layers (fp8.py)
 
     def to_dict(self) -> dict[str, str]:
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload}
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload,
+                "precision": self.precision}
 
 
 def resolve_placement(runtime: RuntimeConfig) -> Placement:
@@ -100,7 +102,10 @@ def resolve_placement(runtime: RuntimeConfig) -> Placement:
     if runtime.compile and runtime.offload not in ("none", "encoder"):
         # compiled blocks and offloading hooks that move weights under them do not mix
         raise ConfigError(f"runtime.compile needs offload = \"none\" or \"encoder\" (it is \"{runtime.offload}\")")
-    return Placement(device, dtype, runtime.offload)
+    from .fp8 import check_precision
+
+    check_precision(runtime.precision, device)
+    return Placement(device, dtype, runtime.offload, runtime.precision)
 
 
 def first_line(err: BaseException) -> str:
@@ -159,27 +164,47 @@ def load_z_image_pipeline(config: Config, placement: Placement | None = None):
             pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
         except Exception as e:  # hub errors, missing files, corrupt weights: all one line
             raise load_failure("Z-Image", config.models.z_image, e) from e
+    apply_precision(pipe, placement)
     place_pipeline(pipe, placement)
     apply_speed(pipe, config.runtime)
     pipe.set_progress_bar_config(leave=False)
     return pipe
 
 
+def apply_precision(pipe, placement: Placement) -> None:
+    """``runtime.precision`` ``fp8_weights`` / ``fp8``: the DiT's attention and feed-forward weights
+    to float8 (:func:`~llm_dit.models.fp8.to_fp8`), before the DiT is placed: on a GPU each layer is
+    quantized there and kept there when the DiT stays resident (else back on the CPU for the
+    offloading to move), so the bfloat16 DiT never sits whole on a small GPU."""
+    if placement.precision == "dtype":
+        return
+    from .fp8 import to_fp8
+
+    cuda = placement.device.type == "cuda"
+    store = placement.device if placement.offload == "none" else torch.device("cpu")
+    to_fp8(pipe.transformer, placement.precision, work=placement.device if cuda else None, store=store)
+
+
 def place_pipeline(pipe, placement: Placement) -> None:
     """Move a diffusers pipeline to its device, or install the configured offloading.
 
-    ``encoder``: the DiT and VAE go to the device; the text encoder stays on the CPU behind
-    accelerate's ``cpu_offload_with_hook`` (moved in by its first forward pass), and
-    :func:`offload_text_encoder` sends it back before the DiT runs.
+    ``encoder``: the text encoder and the DiT take turns on the GPU. Both wait on the CPU behind
+    accelerate's ``cpu_offload_with_hook``; a forward pass of one moves it in and the other out (each
+    hook names the other as the one to offload first), so the GPU holds the VAE and one of the two:
+    the DiT's 11.5 GiB or the encoder's 7.5 GiB, never both. An experiment encodes every prompt
+    before its first picture, so each moves once. :func:`offload_text_encoder` sends the encoder back
+    before the DiT runs.
     """
     if placement.offload == "none":
         pipe.to(placement.device)
     elif placement.offload == "encoder":
         from accelerate import cpu_offload_with_hook
 
-        pipe.transformer.to(placement.device)
         pipe.vae.to(placement.device)
-        _, pipe.llm_dit_encoder_hook = cpu_offload_with_hook(pipe.text_encoder, placement.device)
+        _, encoder_hook = cpu_offload_with_hook(pipe.text_encoder, placement.device)
+        _, dit_hook = cpu_offload_with_hook(pipe.transformer, placement.device, prev_module_hook=encoder_hook)
+        encoder_hook.hook.prev_module_hook = dit_hook  # the other way round too: the encoder's pass moves the DiT out
+        pipe.llm_dit_encoder_hook = encoder_hook
     elif placement.offload == "model":
         pipe.enable_model_cpu_offload(device=placement.device)
     else:

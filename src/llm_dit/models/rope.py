@@ -76,12 +76,23 @@ def fuse_qkv(transformer) -> int:
     """One (dim, 3 dim) projection per attention layer in place of three (dim, dim) ones (diffusers'
     ``Attention.fuse_projections``); ``to_q``, ``to_k`` and ``to_v`` keep working as views of its weight,
     so no memory is added. Read by :class:`RealRopeAttnProcessor`; the number of layers fused."""
+    from .fp8 import FP8Linear, concat_rows
+
     fused = 0
     for module in transformer.modules():
         if isinstance(getattr(module, "processor", None), RealRopeAttnProcessor) and not module.fused_projections:
-            module.fuse_projections()
-            for i, proj in enumerate((module.to_q, module.to_k, module.to_v)):
-                n = proj.weight.shape[0]
-                proj.weight.data = module.to_qkv.weight.data[i * n:(i + 1) * n]
+            projections = (module.to_q, module.to_k, module.to_v)
+            if isinstance(module.to_q, FP8Linear):  # runtime.precision fp8*: stacked rows, their own scales
+                module.to_qkv = concat_rows(list(projections))
+                module.fused_projections = True
+            else:
+                module.fuse_projections()
+            n = 0
+            for proj in projections:
+                rows = slice(n, n + proj.weight.shape[0])
+                n = rows.stop
+                proj.weight.data = module.to_qkv.weight.data[rows]
+                if isinstance(proj, FP8Linear):
+                    proj.weight_scale.data = module.to_qkv.weight_scale.data[rows]
             fused += 1
     return fused
