@@ -33,7 +33,7 @@ def _refused(args, capsys, code=2) -> str:
     (["stats", "reference", "--layr", "3", "--out", "x.safetensors"], "(did you mean '--layer'?)"),
     (["generat"], "invalid choice: 'generat'"),
     (["generat"], "(did you mean 'generate'?)"),
-    (["config", "--profile", "tine"], "unknown profile 'tine'; available: default, low_vram, rtx4090, tiny "
+    (["config", "--profile", "tine"], "unknown profile 'tine'; available: 12gb, 16gb, default, low_vram, rtx4090, tiny "
                                       "(did you mean 'tiny'?)"),
     (["config", "--offload", "modle"], "(got 'modle'; did you mean 'model'?)"),
     (["config", "--long-prompt-mode", "atention_pool"], "did you mean 'attention_pool'?"),

@@ -128,6 +128,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", dest="runtime.device", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--dtype", dest="runtime.dtype", help=one_of(RuntimeConfig, "dtype"))
     g.add_argument("--offload", dest="runtime.offload", help=one_of(RuntimeConfig, "offload"))
+    g.add_argument("--precision", dest="runtime.precision",
+                   help="the DiT's linear layers: " + one_of(RuntimeConfig, "precision")
+                   + " (fp8_weights: half the memory, any GPU; fp8: FP8 products, Ada/Hopper)")
     g.add_argument("--compile", dest="runtime.compile", action="store_const", const=True,
                    help="torch.compile the DiT blocks and the VAE decoder (the first picture pays the compilation)")
     g.add_argument("--attention", dest="runtime.attention",

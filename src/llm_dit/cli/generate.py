@@ -68,13 +68,17 @@ def cmd_models_tiny(args) -> int:
 
 def cmd_profiles(args) -> int:
     from ..config import profile_names, resolve_config
+    from ..models.classes import CLASSES, MEASURED_ON
 
     for name in profile_names(args.config):
         c = resolve_config(name, args.config)
         print(
             f"{name:10s} z_image={c.models.z_image} vl={c.models.vl} device={c.runtime.device} "
-            f"dtype={c.runtime.dtype} offload={c.runtime.offload}"
+            f"dtype={c.runtime.dtype} offload={c.runtime.offload} precision={c.runtime.precision}"
         )
+    print(f"\nmemory classes: the profile for each card ({MEASURED_ON}):")
+    for cls in CLASSES:
+        print(cls.line())
     return 0
 
 

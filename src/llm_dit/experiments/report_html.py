@@ -74,6 +74,22 @@ def tiny_banner(meta: dict) -> str:
             "The folder, grids, table and plots are those of a real run.</div>")
 
 
+def precision_banner(meta: dict) -> str:
+    """A line saying the DiT ran with FP8 weights, when it did (``runtime.precision``): its pictures
+    differ from bfloat16 ones by more than rounding, so they compare only with runs of the same precision
+    (a run folder keeps one: precision is part of its key)."""
+    precision = meta.get("config", {}).get("runtime", {}).get("precision", "dtype")
+    if precision == "dtype":
+        return ""
+    from ..models.fp8 import FIDELITY, FIDELITY_SOURCE
+
+    f = FIDELITY.get(precision, {})
+    return (f"<div class=tiny><b>FP8 DiT (precision {html.escape(precision)}).</b> Every picture here was made "
+            "with the DiT's attention and feed-forward weights in float8: they differ from bfloat16 pictures by "
+            f"about {f.get('pixel_diff')} grey levels on average (one DiT forward: {f.get('forward_rel_error')} "
+            f"relative; {html.escape(FIDELITY_SOURCE)}). Compare them with runs of the same precision.</div>")
+
+
 def answers_block(answers: list[dict]) -> str:
     if not answers:
         return ""
@@ -156,11 +172,16 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
 def summary(meta: dict, link: Callable[[str], str] = str) -> str:
     """What a run page opens with: the banner, the warnings, the answers and the cell table (the web
     app's run page shows this same HTML)."""
-    return (tiny_banner(meta) + warnings_block(meta.get("warnings") or []) + answers_block(meta.get("answers") or [])
+    return (tiny_banner(meta) + precision_banner(meta) + warnings_block(meta.get("warnings") or []) + answers_block(meta.get("answers") or [])
             + "<h2>Cells</h2><p>One image and one seed: each number is one observation (★ best, ▼ worst of the "
             "VL cells where a metric has a direction). Click a column to sort; hover a metric's name for what it "
             "measures (docs/reading-results.md).</p>"
             + cell_table(meta, link))
+
+
+def _runtime(rt: dict) -> str:
+    return (f"dtype {rt.get('dtype', '?')}, precision {rt.get('precision', 'dtype')}, offload {rt.get('offload', '?')}"
+            + (", compiled" if rt.get("compile") else ""))
 
 
 def title(meta: dict) -> str:
@@ -180,6 +201,7 @@ def write_html(out: Path, meta: dict, grids: list[Path], plots: list[Path]) -> P
         "reference image(s)": ", ".join(meta["images"]),
         "seed / steps / size": f"{meta['seed']} / {meta['steps']} / {meta['width']}x{meta['height']}",
         "models": f"Z-Image {meta['models']['z_image']}; Qwen3-VL {meta['models']['vl']}",
+        "precision / memory": _runtime(meta.get("config", {}).get("runtime", {})),
         "cells": ", ".join(f"{v} {k}" for k, v in meta["counts"].items()),
         "versions": ", ".join(f"{k} {v}" for k, v in (meta.get("versions") or {}).items()),
         "git revision": meta.get("git_revision") or "",

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 #: Bytes per parameter of the run dtypes.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: The share of the DiT's weights in its FP8 layers (``models/fp8.py``'s FP8_LAYERS: attention and
+#: feed-forward of the blocks and refiners; 6.02 B of 6.15 B at the published sizes).
+FP8_SHARE = 0.977
 #: Working memory beside the weights for a 1024x1024 picture (activations, VAE decode), measured
 #: roughly on an H100 (BENCHMARKS.md): a margin, not a bound.
 WORKING_GIB = 3.0
@@ -62,8 +65,10 @@ def check_memory(report: Report, config: Config) -> None:
         per = DTYPE_BYTES.get(str(placement.dtype).removeprefix("torch."), 4)
         z, vl = report.facts.get("z_image_weights"), report.facts.get("vl_weights")
         if z is not None:
-            need = _peak_bytes(rt.offload, rt.keep_models, {k: w.bytes_as(per) for k, w in z.items()},
-                               vl.bytes_as(per) if vl is not None else 0)
+            sizes = {k: w.bytes_as(per) for k, w in z.items()}
+            if rt.precision != "dtype":  # the DiT's FP8 layers: 1 byte a weight
+                sizes["transformer"] = int(sizes["transformer"] * (1 - FP8_SHARE + FP8_SHARE / per))
+            need = _peak_bytes(rt.offload, rt.keep_models, sizes, vl.bytes_as(per) if vl is not None else 0)
             total = torch.cuda.get_device_properties(0).total_memory
             status = OK if need + WORKING_GIB * 2**30 <= total else FAIL
             what = f"about {gib(need)} of weights + {WORKING_GIB:g} GiB working memory under offload " \
@@ -92,14 +97,13 @@ def _existing(p: Path) -> Path:
 
 def _peak_bytes(offload: str, keep: str, z: dict[str, int], vl: int) -> int:
     """Weights resident on the GPU at the worst moment: ``none`` keeps Z-Image (and, with
-    ``keep_models = "all"``, Qwen3-VL) resident; ``encoder`` keeps the DiT and VAE and brings one
-    language model in at a time; ``model`` moves whole components; ``group_*`` one block at a time."""
+    ``keep_models = "all"``, Qwen3-VL) resident; ``encoder`` has the DiT and the text encoder take
+    turns beside the VAE (Qwen3-VL, freed before Z-Image loads, is alone); ``model`` moves whole
+    components; ``group_*`` one block at a time."""
     dit, vae, te = z["transformer"], z["vae"], z["text_encoder"]
     if offload == "none":
         return dit + vae + te + vl if keep == "all" else max(dit + vae + te, vl)
-    if offload == "encoder":
-        return dit + vae + max(te, vl)
-    if offload == "model":
+    if offload in ("encoder", "model"):
         return max(dit, te, vl) + vae
     return vae + max(dit, te, vl) // 30  # a block of 30 (the DiT's), the VAE whole
 

@@ -75,9 +75,14 @@ class Placement:
     offload: str
     precision: str = "dtype"  # runtime.precision: the DiT's linear layers (fp8.py)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload,
-                "precision": self.precision}
+    def to_dict(self) -> dict:
+        out: dict = {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                     "offload": self.offload, "precision": self.precision}
+        if self.precision != "dtype":  # how far from bfloat16 such pictures are, as measured
+            from .fp8 import FIDELITY, FIDELITY_SOURCE
+
+            out["precision_fidelity"] = {**FIDELITY[self.precision], "measured": FIDELITY_SOURCE}
+        return out
 
 
 def resolve_placement(runtime: RuntimeConfig) -> Placement:
