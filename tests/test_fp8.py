@@ -182,3 +182,33 @@ def test_precision_is_part_of_a_runs_key(tmp_path):
         spec, cfg = experiment_spec("vl_only_vs_qwen3", [str(ref)], "a house", cfg)
         keys.add(run_key(spec, cfg))
     assert len(keys) == 2  # a folder made in one precision is refused to a run in another
+
+
+def test_reports_and_records_say_the_precision():
+    from llm_dit.experiments.report_html import precision_banner, summary
+    from llm_dit.models.fp8 import FIDELITY
+    from llm_dit.models.loading import Placement
+
+    meta = {"config": {"runtime": {"precision": "fp8", "dtype": "bfloat16"}, "models": {}}, "results": [],
+            "experiment": "alpha_sweep"}
+    banner = precision_banner(meta)
+    assert "FP8 DiT (precision fp8)" in banner and str(FIDELITY["fp8"]["pixel_diff"]) in banner
+    assert precision_banner({"config": {"runtime": {"precision": "dtype"}}}) == ""
+    assert precision_banner({"config": {"runtime": {}}}) == ""  # a folder from before precisions existed
+    assert banner in summary({**meta, "warnings": [], "answers": []})
+    record = Placement(torch.device("cpu"), torch.float32, "none", "fp8_weights").to_dict()
+    assert record["precision"] == "fp8_weights"
+    assert record["precision_fidelity"]["pixel_diff"] == FIDELITY["fp8_weights"]["pixel_diff"]
+    assert "precision_fidelity" not in Placement(torch.device("cpu"), torch.float32, "none").to_dict()
+
+
+def test_profiles_lists_the_memory_classes(capsys):
+    from llm_dit.cli import main
+    from llm_dit.models.classes import CLASSES
+
+    assert main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    for cls in CLASSES:
+        cfg = resolve_config(cls.profile)
+        assert cfg.runtime.device == "cuda" and cls.line() in out
+    assert "12gb" in out and "precision=fp8_weights" in out
