@@ -103,7 +103,8 @@ def one(args, profile: str, overrides: dict, cap: float | None, out: str) -> dic
 def pictures(folder: str) -> dict[str, np.ndarray]:
     from PIL import Image
 
-    return {p.name: np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in sorted(Path(folder).glob("*.png")) if not p.name.startswith(("comparison", "reference"))}
+    files = [p for p in sorted(Path(folder).glob("*.png")) if not p.name.startswith(("comparison", "reference"))]
+    return {p.name: np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in files}
 
 
 def pixel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float | None:

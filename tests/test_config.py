@@ -90,7 +90,8 @@ def test_invalid_values_give_one_line_naming_the_key(overrides, needle):
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown profile 'nope'; available: 12gb, 16gb, default, low_vram, rtx4090, tiny"):
+    with pytest.raises(ConfigError,
+                       match="unknown profile 'nope'; available: 12gb, 16gb, default, low_vram, rtx4090, tiny"):
         resolve_config("nope")
 
 

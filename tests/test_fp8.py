@@ -12,8 +12,17 @@ from diffusers import ZImagePipeline, ZImageTransformer2DModel
 
 from llm_dit.config import resolve_config
 from llm_dit.errors import ConfigError
-from llm_dit.models.fp8 import (FP8, FP8_LAYERS, FP8Linear, check_precision, dequantize, quantize_rowwise,
-                                scaled_product, to_fp8, weight_bytes)
+from llm_dit.models.fp8 import (
+    FP8,
+    FP8_LAYERS,
+    FP8Linear,
+    check_precision,
+    dequantize,
+    quantize_rowwise,
+    scaled_product,
+    to_fp8,
+    weight_bytes,
+)
 
 E4M3_MAX = 448.0
 

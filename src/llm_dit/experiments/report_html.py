@@ -172,7 +172,8 @@ def cell_table(meta: dict, link: Callable[[str], str] = str) -> str:
 def summary(meta: dict, link: Callable[[str], str] = str) -> str:
     """What a run page opens with: the banner, the warnings, the answers and the cell table (the web
     app's run page shows this same HTML)."""
-    return (tiny_banner(meta) + precision_banner(meta) + warnings_block(meta.get("warnings") or []) + answers_block(meta.get("answers") or [])
+    return (tiny_banner(meta) + precision_banner(meta) + warnings_block(meta.get("warnings") or [])
+            + answers_block(meta.get("answers") or [])
             + "<h2>Cells</h2><p>One image and one seed: each number is one observation (★ best, ▼ worst of the "
             "VL cells where a metric has a direction). Click a column to sort; hover a metric's name for what it "
             "measures (docs/reading-results.md).</p>"

@@ -18,8 +18,9 @@ Two ways to compute ``y = x W^T + b`` from ``(Q, s)`` (``runtime.precision``):
   compute capability 8.9 and newer: Ada, Hopper, Blackwell).
 
 Which layers: :data:`FP8_LAYERS`, the attention and feed-forward products of the transformer blocks
-and refiners (97.7% of the DiT's weights: 6.02 B of 6.15 B). The embedders, the adaLN modulations and the final layer stay
-in the model's dtype: small, and where a token's scale is set. The text encoder and Qwen3-VL are never
+and refiners (97.7% of the DiT's weights: 6.02 B of 6.15 B). The embedders, the adaLN modulations and
+the final layer stay in the model's dtype: small, and where a token's scale is set (measured: each
+alone in FP8 moves a forward as much as all the attention layers do; BENCHMARKS.md, section 6). The text encoder and Qwen3-VL are never
 quantized, so the hidden states a researcher extracts and reads are the same in every precision.
 """
 
@@ -157,8 +158,8 @@ def to_fp8(dit: nn.Module, compute: str, work: torch.device | None = None,
 def concat_rows(layers: list[FP8Linear]) -> FP8Linear:
     """One layer computing ``layers``' outputs side by side (``[N1 + N2 + ..., K]``): their quantized
     rows and row scales stacked, so its numbers are theirs exactly."""
-    biases = [m.bias for m in layers]
-    bias = torch.cat([b.data for b in biases]) if all(b is not None for b in biases) else None
+    biases = [m.bias.data for m in layers if m.bias is not None]
+    bias = torch.cat(biases) if len(biases) == len(layers) else None
     return FP8Linear(torch.cat([m.weight.data for m in layers]), torch.cat([m.weight_scale.data for m in layers]),
                      bias, layers[0].compute)
 
