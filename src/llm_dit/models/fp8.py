@@ -20,8 +20,9 @@ Two ways to compute ``y = x W^T + b`` from ``(Q, s)`` (``runtime.precision``):
 Which layers: :data:`FP8_LAYERS`, the attention and feed-forward products of the transformer blocks
 and refiners (97.7% of the DiT's weights: 6.02 B of 6.15 B). The embedders, the adaLN modulations and
 the final layer stay in the model's dtype: small, and where a token's scale is set (measured: each
-alone in FP8 moves a forward as much as all the attention layers do; BENCHMARKS.md, section 6). The text encoder and Qwen3-VL are never
-quantized, so the hidden states a researcher extracts and reads are the same in every precision.
+alone in FP8 moves a forward as much as all the attention layers do; BENCHMARKS.md, section 6). The
+text encoder and Qwen3-VL are never quantized, so the hidden states a researcher extracts and reads
+are the same in every precision.
 """
 
 from __future__ import annotations
