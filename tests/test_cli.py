@@ -162,7 +162,9 @@ def test_models_tiny_command(tmp_path, capsys):
 
 def test_profiles_and_config_commands(capsys, tmp_path):
     rc, out, _ = run(["profiles"], capsys)
-    assert rc == 0 and [line.split()[0] for line in out.splitlines()] == ["default", "low_vram", "rtx4090", "tiny"]
+    profiles = out.split("\n\n")[0]
+    assert rc == 0 and [line.split()[0] for line in profiles.splitlines()] == ["12gb", "16gb", "default", "low_vram",
+                                                                              "rtx4090", "tiny"]
     rc, out, _ = run(["config", "--profile", "tiny", "--steps", "3"], capsys)
     import json
 
