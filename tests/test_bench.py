@@ -57,6 +57,13 @@ def test_memory_profiles(tmp_path):
     assert "error" not in data["results"]["default"]
 
 
+def test_fp8(tmp_path):
+    data = bench("fp8", tmp_path)
+    shipped = data["layer_study"]["shipped FP8_LAYERS"]
+    assert shipped["layers"] == 28 and shipped["compute"] == "fp8_weights"  # no FP8 products on the CPU
+    assert 0 < data["variants"]["fp8_weights, eager"]["forward_rel_error"] < 0.05
+
+
 @pytest.mark.timeout(600)
 def test_multi_gpu(tmp_path):
     data = bench("multi_gpu", tmp_path)
