@@ -122,11 +122,32 @@ def test_fused_fp8_projection_is_the_unfused_one(dit):
     before = dit_output(dit)
     assert fuse_qkv(dit) == len(dit.layers) + len(dit.noise_refiner) + len(dit.context_refiner)
     attn = dit.layers[0].attention
-    assert isinstance(attn.to_qkv, FP8Linear) and attn.to_qkv.out_features == 3 * attn.to_q.out_features
-    n = attn.to_q.out_features
+    n = attn.to_q.weight.shape[0]
+    assert isinstance(attn.to_qkv, FP8Linear) and attn.to_qkv.out_features == 3 * n
     assert attn.to_k.weight.data_ptr() == attn.to_qkv.weight[n:].data_ptr()  # views: no memory added
     assert attn.to_k.weight_scale.data_ptr() == attn.to_qkv.weight_scale[n:].data_ptr()
     assert torch.allclose(dit_output(dit), before, rtol=0, atol=1e-5)
+    size = weight_bytes(dit)
+    dit._apply(lambda t: t.clone())  # what a move between devices does: each parameter copied apart
+    assert weight_bytes(dit) == size and attn.to_k.weight.data_ptr() == attn.to_qkv.weight[n:].data_ptr()
+
+
+def test_fp8_products_in_the_dit(dit):
+    """``fp8``: the layers whose sizes FP8 tensor cores take compute with quantized activations (on the
+    CPU through the same ``torch._scaled_mm``), fused q/k/v too; the others fall back to ``fp8_weights``."""
+    from llm_dit.models.rope import fuse_qkv, use_real_rope
+
+    before = dit_output(dit)
+    use_real_rope(dit)
+    to_fp8(dit, "fp8")
+    layers = {n: m for n, m in dit.named_modules() if isinstance(m, FP8Linear)}
+    assert {m.compute for n, m in layers.items() if ".attention." in n} == {"fp8"}
+    assert {m.compute for n, m in layers.items() if ".feed_forward." in n} == {"fp8_weights"}  # 170 wide
+    out = dit_output(dit)
+    assert 0 < ((out - before).norm() / before.norm()).item() < 0.1
+    fuse_qkv(dit)
+    assert dit.layers[0].attention.to_qkv.compute == "fp8"
+    assert torch.allclose(dit_output(dit), out, rtol=0, atol=1e-5)
 
 
 def test_fp8_weights_pictures_are_stock_diffusers_on_the_dequantized_weights(tiny_z_image_dir):
@@ -191,6 +212,44 @@ def test_precision_is_part_of_a_runs_key(tmp_path):
         spec, cfg = experiment_spec("vl_only_vs_qwen3", [str(ref)], "a house", cfg)
         keys.add(run_key(spec, cfg))
     assert len(keys) == 2  # a folder made in one precision is refused to a run in another
+
+
+def test_bfloat16_runs_keep_the_keys_of_folders_made_before_precisions(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from llm_dit.config import Config
+    from llm_dit.experiments.plan import run_key
+    from llm_dit.experiments.specs import experiment_spec
+
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (64, 64), "red").save(ref)
+    spec, cfg = experiment_spec("vl_only_vs_qwen3", [str(ref)], "a house", resolve_config("tiny"))
+    now = run_key(spec, cfg)
+    to_dict = Config.to_dict
+
+    def before(self):  # the config as it was written before runtime.precision existed
+        d = to_dict(self)
+        d["runtime"].pop("precision")
+        return d
+
+    monkeypatch.setattr(Config, "to_dict", before)
+    assert run_key(spec, cfg) == now
+
+
+def test_fused_rows_keep_their_biases():
+    from llm_dit.models.fp8 import concat_rows
+
+    torch.manual_seed(5)
+    with_bias, without = torch.nn.Linear(32, 16), torch.nn.Linear(32, 16, bias=False)
+    layers = [FP8Linear.from_linear(m, "fp8_weights") for m in (with_bias, without)]
+    fused = concat_rows(layers)
+    x = torch.randn(3, 32)
+    assert torch.equal(fused(x), torch.cat([m(x) for m in layers], dim=-1))
+
+
+def test_fp8_needs_bfloat16_activations():
+    with pytest.raises(ConfigError, match="bfloat16 activations"):
+        check_precision("fp8", torch.device("cuda"), torch.float16)
 
 
 def test_reports_and_records_say_the_precision():

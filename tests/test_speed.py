@@ -44,8 +44,16 @@ def test_real_rope_and_fused_qkv_keep_the_dit_output(dit):
     assert torch.allclose(dit_output(dit), before, rtol=0, atol=1e-5)
     assert fuse_qkv(dit) == n and fuse_qkv(dit) == 0  # fused once
     attn = dit.layers[0].attention
-    assert attn.to_k.weight.data_ptr() == attn.to_qkv.weight[attn.to_q.weight.shape[0]:].data_ptr()  # a view
+    n = attn.to_q.weight.shape[0]
+    assert attn.to_k.weight.data_ptr() == attn.to_qkv.weight[n:].data_ptr()  # a view
     assert torch.allclose(dit_output(dit), before, rtol=0, atol=1e-5)
+    # moving the DiT between devices copies each parameter apart: the rows must stay views, not copies
+    from llm_dit.models.fp8 import weight_bytes
+
+    size = weight_bytes(dit)  # shared storage counted once
+    dit._apply(lambda t: t.clone())
+    assert weight_bytes(dit) == size
+    assert attn.to_k.weight.data_ptr() == attn.to_qkv.weight[n:].data_ptr()
 
 
 def test_real_rope_keeps_the_attention_backend(dit):

@@ -96,6 +96,8 @@ def run_key(spec: RunSpec, config: Config, digests: dict[str, str] | None = None
     cfg.pop("metrics", None)
     for key in RUNTIME_NOT_IN_KEY:
         cfg["runtime"].pop(key, None)
+    if cfg["runtime"].get("precision") == "dtype":  # the keys of folders made before precisions existed
+        cfg["runtime"].pop("precision")
     # which GPU of the machine ran a cell does not decide its picture (multi-GPU runs, resumes)
     cfg["runtime"]["device"] = cfg["runtime"]["device"].split(":")[0]
     cfg["vl"].pop("cache_gb", None)

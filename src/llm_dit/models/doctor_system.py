@@ -103,8 +103,8 @@ def _peak_bytes(offload: str, keep: str, z: dict[str, int], vl: int) -> int:
     dit, vae, te = z["transformer"], z["vae"], z["text_encoder"]
     if offload == "none":
         return dit + vae + te + vl if keep == "all" else max(dit + vae + te, vl)
-    if offload in ("encoder", "model"):
-        return max(dit, te, vl) + vae
+    if offload in ("encoder", "model"):  # keep_models = "all" (a server) keeps Qwen3-VL beside them
+        return max(dit, te) + vae + vl if keep == "all" else max(dit, te, vl) + vae
     return vae + max(dit, te, vl) // 30  # a block of 30 (the DiT's), the VAE whole
 
 

@@ -109,7 +109,7 @@ def resolve_placement(runtime: RuntimeConfig) -> Placement:
         raise ConfigError(f"runtime.compile needs offload = \"none\" or \"encoder\" (it is \"{runtime.offload}\")")
     from .fp8 import check_precision
 
-    check_precision(runtime.precision, device)
+    check_precision(runtime.precision, device, dtype)
     return Placement(device, dtype, runtime.offload, runtime.precision)
 
 
@@ -205,9 +205,13 @@ def place_pipeline(pipe, placement: Placement) -> None:
     elif placement.offload == "encoder":
         from accelerate import cpu_offload_with_hook
 
-        pipe.vae.to(placement.device)
-        _, encoder_hook = cpu_offload_with_hook(pipe.text_encoder, placement.device)
-        _, dit_hook = cpu_offload_with_hook(pipe.transformer, placement.device, prev_module_hook=encoder_hook)
+        # with its index: the hooks move a model only when its tensors' device differs, and
+        # cuda:0 != cuda, which would walk every parameter of the DiT again at each step
+        device = placement.device if placement.device.index is not None else torch.device(
+            "cuda", torch.cuda.current_device())
+        pipe.vae.to(device)
+        _, encoder_hook = cpu_offload_with_hook(pipe.text_encoder, device)
+        _, dit_hook = cpu_offload_with_hook(pipe.transformer, device, prev_module_hook=encoder_hook)
         encoder_hook.hook.prev_module_hook = dit_hook  # the other way round too: the encoder's pass moves the DiT out
         pipe.llm_dit_encoder_hook = encoder_hook
     elif placement.offload == "model":

@@ -71,28 +71,55 @@ def use_real_rope(transformer) -> int:
     return changed
 
 
+class RowsOf(torch.nn.Module):
+    """``to_q``, ``to_k`` or ``to_v`` after :func:`fuse_qkv`: rows of the fused projection that hold no
+    tensor of their own. Views kept as parameters would become copies the first time the DiT moves
+    between devices (``Module.to`` copies each parameter apart, as offloading hooks do), adding a third
+    of the attention weights; these read the fused layer's tensors as they are at the time."""
+
+    def __init__(self, fused: torch.nn.Module, rows: slice) -> None:
+        super().__init__()
+        self._fused = (fused,)  # in a tuple: not a submodule, so neither moved nor counted twice
+        self.rows = rows
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._fused[0].weight[self.rows]
+
+    @property
+    def weight_scale(self) -> torch.Tensor:  # FP8 layers' per-row scales (fp8.py)
+        return self._fused[0].weight_scale[self.rows]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = self._fused[0].bias
+        return None if bias is None else bias[self.rows]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fused[0](x)[..., self.rows]
+
+
 @torch.no_grad()
 def fuse_qkv(transformer) -> int:
     """One (dim, 3 dim) projection per attention layer in place of three (dim, dim) ones (diffusers'
-    ``Attention.fuse_projections``); ``to_q``, ``to_k`` and ``to_v`` keep working as views of its weight,
-    so no memory is added. Read by :class:`RealRopeAttnProcessor`; the number of layers fused."""
+    ``Attention.fuse_projections``, or stacked rows for FP8 layers: their row scales make the numbers the
+    same); ``to_q``, ``to_k`` and ``to_v`` become :class:`RowsOf` it, so no memory is added, wherever the
+    DiT moves. Read by :class:`RealRopeAttnProcessor`; the number of layers fused."""
     from .fp8 import FP8Linear, concat_rows
 
     fused = 0
     for module in transformer.modules():
         if isinstance(getattr(module, "processor", None), RealRopeAttnProcessor) and not module.fused_projections:
-            projections = (module.to_q, module.to_k, module.to_v)
-            if isinstance(module.to_q, FP8Linear):  # runtime.precision fp8*: stacked rows, their own scales
-                module.to_qkv = concat_rows(list(projections))
+            projections = {name: getattr(module, name) for name in ("to_q", "to_k", "to_v")}
+            if isinstance(module.to_q, FP8Linear):  # runtime.precision fp8*
+                module.to_qkv = concat_rows(list(projections.values()))
                 module.fused_projections = True
             else:
                 module.fuse_projections()
             n = 0
-            for proj in projections:
+            for name, proj in projections.items():
                 rows = slice(n, n + proj.weight.shape[0])
                 n = rows.stop
-                proj.weight.data = module.to_qkv.weight.data[rows]
-                if isinstance(proj, FP8Linear):
-                    proj.weight_scale.data = module.to_qkv.weight_scale.data[rows]
+                setattr(module, name, RowsOf(module.to_qkv, rows))
             fused += 1
     return fused
