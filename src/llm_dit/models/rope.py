@@ -19,6 +19,8 @@ Shapes: ``hidden_states`` (batch, seq, dim); q, k, v (batch, seq, heads, head_di
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
@@ -82,18 +84,21 @@ class RowsOf(torch.nn.Module):
         self._fused = (fused,)  # in a tuple: not a submodule, so neither moved nor counted twice
         self.rows = rows
 
+    def _part(self, name: str) -> torch.Tensor | None:
+        t = getattr(self._fused[0], name)
+        return None if t is None else t[self.rows]
+
     @property
     def weight(self) -> torch.Tensor:
-        return self._fused[0].weight[self.rows]
+        return cast(torch.Tensor, self._part("weight"))
 
     @property
     def weight_scale(self) -> torch.Tensor:  # FP8 layers' per-row scales (fp8.py)
-        return self._fused[0].weight_scale[self.rows]
+        return cast(torch.Tensor, self._part("weight_scale"))
 
     @property
     def bias(self) -> torch.Tensor | None:
-        bias = self._fused[0].bias
-        return None if bias is None else bias[self.rows]
+        return self._part("bias")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fused[0](x)[..., self.rows]
