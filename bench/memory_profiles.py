@@ -88,9 +88,8 @@ def one(args, profile: str, overrides: dict, cap: float | None, out: str) -> dic
 
     runner.extract, runner.load_z_image = extract, load_z_image
     t0 = time.perf_counter()
-    errors: list[str] = []
     try:
-        summary = runner.run(spec, cfg, out, echo=errors.append, progress=False)
+        summary = runner.run(spec, cfg, out, echo=lambda m: None, progress=False)
     except Exception as e:  # out of memory under the cap, say: the peaks up to there still tell
         phases.mark("other")
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300],
@@ -99,13 +98,26 @@ def one(args, profile: str, overrides: dict, cap: float | None, out: str) -> dic
     seconds = time.perf_counter() - t0
     phases.mark("other")
     if summary.generated != 4 or summary.failed:
-        return {"error": f"{summary.generated} pictures, failed cells {summary.failed}: {errors[-3:]}"[:300],
+        return {"error": f"{summary.generated} pictures, failed cells {summary.failed}: {cell_errors(out)}"[:300],
                 "phases_gib": phases.peaks}
     stages = summary.stages
     loading = stages.get("load_vl", 0.0) + stages.get("load_z_image", 0.0)
     peak = max(phases.peaks.values(), default=0.0)
     return {"seconds": seconds, "without_loading": seconds - loading, "stages": stages, "phases_gib": phases.peaks,
             "peak_gib": peak, "cap_gib": cap, "runtime": cfg.runtime.model_dump(mode="json")}
+
+
+def cell_errors(folder: str) -> list[str]:
+    """The errors the failed cells' records hold (an out-of-memory under the cap, say)."""
+    found = []
+    for p in Path(folder).rglob("*.json"):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("success") is False and rec.get("error"):
+            found.append(str(rec["error"])[:160])
+    return sorted(set(found))
 
 
 def pictures(folder: str) -> dict[str, np.ndarray]:

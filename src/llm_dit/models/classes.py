@@ -29,11 +29,12 @@ class MemoryClass:
 
 
 #: Where the measured numbers come from.
-MEASURED_ON = "bench/memory_profiles.py, NVIDIA H200, 2026-12-05, full-size random weights"
+MEASURED_ON = "bench/memory_profiles.py, NVIDIA H100 80GB, 2026-12-05, full-size random weights"
 
+#: ``16gb`` and ``12gb`` have the same settings; the run that measured them ran under 10 GiB.
 CLASSES = (
-    MemoryClass("rtx4090", "24 GB", "RTX 3090, 4090", 18.0, None, None),
-    MemoryClass("16gb", "16 GB", "RTX 4060 Ti 16GB, 4070 Ti Super, 4080, 5080", 13.5, None, None),
-    MemoryClass("12gb", "12 GB", "RTX 3060 12GB, 4070, 5070", 10.0, None, None),
-    MemoryClass("low_vram", "8 GB", "RTX 3070, 4060, 4060 Ti 8GB", 6.0, None, None),
+    MemoryClass("rtx4090", "24 GB", "RTX 3090, 4090", 18.0, 14.13, 0.98),
+    MemoryClass("16gb", "16 GB", "RTX 4060 Ti 16GB, 4070 Ti Super, 4080, 5080", 13.5, 9.77, 1.23),
+    MemoryClass("12gb", "12 GB", "RTX 3060 12GB, 4070, 5070", 10.0, 9.77, 1.23),
+    MemoryClass("low_vram", "8 GB", "RTX 3070, 4060, 4060 Ti 8GB", 6.0, 3.17, 1.55),
 )
