@@ -98,6 +98,30 @@ def splice_extractor(zimage):
 
 
 @pytest.fixture
+def dit(tiny_z_image_dir):
+    """A fresh tiny Z-Image DiT in float32 (tests change it in place)."""
+    from diffusers import ZImageTransformer2DModel
+
+    return ZImageTransformer2DModel.from_pretrained(tiny_z_image_dir / "transformer").float().eval()
+
+
+def _dit_output(model):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(16, 1, 16, 16, generator=g)]
+    cap = [torch.randn(7, model.config.cap_feat_dim, generator=g)]
+    with torch.no_grad():
+        return model(x, torch.tensor([0.3]), cap, return_dict=False)[0][0]
+
+
+@pytest.fixture
+def dit_output():
+    """``f(dit)``: one forward of a DiT on fixed inputs (a 16 x 16 latent, t = 0.3, a 7-token caption)."""
+    return _dit_output
+
+
+@pytest.fixture
 def red_image():
     from PIL import Image
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import ZImagePipeline, ZImageTransformer2DModel
+from diffusers import ZImagePipeline
 
 from llm_dit.config import resolve_config
 from llm_dit.errors import ConfigError
@@ -84,20 +84,7 @@ def test_fp8_products_need_sizes_in_multiples_of_16():
     assert FP8Linear.from_linear(torch.nn.Linear(64, 170), "fp8").compute == "fp8_weights"  # the tiny DiT's FFN
 
 
-@pytest.fixture
-def dit(tiny_z_image_dir):
-    return ZImageTransformer2DModel.from_pretrained(tiny_z_image_dir / "transformer").float().eval()
-
-
-def dit_output(model):
-    g = torch.Generator().manual_seed(0)
-    x = [torch.randn(16, 1, 16, 16, generator=g)]
-    cap = [torch.randn(7, model.config.cap_feat_dim, generator=g)]
-    with torch.no_grad():
-        return model(x, torch.tensor([0.3]), cap, return_dict=False)[0][0]
-
-
-def test_to_fp8_converts_the_blocks_attention_and_feed_forward(dit):
+def test_to_fp8_converts_the_blocks_attention_and_feed_forward(dit, dit_output):
     before, bytes_before = dit_output(dit), weight_bytes(dit)
     names = {n for n, m in dit.named_modules() if isinstance(m, torch.nn.Linear) and FP8_LAYERS.fullmatch(n)}
     converted = {n: m.weight.numel() for n, m in dit.named_modules() if n in names}
@@ -114,7 +101,7 @@ def test_to_fp8_converts_the_blocks_attention_and_feed_forward(dit):
     assert 0 < rel < 0.05
 
 
-def test_fused_fp8_projection_is_the_unfused_one(dit):
+def test_fused_fp8_projection_is_the_unfused_one(dit, dit_output):
     from llm_dit.models.rope import fuse_qkv, use_real_rope
 
     use_real_rope(dit)
@@ -132,7 +119,7 @@ def test_fused_fp8_projection_is_the_unfused_one(dit):
     assert weight_bytes(dit) == size and attn.to_k.weight.data_ptr() == attn.to_qkv.weight[n:].data_ptr()
 
 
-def test_fp8_products_in_the_dit(dit):
+def test_fp8_products_in_the_dit(dit, dit_output):
     """``fp8``: the layers whose sizes FP8 tensor cores take compute with quantized activations (on the
     CPU through the same ``torch._scaled_mm``), fused q/k/v too; the others fall back to ``fp8_weights``."""
     from llm_dit.models.rope import fuse_qkv, use_real_rope

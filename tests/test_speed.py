@@ -3,25 +3,10 @@ arithmetic and one q/k/v projection (``models/rope.py``). Both must leave the nu
 
 from __future__ import annotations
 
-import pytest
 import torch
-from diffusers import ZImageTransformer2DModel
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
 
 from llm_dit.models.rope import RealRopeAttnProcessor, fuse_qkv, rotate, use_real_rope
-
-
-@pytest.fixture
-def dit(tiny_z_image_dir):
-    return ZImageTransformer2DModel.from_pretrained(tiny_z_image_dir / "transformer").float().eval()
-
-
-def dit_output(model):
-    g = torch.Generator().manual_seed(0)
-    x = [torch.randn(16, 1, 16, 16, generator=g)]
-    cap = [torch.randn(7, model.config.cap_feat_dim, generator=g)]
-    with torch.no_grad():
-        return model(x, torch.tensor([0.3]), cap, return_dict=False)[0][0]
 
 
 def test_rotate_is_the_complex_product():
@@ -36,7 +21,7 @@ def test_rotate_is_the_complex_product():
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
-def test_real_rope_and_fused_qkv_keep_the_dit_output(dit):
+def test_real_rope_and_fused_qkv_keep_the_dit_output(dit, dit_output):
     before = dit_output(dit)
     n = len(dit.layers) + len(dit.noise_refiner) + len(dit.context_refiner)
     assert use_real_rope(dit) == n
