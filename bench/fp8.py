@@ -41,16 +41,9 @@ GROUPS = {
 
 def swap(dit, pattern: re.Pattern, compute: str) -> list:
     """FP8 layers in place of the linear layers whose names match ``pattern``; what :func:`restore` needs."""
-    from llm_dit.models.fp8 import FP8Linear
+    from llm_dit.models.fp8 import FP8Linear, replace_linears
 
-    undo = []
-    for name, module in list(dit.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, torch.nn.Linear) and pattern.fullmatch(full):
-                setattr(module, child_name, FP8Linear.from_linear(child, compute))
-                undo.append((module, child_name, child))
-    return undo
+    return replace_linears(dit, pattern, lambda child: FP8Linear.from_linear(child, compute))
 
 
 def restore(undo: list) -> None:

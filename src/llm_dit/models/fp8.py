@@ -38,8 +38,6 @@ from ..errors import ConfigError
 FP8 = torch.float8_e4m3fn
 #: The largest float8 e4m3 value.
 E4M3_MAX = float(torch.finfo(FP8).max)
-#: ``runtime.precision`` values that store the DiT's linear weights in FP8.
-FP8_PRECISIONS = ("fp8_weights", "fp8")
 #: The DiT's linear layers held in FP8 (names within ``ZImageTransformer2DModel``): attention and
 #: feed-forward, in the 30 blocks and the 4 refiners.
 FP8_LAYERS = re.compile(r"(layers|noise_refiner|context_refiner)\.\d+\."
@@ -148,18 +146,24 @@ def check_precision(precision: str, device: torch.device, dtype: torch.dtype = t
 
 
 def to_fp8(dit: nn.Module, compute: str, work: torch.device | None = None,
-           store: torch.device | None = None) -> int:
-    """Replace the DiT's :data:`FP8_LAYERS` by :class:`FP8Linear` (in place); the number replaced.
-    ``work``/``store``: see :meth:`FP8Linear.from_linear`. Done before the DiT is placed (so a small
-    GPU never holds its bfloat16 weights) and before ``runtime.compile`` fuses q, k, v
-    (:func:`~llm_dit.models.rope.fuse_qkv` fuses FP8 layers too)."""
-    replaced = 0
+           store: torch.device | None = None, layers: re.Pattern = FP8_LAYERS) -> int:
+    """Replace the DiT's linear layers named by ``layers`` (:data:`FP8_LAYERS`) by :class:`FP8Linear`
+    (in place); the number replaced. ``work``/``store``: see :meth:`FP8Linear.from_linear`. Done before
+    the DiT is placed (so a small GPU never holds its bfloat16 weights) and before ``runtime.compile``
+    fuses q, k, v (:func:`~llm_dit.models.rope.fuse_qkv` fuses FP8 layers too)."""
+    return len(replace_linears(dit, layers, lambda child: FP8Linear.from_linear(child, compute, work, store)))
+
+
+def replace_linears(dit: nn.Module, layers: re.Pattern, make) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Put ``make(child)`` in place of each ``nn.Linear`` whose name ``layers`` matches whole;
+    ``(parent, name, the layer replaced)`` for each, what putting them back needs."""
+    replaced = []
     for name, module in list(dit.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and FP8_LAYERS.fullmatch(full):
-                setattr(module, child_name, FP8Linear.from_linear(child, compute, work, store))
-                replaced += 1
+            if isinstance(child, nn.Linear) and layers.fullmatch(full):
+                setattr(module, child_name, make(child))
+                replaced.append((module, child_name, child))
     return replaced
 
 
