@@ -35,8 +35,8 @@ CASES = [
     ("16 GB: 16gb", "16gb", {}, 13.5),
     ("12 GB: 12gb", "12gb", {}, 10.0),
     ("8 GB: low_vram", "low_vram", {}, 6.0),
-    ("rtx4090, no turns (offload none)", "rtx4090", {"runtime.offload": "none"}, None),
-    ("16gb + fp8_weights", "16gb", {"runtime.precision": "fp8_weights"}, 13.5),
+    ("rtx4090, offload none", "rtx4090", {"runtime.offload": "none"}, None),
+    ("16gb, bf16 weights", "16gb", {"runtime.precision": "dtype"}, 13.5),
     ("low_vram, bf16 weights", "low_vram", {"runtime.precision": "dtype"}, None),
 ]
 

@@ -196,8 +196,8 @@ def test_the_notes_config_files_are_understood(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('[default.encoder]\nhidden_layer = -6\n[default.vl]\ndevice = "cpu"\n',
      '[default.vl] device is not an llm-dit setting: llm-dit runs Qwen3-VL on runtime.device, as every model '
-     '([default.runtime] device = "cpu"); to keep it off the GPU between uses, set [default.runtime] offload = '
-     '"encoder"'),
+     '([default.runtime] device = "cpu"); a one-shot run frees it before Z-Image loads, and [default.runtime] '
+     'keep_models = "one" frees it in a server'),
     ('[vl]\nhidden_layer = -6\ndevice = "cpu"\n', "[vl] holds the key 'device'; the notes' [vl] table takes "
      "hidden_layer, alpha, method, caption_tokens (a profile's Qwen3-VL settings go in [NAME.vl]"),
     ("[vl]\nlayers = [-6, -8]\n", "[vl] holds the key 'layers'"),

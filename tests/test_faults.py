@@ -83,7 +83,7 @@ def test_out_of_gpu_memory_is_one_line_naming_the_profile_that_fits(refs, tmp_pa
     assert "Traceback" not in err[0] and not out.exists()
     import torch
 
-    from llm_dit.errors import out_of_memory_message
+    from llm_dit.models.classes import out_of_memory_message
 
     already = out_of_memory_message(torch.cuda.OutOfMemoryError("CUDA out of memory"), "group_block")
     assert "make smaller pictures" in already  # already offloaded: a smaller size is the way
@@ -95,6 +95,28 @@ def test_out_of_gpu_memory_is_one_line_naming_the_profile_that_fits(refs, tmp_pa
     assert "llm-dit: error: 4 of 4 cells failed" in err and "Traceback" not in err
     meta = json.loads((run / "metadata.json").read_text())
     assert all(r["status"] == "failed" and r["error"].startswith("out of GPU memory") for r in meta["results"])
+
+
+@pytest.mark.parametrize("card_gib,profile", [(79.6, "rtx4090"), (23.6, "rtx4090"), (15.6, "16gb"),
+                                              (11.6, "12gb"), (7.6, "low_vram"), (5.8, None)])
+def test_out_of_memory_advice_names_the_class_that_fits_the_card(monkeypatch, card_gib, profile):
+    """The class named is the largest whose cap plus a GiB for the CUDA context fits the card, with
+    that class's measured peak (the table `llm-dit profiles` prints)."""
+    import torch
+
+    from llm_dit.models.classes import CLASSES, out_of_memory_message
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: type("Props", (), {"total_memory": int(card_gib * 2**30)})())
+    msg = out_of_memory_message(torch.cuda.OutOfMemoryError("CUDA out of memory"), "encoder")
+    assert msg is not None and f"this GPU's {card_gib:.0f} GiB" in msg and "\n" not in msg
+    if profile is None:
+        assert "even --profile low_vram" in msg and "smaller pictures" in msg
+    else:
+        peak = next(c.peak_gib for c in CLASSES if c.profile == profile)
+        assert f"--profile {profile}, which peaked at {peak:.1f} GiB" in msg
 
 
 def _fail_writes_after(monkeypatch, k: int, err: int) -> None:

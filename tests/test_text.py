@@ -82,3 +82,33 @@ def test_control_characters_do_not_break_encoding(zimage):
 def test_direct_function_refuses_bad_max_length(zimage):
     with pytest.raises(InputError, match="max_length"):
         encode_prompt(zimage.pipe.tokenizer, zimage.pipe.text_encoder, "a", max_length=2000)
+
+
+def test_a_streamed_encoder_runs_its_pass_to_the_end_and_gives_the_same_states(stock_pipe):
+    """Under offload "encoder" the text encoder streams through the GPU behind diffusers' group
+    offloading hooks. Stopped after the deepest wanted layer (as a resident encoder is), the hooks
+    would keep what they brought in on the GPU; so the pass runs to the final norm, and the states
+    are those of the plain, stopped pass (here on the CPU, the hooks' onload device)."""
+    import copy
+
+    from diffusers.hooks import apply_group_offloading
+
+    from llm_dit.text.encoder import run_text_encoder
+
+    plain = stock_pipe.text_encoder
+    streamed = copy.deepcopy(plain)
+    apply_group_offloading(streamed, onload_device=torch.device("cpu"), offload_type="block_level",
+                           num_blocks_per_group=1)
+    normed = []
+    for model in (plain, streamed):
+        handle = model.norm.register_forward_hook(lambda m, a, o: normed.append(m))
+        ids = stock_pipe.tokenizer("a red house").input_ids
+        states = run_text_encoder(model, ids, [len(model.layers) - 1, 1])  # hidden_states[-2] and [1]
+        handle.remove()
+        if model is plain:
+            expected = states
+            assert not normed  # stopped after layer N - 1: no final norm
+    assert len(normed) == 1  # the streamed pass reached the final norm
+    assert states.keys() == expected.keys()
+    for k in expected:
+        assert torch.equal(states[k], expected[k])

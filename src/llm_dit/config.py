@@ -112,9 +112,10 @@ class RuntimeConfig(_Section):
     """Device, precision, the memory policy and the speed options.
 
     ``device = "auto"`` picks ``cuda`` when a GPU is present, else ``cpu``; ``dtype = "auto"`` picks
-    bfloat16 on cuda and float32 on cpu. ``offload`` (cuda only): ``encoder`` keeps the two language
-    models (Qwen3-4B, Qwen3-VL) on the CPU and moves each to the GPU only while it runs, the DiT and
-    VAE stay resident; ``model`` is diffusers' ``enable_model_cpu_offload`` (whole components move per
+    bfloat16 on cuda and float32 on cpu. ``offload`` (cuda only): ``encoder`` keeps the DiT and the VAE
+    resident and the text encoder (Qwen3-4B) on the CPU in pinned memory, streamed through the GPU a
+    decoder layer at a time when it encodes (Qwen3-VL is resident while it runs, and freed before
+    Z-Image loads in a one-shot run); ``model`` is diffusers' ``enable_model_cpu_offload`` (whole components move per
     pipeline call); ``group_block`` / ``group_leaf`` are diffusers' group offloading at block or leaf
     level with CUDA streams, applied to the DiT, the VAE and both language models.
 
@@ -308,7 +309,8 @@ NOTES_TABLE = "vl"
 #: Keys of the notes' configs llm-dit has no setting for: ``(section, key) -> the sentence's end``.
 REFUSED_KEYS = {
     ("vl", "device"): "llm-dit runs Qwen3-VL on runtime.device, as every model ([{p}.runtime] device = \"cpu\"); "
-                      "to keep it off the GPU between uses, set [{p}.runtime] offload = \"encoder\"",
+                      "a one-shot run frees it before Z-Image loads, and [{p}.runtime] keep_models = \"one\" "
+                      "frees it in a server",
 }
 
 

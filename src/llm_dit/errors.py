@@ -78,30 +78,3 @@ class Cancelled(BaseException):
     A ``BaseException`` like ``KeyboardInterrupt``: code that records a failed cell and goes on
     (``except Exception``) must not swallow it.
     """
-
-
-#: Peak GPU memory of a whole VL experiment at 1024 x 1024 per profile, measured (BENCHMARKS.md section 4).
-PROFILE_PEAK_GIB = {"rtx4090": 21.7, "low_vram": 3.2}
-
-
-def out_of_memory_message(err: BaseException, offload: str | None = None) -> str | None:
-    """One sentence for a GPU out-of-memory error, naming the profile that fits this GPU (None for
-    any other error). ``offload``: the run's ``runtime.offload``, when known."""
-    if type(err).__name__ != "OutOfMemoryError" and "out of memory" not in str(err).lower():
-        return None
-    total = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
-    except Exception:  # no CUDA to ask: the advice stays general
-        total = None
-    where = f"this GPU's {total:.0f} GiB" if total else "the GPU's memory"
-    if offload is not None and offload.startswith("group_"):
-        return (f"out of GPU memory: the run needs more than {where} even with layers offloaded "
-                f"(--profile low_vram); make smaller pictures (--width/--height) or use --batch-size 1")
-    fits = "rtx4090" if total is None or total >= PROFILE_PEAK_GIB["rtx4090"] + 1 else "low_vram"
-    return (f"out of GPU memory ({where}): use --profile {fits}, which peaked at {PROFILE_PEAK_GIB[fits]} GiB "
-            f"for a whole 1024x1024 experiment" + (" (or --profile low_vram: 3.2 GiB, slower)" if fits == "rtx4090"
-                                                   else ", or make smaller pictures (--width/--height)"))

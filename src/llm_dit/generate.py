@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from .config import MAX_CAPTION_TOKENS, Config, GenerationConfig
 from .embeddings import check_embedding
-from .models.loading import Placement, load_z_image_pipeline, offload_text_encoder, resolve_placement
+from .models.loading import Placement, load_z_image_pipeline, resolve_placement
 from .protocols import OnStep
 from .text import TextEncoding, encode_prompt
 
@@ -188,7 +188,6 @@ class ZImage:
                 negative_embeds = self.encode_negative()
             extra["negative_prompt_embeds"] = [self._to_dit(negative_embeds)] * len(conditionings)
         prompt_embeds = [self._to_dit(e) for e in firsts]
-        offload_text_encoder(self._loaded())  # offload = "encoder": its memory is the DiT's while it runs
         if on_step is not None:
             on_step(0, n_steps)
         generators = [torch.Generator("cpu").manual_seed(g.seed) for _ in conditionings]

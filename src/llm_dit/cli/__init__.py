@@ -11,8 +11,9 @@ import os
 import sys
 
 from .. import interrupt
-from ..errors import LlmDitError, out_of_memory_message
+from ..errors import LlmDitError
 from ..limits import MAX_CAPTION_ATTEMPTS, MAX_NEW_TOKENS, MAX_RIDGE, MAX_TEMPERATURE
+from ..models.classes import out_of_memory_message
 from . import doctor, experiments, generate, logs, serve, stats, vl
 from .common import (
     Parser,

@@ -322,7 +322,7 @@ def _attempt(make: Any, *args: Any) -> Any:
 
 
 def _one_line(e: BaseException) -> str:
-    from ..errors import out_of_memory_message
+    from ..models.classes import out_of_memory_message
     from ..models.loading import first_line
 
     if isinstance(e, LlmDitError):

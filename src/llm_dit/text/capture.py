@@ -40,10 +40,12 @@ def _first(output):
 
 
 def capture_hidden_states(
-    decoder_layers, final_norm, layers: Iterable[int], run: Callable[[], object]
+    decoder_layers, final_norm, layers: Iterable[int], run: Callable[[], object], stop_early: bool = True
 ) -> dict[int, torch.Tensor]:
     """Call ``run()`` (a forward pass of the model owning ``decoder_layers``) and return
-    ``{k: hidden_states[k]}`` for each canonical index ``k`` in ``layers``, stopping early."""
+    ``{k: hidden_states[k]}`` for each canonical index ``k`` in ``layers``, stopping early unless
+    ``stop_early`` is False (a model whose offloading hooks must see the pass end: stopped, they
+    would leave their weights on the GPU)."""
     n = len(decoder_layers)
     wanted = sorted(set(layers))
     if not wanted:
@@ -54,7 +56,7 @@ def capture_hidden_states(
 
     def keep(k: int, tensor: torch.Tensor) -> None:
         captured[k] = tensor.detach()
-        if k == deepest:
+        if k == deepest and stop_early:
             raise _StopForward
 
     if 0 in wanted:

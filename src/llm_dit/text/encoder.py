@@ -108,7 +108,11 @@ def run_text_encoder(
             raise ValueError(f"{int(slots.sum())} image slots for {image_features.shape[0]} image features")
         embeds[0, slots] = image_features.to(embeds.device, embeds.dtype)
         kwargs["inputs_embeds"] = embeds
-    states = capture_hidden_states(text_encoder.layers, text_encoder.norm, layers, lambda: text_encoder(**kwargs))
+    # Streamed through the GPU (offload "encoder", group_*: diffusers' hooks on the encoder), the pass
+    # runs to its end, so the hooks offload what they brought in and settle their prefetch order.
+    streamed = getattr(text_encoder, "_diffusers_hook", None) is not None
+    states = capture_hidden_states(text_encoder.layers, text_encoder.norm, layers, lambda: text_encoder(**kwargs),
+                                   stop_early=not streamed)
     return {k: v[0, real].float().cpu() for k, v in states.items()}
 
 

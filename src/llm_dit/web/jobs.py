@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import Cancelled, LlmDitError, out_of_memory_message
+from ..errors import Cancelled, LlmDitError
 from ..io import NAME, parse_json, write_json
+from ..models.classes import out_of_memory_message
 from ..protocols import Models
 
 log = logging.getLogger(__name__)
