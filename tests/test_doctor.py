@@ -189,8 +189,8 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize("offload,keep,expected", [
-    ("none", "all", 12 + 1 + 8 + 9), ("none", "one", 12 + 1 + 8), ("encoder", "one", 12 + 1 + 8 / 18),
-    ("encoder", "all", 12 + 1 + 8 / 18 + 9), ("model", "one", 12 + 1), ("group_block", "one", 1 + 12 / 30),
+    ("none", "all", 12 + 1 + 8 + 9), ("none", "one", 12 + 1 + 8), ("encoder", "one", 12 + 1 + 8 / 6),
+    ("encoder", "all", 12 + 1 + 8 / 6 + 9), ("model", "one", 12 + 1), ("group_block", "one", 1 + 12 / 30),
 ])
 def test_peak_weights_per_offload_policy(offload, keep, expected):
     z = {"transformer": 12 * GIB, "vae": 1 * GIB, "text_encoder": 8 * GIB}

@@ -97,14 +97,15 @@ def _existing(p: Path) -> Path:
 
 def _peak_bytes(offload: str, keep: str, z: dict[str, int], vl: int) -> int:
     """Weights resident on the GPU at the worst moment: ``none`` keeps Z-Image (and, with
-    ``keep_models = "all"``, Qwen3-VL) resident; ``encoder`` keeps the DiT and the VAE, with two of
-    the text encoder's 36 layers streaming through (Qwen3-VL, freed before Z-Image loads, is alone);
+    ``keep_models = "all"``, Qwen3-VL) resident; ``encoder`` keeps the DiT and the VAE, with a sixth
+    of the text encoder on the GPU while it encodes (its token embedding, a tenth, and two of its 36
+    layers streaming through; Qwen3-VL, freed before Z-Image loads, is alone);
     ``model`` moves whole components; ``group_*`` one block at a time."""
     dit, vae, te = z["transformer"], z["vae"], z["text_encoder"]
     if offload == "none":
         return dit + vae + te + vl if keep == "all" else max(dit + vae + te, vl)
     if offload == "encoder":  # keep_models = "all" (a server) keeps Qwen3-VL beside them
-        return dit + vae + te // 18 + vl if keep == "all" else max(dit + vae + te // 18, vl)
+        return dit + vae + te // 6 + vl if keep == "all" else max(dit + vae + te // 6, vl)
     if offload == "model":
         return max(dit, te) + vae + vl if keep == "all" else max(dit, te, vl) + vae
     return vae + max(dit, te, vl) // 30  # a block of 30 (the DiT's), the VAE whole

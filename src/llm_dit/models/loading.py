@@ -197,8 +197,9 @@ def place_pipeline(pipe, placement: Placement) -> None:
     the CPU in pinned memory and streams through the GPU a decoder layer at a time when it encodes
     (diffusers' block-level group offloading on a CUDA stream: layer i + 1 is copied in while layer i
     runs; offloading a layer only drops its GPU copy, so nothing is ever copied back). The GPU holds
-    the DiT, the VAE and two of the encoder's 36 layers, and the DiT never moves: an encode costs one
-    pass of the encoder's weights over the bus, overlapped with its compute.
+    the DiT and the VAE, and while an encode runs two of the encoder's 36 layers and its token
+    embedding (0.78 GiB); the DiT never moves. An encode costs one pass of the encoder's weights over
+    the bus, overlapped with its compute.
     """
     if placement.offload == "none":
         pipe.to(placement.device)
