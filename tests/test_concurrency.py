@@ -1,6 +1,6 @@
 """Two commands, one folder: the run folder's lock (``experiments/lock.py``) with real processes.
 
-The same command started twice waits for the first and then resumes (each cell made once); another
+The same command started twice joins the first (each cell made once, by one or the other); another
 run is refused in one line; a process killed while it holds the folder blocks nothing; the web app
 refuses to resume a run that a command is writing. Processes are held at precise points (inside the
 run, the folder locked; or once the first cell is finished) by a wrapper that waits for a file the
@@ -133,30 +133,32 @@ def summary(stdout: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.reliability("faults", "the same `llm-dit sweep` started twice at the same moment on one --out",
-                         "the second waits for the first, saying for which process, then resumes: both exit 0, "
-                         "every cell made once in all, the folder complete")
-def test_the_same_command_twice_waits_and_makes_each_cell_once(refs, tmp_path, held):
+                         "the second joins the first, saying so, and takes the cells it does not hold: both exit 0, "
+                         "every cell made once in all, the folder complete, the report written by the last one")
+def test_the_same_command_twice_joins_and_makes_each_cell_once(refs, tmp_path, held):
     out = tmp_path / "run"
     args = sweep_args(refs, out)
     a, b = held.start(out, "start", args), held.start(out, "start", args)
     held.until(lambda: len(list(held.flags.glob("ready-*"))) == 2, "both processes to start")
-    held.flag("start")  # both let go together: one takes the folder and is held inside its run
-    [first] = held.until(held.held, "one process to take the folder")
-    second = b if first == a.pid else a
-    held.until(lambda: "waiting for process" in held.output(second)[1], "the other process to wait")
-    assert f"waiting for process {first}, started " in held.output(second)[1]
-    assert f"which is writing the same run in {out}" in held.output(second)[1]
+    held.flag("start")  # both let go together: one takes the folder first; both are held inside the run
+    held.until(lambda: len(held.held()) == 2, "both processes inside the run")
+    joined = [p for p in (a, b) if "joining the processes of the same run" in held.output(p)[1]]
+    assert len(joined) == 1
     held.flag("go")
     ends = {p.pid: held.finish(p) for p in (a, b)}
     assert [rc for rc, _, _ in ends.values()] == [0, 0], [err[-2000:] for _, _, err in ends.values()]
     assert all("Traceback" not in err for _, _, err in ends.values())
-    made, waited = summary(ends[first][1]), summary(ends[second.pid][1])
-    n = made[0]
-    assert made == (n, 0, n) and waited == (n, n, 0)  # each cell generated once, in all
+    counts = [summary(stdout) for _, stdout, _ in ends.values()]
+    n = counts[0][0]
+    assert all(c[:2] == (n, 0) for c in counts) and sum(c[2] for c in counts) == n  # each cell generated once
     check_complete(out, n)
     run = json.loads((out / "run.json").read_text())
-    assert [s["pictures_generated"] for s in run["sessions"]] == [n, 0]
+    assert sorted(s["pictures_generated"] for s in run["sessions"]) == sorted(c[2] for c in counts)
+    reported = [stdout for _, stdout, _ in ends.values() if f"report: {out / 'report.html'}" in stdout]
+    assert len(reported) == 1  # the last one out; the other says so
+    assert sum("report: written by the last process of this run to finish" in s for _, s, _ in ends.values()) == 1
     assert (out / ".lock").read_bytes() == b""  # let go at the end
+    assert not list((out / ".claims").iterdir())
 
 
 @pytest.mark.reliability("faults", "another sweep (other alphas) started on the --out of a sweep that is running",

@@ -168,11 +168,12 @@ def _image_sets(args, images_per_set: int) -> list[list[str]]:
 def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
-    # the same run already being written into --out (the same command started twice): wait for it,
-    # then resume; another run there is refused (experiments/lock.py). A Ctrl-C stops the run through
-    # its finally blocks: its session and report are written
+    # the same run already being written into --out (the same command started twice, on this host or
+    # another sharing the folder): join it, each process taking the next cell none holds; another run
+    # there is refused (experiments/lock.py). A Ctrl-C stops the run through its finally blocks: its
+    # session (and, from the last process of the run, the report) is written
     with unwinding():
-        summary = run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait")
+        summary = run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="join")
     return _report(summary, args)
 
 
@@ -182,6 +183,10 @@ def _report(summary, args) -> int:
     report = summary.out / "report.html"
     print(f"{summary.total} cells: {summary.skipped} already done, {summary.generated} picture(s) generated, "
           f"{len(summary.failed)} failed")
+    if not summary.reported:  # joined: other processes of the run work on; the last one reports
+        print(f"report: written by the last process of this run to finish ({report}; `llm-dit report "
+              f"{summary.out}` writes it now)")
+        return 1 if summary.failed else 0
     for w in _warnings(summary.out):
         print(f"warning: {w}")
     print(f"report: {report}")

@@ -28,8 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLAIMS_DIR = ".claims"
-#: Seconds a claim lives without being renewed (the holder renews four times per lease).
-LEASE_S = 120.0
+#: Seconds a claim lives without being renewed (the holder renews four times per lease);
+#: ``LLM_DIT_LEASE_S`` sets another (tests kill a worker and wait for its lease).
+LEASE_S = float(os.environ.get("LLM_DIT_LEASE_S", "") or 120.0)
+#: Seconds between looks at cells other processes hold.
+POLL_S = min(0.25, LEASE_S / 8)
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,30 @@ class Claim:
     holder: dict  # what the claimer wrote: worker, host, pid
 
     def expired(self, lease_s: float) -> bool:
-        return self.age > lease_s
+        """Untouched for a lease, or its holder, on this host, has ended (killed: nothing to wait for)."""
+        return self.age > lease_s or self._holder_ended()
+
+    def _holder_ended(self) -> bool:
+        if self.holder.get("host") != host_name() or not isinstance(self.holder.get("pid"), int):
+            return False
+        try:
+            os.kill(self.holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # another user's process: alive
+            return False
+        return False
+
+
+def host_name() -> str:
+    """This host's name: ``LLM_DIT_HOST`` when set (hosts whose names collide; tests simulating
+    several hosts on one machine), else the machine's."""
+    return os.environ.get("LLM_DIT_HOST") or socket.gethostname()
 
 
 def worker_id() -> str:
     """``HOST:PID``: unique among the processes sharing a folder at one time."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{host_name()}:{os.getpid()}"
 
 
 class CellClaims:
@@ -61,7 +82,7 @@ class CellClaims:
         self.dir = Path(out) / CLAIMS_DIR
         self.lease_s = float(lease_s)
         self.worker = worker or worker_id()
-        self.host = host or socket.gethostname()
+        self.host = host or host_name()
         self.held: dict[str, int] = {}  # cell name -> generation held
         self._lost: set[str] = set()
         self._mutex = threading.Lock()

@@ -282,6 +282,21 @@ def finished(out: Path, name: str, cell_key: str) -> dict | None:
     return rec if png_opens(out / rec["file"]) else None
 
 
+def settled(out: Path, name: str, cell_key: str, since: float) -> bool:
+    """Whether the cell ``name`` has its record of this run: finished, or failed at or after
+    ``since`` (seconds since the epoch: a failure older than that is retried, as on a resume)."""
+    if finished(out, name, cell_key):
+        return True
+    path = record_path(out, name)
+    rec = read_json(path)
+    if not whole(rec, name) or rec.get("cell_key") != cell_key:
+        return False
+    try:
+        return path.stat().st_mtime >= since
+    except OSError:
+        return False
+
+
 def write_record(out: Path, name: str, record: dict) -> None:
     write_json(record_path(out, name), record, durable=False)  # checked on resume (module docstring)
 

@@ -18,10 +18,16 @@ a killed process leaves behind blocks nothing. It is never removed (removing a l
 a process that has just opened it), only emptied when its holder lets it go.
 
 Under a launcher (:mod:`processes`) the first process holds the lock for all of them; the others
-work inside the folder it holds. A claim queue (processes or machines sharing one run's cells
-without a launcher) would extend this: a process of the same run would join instead of waiting
-(a third ``if_busy``), the holder staying the one that prepares the folder and writes the report,
-and each cell would be claimed with a lock of its own (``cells/.NAME.claim``) before it is made.
+work inside the folder it holds.
+
+**Joining** (``if_busy="join"``, the CLI's): processes of the same run, on one host or several
+sharing the folder, work in it together, pulling its cells (:mod:`claims`). :func:`enter` lets the
+first one in prepare the folder under an exclusive lock, then hold it shared; a process of the same
+run arriving later takes it shared too (a process of another run, finding it held, is refused as
+above). :meth:`FolderLock.leave` lets a process go; the last one out (it can take the lock
+exclusively again) writes the report. Every decision is taken under a second lock, the gate
+(``DIR/.lock.gate``, held for an instant), so no process slips in while the first one turns its
+exclusive lock into a shared one (``flock`` does that in two steps).
 
 POSIX only (Linux, macOS): ``fcntl`` is imported where it is used, so the package imports elsewhere.
 """
@@ -41,9 +47,13 @@ from typing import Literal
 from ..errors import FolderBusy, InputError
 
 LOCK_FILE = ".lock"
-IfBusy = Literal["refuse", "wait"]
+GATE_FILE = ".lock.gate"
+IfBusy = Literal["refuse", "wait", "join"]
 #: How long a holder may take to write its name after taking the lock (it does so at once).
 NAME_WAIT_S = 5.0
+#: How long :func:`enter` tries again before refusing another run's name: :func:`holder` (a web
+#: server listing folders) holds a free folder's lock for an instant, its stale name still there.
+PROBE_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -76,11 +86,14 @@ class Holder:
 
 
 class FolderLock:
-    """A held lock on a run folder; :meth:`release` (or the end of a ``with`` block) lets it go."""
+    """A held lock on a run folder; :meth:`release` (or the end of a ``with`` block) lets it go.
 
-    def __init__(self, out: Path, fd: int):
+    ``shared``: taken by :func:`enter` (a process of a run that others may join), held shared."""
+
+    def __init__(self, out: Path, fd: int, shared: bool = False):
         self.out = out
         self._fd: int | None = fd
+        self.shared = shared
 
     def release(self) -> None:
         """Empty the lock file and let the lock go (the file stays: see the module docstring)."""
@@ -94,11 +107,51 @@ class FolderLock:
         finally:
             os.close(fd)  # closing the last descriptor drops the flock
 
+    def leave(self, note: Callable[[], None] | None = None) -> bool:
+        """For a lock taken by :func:`enter`: ``note()`` (what this process leaves in the folder for the
+        record: one at a time), then True if this process is the last of the run in the folder, and
+        now holds it exclusively (it writes the report, then :meth:`release`); False (the lock let go)
+        while others of the run are still working in it."""
+        import fcntl  # POSIX only
+
+        if self._fd is None:
+            return False
+        with _gate(self.out):
+            if note is not None:
+                note()
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:  # others hold it shared: they finish the run
+                fd, self._fd = self._fd, None
+                os.close(fd)
+                return False
+
     def __enter__(self) -> FolderLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class _gate:
+    """The folder's gate (``GATE_FILE``), held exclusively for the ``with`` block: one entering or
+    leaving process decides at a time."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / GATE_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> None:
+        import fcntl  # POSIX only
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _read(fd: int) -> Holder | None:
@@ -109,6 +162,52 @@ def _read(fd: int) -> Holder | None:
                       str(data["run"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def enter(out: Path, run_key: str, run: str, prepare: Callable[[], None]) -> FolderLock:
+    """Enter ``out`` for the run ``run_key`` (named ``run``) beside the processes of the same run
+    already there (see "Joining" in the module docstring); made if missing. The first one in calls
+    ``prepare()`` (the folder made ready) before any other may enter. Another run holding it is
+    refused in one sentence (:class:`~llm_dit.errors.InputError`)."""
+    import fcntl  # POSIX only
+
+    out.mkdir(parents=True, exist_ok=True)
+    with _gate(out):
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + NAME_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    first = True
+                    break
+                except BlockingIOError:
+                    pass
+                # held: the name is the run's first process, which may have left while others of
+                # its run work on (so its pid may be gone); empty only for an instant
+                other = _read(fd)
+                if other is not None and other.run_key == run_key:
+                    first = False
+                    break
+                if other is not None and time.monotonic() > deadline - NAME_WAIT_S + PROBE_S:
+                    raise InputError(f"{out} is being written by another run ({other.run}, {other.describe()}); "
+                                     "give another --out")
+                if time.monotonic() > deadline:  # a process of take() holds it and never named itself
+                    raise FolderBusy(f"{out} is locked by another process that does not say which run it is "
+                                     f"({out / LOCK_FILE}); wait for it to end or give another --out")
+                time.sleep(0.05)
+            if first:
+                me = Holder(os.getpid(), socket.gethostname(), datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+                            run_key, run)
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(asdict(me)).encode("utf-8"), 0)
+                prepare()
+            # shared from here: the run's other processes may join; under the gate none enters meanwhile
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+    return FolderLock(out, fd, shared=True)
 
 
 def take(out: Path, run_key: str, run: str, if_busy: IfBusy = "refuse",
@@ -126,7 +225,8 @@ def take(out: Path, run_key: str, run: str, if_busy: IfBusy = "refuse",
         deadline = time.monotonic() + NAME_WAIT_S
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                with _gate(out):  # not while a joining run turns its lock from exclusive to shared
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 pass
@@ -170,14 +270,14 @@ def holder(out: Path) -> Holder | None:
         if _read(fd) is None:  # emptied on release: free (or being taken this instant)
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, shared or not: refused
         except BlockingIOError:
             return _read(fd)
-        return None  # a name left by a killed process (the descriptor's close drops the shared lock)
+        return None  # a name left by a killed process (the descriptor's close drops the lock)
     finally:
         os.close(fd)
 
 
 def is_ours(name: str) -> bool:
     """Files a run folder may hold before its plan is written: the lock, temporary files."""
-    return name == LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+    return name in (LOCK_FILE, GATE_FILE) or (name.startswith(".") and name.endswith(".tmp"))

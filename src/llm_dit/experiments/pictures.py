@@ -44,6 +44,7 @@ class PictureStage:
         self.writer: ThreadPoolExecutor | None = None  # writes the cells' PNGs (while the stage runs)
         self.aliases: dict[str, dict] = {}
         self.extractions: dict = {}
+        self.elsewhere: list[Job] = []  # joined runs: jobs another process held when this one came to them
 
     def run(self, pending: Pending) -> tuple[int, list[str], dict]:
         """Every picture of ``pending`` under a progress bar over cells: ``(generated, failed cells,
@@ -79,6 +80,12 @@ class PictureStage:
                     self.ctx.procs.wait()
                     done = self.ctx.finished()
                     finishing += self._generate(others, done, bar, finisher)
+                elif self.ctx.claims is not None:  # joined: baselines, then the rest, each job claimed first
+                    finishing = self._generate(baselines, done, bar, finisher)
+                    finishing += self._settle(done, bar, finisher)  # every baseline on disk (or failed)
+                    done = self.ctx.finished()  # the baselines other processes made, for scoring
+                    finishing += self._generate(others, done, bar, finisher)
+                    finishing += self._settle(done, bar, finisher)
                 else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
                     finishing = self._generate(baselines + others, done, bar, finisher)
                 waited = time.perf_counter()
@@ -98,20 +105,25 @@ class PictureStage:
         for rec in done.values():  # finished in an earlier session or by another process: read when needed
             if rec.get("pure_text"):
                 self.baselines.setdefault(rec["generation_key"], self.ctx.out / rec["file"])
-        batches = list(self._batches(jobs))
-        self._inputs([j for b in batches for j in b if j.key not in aliases])
+        self._inputs([j for j in jobs if j.key not in aliases])
+        # joined runs: each job claimed when its batch is formed, so a process holds at most the
+        # batch it makes and the one blended beside it; the rest stay for the others
+        batches = self._batches(self._claimed(jobs, bar) if self.ctx.claims is not None else jobs)
         finishing: list[Future] = []
         checked = 0
 
-        def prepare(i: int) -> Future | None:  # the blends of batch i, on the thread (plain CPU tensor work)
-            if i < len(batches) and batches[i][0].key not in aliases:
-                return finisher.submit(self._prepare, batches[i])
-            return None
+        def prepare() -> tuple[list[Job] | None, Future | None]:  # the next batch; its blends on the thread
+            batch = next(batches, None)
+            if batch is not None and batch[0].key not in aliases:
+                return batch, finisher.submit(self._prepare, batch)
+            return batch, None
 
-        ahead = prepare(0)
-        for i, batch in enumerate(batches):
+        following, ahead = prepare()
+        while following is not None:
+            batch = following
             t0 = time.perf_counter()
-            current, ahead = ahead, prepare(i + 1)  # the next made beside the GPU's work on this one
+            current = ahead
+            following, ahead = prepare()  # the next made beside the GPU's work on this one
             waited = time.perf_counter()
             built = current.result() if current else None
             self.ctx.time("wait_thread", waited)  # the GPU idles while the thread is behind
@@ -126,7 +138,49 @@ class PictureStage:
                 checked += 1
         return finishing
 
+    def _claimed(self, jobs: list[Job], bar):
+        """The jobs of ``jobs`` this process claims (joined runs), one at a time as batches form;
+        one another process holds goes to :attr:`elsewhere`, one already settled is counted done."""
+        claims = self.ctx.claims
+        assert claims is not None
+        for job in jobs:
+            if not claims.claim(job.key):
+                self.elsewhere.append(job)
+            elif self._settled(job):  # made (or failed) by another process since this one looked
+                claims.release(job.key)
+                bar.update(len(job.cells))
+            else:
+                yield job
+
+    def _settled(self, job: Job) -> bool:
+        ctx = self.ctx
+        return all(folder.settled(ctx.out, c.name, ctx.keys[c.name], ctx.since) for c in job.cells)
+
+    def _settle(self, done: dict[str, dict], bar, finisher: ThreadPoolExecutor) -> list[Future]:
+        """Wait for the jobs other processes held (:attr:`elsewhere`) to be settled, making each whose
+        claim was let go unsettled or expired (its process killed); the futures of those made."""
+        from .claims import POLL_S
+
+        finishing: list[Future] = []
+        while self.elsewhere:
+            waiting, self.elsewhere = self.elsewhere, []
+            finishing += self._generate(waiting, done, bar, finisher)
+            if len(self.elsewhere) == len(waiting):  # all still held elsewhere: look again in a while
+                time.sleep(POLL_S)
+        return finishing
+
     def _finish(self, job: Job, picture: Any, bar, t0: float) -> tuple[int, list[str]]:
+        """:meth:`_finish_job`, then (joined runs) the job's claim let go."""
+        claims = self.ctx.claims
+        try:
+            if claims is not None and job.key in claims.lost():  # taken over by another: not recorded twice
+                return 0, []
+            return self._finish_job(job, picture, bar, t0)
+        finally:
+            if claims is not None:
+                claims.release(job.key)
+
+    def _finish_job(self, job: Job, picture: Any, bar, t0: float) -> tuple[int, list[str]]:
         """Record, score and write the cells of ``job`` (``picture``: what :meth:`_pictures` made, or
         the exception that stopped it, or None for a job pictured by a finished cell);
         ``(generated, failed)``."""

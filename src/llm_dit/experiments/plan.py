@@ -75,6 +75,7 @@ class Summary:
     generated: int
     failed: list[str]
     main: bool = True  # False in the other processes of a multi-process run (they print nothing)
+    reported: bool = True  # False in a process of a joined run that others outlasted (the last one reports)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, this process
 
 

@@ -46,6 +46,7 @@ from ..protocols import OnStep
 from ..provenance import provenance
 from . import folder, lock
 from .cells import Cell, check_unique, effective_recipe
+from .claims import CellClaims, worker_id
 from .plan import Job, PreparedRun, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
 from .processes import Processes
 
@@ -123,8 +124,10 @@ class RunContext:
     progress: bool = True
     on_step: OnStep | None = None
     on_cell: OnCell | None = None
-    if_busy: lock.IfBusy = "refuse"  # another process writes the same run in the folder: refuse, or wait
+    if_busy: lock.IfBusy = "refuse"  # another process writes the same run in the folder: refuse, wait or join
     folder_lock: lock.FolderLock | None = None  # the folder's lock (the first process, from open_folder to the end)
+    claims: CellClaims | None = None  # joined runs: this process's claims on the cells it makes
+    since: float = field(default_factory=time.time)  # this process's start (a failure since then is settled)
     keys: dict[str, str] = field(default_factory=dict)  # cell name -> cell key
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds (this process)
     cells_done: int = 0
@@ -204,13 +207,23 @@ def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]
     """The run file's content (the first process locks the folder and prepares it for the run
     ``key``; None in the others) and the records of the cells finished already."""
     run_file = None
-    if ctx.procs.main:  # one process prepares the folder (it removes temporary files others could be writing)
-        folder.check_out(ctx.out)  # a folder that is not ours: refused before the lock file is made in it
-        ctx.folder_lock = lock.take(ctx.out, key, ctx.spec.name, ctx.if_busy, ctx.echo)  # before anything is written
+
+    def prepare() -> None:  # by one process (it removes temporary files others could be writing)
+        nonlocal run_file
         run_file = folder.prepare(ctx.out, key, ctx.spec.plan(ctx.config), ctx.keys)
         for i, im in enumerate(ctx.prepared.references):
             if not (ctx.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
                 save_png(im, ctx.out / folder.reference_name(i))
+
+    if ctx.procs.main:
+        folder.check_out(ctx.out)  # a folder that is not ours: refused before the lock file is made in it
+        if ctx.if_busy == "join" and ctx.procs.count == 1:  # others of the same run may work beside it
+            ctx.folder_lock = lock.enter(ctx.out, key, ctx.spec.name, prepare)
+            if run_file is None:
+                ctx.echo(f"joining the processes of the same run in {ctx.out}: each takes the next cell none holds")
+        else:
+            ctx.folder_lock = lock.take(ctx.out, key, ctx.spec.name, ctx.if_busy, ctx.echo)  # before any write
+            prepare()
     ctx.procs.wait()
     return run_file, ctx.finished()
 
@@ -308,6 +321,10 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
     from .pictures import PictureStage
 
     procs, config = ctx.procs, ctx.config
+    if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joined: what others finished meanwhile
+        pending = [c for c in pending if not folder.settled(ctx.out, c.name, ctx.keys[c.name], ctx.since)]
+        if not pending:
+            return 0, [], {}
     needs_captions = sorted({c.caption for c in pending if c.caption is not None})
     resolved = {c.name: ctx.prepared.resolved[c.name] for c in pending}
     makes_captions = bool(needs_captions) and ctx.spec.caption is None and any(
@@ -359,7 +376,13 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
                                                      and j.key not in aliases], backend))
 
     # 4. pictures: baselines first (every other picture is compared with its baseline)
-    return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))
+    if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joinable: claim each picture before making it
+        ctx.claims = CellClaims(ctx.out).start()
+    try:
+        return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))
+    finally:
+        if ctx.claims is not None:
+            ctx.claims.stop()
 
 
 # -- 5. closing ----------------------------------------------------------------------------------
@@ -384,6 +407,28 @@ def close_run(ctx: RunContext, run_file: dict, session: dict, sessions: list[dic
     write_report(ctx.out, thumbnails, held.plot_workers)
     session["stages"] = {**session["stages"], "report": round(time.perf_counter() - t0, 3)}
     folder.write_json(ctx.out / folder.RUN_FILE, run_file, durable=False)  # with the report's time
+
+
+def close_joined(ctx: RunContext, session: dict, held: Held, thumbnails: dict) -> bool:
+    """The end of a process of a joinable run: its session added to run.json; if it is the last
+    of the run in the folder, metadata.json, the grids and report.html from every record. True if
+    it wrote the report."""
+    from .report import write_report
+
+    session = {"started": session.pop("started"), **provenance(), "worker": worker_id(), **session}
+
+    def note() -> None:  # under the folder's gate: one process rewrites run.json at a time
+        run_file = folder.read_json(ctx.out / folder.RUN_FILE)
+        if folder.is_plan(run_file):
+            run_file["sessions"] = [*run_file.get("sessions", []), session]
+            folder.write_json(ctx.out / folder.RUN_FILE, run_file, durable=False)
+
+    assert ctx.folder_lock is not None
+    if not ctx.folder_lock.leave(note):
+        ctx.echo("other processes of this run are still at work: the last one to finish writes the report")
+        return False
+    write_report(ctx.out, thumbnails, held.plot_workers)
+    return True
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -452,6 +497,7 @@ def _run_folder(ctx: RunContext, started: float, shared_procs: bool) -> Summary:
         ctx.echo(f"{len(ctx.spec.cells)} cells: {len(done)} already done, {len(pending)} to run"
                  + (f" on {procs.count} processes" if procs.count > 1 else ""))
     loaded, held = Models(), Held()
+    main, reported = procs.main, True  # the process that prints the summary; whether it wrote the report
     failed: list[str] = []
     generated = 0
     thumbnails: dict = {}
@@ -465,7 +511,14 @@ def _run_folder(ctx: RunContext, started: float, shared_procs: bool) -> Summary:
             session = {"process": procs.index, "seconds": round(time.perf_counter() - started, 3),
                        "cells_run": ctx.cells_done, "pictures_generated": generated, "failed": failed,
                        "stages": ctx.timings}
-            if procs.count == 1 or ok:  # a process that failed alone: the launcher stops the others
+            if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joinable: the last one out reports
+                try:
+                    reported = close_joined(ctx, {"started": started_at, **session, "metric_notes": loaded.notes}, held,
+                                        thumbnails)
+                except OSError as e:  # the folder took no more writes: the run's own error says so
+                    if ok or folder.write_error(e, ctx.out) is None:
+                        raise
+            elif procs.count == 1 or ok:  # a process that failed alone: the launcher stops the others
                 sessions = procs.gather(session)
                 generated, failed = sum(x["pictures_generated"] for x in sessions), [f for x in sessions
                                                                                      for f in x["failed"]]
@@ -483,7 +536,7 @@ def _run_folder(ctx: RunContext, started: float, shared_procs: bool) -> Summary:
         finally:
             held.close()
             loaded.release(ctx)
-    return Summary(ctx.out, len(ctx.spec.cells), len(done), generated, failed, main=procs.main,
+    return Summary(ctx.out, len(ctx.spec.cells), len(done), generated, failed, main=main, reported=reported,
                    stages=dict(ctx.timings))
 
 
