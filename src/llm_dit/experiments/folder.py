@@ -282,14 +282,12 @@ def finished(out: Path, name: str, cell_key: str) -> dict | None:
     return rec if png_opens(out / rec["file"]) else None
 
 
-def settled(out: Path, name: str, cell_key: str, since: float) -> bool:
-    """Whether the cell ``name`` has its record of this run: finished, or failed at or after
-    ``since`` (seconds since the epoch: a failure older than that is retried, as on a resume)."""
-    if finished(out, name, cell_key):
-        return True
+def failed_since(out: Path, name: str, cell_key: str, since: float) -> bool:
+    """Whether the cell ``name`` has a failure record of this run written at or after ``since``
+    (seconds since the epoch: a failure older than that is retried, as on a resume)."""
     path = record_path(out, name)
     rec = read_json(path)
-    if not whole(rec, name) or rec.get("cell_key") != cell_key:
+    if not whole(rec, name) or rec["success"] or rec.get("cell_key") != cell_key:
         return False
     try:
         return path.stat().st_mtime >= since

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import FolderBusy, InputError
+from .claims import CLAIMS_DIR
 
 LOCK_FILE = ".lock"
 GATE_FILE = ".lock.gate"
@@ -279,5 +280,6 @@ def holder(out: Path) -> Holder | None:
 
 
 def is_ours(name: str) -> bool:
-    """Files a run folder may hold before its plan is written: the lock, temporary files."""
-    return name in (LOCK_FILE, GATE_FILE) or (name.startswith(".") and name.endswith(".tmp"))
+    """Files a run folder may hold before its plan is written: the lock and its gate, the claims
+    folder, temporary files."""
+    return name in (LOCK_FILE, GATE_FILE, CLAIMS_DIR) or (name.startswith(".") and name.endswith(".tmp"))

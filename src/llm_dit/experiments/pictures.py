@@ -153,8 +153,7 @@ class PictureStage:
                 yield job
 
     def _settled(self, job: Job) -> bool:
-        ctx = self.ctx
-        return all(folder.settled(ctx.out, c.name, ctx.keys[c.name], ctx.since) for c in job.cells)
+        return all(self.ctx.settled(c.name) for c in job.cells)
 
     def _settle(self, done: dict[str, dict], bar, finisher: ThreadPoolExecutor) -> list[Future]:
         """Wait for the jobs other processes held (:attr:`elsewhere`) to be settled, making each whose

@@ -151,9 +151,22 @@ class RunContext:
 
     def finished(self) -> dict[str, dict]:
         """Records of the cells finished under this run's keys (read from the folder)."""
-        return {c.name: rec for c in self.spec.cells if (rec := folder.finished(self.out, c.name, self.keys[c.name]))
-                and (not self.spec.save_embeddings
-                     or (self.out / "embeddings" / f"{c.name}.safetensors").is_file())}
+        return {c.name: rec for c in self.spec.cells if (rec := self.finished_cell(c.name))}
+
+    def finished_cell(self, name: str) -> dict | None:
+        """The record of cell ``name`` if it is finished under this run's key (with its embeddings
+        when the run saves them), else None."""
+        rec = folder.finished(self.out, name, self.keys[name])
+        if rec is None or (self.spec.save_embeddings
+                           and not (self.out / "embeddings" / f"{name}.safetensors").is_file()):
+            return None
+        return rec
+
+    def settled(self, name: str) -> bool:
+        """Whether cell ``name`` needs no more work in this session: finished, or failed since this
+        process started (by another process of a joined run; an older failure is retried)."""
+        return self.finished_cell(name) is not None or folder.failed_since(self.out, name, self.keys[name],
+                                                                           self.since)
 
 
 @dataclass
@@ -322,7 +335,7 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
 
     procs, config = ctx.procs, ctx.config
     if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joined: what others finished meanwhile
-        pending = [c for c in pending if not folder.settled(ctx.out, c.name, ctx.keys[c.name], ctx.since)]
+        pending = [c for c in pending if not ctx.settled(c.name)]
         if not pending:
             return 0, [], {}
     needs_captions = sorted({c.caption for c in pending if c.caption is not None})
