@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from run_args import PROMPT, SMALL, check_complete
 
-from llm_dit.cli import main
-
 #: ``python -c _WORKER FLAGS HOLD_AT ARGS...``: ``llm-dit ARGS``; with HOLD_AT = k > 0, the k-th
 #: picture is never made: the process writes FLAGS/held-PID and sleeps there (it is then killed).
 #: Every process waits for FLAGS/start first, so they begin together.
@@ -64,9 +62,13 @@ def finish(tmp: Path, host: str, proc: subprocess.Popen) -> str:
 
 @pytest.fixture(scope="module")
 def one_process(refs, tmp_path_factory):
-    """The oracle: the same sweep made by one process alone."""
-    out = tmp_path_factory.mktemp("one") / "run"
-    assert main(sweep_args(refs, out)) == 0
+    """The oracle: the same sweep made by one process alone, started as the workers are (the same
+    threads: the CPU's sums depend on how many share them)."""
+    tmp = tmp_path_factory.mktemp("one")
+    (tmp / "flags").mkdir()
+    (tmp / "flags" / "start").touch()
+    out = tmp / "run"
+    finish(tmp, "solo", start(tmp, "solo", sweep_args(refs, out)))
     return out
 
 

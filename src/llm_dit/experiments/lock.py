@@ -202,7 +202,11 @@ def enter(out: Path, run_key: str, run: str, prepare: Callable[[], None]) -> Fol
                             run_key, run)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(asdict(me)).encode("utf-8"), 0)
-                prepare()
+                try:
+                    prepare()
+                except BaseException:  # refused (a folder of another run, say): it names no holder
+                    os.ftruncate(fd, 0)
+                    raise
             # shared from here: the run's other processes may join; under the gate none enters meanwhile
             fcntl.flock(fd, fcntl.LOCK_SH)
         except BaseException:
