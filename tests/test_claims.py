@@ -129,3 +129,10 @@ def test_cell_names_with_dots_and_digits_round_trip(tmp_path, name):
     assert not other.claim(name)
     c.release(name)
     assert other.claim(name)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b"])
+def test_a_claim_name_that_would_leave_the_claims_folder_is_refused(tmp_path, name):
+    with pytest.raises(ValueError, match="a claim's name is a file name"):
+        CellClaims(tmp_path / "run").claim(name)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "run").exists()

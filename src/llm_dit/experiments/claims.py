@@ -49,15 +49,19 @@ class Claim:
         return self.age > lease_s or self._holder_ended()
 
     def _holder_ended(self) -> bool:
-        if self.holder.get("host") != host_name() or not isinstance(self.holder.get("pid"), int):
-            return False
-        try:
-            os.kill(self.holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # another user's process: alive
-            return False
+        pid = self.holder.get("pid")
+        return self.holder.get("host") == host_name() and isinstance(pid, int) and pid_ended(pid)
+
+
+def pid_ended(pid: int) -> bool:
+    """Whether process ``pid`` of this host has ended."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: alive
         return False
+    return False
 
 
 def host_name() -> str:
@@ -125,6 +129,8 @@ class CellClaims:
     def claim(self, name: str) -> bool:
         """Take cell ``name``: True if this process now holds it (new, or taken over from an expired
         lease), False if a live lease of another process holds it."""
+        if not name or "/" in name or os.sep in name or name in (".", ".."):  # stays inside the claims folder
+            raise ValueError(f"a claim's name is a file name, not {name!r}")
         with self._mutex:
             if name in self.held:
                 return True

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import FolderBusy, InputError
-from .claims import CLAIMS_DIR
+from .claims import CLAIMS_DIR, pid_ended
 
 LOCK_FILE = ".lock"
 GATE_FILE = ".lock.gate"
@@ -75,15 +75,7 @@ class Holder:
     def gone(self) -> bool:
         """Whether this process is known to have ended (a stale name left by a killed process, read
         while something else held the lock for an instant: :func:`holder`)."""
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # another user's process: alive
-            return False
-        return False
+        return self.host == socket.gethostname() and pid_ended(self.pid)
 
 
 class FolderLock:

@@ -140,6 +140,11 @@ class RunContext:
     def config(self) -> Config:
         return self.prepared.config
 
+    @property
+    def joined(self) -> bool:
+        """Whether other processes of the same run may work in the folder beside this one."""
+        return self.folder_lock is not None and self.folder_lock.shared
+
     def time(self, stage: str, t0: float) -> None:
         """Add the seconds since ``t0`` to ``stage``."""
         self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - t0, 3)
@@ -334,7 +339,7 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
     from .pictures import PictureStage
 
     procs, config = ctx.procs, ctx.config
-    if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joined: what others finished meanwhile
+    if ctx.joined:  # joined: what others finished meanwhile
         pending = [c for c in pending if not ctx.settled(c.name)]
         if not pending:
             return 0, [], {}
@@ -389,7 +394,7 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
                                                      and j.key not in aliases], backend))
 
     # 4. pictures: baselines first (every other picture is compared with its baseline)
-    if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joinable: claim each picture before making it
+    if ctx.joined:  # joinable: claim each picture before making it
         ctx.claims = CellClaims(ctx.out).start()
     try:
         return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))
@@ -524,7 +529,7 @@ def _run_folder(ctx: RunContext, started: float, shared_procs: bool) -> Summary:
             session = {"process": procs.index, "seconds": round(time.perf_counter() - started, 3),
                        "cells_run": ctx.cells_done, "pictures_generated": generated, "failed": failed,
                        "stages": ctx.timings}
-            if ctx.folder_lock is not None and ctx.folder_lock.shared:  # joinable: the last one out reports
+            if ctx.joined:  # joinable: the last one out reports
                 try:
                     reported = close_joined(ctx, {"started": started_at, **session, "metric_notes": loaded.notes}, held,
                                         thumbnails)
