@@ -123,12 +123,13 @@ def test_a_host_killed_mid_cell_leaves_its_cell_to_another(refs, tmp_path, one_p
     assert claimed  # the picture being made (and the next batch, blended beside it)
     a.send_signal(signal.SIGKILL)
     assert a.wait(timeout=60) == -signal.SIGKILL
+    made_by_a = len(list((out / "cells").glob("*.json")))  # its first picture, if finished before the kill
+    assert made_by_a <= 1
     b = start(tmp_path, "hostB", sweep_args(refs, out), lease=lease)  # another host: only the lease tells
     stdout = finish(tmp_path, "hostB", b)
     n = same_as_one_process(out, one_process)
     assert f"report: {out / 'report.html'}" in stdout
     sessions = json.loads((out / "run.json").read_text())["sessions"]
     assert [s["worker"].split(":")[0] for s in sessions] == ["hostB"]  # hostA, killed, left no account
-    made_by_a = 1  # its first picture, finished before the kill
     assert sessions[0]["pictures_generated"] == n - made_by_a
     assert not list((out / ".claims").iterdir())

@@ -45,6 +45,7 @@ class PictureStage:
         self.aliases: dict[str, dict] = {}
         self.extractions: dict = {}
         self.elsewhere: list[Job] = []  # joined runs: jobs another process held when this one came to them
+        self.baseline_jobs: dict[str, Job] = {}  # generation key -> the pending pure-text job
 
     def run(self, pending: Pending) -> tuple[int, list[str], dict]:
         """Every picture of ``pending`` under a progress bar over cells: ``(generated, failed cells,
@@ -52,6 +53,7 @@ class PictureStage:
         from tqdm.auto import tqdm
 
         self.aliases, self.extractions = pending.aliases, pending.extractions
+        self.baseline_jobs = {j.key: j for j in pending.baselines}
         jobs = pending.baselines + pending.others
         bar = tqdm(total=sum(len(j.cells) for j in jobs), desc="cells", unit="cell", file=sys.stderr,
                    disable=not self.ctx.progress or not self.ctx.procs.main, dynamic_ncols=True)
@@ -68,24 +70,21 @@ class PictureStage:
         record, statistics: CPU work that would otherwise add a third to each picture's time at
         1024 x 1024); a second one writes each PNG meanwhile (zlib leaves the interpreter lock free),
         which shortens what is left to do after the last picture. Cells are finished in order, all of
-        them before this returns. Under several processes every process's baselines are on disk
-        before any other picture is scored."""
+        them before this returns. In a joined run a picture whose baseline another process is still
+        making is made at once; only its scoring waits for that baseline (:meth:`_baseline`)."""
         with (ThreadPoolExecutor(1, "llm-dit-cells", initializer=confining()) as finisher,
               ThreadPoolExecutor(1, "llm-dit-png", initializer=confining()) as self.writer):
             try:
-                if self.ctx.procs.count > 1:
+                if self.ctx.claims is not None:  # joined: each job claimed first; then those others held
+                    finishing = self._generate(baselines + others, done, bar, finisher)
+                    finishing += self._settle(done, bar, finisher)
+                elif self.ctx.procs.count > 1:  # trials' processes: a share each, every baseline on disk first
                     finishing = self._generate(baselines, done, bar, finisher)
                     for f in finishing:
                         f.result()
                     self.ctx.procs.wait()
                     done = self.ctx.finished()
                     finishing += self._generate(others, done, bar, finisher)
-                elif self.ctx.claims is not None:  # joined: baselines, then the rest, each job claimed first
-                    finishing = self._generate(baselines, done, bar, finisher)
-                    finishing += self._settle(done, bar, finisher)  # every baseline on disk (or failed)
-                    done = self.ctx.finished()  # the baselines other processes made, for scoring
-                    finishing += self._generate(others, done, bar, finisher)
-                    finishing += self._settle(done, bar, finisher)
                 else:  # in one pass: the first blend of the rest is not queued behind the baselines' finishing
                     finishing = self._generate(baselines + others, done, bar, finisher)
                 waited = time.perf_counter()
@@ -208,9 +207,7 @@ class PictureStage:
                                "generation_time": timings["generate"]}
                 records.save_stats(ctx.out, job, cond, alphas[0], ctx.spec.save_embeddings)
                 ref = ctx.prepared.references[0] if ctx.prepared.references else None
-                base = None if job.is_text else self.baselines.get(text_key(job.prompt, job.config))
-                if isinstance(base, Path):
-                    base = self.baselines[text_key(job.prompt, job.config)] = load_image(base, "a baseline")
+                base = None if job.is_text else self._baseline(text_key(job.prompt, job.config))
                 # on the CPU: on the GPU each copy and result would wait for every kernel the main
                 # thread has queued since (measured: a cell's finishing then took a whole picture's
                 # time, and the next blend, queued behind it, left the GPU idle)
@@ -248,6 +245,28 @@ class PictureStage:
                 bar.write(f"{cell.name}: FAILED: {msg}", file=sys.stderr)
                 ctx.cell_done(bar.total, cell.name)
             return 0, [c.name for c in job.cells]
+
+    def _baseline(self, key: str) -> Any:
+        """The pure-text picture of generation key ``key`` (what a job of that prompt and settings is
+        scored against), or None when the run has none, or it failed. In a joined run, a baseline
+        another process holds is waited for here, on the finishing thread, while the GPU goes on
+        with the next pictures; if that process dies, this one's main thread makes the baseline
+        once the claim expires (:meth:`_settle`), and the wait ends there too."""
+        from .claims import POLL_S
+
+        job = self.baseline_jobs.get(key)
+        while key not in self.baselines and self.ctx.claims is not None and job is not None:
+            if not self._settled(job):
+                time.sleep(POLL_S)
+                continue
+            rec = next((r for c in job.cells if (r := self.ctx.finished_cell(c.name))), None)
+            if rec is None:  # failed: the pictures of its prompt are scored without it
+                return None
+            self.baselines.setdefault(key, self.ctx.out / rec["file"])
+        base = self.baselines.get(key)
+        if isinstance(base, Path):
+            base = self.baselines[key] = load_image(base, "a baseline")
+        return base
 
     def _batches(self, jobs: list[Job]):
         """Consecutive jobs with the same generation settings, up to ``runtime.batch_size`` at a time

@@ -20,10 +20,14 @@ The stages, in the order they run (each a function below over one :class:`RunCon
        records
 
 Same seed for every cell (a CPU generator), so cells differ only by what the experiment varies.
-Under a launcher (``accelerate launch``, ``torchrun``; :mod:`processes`) every process plans the same
-cells, takes its share of the pictures (baselines, then the rest, each split evenly; a barrier
-between the two so that every picture is scored against its baseline), and the first process
-holds the folder's lock, and writes run.json's session and the report once all are done.
+
+Several processes of one run (``if_busy="join"``: the same command started again on this host or
+another sharing the folder, under a launcher such as ``accelerate launch`` or ``torchrun``, or by
+``llm-dit sweep --workers N``) each plan every cell and pull them from the folder: each process
+claims a picture before making it (:mod:`claims`), captions too; the first one in prepares the
+folder and the last one out writes the report (:func:`~lock.enter`). No process waits for another
+but to score a picture against a baseline that another is still making. Trials' processes (runs in
+a row under one launcher) still split each run's pictures evenly, with a barrier after the baselines.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class RunContext:
     on_step: OnStep | None = None
     on_cell: OnCell | None = None
     if_busy: lock.IfBusy = "refuse"  # another process writes the same run in the folder: refuse, wait or join
+    split: bool = False  # trials under a launcher: the processes split the cells (they do not join)
     folder_lock: lock.FolderLock | None = None  # the folder's lock (the first process, from open_folder to the end)
     claims: CellClaims | None = None  # joined runs: this process's claims on the cells it makes
     since: float = field(default_factory=time.time)  # this process's start (a failure since then is settled)
@@ -233,15 +238,16 @@ def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]
             if not (ctx.out / folder.reference_name(i)).exists():  # same run key: same reference bytes
                 save_png(im, ctx.out / folder.reference_name(i))
 
-    if ctx.procs.main:
+    if ctx.if_busy == "join" and not ctx.split:  # every process: others of the same run may work beside it
         folder.check_out(ctx.out)  # a folder that is not ours: refused before the lock file is made in it
-        if ctx.if_busy == "join" and ctx.procs.count == 1:  # others of the same run may work beside it
-            ctx.folder_lock = lock.enter(ctx.out, key, ctx.spec.name, prepare)
-            if run_file is None:
-                ctx.echo(f"joining the processes of the same run in {ctx.out}: each takes the next cell none holds")
-        else:
-            ctx.folder_lock = lock.take(ctx.out, key, ctx.spec.name, ctx.if_busy, ctx.echo)  # before any write
-            prepare()
+        ctx.folder_lock = lock.enter(ctx.out, key, ctx.spec.name, prepare)
+        if run_file is None and ctx.procs.count == 1:  # (a launcher's processes join each other: no news)
+            ctx.echo(f"joining the processes of the same run in {ctx.out}: each takes the next cell none holds")
+        return run_file, ctx.finished()
+    if ctx.procs.main:
+        folder.check_out(ctx.out)
+        ctx.folder_lock = lock.take(ctx.out, key, ctx.spec.name, ctx.if_busy, ctx.echo)  # before any write
+        prepare()
     ctx.procs.wait()
     return run_file, ctx.finished()
 
@@ -269,6 +275,32 @@ def make_captions(ctx: RunContext, models: Models, lengths: list[int]) -> dict[i
         ctx.time("caption", t0)
         ctx.echo(f"caption of {meta['tokens']} tokens (target {n}) -> {path.relative_to(ctx.out)}")
         out[n] = text
+    return out
+
+
+def pull_captions(ctx: RunContext, models: Models, lengths: list[int]) -> dict[int, str]:
+    """:func:`make_captions` for a joined run: each caption made by the process that claims it
+    (Qwen3-VL loaded then), read from the folder by the others once written, so every cell of the
+    run is conditioned on the same text."""
+    from .claims import POLL_S
+
+    claims = ctx.claims
+    assert claims is not None  # joined runs only
+    out: dict[int, str] = {}
+    for n in lengths:
+        path = folder.caption_path(ctx.out, n)
+        while n not in out:
+            if path.is_file():
+                out.update(make_captions(ctx, models, [n]))  # read
+            elif claims.claim(f"caption-{n}"):
+                try:
+                    if not path.is_file() and models.vl is None:  # not written meanwhile: this one makes it
+                        models.load_vl(ctx)
+                    out.update(make_captions(ctx, models, [n]))
+                finally:
+                    claims.release(f"caption-{n}")
+            else:  # another process is writing it
+                time.sleep(POLL_S)
     return out
 
 
@@ -336,36 +368,52 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
                 done: dict[str, dict]) -> tuple[int, list[str], dict]:
     """Stages 2 to 4 for ``pending`` cells: ``(pictures generated, failed cells, grid thumbnails by
     cell name)``. ``held`` gets what must be closed when the run ends."""
+    if not ctx.joined:
+        return _run_pending(ctx, models, held, pending, done)
+    pending = [c for c in pending if not ctx.settled(c.name)]  # what others finished meanwhile
+    if not pending:
+        return 0, [], {}
+    ctx.claims = CellClaims(ctx.out).start()  # a caption or a picture is claimed before it is made
+    try:
+        return _run_pending(ctx, models, held, pending, done)
+    finally:
+        ctx.claims.stop()
+
+
+def _run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell],
+                 done: dict[str, dict]) -> tuple[int, list[str], dict]:
     from .pictures import PictureStage
 
     procs, config = ctx.procs, ctx.config
-    if ctx.joined:  # joined: what others finished meanwhile
-        pending = [c for c in pending if not ctx.settled(c.name)]
-        if not pending:
-            return 0, [], {}
     needs_captions = sorted({c.caption for c in pending if c.caption is not None})
-    resolved = {c.name: ctx.prepared.resolved[c.name] for c in pending}
     makes_captions = bool(needs_captions) and ctx.spec.caption is None and any(
         not folder.caption_path(ctx.out, n).is_file() for n in needs_captions)
-    any_vl = any(effective_recipe(r).backend == "vl" for r in resolved.values())
-    # decided for the whole run, so every cell gets the same metrics whichever process makes it
-    vqa = config.metrics.vqa == "on" or (config.metrics.vqa == "auto" and (makes_captions or any_vl)
+    # decided from every cell of the run, so every cell gets the same metrics whichever process (or
+    # session) makes it
+    uses_vl = (any(c.caption is not None for c in ctx.spec.cells) and ctx.spec.caption is None) or any(
+        effective_recipe(r).backend == "vl" for r in ctx.prepared.resolved.values())
+    vqa = config.metrics.vqa == "on" or (config.metrics.vqa == "auto" and uses_vl
                                          and not config.runtime.offload.startswith("group_"))
 
-    # 2. Qwen3-VL: captions (one process makes them, the others read them), then extractions
-    if makes_captions and procs.main:
-        models.load_vl(ctx)
-    captions = make_captions(ctx, models, needs_captions) if procs.main else {}
-    procs.wait()
-    if not procs.main:
-        captions = make_captions(ctx, models, needs_captions)
+    # 2. Qwen3-VL: captions (one process makes each, the others read it), then extractions
+    if ctx.claims is not None:
+        captions = pull_captions(ctx, models, needs_captions)
+    else:
+        if makes_captions and procs.main:
+            models.load_vl(ctx)
+        captions = make_captions(ctx, models, needs_captions) if procs.main else {}
+        procs.wait()
+        if not procs.main:
+            captions = make_captions(ctx, models, needs_captions)
     jobs = plan_jobs(pending, ctx.prepared, captions)
     aliases: dict[str, dict] = {}  # jobs already pictured by a finished cell: copy, do not generate
     for rec in done.values():
         aliases.setdefault(rec.get("generation_key", ""), rec)
-    # this process's share: baselines (pure text) and then the rest, each split evenly
-    baselines = procs.share([j for j in jobs if j.is_text])
-    others = procs.share([j for j in jobs if not j.is_text])
+    # baselines (pure text) first, then the rest: every job when the processes pull them, else
+    # (trials' processes) this process's share of each, split evenly
+    share = (lambda js: js) if ctx.claims is not None else procs.share
+    baselines = share([j for j in jobs if j.is_text])
+    others = share([j for j in jobs if not j.is_text])
     mine = baselines + others
     to_extract = [j for j in mine if j.recipe.backend == "vl" and j.key not in aliases]
     if models.vl is None and (to_extract or (vqa and mine)):
@@ -394,13 +442,7 @@ def run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell]
                                                      and j.key not in aliases], backend))
 
     # 4. pictures: baselines first (every other picture is compared with its baseline)
-    if ctx.joined:  # joinable: claim each picture before making it
-        ctx.claims = CellClaims(ctx.out).start()
-    try:
-        return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))
-    finally:
-        if ctx.claims is not None:
-            ctx.claims.stop()
+    return PictureStage(ctx, models).run(Pending(baselines, others, extractions, aliases, done))
 
 
 # -- 5. closing ----------------------------------------------------------------------------------
@@ -493,7 +535,7 @@ def _run(prepared: PreparedRun, out: Path, echo: Echo | None, progress: bool, mo
         if ":" in prepared.config.runtime.device:
             prepared = _replace_config(prepared, prepared.config.replace(**{"runtime.device": "cuda"}))
     ctx = RunContext(prepared, out, ModelPool(keep="all") if models is None else models, models is None,
-                     procs, echo or log.info, progress, on_step, on_cell, if_busy)
+                     procs, echo or log.info, progress, on_step, on_cell, if_busy, split=shared_procs)
     try:
         return _run_folder(ctx, started, shared_procs)
     finally:
