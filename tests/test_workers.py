@@ -133,3 +133,86 @@ def test_a_host_killed_mid_cell_leaves_its_cell_to_another(refs, tmp_path, one_p
     assert [s["worker"].split(":")[0] for s in sessions] == ["hostB"]  # hostA, killed, left no account
     assert sessions[0]["pictures_generated"] == n - made_by_a
     assert not list((out / ".claims").iterdir())
+
+
+def run_workers(tmp: Path, args: list[str], **kw) -> subprocess.Popen:
+    """``llm-dit ARGS`` as a user types it (the console entry point's ``python -m llm_dit``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "llm_dit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, **kw)
+
+
+def test_workers_flag_starts_processes_that_make_every_cell_once(refs, tmp_path, one_process):
+    out = tmp_path / "run"
+    proc = run_workers(tmp_path, [*sweep_args(refs, out), "--workers", "3"])
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert "starting 3 workers on the CPU (no GPU is visible)" in stderr
+    # one summary, the workers' added up, and the report that the last of them wrote
+    assert stdout.count("picture(s) generated") == 1, stdout
+    assert "13 cells: 0 already done, 13 picture(s) generated, 0 failed" in stdout
+    assert stdout.rstrip().endswith(f"report: {out / 'report.html'}")
+    same_as_one_process(out, one_process)
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert len(sessions) == 3 and len({s["worker"] for s in sessions}) == 3
+    assert sum(s["pictures_generated"] for s in sessions) == 13
+    assert not list((out / ".claims").iterdir())
+
+
+@pytest.mark.parametrize("workers, says", [
+    ("0", "--workers takes a number of processes (1 or more) or 'auto', not '0'"),
+    ("two", "--workers takes a number of processes (1 or more) or 'auto', not 'two'"),
+])
+def test_workers_flag_refuses_a_count_that_is_not_one(refs, tmp_path, capsys, workers, says):
+    from llm_dit.cli import main
+
+    out = tmp_path / "run"
+    assert main([*sweep_args(refs, out), "--workers", workers]) == 2
+    assert capsys.readouterr().err.strip() == f"llm-dit: error: {says}"
+    assert not out.exists()
+
+
+def test_workers_flag_checks_the_command_once_before_starting_any(refs, tmp_path, capsys):
+    from llm_dit.cli import main
+
+    out = tmp_path / "run"
+    assert main([*sweep_args(refs, out), "--workers", "2", "--image", str(tmp_path / "missing.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("llm-dit: error:") == 1 and "missing.png" in err and "starting" not in err
+    assert not out.exists()
+
+
+def test_workers_flag_does_not_go_with_trials(refs, tmp_path, capsys):
+    from llm_dit.cli import main
+
+    out = tmp_path / "run"
+    assert main(["sweep", "--images", *refs, "--prompt", PROMPT, "--alphas", "0.3,0.6", "--out", str(out), *SMALL,
+                 "--workers", "2"]) == 2
+    assert "--workers runs the cells of one run" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.reliability("faults", "Ctrl-C to `sweep --workers 2` (the parent alone, as a terminal sends it)",
+                         "each worker stops and writes its session, exit 130, no worker left running; the same "
+                         "command finishes the run with one process's pictures")
+def test_a_ctrl_c_to_the_workers_parent_stops_every_worker_and_the_run_resumes(refs, tmp_path, one_process):
+    out = tmp_path / "run"
+    args = [*sweep_args(refs, out), "--workers", "2"]
+    proc = run_workers(tmp_path, args)
+    end = time.monotonic() + 300
+    while not (out / "cells").is_dir() or not list((out / "cells").glob("*.json")):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # to the parent only: the workers run in their own process group
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.rstrip().endswith("llm-dit: interrupted")
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert len(sessions) == 2  # both workers stopped through their finally blocks
+    assert not list((out / ".claims").iterdir())
+    done = sum(s["cells_run"] for s in sessions)
+    proc = run_workers(tmp_path, args)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"13 cells: {done} already done, {13 - done} picture(s) generated" in stdout
+    same_as_one_process(out, one_process)

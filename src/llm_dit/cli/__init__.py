@@ -162,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code. A Ctrl-C ends it with ``llm-dit: interrupted`` and 130 (in
     the command line at any moment, from the package's first line on: :mod:`llm_dit.interrupt`)."""
     try:
-        argv, level = logs.split_verbosity(sys.argv[1:] if argv is None else list(argv))
+        given = sys.argv[1:] if argv is None else list(argv)
+        argv, level = logs.split_verbosity(given)
         undo_logging = logs.setup(level)
         try:
-            return _main(argv)
+            return _main(argv, given)
         finally:
             undo_logging()
     except KeyboardInterrupt:  # outside _main's own try: setting up, or undoing, the logging
@@ -173,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         return interrupt.EXIT_CODE
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], given: list[str]) -> int:
     debug = "--debug" in argv
     args = None
     try:
         args = build_parser().parse_args(argv)
+        args.argv = given  # the command as given (verbosity flags too): what --workers starts again
         if args.command not in _NO_MODELS:  # importing diffusers for `llm-dit config` would cost seconds
             logs.quiet_libraries()
         return args.func(args)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..conditioning.recipe import FILE_FIELDS, Recipe, Reference
 from ..config import MetricsConfig
 from ..errors import InputError
+from ..experiments.workers import summary_line, worker_index
 from ..interrupt import unwinding
 from ..limits import MAX_NEW_TOKENS
 from .common import add_config_flags, add_generation_flags, config, count, number, one_of
@@ -55,6 +56,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--siglip", dest="metrics.siglip", metavar="DIR", help="a local SigLIP folder: image-prompt score")
     p.add_argument("--vl-model", dest="models.vl", metavar="ID_OR_PATH", help="Qwen3-VL hub id or local folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="start N processes of this command, one per visible GPU ('auto': one per GPU), "
+                        "each taking the next cell none holds")
     add_generation_flags(p)
     add_config_flags(p)
 
@@ -146,6 +150,9 @@ def _trials(args, cfg, image_sets: list[list[str]], make: SpecMaker) -> int | No
     for trial in plan_trials(firsts, seeds):
         images = image_sets[firsts.index(trial.image)]
         trials.append((trial, *make(images, cfg.replace(**{"generation.seed": trial.seed}))))
+    if args.workers is not None and worker_index() is None:
+        raise InputError("--workers runs the cells of one run; trials (--images, --seeds) run under a launcher "
+                         "instead (accelerate launch, torchrun: docs/cli.md)")
     with unwinding():  # as in _run
         summary = run_trials(trials, args.out, echo=log.info, progress=not args.no_progress, if_busy="wait")
     return _report(summary, args)
@@ -168,13 +175,50 @@ def _image_sets(args, images_per_set: int) -> list[list[str]]:
 def _run(spec, cfg, args) -> int:
     from ..experiments.runner import run
 
+    if args.workers is not None and worker_index() is None:
+        done = _workers(spec, cfg, args)
+        if done is not None:
+            return done
+    worker = worker_index()
     # the same run already being written into --out (the same command started twice, on this host or
     # another sharing the folder): join it, each process taking the next cell none holds; another run
     # there is refused (experiments/lock.py). A Ctrl-C stops the run through its finally blocks: its
     # session (and, from the last process of the run, the report) is written
     with unwinding():
-        summary = run(spec, cfg, args.out, echo=log.info, progress=not args.no_progress, if_busy="join")
+        first = worker is None or worker[0] == 0  # the other workers of --workers say only what they made
+        summary = run(spec, cfg, args.out, echo=log.info if first else log.debug, if_busy="join",
+                      progress=not args.no_progress and first)
+    if worker is not None:  # a worker of --workers: its parent adds the summaries up and reports
+        print(summary_line(summary))
+        return 1 if summary.failed else 0
     return _report(summary, args)
+
+
+def _workers(spec, cfg, args) -> int | None:
+    """``--workers N``: the command started N times, one process per visible GPU, joining one run
+    (experiments/workers.py); None when that is one process (this one runs it)."""
+    from ..experiments import workers
+    from ..experiments.plan import Summary
+    from ..experiments.runner import prepare_run
+
+    gpus = workers.visible_gpus()
+    n = workers.worker_count(args.workers, gpus)
+    prepare_run(spec, cfg)  # bad input: one sentence here, not one from every worker
+    if n == 1:
+        return None
+    where = f"one per GPU ({','.join(gpus[:n])})" if gpus else "on the CPU (no GPU is visible)"
+    log.info(f"starting {n} workers {where}; each takes the next cell none holds")
+    started = workers.start(args.argv, n, gpus)
+    with unwinding():  # a Ctrl-C is passed on to the workers, which write their sessions as they stop
+        workers.wait(started)
+
+    def report(summaries: list[dict]) -> int:
+        return _report(Summary(Path(args.out), summaries[0]["total"], min(s["skipped"] for s in summaries),
+                               sum(s["generated"] for s in summaries),
+                               sorted({f for s in summaries for f in s["failed"]}),
+                               reported=any(s["reported"] for s in summaries)), args)
+
+    return workers.exit_code(started, report)
 
 
 def _report(summary, args) -> int:

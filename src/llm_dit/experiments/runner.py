@@ -53,6 +53,7 @@ from .cells import Cell, check_unique, effective_recipe
 from .claims import CellClaims, worker_id
 from .plan import Job, PreparedRun, RunSpec, Summary, cell_key, merge_requests, plan_jobs, run_key
 from .processes import Processes
+from .workers import worker_index
 
 if TYPE_CHECKING:
     from ..conditioning.recipe import Recipe
@@ -241,7 +242,8 @@ def open_folder(ctx: RunContext, key: str) -> tuple[dict | None, dict[str, dict]
     if ctx.if_busy == "join" and not ctx.split:  # every process: others of the same run may work beside it
         folder.check_out(ctx.out)  # a folder that is not ours: refused before the lock file is made in it
         ctx.folder_lock = lock.enter(ctx.out, key, ctx.spec.name, prepare)
-        if run_file is None and ctx.procs.count == 1:  # (a launcher's processes join each other: no news)
+        if run_file is None and ctx.procs.count == 1 and worker_index() is None:  # (a launcher's, --workers'
+            # processes join each other: no news)
             ctx.echo(f"joining the processes of the same run in {ctx.out}: each takes the next cell none holds")
         return run_file, ctx.finished()
     if ctx.procs.main:
