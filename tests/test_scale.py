@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,8 +17,25 @@ from run_args import PROMPT, SMALL, check_complete
 
 from llm_dit.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from multi_gpu import kill_tree  # noqa: E402  (SIGKILL a launcher and every worker below it)
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their
+    own), as a power cut would."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def sweep_args(refs, out: Path, alphas: str = "0,0.3,0.6") -> list[str]:
