@@ -155,6 +155,7 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--gpus", default="1,2,4,8", help="the process counts to run (those beyond the visible GPUs "
                                                      "are left out; with --tiny, CPU processes)")
+    p.add_argument("--no-kill", action="store_true", help="leave out the run with a worker killed")
     args = p.parse_args()
     import torch
 
@@ -184,8 +185,10 @@ def main() -> None:
             one, fixed = made, fixed_cost(walls[n], start, out)
         diffs[n] = pixel_diff(one, made)
         assert sum(s["pictures_generated"] for s in sessions(out)) == n_cells  # every cell once
-    kill = killed_worker(args, work / "killed", alphas, layers, gpus, n_cells)
-    kill["pixel_diff"] = pixel_diff(one, pictures(work / "killed", n_cells))
+    kill: dict = {}
+    if not args.no_kill:
+        kill = killed_worker(args, work / "killed", alphas, layers, gpus, n_cells)
+        kill["pixel_diff"] = pixel_diff(one, pictures(work / "killed", n_cells))
     base = walls[counts[0]]
     bound = {n: round(base / (fixed["fixed"] + fixed["work"] / n), 2) for n in (1, 2, 4, 8)}
     rows = [[f"{n} worker(s)" + (" (CPU)" if args.tiny else ""), round(walls[n], 1), round(base / walls[n], 2),
