@@ -4,7 +4,7 @@
 #   bench/run_gpu.sh fp8      OUT   # benchmark 6 (about 5 minutes with the build)
 #   bench/run_gpu.sh pipeline OUT   # benchmarks 2, 3 and 5
 #   bench/run_gpu.sh memory   OUT   # benchmark 4 (a fresh process per profile), + a low_vram caption smoke run
-#   bench/run_gpu.sh multi    OUT   # multi-GPU (needs 2 GPUs)
+#   bench/run_gpu.sh multi    OUT   # sweeps at scale: 1 worker per GPU (every GPU of the host)
 # Each script writes OUT/NAME.json and OUT/NAME.md; logs go to OUT/NAME.log.
 set -uo pipefail
 group=${1:?usage: bench/run_gpu.sh single|fp8|pipeline|memory|multi OUT}
