@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 
 from ..errors import InputError
+from ..experiments import workers
+from ..experiments.workers import visible_gpus, worker_count, worker_index
 from ..limits import MAX_UPLOAD_MB
 from .common import config, number
 
@@ -28,6 +30,9 @@ def add_parser(sub) -> None:
                    help=f"request size limit (default 25, at most {MAX_UPLOAD_MB})")
     p.add_argument("--idle-unload", type=number(ge=0), default=900.0, metavar="SECONDS",
                    help="unload the models after this long without a job (default 900; 0 = never)")
+    p.add_argument("--gpus", metavar="N|auto",
+                   help="a warm pool: N processes, one per visible GPU ('auto': all), each keeping its models "
+                        "loaded; every sweep and experiment is spread over them")
     add_config_flags(p)
     p.set_defaults(func=cmd_serve)
 
@@ -69,6 +74,12 @@ def cmd_serve(args) -> int:
     runs = Path(args.runs)
     if runs.exists() and not runs.is_dir():
         raise InputError(f"--runs {runs} is a file, not a folder")
+    if worker_index() is not None:  # a helper of --gpus: no web server, it joins the server's runs
+        from ..web import helpers
+
+        return helpers.serve(runs.absolute(), args.idle_unload)
+    gpus = visible_gpus() if args.gpus else []
+    n = worker_count(args.gpus, gpus, "--gpus") if args.gpus else 1
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
         try:
             s.bind((args.host, args.port))
@@ -76,10 +87,18 @@ def cmd_serve(args) -> int:
             raise InputError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
     # bound to this machine without a token: only pages of this machine's own names may talk to it
     hosts = {"localhost", "127.0.0.1", "::1", args.host} if is_local(args.host) and not token else None
-    app = create_app(cfg, runs, token=token, max_upload=int(args.max_upload_mb * 2**20), idle_unload=args.idle_unload,
-                     hosts=hosts)
+    # the server's own process works on the first GPU; the helpers on the others (stopped with the app)
+    started = workers.start(args.argv, n, gpus, first=1) if n > 1 else []
+    try:
+        app = create_app(cfg, runs, token=token, max_upload=int(args.max_upload_mb * 2**20),
+                         idle_unload=args.idle_unload, hosts=hosts, helpers=started)
+    except BaseException:
+        workers.stop(started)
+        raise
     shown = "localhost" if is_local(args.host) else args.host
+    pool = "" if n == 1 else f"; {n} processes, " + (f"one per GPU ({','.join(gpus[:n])})" if gpus else
+                                                     "on the CPU (no GPU is visible)")
     print(f"llm-dit serve: http://{shown}:{args.port}/{'?token=' + token if token else ''} "
-          f"(profile {cfg.profile}, runs {runs.absolute()}); API at /docs; Ctrl-C stops", flush=True)
+          f"(profile {cfg.profile}, runs {runs.absolute()}{pool}); API at /docs; Ctrl-C stops", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -9,7 +9,7 @@ parent only starts them, passes their output on and reports when they are done:
   passed on prefixed ``[worker i]``, and their progress bars are off;
 * every worker's summary comes back on its stdout as one JSON line (:func:`summary_line`), and the
   parent adds them up;
-* the workers run in their own process group: a Ctrl-C reaches the parent alone, which passes one
+* the workers run in sessions of their own: a Ctrl-C reaches the parent alone, which passes one
   SIGINT to each (each writes its session as it stops) and waits for them; a SIGTERM (a scheduler
   ending the job) is passed on the same way.
 """
@@ -56,9 +56,9 @@ def visible_gpus() -> list[str]:
     return [n.strip() for n in names.split(",") if n.strip()][:count]
 
 
-def worker_count(asked: str, gpus: list[str]) -> int:
-    """How many workers ``--workers asked`` means: a number, or ``auto`` (one per visible GPU, or one
-    without a GPU); a number beyond the visible GPUs is refused in one sentence."""
+def worker_count(asked: str, gpus: list[str], flag: str = "--workers") -> int:
+    """How many workers ``--workers asked`` (or ``flag``) means: a number, or ``auto`` (one per
+    visible GPU, or one without a GPU); a number beyond the visible GPUs is refused in one sentence."""
     if asked == "auto":
         return max(1, len(gpus))
     try:
@@ -66,10 +66,10 @@ def worker_count(asked: str, gpus: list[str]) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise InputError(f"--workers takes a number of processes (1 or more) or 'auto', not {asked!r}")
+        raise InputError(f"{flag} takes a number of processes (1 or more) or 'auto', not {asked!r}")
     if gpus and n > len(gpus):
-        raise InputError(f"--workers {n} asks for one GPU per worker, and {len(gpus)} GPU(s) are visible "
-                         f"({','.join(gpus)}); give --workers {len(gpus)} or fewer, or 'auto'")
+        raise InputError(f"{flag} {n} asks for one GPU per worker, and {len(gpus)} GPU(s) are visible "
+                         f"({','.join(gpus)}); give {flag} {len(gpus)} or fewer, or 'auto'")
     return n
 
 
@@ -83,13 +83,14 @@ class Worker:
     readers: list[threading.Thread] = field(default_factory=list)
 
 
-def start(argv: list[str], n: int, gpus: list[str], err: IO[str] | None = None) -> list[Worker]:
-    """Start ``n`` workers of the command ``llm-dit argv`` (see the module docstring); ``err``:
-    where the other workers' prefixed lines go (this process's stderr by default)."""
+def start(argv: list[str], n: int, gpus: list[str], first: int = 0, err: IO[str] | None = None) -> list[Worker]:
+    """Start workers ``first`` to ``n - 1`` of ``n`` of the command ``llm-dit argv`` (see the module
+    docstring; ``first=1``: this process is worker 0, on the first GPU); ``err``: where the other
+    workers' prefixed lines go (this process's stderr by default)."""
     err = err or sys.stderr
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // n))
     workers = []
-    for i in range(n):
+    for i in range(first, n):
         env = {**os.environ, WORKER_ENV: f"{i}/{n}"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
@@ -97,7 +98,7 @@ def start(argv: list[str], n: int, gpus: list[str], err: IO[str] | None = None) 
             env["OMP_NUM_THREADS"] = threads
         proc = subprocess.Popen([sys.executable, "-m", "llm_dit", *argv], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=None if i == 0 else subprocess.PIPE,
-                                process_group=0)
+                                start_new_session=True)  # out of the terminal's reach: Ctrl-C is the parent's
         w = Worker(i, proc)
         w.readers.append(threading.Thread(target=_read_stdout, args=(w,), daemon=True))
         if i > 0:
@@ -134,6 +135,18 @@ def wait(workers: list[Worker]) -> None:
                 t.join()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, previous)
+
+
+def stop(workers: list[Worker], timeout: float = 60.0) -> None:
+    """Stop workers that serve until told (``serve --gpus``' helpers): one SIGINT each (a helper in
+    a run writes its session as it stops), then a SIGKILL for any still running after ``timeout``."""
+    _signal_all(workers, signal.SIGINT)
+    for w in workers:
+        try:
+            w.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
 
 
 def _signal_all(workers: list[Worker], signum: int) -> None:

@@ -181,8 +181,7 @@ def load_z_image_pipeline(config: Config, placement: Placement | None = None):
         try:
             # read straight onto the GPU when nothing is offloaded or quantized after loading
             onto = read_onto(placement, placement.offload == "none" and placement.precision == "dtype")
-            pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype,
-                                                  **({"device_map": onto} if onto else {}))
+            pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype, device_map=onto)
         except Exception as e:  # hub errors, missing files, corrupt weights: all one line
             raise load_failure("Z-Image", config.models.z_image, e) from e
     apply_precision(pipe, placement)

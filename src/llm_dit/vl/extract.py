@@ -196,8 +196,7 @@ class VLEmbeddingExtractor:
             placement = Placement(dev, dt, offload)
             onto = read_onto(placement, not offload.startswith("group_"))  # resident: read onto the GPU
             try:
-                model = Qwen3VLForConditionalGeneration.from_pretrained(
-                    source, dtype=dt, **({"device_map": onto} if onto else {})).eval()
+                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt, device_map=onto).eval()
                 model = place_language_model(model, placement)
             except Exception as e:
                 raise load_failure("Qwen3-VL", str(id_or_path), e) from e

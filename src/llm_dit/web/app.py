@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -50,6 +51,8 @@ from ..conditioning.recipe import FILE_FIELDS
 from ..config import Config
 from ..errors import InputError, LlmDitError
 from ..experiments import folder
+from ..experiments.workers import Worker
+from ..experiments.workers import stop as stop_workers
 from ..io import MAX_NESTING
 from ..limits import MAX_UPLOAD_MB, check_number
 from ..provenance import version
@@ -67,12 +70,15 @@ DEFAULT_MAX_UPLOAD = 25 * 2**20
 
 
 def create_app(config: Config, runs: str | Path, token: str | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
-               idle_unload: float = 900.0, start_worker: bool = True, hosts: set[str] | None = None):
+               idle_unload: float = 900.0, start_worker: bool = True, hosts: set[str] | None = None,
+               helpers: Sequence[Worker] = ()):
     """The ASGI app (FastAPI behind the guard); its :class:`Server` is ``app.server``.
 
     ``hosts``: the Host names requests may carry (``llm-dit serve`` on a local address without a
     token: ``localhost``, ``127.0.0.1``, ``::1``); None accepts any. ``max_upload``: bytes, at most
-    ``MAX_UPLOAD_MB`` MiB; ``idle_unload``: seconds (0: never); both checked before anything is made."""
+    ``MAX_UPLOAD_MB`` MiB; ``idle_unload``: seconds (0: never); both checked before anything is made.
+    ``helpers``: the processes of ``serve --gpus`` beside this one, which join its runs
+    (:mod:`.helpers`); stopped with the app."""
     check_number(max_upload, "max_upload", whole=True, ge=1, le=MAX_UPLOAD_MB * 2**20)
     check_number(idle_unload, "idle_unload", ge=0)
     import transformers  # noqa: F401  imported once here: lazy imports race across request threads
@@ -85,7 +91,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
     runs.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(ModelPool(), idle_unload=idle_unload, record=runs / JOBS_FILE)
     queue.load()  # what an earlier server on this folder did
-    server = Server(config, runs, token, max_upload, queue, hosts)
+    server = Server(config, runs, token, max_upload, queue, hosts, len(helpers))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -93,6 +99,7 @@ def create_app(config: Config, runs: str | Path, token: str | None = None, max_u
             queue.start()
         yield
         queue.stop()
+        stop_workers(list(helpers))  # each leaves the run it is in after writing its session
 
     api = FastAPI(title="llm-dit", version=version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Zero-shot vision conditioning of Z-Image with Qwen3-VL: generate, sweep, run "

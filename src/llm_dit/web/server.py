@@ -64,9 +64,10 @@ class Server:
     """What the routes share: the configuration, the runs folder, the job queue and its models."""
 
     def __init__(self, config: Config, runs: Path, token: str | None, max_upload: int, queue: JobQueue,
-                 hosts: set[str] | None = None):
+                 hosts: set[str] | None = None, helpers: int = 0):
         self.config, self.runs, self.token, self.max_upload, self.queue = config, runs, token, max_upload, queue
         self.hosts = hosts  # the Host names a request may carry (None: any)
+        self.helpers = helpers  # processes of `serve --gpus` beside this one, joining its runs (helpers.py)
         self._names = threading.Lock()
         self._reserved: set[str] = set()  # run names taken by requests still being checked
         self.streams = 0  # event streams open now (changed on the event loop's thread only)
@@ -170,6 +171,8 @@ class Server:
         pool, runs = self.queue.pool, self.runs
 
         def work(job: Job) -> dict:
+            if self.helpers:
+                return self._with_helpers(job, prepared, run, out)
             s = run_prepared(prepared, out, echo=job.log, progress=False, models=pool, on_step=job.on_step,
                              on_cell=job.on_cell)
             return {"run": run, "report": files.url(runs, out / "report.html"), "total": s.total,
@@ -178,6 +181,45 @@ class Server:
         job = Job(kind, title, work, run=run)
         job.progress["cells"] = len(spec.cells)
         return self.queue.submit(job)
+
+
+    def _with_helpers(self, job: Job, prepared, run: str, out: Path) -> dict:
+        """A run job beside ``serve --gpus``' helpers (:mod:`.helpers`): the run posted for them and
+        joined; once this process's part is done, it waits for theirs (the last one out writes the
+        report). Progress counts the cells finished by any of them; the result adds up the sessions
+        the run's processes wrote."""
+        import time
+
+        from ..experiments import folder
+        from ..experiments.lock import holder
+        from ..experiments.runner import run_prepared
+        from . import helpers
+
+        def settled() -> int:
+            return len(list((out / "cells").glob("*.json"))) if (out / "cells").is_dir() else 0
+
+        def on_cell(done: int, total: int, name: str) -> None:
+            job.on_cell(settled(), total, name)
+
+        def sessions() -> list[dict]:
+            recorded = folder.read_json(out / folder.RUN_FILE)
+            return [x for x in recorded.get("sessions", []) if isinstance(x, dict)] if isinstance(recorded, dict) \
+                else []
+
+        before = len(sessions())
+        helpers.post(self.runs, run)
+        try:
+            s = run_prepared(prepared, out, echo=job.log, progress=False, models=self.queue.pool,
+                             on_step=job.on_step, on_cell=on_cell, if_busy="join")
+            while holder(out) is not None:  # the helpers finishing their last cells; a cancel stops the wait
+                job._changed(cells_done=settled(), message="the other GPUs' processes are finishing")
+                time.sleep(helpers.LOOK_S)
+        finally:
+            helpers.unpost(self.runs, run)
+        parts = sessions()[before:]
+        return {"run": run, "report": files.url(self.runs, out / "report.html"), "total": s.total,
+                "generated": sum(x.get("pictures_generated", 0) for x in parts),
+                "failed": sorted({f for x in parts for f in x.get("failed", [])}), "processes": len(parts)}
 
 
 #: Fields of the request bodies themselves (an error naming one is not inside the recipe).
