@@ -119,7 +119,7 @@ def test_two_worker_processes_equal_their_cells_made_alone(refs, stats_and_adapt
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads((out / "run.json").read_text())
-    assert [p["process"] for p in run["sessions"][-1]["processes"]] == [0, 1]
+    assert sorted(p["process"] for p in run["sessions"]) == [0, 1]  # each pulled cells and wrote its session
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
