@@ -82,8 +82,3 @@ def test_cli_startup(tmp_path):
     assert [r[0] for r in data["rows"]] == ["python -c pass", "llm-dit --help", "llm-dit --version",
                                            "llm-dit experiments", "llm-dit profiles", "llm-dit config"]
     assert all(float(v) > 0 for r in data["rows"] for v in r[1:])
-
-
-def test_direct_load(tmp_path):
-    data = bench("direct_load", tmp_path)
-    assert data["same"] == {"z": True, "vl": True}  # (on the CPU both ways read to CPU memory)

@@ -85,19 +85,6 @@ class Placement:
         return out
 
 
-def read_onto(placement: Placement, resident: bool) -> str | None:
-    """The ``device_map`` that reads a model's safetensors straight onto its GPU (diffusers' and
-    transformers' loaders), when the model stays there whole (``resident``): its weights cross the
-    bus once, rather than being read into CPU memory and copied over. None on the CPU, for a model
-    that is offloaded, or for a GPU other than the current one (diffusers' pipelines take only
-    ``"cuda"``, which is the current GPU; a launcher's or ``--workers``' process works on that one)."""
-    if not resident or placement.device.type != "cuda":
-        return None
-    if placement.device.index is not None and placement.device.index != torch.cuda.current_device():
-        return None
-    return "cuda"
-
-
 def resolve_placement(runtime: RuntimeConfig) -> Placement:
     """``auto`` -> cuda + bfloat16 when a GPU is present, else cpu + float32."""
     if runtime.device == "auto":
@@ -179,9 +166,7 @@ def load_z_image_pipeline(config: Config, placement: Placement | None = None):
     else:
         source = resolve_model_path(config.models.z_image, "z_image")
         try:
-            # read straight onto the GPU when nothing is offloaded or quantized after loading
-            onto = read_onto(placement, placement.offload == "none" and placement.precision == "dtype")
-            pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype, device_map=onto)
+            pipe = ZImagePipeline.from_pretrained(source, dtype=placement.dtype)
         except Exception as e:  # hub errors, missing files, corrupt weights: all one line
             raise load_failure("Z-Image", config.models.z_image, e) from e
     apply_precision(pipe, placement)

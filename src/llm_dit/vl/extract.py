@@ -191,13 +191,11 @@ class VLEmbeddingExtractor:
         if backend == "vl":
             from transformers import Qwen3VLForConditionalGeneration
 
-            from ..models.loading import Placement, place_language_model, read_onto
+            from ..models.loading import Placement, place_language_model
 
-            placement = Placement(dev, dt, offload)
-            onto = read_onto(placement, not offload.startswith("group_"))  # resident: read onto the GPU
             try:
-                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt, device_map=onto).eval()
-                model = place_language_model(model, placement)
+                model = Qwen3VLForConditionalGeneration.from_pretrained(source, dtype=dt).eval()
+                model = place_language_model(model, Placement(dev, dt, offload))
             except Exception as e:
                 raise load_failure("Qwen3-VL", str(id_or_path), e) from e
         else:
