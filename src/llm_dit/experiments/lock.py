@@ -17,8 +17,8 @@ The kernel drops a ``flock`` when its process ends, however it ends (SIGKILL inc
 a killed process leaves behind blocks nothing. It is never removed (removing a lock file races with
 a process that has just opened it), only emptied when its holder lets it go.
 
-Under a launcher (:mod:`processes`) the first process holds the lock for all of them; the others
-work inside the folder it holds.
+A launcher's processes (:mod:`processes`) join the run as below; only trials under a launcher are
+held by their first process for all of them, the others working inside the folder it holds.
 
 **Joining** (``if_busy="join"``, the CLI's): processes of the same run, on one host or several
 sharing the folder, work in it together, pulling its cells (:mod:`claims`). :func:`enter` lets the
