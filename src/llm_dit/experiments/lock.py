@@ -237,7 +237,7 @@ def take(out: Path, run_key: str, run: str, if_busy: IfBusy = "refuse",
             if other.run_key != run_key:
                 raise InputError(f"{out} is being written by another run ({other.run}, {other.describe()}); "
                                  "give another --out")
-            if if_busy == "refuse":  # "join" here (a launcher's processes) waits as "wait" does
+            if if_busy == "refuse":  # "join" here (trials' processes, which do not join) waits as "wait" does
                 raise FolderBusy(f"{out} is being written by the same run in another process ({other.describe()}); "
                                  "wait for it to finish, then run the same command again to resume")
             if echo is not None:

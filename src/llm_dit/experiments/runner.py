@@ -388,8 +388,6 @@ def _run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell
 
     procs, config = ctx.procs, ctx.config
     needs_captions = sorted({c.caption for c in pending if c.caption is not None})
-    makes_captions = bool(needs_captions) and ctx.spec.caption is None and any(
-        not folder.caption_path(ctx.out, n).is_file() for n in needs_captions)
     # decided from every cell of the run, so every cell gets the same metrics whichever process (or
     # session) makes it
     uses_vl = (any(c.caption is not None for c in ctx.spec.cells) and ctx.spec.caption is None) or any(
@@ -401,7 +399,8 @@ def _run_pending(ctx: RunContext, models: Models, held: Held, pending: list[Cell
     if ctx.claims is not None:
         captions = pull_captions(ctx, models, needs_captions)
     else:
-        if makes_captions and procs.main:
+        if procs.main and ctx.spec.caption is None and any(
+                not folder.caption_path(ctx.out, n).is_file() for n in needs_captions):  # Qwen3-VL writes some
             models.load_vl(ctx)
         captions = make_captions(ctx, models, needs_captions) if procs.main else {}
         procs.wait()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import Cancelled, LlmDitError
 from ..interrupt import unwinding
+from ..io import NAME
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,13 @@ def unpost(runs: Path, run: str) -> None:
 
 
 def posted(runs: Path) -> dict[str, int]:
-    """The posted runs: name -> when posted (ns; a run posted again is a new post)."""
+    """The posted runs: name -> when posted (ns; a run posted again is a new post). Only run names
+    (:data:`~llm_dit.io.NAME`) count: a post's name becomes a folder under ``runs``."""
     out = {}
     try:
         for p in (runs / POSTS).iterdir():
+            if not NAME.fullmatch(p.name):
+                continue
             try:
                 out[p.name] = p.stat().st_mtime_ns
             except FileNotFoundError:  # taken down meanwhile
